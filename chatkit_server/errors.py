@@ -1,0 +1,53 @@
+"""The server's exception hierarchy.
+
+::
+
+    ChatKitServerError
+     +-- SettingsError            (settings.py) an environment variable is invalid
+     +-- StoreError               the store could not complete an operation
+     |    +-- NotFoundError       missing, or owned by someone else (indistinguishable)
+     |    +-- InvalidCursorError  a pagination cursor does not name an item of the listing
+     +-- RequestError             a client request cannot be served; carries an HTTP status
+"""
+
+from __future__ import annotations
+
+from chatkit.store import NotFoundError as ChatKitNotFoundError
+
+__all__ = [
+    "ChatKitServerError",
+    "InvalidCursorError",
+    "NotFoundError",
+    "RequestError",
+    "StoreError",
+]
+
+
+class ChatKitServerError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class StoreError(ChatKitServerError):
+    """The store could not complete an operation."""
+
+
+class NotFoundError(StoreError, ChatKitNotFoundError):
+    """A thread, item or attachment does not exist for this user.
+
+    "Missing" and "owned by another user" raise the same error with the same
+    message, so ids cannot be probed.
+    """
+
+
+class InvalidCursorError(StoreError):
+    """A pagination ``after`` cursor does not name an entry of the listing."""
+
+
+class RequestError(ChatKitServerError):
+    """A client request that cannot be served, with the HTTP status to answer."""
+
+    def __init__(self, status_code: int, message: str, *, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.code = code

@@ -1,0 +1,247 @@
+"""Server settings: the only module that reads the environment.
+
+Every knob is a ``CHATKIT_*`` environment variable, parsed once into a frozen
+:class:`Settings`. An invalid value raises :class:`SettingsError` naming the
+variable and what it expects, so a typo fails at start-up, not mid-request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from .errors import ChatKitServerError
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_LLM_MODEL",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_READ_TIMEOUT",
+    "ENVIRONMENT_HELP",
+    "LLMApi",
+    "Settings",
+    "SettingsError",
+]
+
+LLMApi = Literal["chat_completions", "responses"]
+
+DEFAULT_DATA_DIR = Path(".chatkit")
+DEFAULT_LLM_MODEL = "default"
+# Local servers (llama-server, vLLM, Ollama) ignore the key, but the OpenAI
+# client refuses to start without one.
+DEFAULT_LLM_API_KEY = "not-needed"
+DEFAULT_CONNECT_TIMEOUT = 5.0
+# Longest silence tolerated between two chunks of a streamed answer: the
+# OpenAI client's own default is 600 s, which turns a stalled backend into a
+# ten-minute spinner.
+DEFAULT_READ_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 0
+# A ChatKit request is a small JSON document (attachments travel separately);
+# audio for input.transcribe is the largest thing that arrives inline.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_HISTORY_ITEMS = 200
+DEFAULT_SHUTDOWN_GRACE = 5.0
+
+ENVIRONMENT_HELP = """\
+environment:
+  CHATKIT_DATA_DIR            directory for the default SQLite database and files (default ./.chatkit)
+  CHATKIT_DATABASE_URL        SQLAlchemy URL: sqlite+aiosqlite:///path.db or
+                              postgresql+asyncpg://user@host/db (default: SQLite in the data dir)
+  CHATKIT_LLM_BASE_URL        OpenAI-compatible base URL of the model backend, e.g.
+                              http://127.0.0.1:8080/v1 (llama-server) or http://127.0.0.1:11434/v1
+  CHATKIT_LLM_API_KEY         API key sent to the backend (default: a placeholder for local servers)
+  CHATKIT_LLM_MODEL           model name sent to the backend (default "default")
+  CHATKIT_LLM_API             chat_completions (default) or responses
+  CHATKIT_LLM_TIMEOUT         seconds a backend may stay silent mid-answer (default 60)
+  CHATKIT_LLM_CONNECT_TIMEOUT seconds to connect to the backend (default 5)
+  CHATKIT_LLM_MAX_RETRIES     retries of a failed backend request before answering (default 0)
+  CHATKIT_WORKFLOWS           path of the workflows file (default: one workflow, "default")
+  CHATKIT_ADMIN_KEY           bearer key for the /v1 REST API; turns authentication on
+  CHATKIT_CORS_ORIGINS        comma-separated origins allowed to call the server from a browser
+  CHATKIT_MAX_BODY_BYTES      largest accepted request body in bytes (default 4194304)
+  CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
+  CHATKIT_TRACING             1 to enable Agents SDK tracing (off: it uploads chat content)
+  CHATKIT_LOG_LEVEL           debug, info (default), warning or error
+"""
+
+
+class SettingsError(ChatKitServerError):
+    """An environment variable holds a value the server cannot use."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the server is configured with, read once at start-up."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str | None = None
+    llm_base_url: str | None = None
+    llm_api_key: str = DEFAULT_LLM_API_KEY
+    llm_model: str = DEFAULT_LLM_MODEL
+    llm_api: LLMApi = "chat_completions"
+    llm_read_timeout: float = DEFAULT_READ_TIMEOUT
+    llm_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    llm_max_retries: int = DEFAULT_MAX_RETRIES
+    workflows_path: Path | None = None
+    admin_key: str | None = None
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    history_items: int = DEFAULT_HISTORY_ITEMS
+    tracing: bool = False
+    log_level: str = "info"
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file inside the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'chatkit.db').as_posix()}"
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests must authenticate (an admin key is configured)."""
+        return self.admin_key is not None
+
+    def with_changes(self, **changes: object) -> Settings:
+        """Return a copy with some fields replaced (settings stay immutable)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``CHATKIT_*`` variables.
+
+        Args:
+            environ: The environment to read; ``os.environ`` when omitted.
+
+        Raises:
+            SettingsError: A variable is set to a value that cannot be used.
+        """
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            if value is None or value.strip() == "":
+                return None
+            return value.strip()
+
+        data_dir = Path(get("CHATKIT_DATA_DIR") or DEFAULT_DATA_DIR)
+        database_url = get("CHATKIT_DATABASE_URL")
+        if database_url is not None:
+            database_url = _normalise_database_url(database_url)
+
+        llm_base_url = get("CHATKIT_LLM_BASE_URL")
+        if llm_base_url is not None and not llm_base_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                "CHATKIT_LLM_BASE_URL",
+                f"expected an http:// or https:// URL, got {llm_base_url!r}",
+            )
+
+        api = get("CHATKIT_LLM_API") or "chat_completions"
+        if api not in ("chat_completions", "responses"):
+            raise SettingsError(
+                "CHATKIT_LLM_API", f"expected 'chat_completions' or 'responses', got {api!r}"
+            )
+
+        workflows = get("CHATKIT_WORKFLOWS")
+        workflows_path = Path(workflows) if workflows else None
+        if workflows_path is not None and not workflows_path.is_file():
+            raise SettingsError("CHATKIT_WORKFLOWS", f"no such file: {workflows_path}")
+
+        log_level = (get("CHATKIT_LOG_LEVEL") or "info").lower()
+        if log_level not in ("debug", "info", "warning", "error"):
+            raise SettingsError(
+                "CHATKIT_LOG_LEVEL", f"expected debug, info, warning or error, got {log_level!r}"
+            )
+
+        origins = tuple(
+            origin.strip()
+            for origin in (get("CHATKIT_CORS_ORIGINS") or "").split(",")
+            if origin.strip()
+        )
+
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            llm_base_url=llm_base_url.rstrip("/") if llm_base_url else None,
+            llm_api_key=get("CHATKIT_LLM_API_KEY") or DEFAULT_LLM_API_KEY,
+            llm_model=get("CHATKIT_LLM_MODEL") or DEFAULT_LLM_MODEL,
+            llm_api=api,  # type: ignore[arg-type]  # checked above
+            llm_read_timeout=_positive_float(env, "CHATKIT_LLM_TIMEOUT", DEFAULT_READ_TIMEOUT),
+            llm_connect_timeout=_positive_float(
+                env, "CHATKIT_LLM_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT
+            ),
+            llm_max_retries=_int(env, "CHATKIT_LLM_MAX_RETRIES", DEFAULT_MAX_RETRIES, minimum=0),
+            workflows_path=workflows_path,
+            admin_key=get("CHATKIT_ADMIN_KEY"),
+            cors_origins=origins,
+            max_body_bytes=_int(
+                env, "CHATKIT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024
+            ),
+            history_items=_int(env, "CHATKIT_HISTORY_ITEMS", DEFAULT_HISTORY_ITEMS, minimum=1),
+            tracing=_bool(env, "CHATKIT_TRACING", default=False),
+            log_level=log_level,
+        )
+
+
+def _normalise_database_url(url: str) -> str:
+    """Accept the usual spellings and pick the async driver for each backend."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise SettingsError(
+            "CHATKIT_DATABASE_URL",
+            f"expected a URL such as sqlite+aiosqlite:///chat.db, got {url!r}",
+        )
+    if scheme in ("sqlite", "sqlite+aiosqlite"):
+        return f"sqlite+aiosqlite://{rest}"
+    if scheme in ("postgres", "postgresql", "postgresql+asyncpg"):
+        return f"postgresql+asyncpg://{rest}"
+    raise SettingsError(
+        "CHATKIT_DATABASE_URL",
+        f"unsupported database {scheme!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://",
+    )
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(name, f"expected a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(name, f"expected a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, f"expected a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(name, f"expected at least {minimum}, got {raw!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(name, f"expected 1/0, true/false, yes/no or on/off, got {raw!r}")
