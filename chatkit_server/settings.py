@@ -48,7 +48,7 @@ DEFAULT_SHUTDOWN_GRACE = 5.0
 
 ENVIRONMENT_HELP = """\
 environment:
-  CHATKIT_DATA_DIR            directory for the default SQLite database and files (default ./.chatkit)
+  CHATKIT_DATA_DIR            directory of the default SQLite database (default ./.chatkit)
   CHATKIT_DATABASE_URL        SQLAlchemy URL: sqlite+aiosqlite:///path.db or
                               postgresql+asyncpg://user@host/db (default: SQLite in the data dir)
   CHATKIT_LLM_BASE_URL        OpenAI-compatible base URL of the model backend, e.g.

@@ -1,0 +1,93 @@
+"""The Starlette application: routes, middleware and the lifespan that owns resources."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import agents
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+
+from .backends import BackendRegistry
+from .http.chatkit import chatkit_endpoint
+from .http.health import healthz
+from .http.state import AppState
+from .server import ChatKitApp
+from .settings import Settings
+from .store import Database, SQLStore, upgrade_async
+from .workflows import WorkflowRegistry
+
+__all__ = ["CORS_ALLOW_HEADERS", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+# The ChatKit web component sends chatkit-frame-instance-id on every request,
+# so a cross-origin preflight that does not allow it fails in the browser.
+CORS_ALLOW_HEADERS = ["authorization", "content-type", "chatkit-frame-instance-id"]
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Starlette:
+    """Build the chatkit-server ASGI app.
+
+    Args:
+        settings: Configuration; read from the environment when omitted.
+        migrate: Upgrade the database schema to the newest revision on start.
+
+    Returns:
+        A Starlette app whose lifespan opens the database and the backend
+        clients on start-up and closes them on shutdown.
+    """
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Tracing would upload chat content to OpenAI (and fail with 401
+        # without an OpenAI key): only on when the operator asks for it.
+        agents.set_tracing_disabled(not settings.tracing)
+        url = settings.resolved_database_url
+        if migrate:
+            await upgrade_async(url)
+        database = Database.connect(url)
+        backends = BackendRegistry.from_settings(settings)
+        try:
+            workflows = WorkflowRegistry.from_settings(settings, backends)
+            store = SQLStore(database)
+            server = ChatKitApp(store=store, workflows=workflows, settings=settings)
+            app.state.chatkit = AppState(
+                settings=settings,
+                database=database,
+                store=store,
+                backends=backends,
+                server=server,
+            )
+            if not backends.get("default").configured:
+                logger.warning(
+                    "no model backend configured: set CHATKIT_LLM_BASE_URL to an "
+                    "OpenAI-compatible server; until then every answer is an error"
+                )
+            logger.info("chatkit-server ready (database: %s)", database.describe())
+            yield
+        finally:
+            await backends.aclose()
+            await database.dispose()
+
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=CORS_ALLOW_HEADERS,
+                max_age=600,
+            )
+        )
+    routes = [
+        Route("/chatkit", chatkit_endpoint, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

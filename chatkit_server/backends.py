@@ -1,0 +1,128 @@
+"""OpenAI-compatible model backends: clients, timeouts and models.
+
+A backend is one OpenAI-compatible server (llama-server, vLLM, Ollama, a
+LiteLLM proxy or OpenAI itself) reached through one ``AsyncOpenAI`` client.
+The client is created with explicit timeouts and retries because the
+library's defaults (600 s read timeout, two retries) turn a stalled backend
+into a ten-minute spinner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import httpx
+from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel
+from openai import AsyncOpenAI
+
+from .settings import LLMApi, Settings
+
+__all__ = ["DEFAULT_BACKEND", "Backend", "BackendConfig", "BackendRegistry"]
+
+DEFAULT_BACKEND = "default"
+# Far above what one chatkit-server process streams at once, so that 500
+# concurrent conversations never queue for a connection.
+DEFAULT_MAX_CONNECTIONS = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendConfig:
+    """How to reach one OpenAI-compatible server."""
+
+    name: str
+    base_url: str | None
+    api_key: str
+    api: LLMApi = "chat_completions"
+    read_timeout: float = 60.0
+    connect_timeout: float = 5.0
+    max_retries: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BackendConfig:
+        """The default backend described by the ``CHATKIT_LLM_*`` variables."""
+        return cls(
+            name=DEFAULT_BACKEND,
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key,
+            api=settings.llm_api,
+            read_timeout=settings.llm_read_timeout,
+            connect_timeout=settings.llm_connect_timeout,
+            max_retries=settings.llm_max_retries,
+        )
+
+
+class Backend:
+    """One configured backend and its HTTP client."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.client: AsyncOpenAI | None = None
+        if config.base_url is not None:
+            timeout = httpx.Timeout(
+                config.read_timeout,
+                connect=config.connect_timeout,
+                pool=config.connect_timeout,
+            )
+            self.client = AsyncOpenAI(
+                base_url=config.base_url,
+                api_key=config.api_key,
+                timeout=timeout,
+                max_retries=config.max_retries,
+                default_headers=dict(config.headers) or None,
+                http_client=httpx.AsyncClient(
+                    timeout=timeout,
+                    limits=httpx.Limits(
+                        max_connections=DEFAULT_MAX_CONNECTIONS,
+                        max_keepalive_connections=100,
+                    ),
+                ),
+            )
+
+    @property
+    def configured(self) -> bool:
+        """Whether a base URL is set; without one every answer is an error event."""
+        return self.client is not None
+
+    def model(self, name: str) -> Model:
+        """An Agents SDK model for ``name`` on this backend.
+
+        Raises:
+            RuntimeError: The backend has no base URL.
+        """
+        if self.client is None:
+            raise RuntimeError(f"backend {self.config.name!r} has no base URL")
+        if self.config.api == "responses":
+            return OpenAIResponsesModel(model=name, openai_client=self.client)
+        return OpenAIChatCompletionsModel(model=name, openai_client=self.client)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client and its connections."""
+        if self.client is not None:
+            await self.client.close()
+
+
+class BackendRegistry:
+    """The backends known to this server, by name; owned by the app lifespan."""
+
+    def __init__(self, configs: list[BackendConfig]) -> None:
+        self._backends = {config.name: Backend(config) for config in configs}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BackendRegistry:
+        """A registry with the single default backend of the settings."""
+        return cls([BackendConfig.from_settings(settings)])
+
+    def get(self, name: str) -> Backend:
+        """The backend called ``name``.
+
+        Raises:
+            KeyError: No such backend.
+        """
+        return self._backends[name]
+
+    async def aclose(self) -> None:
+        """Close every backend's client."""
+        for backend in self._backends.values():
+            await backend.aclose()

@@ -1,0 +1,31 @@
+"""The resources an app instance owns, created and closed by its lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from ..backends import BackendRegistry
+from ..server import ChatKitApp
+from ..settings import Settings
+from ..store import Database, SQLStore
+
+__all__ = ["AppState", "get_state"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppState:
+    """Everything a request handler may use; one per running app."""
+
+    settings: Settings
+    database: Database
+    store: SQLStore
+    backends: BackendRegistry
+    server: ChatKitApp
+
+
+def get_state(request: Request) -> AppState:
+    """The running app's resources (set by the lifespan)."""
+    state: AppState = request.app.state.chatkit
+    return state

@@ -1,0 +1,306 @@
+"""The ChatKit server: answers every protocol request, streams agent replies.
+
+Requests are parsed and checked *before* anything is streamed (trap 7): an
+unknown thread, a foreign attachment or a tool output with no pending call is
+a 4xx answer, never a ``200 text/event-stream`` that dies. Replies run
+through the Agents SDK against the workflow's backend, with the stream
+fix-ups of :mod:`chatkit_server.streaming`, and stop (the client going away)
+persists the partial answer and cancels the backend generation (trap 6).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from agents import RunConfig, Runner
+from chatkit.actions import Action
+from chatkit.agents import AgentContext, stream_agent_response
+from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
+from chatkit.types import (
+    AttachmentsDeleteReq,
+    AudioInput,
+    ChatKitReq,
+    ClientToolCallItem,
+    ErrorEvent,
+    FeedbackKind,
+    StructuredInputItem,
+    SyncCustomActionResponse,
+    ThreadItem,
+    ThreadMetadata,
+    ThreadsAddClientToolOutputReq,
+    ThreadsAddStructuredInputReq,
+    ThreadsAddUserMessageReq,
+    ThreadsCreateReq,
+    ThreadsCustomActionReq,
+    ThreadsRetryAfterItemReq,
+    ThreadsSyncCustomActionReq,
+    ThreadStreamEvent,
+    TranscriptionResult,
+    UserMessageItem,
+    WidgetItem,
+)
+from pydantic import TypeAdapter, ValidationError
+
+from .context import RequestContext
+from .converter import HistoryConverter
+from .errors import RequestError
+from .settings import Settings
+from .store import MAX_PAGE_SIZE, SQLStore
+from .streaming import StreamFixer
+from .workflows import DEFAULT_WORKFLOW, WorkflowRegistry
+
+__all__ = ["CANCEL_CLEANUP_SECONDS", "ChatKitApp", "parse_request"]
+
+logger = logging.getLogger(__name__)
+
+# Upper bound for persisting a stopped answer: the client is gone, so this
+# only delays the end of the request task, but it must never hang shutdown.
+CANCEL_CLEANUP_SECONDS = 5.0
+NO_BACKEND_MESSAGE = (
+    "No model backend is configured. Set CHATKIT_LLM_BASE_URL to an OpenAI-compatible "
+    "server (for example http://127.0.0.1:8080/v1) and restart chatkit-server."
+)
+
+_REQUEST_ADAPTER: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
+
+
+def parse_request(body: bytes) -> ChatKitReq:
+    """Parse and validate a ChatKit request body.
+
+    Raises:
+        RequestError: 400 for malformed JSON, an unknown type or invalid params.
+    """
+    try:
+        return _REQUEST_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        raise RequestError(400, _describe_validation_error(exc)) from None
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        if error["type"] == "json_invalid":
+            return "The request body is not valid JSON."
+        if error["type"] == "union_tag_invalid":
+            tags = error.get("ctx", {}).get("expected_tags", "")
+            return f"Unknown request type; expected one of {tags}."
+        if error["type"] == "union_tag_not_found":
+            return "The request has no 'type' field."
+        location = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{location}: {error['msg']}" if location else error["msg"])
+    return "Invalid request: " + "; ".join(problems)
+
+
+class ChatKitApp(ChatKitServer[RequestContext]):
+    """chatkit-server's ChatKit protocol implementation.
+
+    Args:
+        store: The durable store (also the attachment metadata store).
+        workflows: The workflows that can answer.
+        settings: Server settings (history size, tracing).
+    """
+
+    def __init__(
+        self, *, store: SQLStore, workflows: WorkflowRegistry, settings: Settings
+    ) -> None:
+        super().__init__(store=store, attachment_store=store)
+        self.sql_store = store
+        self.workflows = workflows
+        self.settings = settings
+        self.converter = HistoryConverter()
+
+    async def handle(
+        self, body: bytes, context: RequestContext
+    ) -> StreamingResult | NonStreamingResult:
+        """Check a request completely, then process it.
+
+        Raises:
+            RequestError: The request is malformed or cannot be served.
+            NotFoundError: It names a thread, item or attachment the user does not have.
+        """
+        request = parse_request(body)
+        await self._precheck(request, context)
+        return await self.process(body, context)
+
+    async def _precheck(self, request: ChatKitReq, context: RequestContext) -> None:
+        store = self.sql_store
+        match request:
+            case ThreadsCreateReq():
+                for attachment_id in request.params.input.attachments:
+                    await store.load_attachment(attachment_id, context)
+            case ThreadsAddUserMessageReq():
+                await store.load_thread(request.params.thread_id, context)
+                for attachment_id in request.params.input.attachments:
+                    await store.load_attachment(attachment_id, context)
+            case ThreadsAddClientToolOutputReq():
+                await store.load_thread(request.params.thread_id, context)
+                last = await store.load_thread_items(
+                    request.params.thread_id, None, 1, "desc", context
+                )
+                if not (
+                    last.data
+                    and isinstance(last.data[0], ClientToolCallItem)
+                    and last.data[0].status == "pending"
+                ):
+                    raise RequestError(
+                        409, "The thread has no pending client tool call to complete."
+                    )
+            case ThreadsAddStructuredInputReq():
+                await store.load_thread(request.params.thread_id, context)
+                item = await store.load_item(
+                    request.params.thread_id, request.params.item_id, context
+                )
+                if not isinstance(item, StructuredInputItem) or item.status != "pending":
+                    raise RequestError(409, "That item is not a pending structured input.")
+            case ThreadsRetryAfterItemReq():
+                await store.load_thread(request.params.thread_id, context)
+                item = await store.load_item(
+                    request.params.thread_id, request.params.item_id, context
+                )
+                if not isinstance(item, UserMessageItem):
+                    raise RequestError(400, "Only a user message can be retried.")
+            case ThreadsCustomActionReq() | ThreadsSyncCustomActionReq():
+                await store.load_thread(request.params.thread_id, context)
+                if request.params.item_id is not None:
+                    item = await store.load_item(
+                        request.params.thread_id, request.params.item_id, context
+                    )
+                    if not isinstance(item, WidgetItem):
+                        raise RequestError(400, "Actions can only be sent from a widget item.")
+            case AttachmentsDeleteReq():
+                # The store's delete is idempotent; the client still deserves
+                # to hear that the id was never theirs.
+                await store.load_attachment(request.params.attachment_id, context)
+            case _:
+                # Non-streaming requests are answered in full before the
+                # response starts, so their errors map to a status directly.
+                pass
+
+    def respond(
+        self,
+        thread: ThreadMetadata,
+        input_user_message: UserMessageItem | None,
+        context: RequestContext,
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        """Stream the workflow's answer to the thread's latest turn."""
+        return self._respond(thread, context)
+
+    async def _respond(
+        self, thread: ThreadMetadata, context: RequestContext
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        workflow = self.workflows.get(
+            context.workflow_id if context.workflow_id in self.workflows else DEFAULT_WORKFLOW
+        )
+        if not workflow.backend.configured:
+            yield ErrorEvent(code="custom", message=NO_BACKEND_MESSAGE, allow_retry=False)
+            return
+
+        history = await self._history(thread, context)
+        agent_input = await self.converter.to_agent_input(history)
+        agent_context = AgentContext[RequestContext](
+            thread=thread, store=self.store, request_context=context
+        )
+        result = Runner.run_streamed(
+            workflow.agent,
+            agent_input,
+            context=agent_context,
+            run_config=RunConfig(
+                tracing_disabled=not self.settings.tracing,
+                workflow_name=f"chatkit:{workflow.id}",
+            ),
+        )
+        fixer = StreamFixer(lambda kind: self.store.generate_item_id(kind, thread, context))
+        finished = False
+        try:
+            async for event in fixer.fix(stream_agent_response(agent_context, result)):
+                yield event
+            finished = True
+        finally:
+            if not finished:
+                # The SDK never cancels the run on its own: without this the
+                # backend keeps generating after the user pressed stop.
+                result.cancel()
+
+    async def _history(self, thread: ThreadMetadata, context: RequestContext) -> list[ThreadItem]:
+        """The newest ``history_items`` items of the thread, oldest first."""
+        wanted = self.settings.history_items
+        items: list[ThreadItem] = []
+        after: str | None = None
+        while len(items) < wanted:
+            page = await self.store.load_thread_items(
+                thread.id, after, min(MAX_PAGE_SIZE, wanted - len(items)), "desc", context
+            )
+            items.extend(page.data)
+            if not page.has_more or page.after is None:
+                break
+            after = page.after
+        items.reverse()
+        # A cut history must not open with an answer or a tool result whose
+        # question was cut away: some servers reject such a conversation.
+        while items and len(items) == wanted and not isinstance(items[0], UserMessageItem):
+            items.pop(0)
+        return items
+
+    async def handle_stream_cancelled(
+        self,
+        thread: ThreadMetadata,
+        pending_items: list[ThreadItem],
+        context: RequestContext,
+    ) -> None:
+        """Persist the partial answer after the client stopped the stream.
+
+        Starlette cancels the response task when the client disconnects, and
+        anyio re-cancels every later await in that task, so the base class's
+        writes would never happen. They run shielded, with a time bound.
+        """
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + CANCEL_CLEANUP_SECONDS
+            await super().handle_stream_cancelled(thread, pending_items, context)
+        if scope.cancelled_caught:
+            logger.error("gave up persisting the stopped answer of thread %s", thread.id)
+
+    async def add_feedback(
+        self,
+        thread_id: str,
+        item_ids: list[str],
+        feedback: FeedbackKind,
+        context: RequestContext,
+    ) -> None:
+        """Store thumbs up/down feedback for items of a thread."""
+        await self.sql_store.add_feedback(thread_id, item_ids, feedback, context)
+
+    async def transcribe(
+        self, audio_input: AudioInput, context: RequestContext
+    ) -> TranscriptionResult:
+        """Dictation needs a speech-to-text backend, which this server does not have."""
+        raise RequestError(
+            501, "Dictation is not available: this server has no transcription backend."
+        )
+
+    async def action(  # type: ignore[override]
+        self,
+        thread: ThreadMetadata,
+        action: Action[str, Any],
+        sender: WidgetItem | None,
+        context: RequestContext,
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        """Widget actions: no workflow defines any yet, so answer with an error event."""
+        yield ErrorEvent(
+            code="custom",
+            message=f"This workflow does not handle the action {action.type!r}.",
+            allow_retry=False,
+        )
+
+    async def sync_action(
+        self,
+        thread: ThreadMetadata,
+        action: Action[str, Any],
+        sender: WidgetItem | None,
+        context: RequestContext,
+    ) -> SyncCustomActionResponse:
+        """Synchronous widget actions: none are defined, so the request is refused."""
+        raise RequestError(400, f"This workflow does not handle the action {action.type!r}.")
+

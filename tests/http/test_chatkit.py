@@ -1,0 +1,175 @@
+"""``POST /chatkit`` over a real uvicorn: headers, error statuses, limits, CORS."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from chatkit_server.settings import Settings
+from chatkit_server.testing.client import user_input
+from tests.live import Live, LiveFactory
+
+
+async def test_streaming_answer_has_sse_headers(live: Live) -> None:
+    body = json.dumps({"type": "threads.create", "params": {"input": user_input("hi")}})
+    response = await live.client.post_raw(body)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    assert response.text.startswith("data: {")
+
+
+async def test_non_streaming_answer_is_json(live: Live) -> None:
+    response = await live.client.post_raw(json.dumps({"type": "threads.list", "params": {}}))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"data": [], "has_more": False}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        ("", "not valid JSON"),
+        ('{"type": "threads.explode", "params": {}}', "Unknown request type"),
+        ('{"params": {}}', "no 'type'"),
+        ('{"type": "threads.get_by_id", "params": {}}', "thread_id"),
+        ('{"type": "threads.list", "params": {"limit": "many"}}', "limit"),
+        ('[1, 2, 3]', "Invalid request"),
+    ],
+)
+async def test_bad_requests_get_400_with_json(live: Live, body: str, fragment: str) -> None:
+    response = await live.client.post_raw(body)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert fragment in error["message"]
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        {"type": "threads.add_user_message",
+         "params": {"thread_id": "thr_missing", "input": user_input("hi")}},
+        {"type": "threads.retry_after_item",
+         "params": {"thread_id": "thr_missing", "item_id": "msg_missing"}},
+        {"type": "threads.add_client_tool_output",
+         "params": {"thread_id": "thr_missing", "result": 1}},
+        {"type": "threads.custom_action",
+         "params": {"thread_id": "thr_missing", "action": {"type": "x", "payload": {}}}},
+        {"type": "threads.get_by_id", "params": {"thread_id": "thr_missing"}},
+        {"type": "threads.update", "params": {"thread_id": "thr_missing", "title": "x"}},
+        {"type": "threads.delete", "params": {"thread_id": "thr_missing"}},
+        {"type": "items.list", "params": {"thread_id": "thr_missing"}},
+        {"type": "items.feedback",
+         "params": {"thread_id": "thr_missing", "item_ids": ["m"], "kind": "positive"}},
+        {"type": "attachments.delete", "params": {"attachment_id": "atc_missing"}},
+        {"type": "threads.create",
+         "params": {"input": user_input("hi", attachments=["atc_missing"])}},
+    ],
+    ids=lambda body: str(body["type"]),
+)
+async def test_unknown_ids_get_404_before_any_stream(live: Live, request_body: object) -> None:
+    response = await live.client.post_raw(json.dumps(request_body))
+
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["type"] == "not_found_error"
+
+
+async def test_unknown_thread_creates_nothing(live: Live) -> None:
+    body = {"type": "threads.create",
+            "params": {"input": user_input("hi", attachments=["atc_missing"])}}
+    await live.client.post_raw(json.dumps(body))
+    assert (await live.client.call("threads.list"))["data"] == []
+
+
+async def test_client_tool_output_without_pending_call_is_409(live: Live) -> None:
+    turn = await live.client.create_thread("hi")
+    body = {"type": "threads.add_client_tool_output",
+            "params": {"thread_id": turn.thread_id, "result": {"ok": True}}}
+
+    response = await live.client.post_raw(json.dumps(body))
+
+    assert response.status_code == 409
+    assert "pending client tool call" in response.json()["error"]["message"]
+
+
+async def test_retry_after_a_non_user_item_is_400(live: Live) -> None:
+    turn = await live.client.create_thread("hi")
+    answer = turn.assistant_messages[0].id
+    body = {"type": "threads.retry_after_item",
+            "params": {"thread_id": turn.thread_id, "item_id": answer}}
+
+    response = await live.client.post_raw(json.dumps(body))
+
+    assert response.status_code == 400
+
+
+async def test_oversized_body_gets_413(live: Live) -> None:
+    text = "x" * (live.settings.max_body_bytes + 1)
+    body = json.dumps({"type": "threads.create", "params": {"input": user_input(text)}})
+
+    response = await live.client.post_raw(body)
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+    assert (await live.client.call("threads.list"))["data"] == []
+
+
+async def test_oversized_chunked_body_gets_413(live: Live) -> None:
+    chunk = b"x" * 8192
+    count = live.settings.max_body_bytes // len(chunk) + 2
+
+    async def body():  # type: ignore[no-untyped-def]
+        for _ in range(count):
+            yield chunk
+
+    async with httpx.AsyncClient() as http:
+        response = await http.post(live.url + "/chatkit", content=body())
+
+    assert response.status_code == 413
+
+
+async def test_transcribe_without_backend_is_501(live: Live) -> None:
+    body = {"type": "input.transcribe", "params": {"audio_base64": "AAAA", "mime_type": "audio/webm"}}
+    response = await live.client.post_raw(json.dumps(body))
+    assert response.status_code == 501
+
+
+async def test_healthz(live: Live) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(live.url + "/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_cors_preflight_allows_the_chatkit_frame_header(
+    start_live: LiveFactory, live_settings: Settings
+) -> None:
+    settings = live_settings.with_changes(cors_origins=("http://localhost:5173",))
+    async with start_live(settings) as live, httpx.AsyncClient() as http:
+        response = await http.options(
+            live.url + "/chatkit",
+            headers={
+                "origin": "http://localhost:5173",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type,chatkit-frame-instance-id",
+            },
+        )
+        other = await http.options(
+            live.url + "/chatkit",
+            headers={
+                "origin": "http://evil.example",
+                "access-control-request-method": "POST",
+            },
+        )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "http://localhost:5173"
+    assert "chatkit-frame-instance-id" in response.headers["access-control-allow-headers"]
+    assert other.status_code == 400

@@ -1,0 +1,98 @@
+"""Fixtures for tests that need the whole stack on a real uvicorn.
+
+A loopback fake OpenAI-compatible backend, a chatkit-server app on a
+temporary SQLite file pointed at it, and a protocol client. Registered from
+the root conftest with ``pytest_plugins``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+
+from chatkit_server.app import create_app
+from chatkit_server.context import RequestContext
+from chatkit_server.http.state import AppState
+from chatkit_server.settings import Settings
+from chatkit_server.store import SQLStore
+from chatkit_server.testing.client import ChatKitClient
+from chatkit_server.testing.fake_backend import FakeBackend
+from chatkit_server.testing.live import serve_app
+
+LOCAL = RequestContext()
+
+
+@dataclass
+class FakeLLM:
+    backend: FakeBackend
+    url: str
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+
+@dataclass
+class Live:
+    """A running chatkit-server and a client for it."""
+
+    url: str
+    app: Starlette
+    settings: Settings
+    client: ChatKitClient
+
+    @property
+    def state(self) -> AppState:
+        state: AppState = self.app.state.chatkit
+        return state
+
+    @property
+    def store(self) -> SQLStore:
+        return self.state.store
+
+
+@pytest.fixture
+async def fake_llm() -> AsyncIterator[FakeLLM]:
+    backend = FakeBackend()
+    async with serve_app(backend.app) as url:
+        yield FakeLLM(backend=backend, url=url)
+
+
+@pytest.fixture
+def live_settings(tmp_path: Path, fake_llm: FakeLLM) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        llm_base_url=fake_llm.v1,
+        llm_model="fake-model",
+        llm_read_timeout=2.0,
+        llm_connect_timeout=2.0,
+        max_body_bytes=64 * 1024,
+    )
+
+
+LiveFactory = Callable[..., AbstractAsyncContextManager[Live]]
+
+
+@pytest.fixture
+def start_live() -> LiveFactory:
+    """Start a server on given settings (for restarts and special settings)."""
+
+    @asynccontextmanager
+    async def start(settings: Settings, **uvicorn_kwargs: Any) -> AsyncIterator[Live]:
+        app = create_app(settings, migrate=True)
+        async with serve_app(app, **uvicorn_kwargs) as url, ChatKitClient(url) as client:
+            yield Live(url=url, app=app, settings=settings, client=client)
+
+    return start
+
+
+@pytest.fixture
+async def live(start_live: LiveFactory, live_settings: Settings) -> AsyncIterator[Live]:
+    async with start_live(live_settings) as running:
+        yield running

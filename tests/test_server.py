@@ -1,0 +1,310 @@
+"""The ChatKit protocol end to end: real uvicorn, real SQLite file, loopback fake backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import anyio
+import pytest
+from chatkit.types import (
+    AssistantMessageItem,
+    ErrorEvent,
+    SDKHiddenContextItem,
+    ThreadItemAddedEvent,
+    ThreadItemUpdatedEvent,
+    UserMessageItem,
+)
+
+from chatkit_server.settings import Settings
+from chatkit_server.testing.client import ChatKitHTTPError
+from chatkit_server.testing.fake_backend import Reply
+from tests.live import LOCAL, FakeLLM, Live, LiveFactory
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = body["messages"]
+    return messages
+
+
+async def _stored_items(live: Live, thread_id: str) -> list[Any]:
+    page = await live.store.load_thread_items(thread_id, None, 200, "asc", LOCAL)
+    return page.data
+
+
+async def test_two_turns_get_distinct_ids_and_full_history(live: Live, fake_llm: FakeLLM) -> None:
+    fake_llm.backend.script(Reply.text("First answer."), Reply.text("Second answer."))
+
+    first = await live.client.create_thread("Hello there")
+    second = await live.client.add_message(first.thread_id, "Tell me more")
+
+    assert first.assistant_text == "First answer."
+    assert second.assistant_text == "Second answer."
+    first_id = first.assistant_messages[0].id
+    second_id = second.assistant_messages[0].id
+    assert first_id != second_id
+    assert "__fake_id__" not in (first_id, second_id)
+    assert first_id.startswith("msg_")
+
+    # The same id from added through updated to done, so the browser fills
+    # one bubble per reply.
+    streamed_ids = {
+        event.item.id if isinstance(event, ThreadItemAddedEvent) else event.item_id
+        for event in second.events
+        if isinstance(event, (ThreadItemAddedEvent, ThreadItemUpdatedEvent))
+        and (not isinstance(event, ThreadItemAddedEvent) or event.item.type == "assistant_message")
+    }
+    assert streamed_ids == {second_id}
+
+    stored = await _stored_items(live, first.thread_id)
+    assert [type(item) for item in stored] == [
+        UserMessageItem,
+        AssistantMessageItem,
+        UserMessageItem,
+        AssistantMessageItem,
+    ]
+    assert [item.id for item in stored][1::2] == [first_id, second_id]
+
+    # The second request carries the whole conversation as plain strings.
+    sent = _messages(fake_llm.backend.requests[-1].body)
+    conversation = [(m["role"], m["content"]) for m in sent if m["role"] != "system"]
+    assert conversation == [
+        ("user", "Hello there"),
+        ("assistant", "First answer."),
+        ("user", "Tell me more"),
+    ]
+    assert sent[0]["role"] == "system"
+
+
+async def test_thread_and_item_requests(live: Live, fake_llm: FakeLLM) -> None:
+    fake_llm.backend.script(Reply.text("One."), Reply.text("Two."))
+    a = await live.client.create_thread("first thread")
+    b = await live.client.create_thread("second thread")
+
+    listed = await live.client.call("threads.list", limit=10, order="desc")
+    assert [t["id"] for t in listed["data"]] == [b.thread_id, a.thread_id]
+    assert listed["has_more"] is False
+
+    page = await live.client.call("threads.list", limit=1, order="desc")
+    assert page["has_more"] is True
+    rest = await live.client.call("threads.list", limit=1, order="desc", after=page["after"])
+    assert [t["id"] for t in rest["data"]] == [a.thread_id]
+
+    thread = await live.client.call("threads.get_by_id", thread_id=a.thread_id)
+    assert [item["type"] for item in thread["items"]["data"]] == [
+        "user_message",
+        "assistant_message",
+    ]
+
+    items = await live.client.call("items.list", thread_id=a.thread_id, order="asc", limit=1)
+    assert items["has_more"] is True
+    assert items["data"][0]["type"] == "user_message"
+
+    updated = await live.client.call("threads.update", thread_id=a.thread_id, title="Renamed")
+    assert updated["title"] == "Renamed"
+    assert (await live.client.call("threads.get_by_id", thread_id=a.thread_id))["title"] == (
+        "Renamed"
+    )
+
+    assert await live.client.call("threads.delete", thread_id=a.thread_id) == {}
+    with pytest.raises(ChatKitHTTPError) as missing:
+        await live.client.call("threads.get_by_id", thread_id=a.thread_id)
+    assert missing.value.status_code == 404
+    listed = await live.client.call("threads.list")
+    assert [t["id"] for t in listed["data"]] == [b.thread_id]
+
+
+async def test_retry_after_item_replaces_the_answer(live: Live, fake_llm: FakeLLM) -> None:
+    fake_llm.backend.script(Reply.text("Bad answer."), Reply.text("Better answer."))
+    turn = await live.client.create_thread("Question?")
+    user_id = turn.done_items[0].id
+
+    retried = await live.client.stream(
+        "threads.retry_after_item", thread_id=turn.thread_id, item_id=user_id
+    )
+
+    assert retried.assistant_text == "Better answer."
+    stored = await _stored_items(live, turn.thread_id)
+    assert [(item.type, item.id) for item in stored] == [
+        ("user_message", user_id),
+        ("assistant_message", retried.assistant_messages[0].id),
+    ]
+    conversation = [
+        (m["role"], m["content"]) for m in _messages(fake_llm.backend.requests[-1].body)
+    ]
+    assert conversation[1:] == [("user", "Question?")]
+
+
+async def test_feedback_is_persisted(live: Live, fake_llm: FakeLLM) -> None:
+    turn = await live.client.create_thread("Rate me")
+    answer_id = turn.assistant_messages[0].id
+
+    await live.client.call(
+        "items.feedback", thread_id=turn.thread_id, item_ids=[answer_id], kind="positive"
+    )
+
+    records = await live.store.load_feedback(turn.thread_id, LOCAL)
+    assert [(r.item_id, r.kind) for r in records] == [(answer_id, "positive")]
+    with pytest.raises(ChatKitHTTPError) as unknown:
+        await live.client.call(
+            "items.feedback", thread_id=turn.thread_id, item_ids=["msg_nope"], kind="negative"
+        )
+    assert unknown.value.status_code == 404
+
+
+async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not await predicate():
+            await anyio.sleep(0.02)
+
+
+async def test_stop_persists_partial_answer_and_stops_the_backend(
+    live: Live, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.text("ready"), Reply.count(200, delay=0.02))
+    turn = await live.client.create_thread("warm up")
+
+    deltas = 0
+    async with live.client.open_stream(
+        "threads.add_user_message",
+        thread_id=turn.thread_id,
+        input={"content": [{"type": "input_text", "text": "long one"}], "attachments": [],
+               "inference_options": {}},
+    ) as events:
+        async for event in events:
+            if isinstance(event, ThreadItemUpdatedEvent):
+                deltas += 1
+                if deltas == 5:
+                    break
+    # Leaving the block closed the connection, as the browser's stop button does.
+
+    record = await fake_llm.backend.wait_for_stream_end(timeout=5.0)
+    assert record.disconnected
+    assert not record.completed
+    assert record.tokens_sent < 100
+
+    async def partial_saved() -> bool:
+        items = await _stored_items(live, turn.thread_id)
+        return any(isinstance(item, SDKHiddenContextItem) for item in items)
+
+    await _wait_for(partial_saved)
+    items = await _stored_items(live, turn.thread_id)
+    partial = [item for item in items if isinstance(item, AssistantMessageItem)][-1]
+    assert partial.content[0].text.startswith("tok0 tok1 tok2")
+    assert len(partial.content[0].text.split()) < 200
+
+    # The thread takes the next message, and the model sees the partial answer.
+    fake_llm.backend.script(Reply.text("Fine."))
+    after = await live.client.add_message(turn.thread_id, "continue")
+    assert after.assistant_text == "Fine."
+
+
+async def test_backend_error_status_becomes_error_event(live: Live, fake_llm: FakeLLM) -> None:
+    fake_llm.backend.script(Reply.text("ok"), Reply(status=503))
+    turn = await live.client.create_thread("hi")
+
+    failed = await live.client.add_message(turn.thread_id, "again")
+
+    assert len(failed.errors) == 1
+    assert "503" in (failed.errors[0].message or "")
+    assert failed.errors[0].allow_retry
+    fake_llm.backend.script(Reply.text("Recovered."))
+    recovered = await live.client.add_message(turn.thread_id, "third")
+    assert recovered.assistant_text == "Recovered."
+
+
+async def test_backend_drop_mid_stream_keeps_partial_and_reports(
+    live: Live, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.count(20, drop_after=5))
+
+    turn = await live.client.create_thread("hi")
+
+    assert len(turn.errors) == 1
+    assert turn.assistant_text == "tok0 tok1 tok2 tok3 tok4 "
+    stored = await _stored_items(live, turn.thread_id)
+    assert [item.type for item in stored] == ["user_message", "assistant_message"]
+    fake_llm.backend.script(Reply.text("Back."))
+    assert (await live.client.add_message(turn.thread_id, "again")).assistant_text == "Back."
+
+
+async def test_stalled_backend_times_out(live: Live, fake_llm: FakeLLM) -> None:
+    # live_settings give the backend 2 s of silence at most.
+    fake_llm.backend.script(Reply.count(10, stall_after=2, stall_seconds=30))
+
+    started = time.monotonic()
+    turn = await live.client.create_thread("hi")
+
+    assert time.monotonic() - started < 10
+    assert len(turn.errors) == 1
+    assert "in time" in (turn.errors[0].message or "")
+
+
+async def test_empty_backend_turn_is_an_error(live: Live, fake_llm: FakeLLM) -> None:
+    fake_llm.backend.script(Reply(tokens=[], empty=True))
+
+    turn = await live.client.create_thread("hi")
+
+    assert [type(e) for e in turn.events if isinstance(e, ErrorEvent)] == [ErrorEvent]
+    assert "empty" in (turn.errors[0].message or "")
+    stored = await _stored_items(live, turn.thread_id)
+    assert [item.type for item in stored] == ["user_message"]
+
+
+async def test_backend_down_is_an_error_event(start_live: LiveFactory, live_settings: Settings) -> None:
+    # Bind and close a port so nothing listens there.
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()
+    settings = live_settings.with_changes(llm_base_url=f"http://127.0.0.1:{port}/v1")
+
+    async with start_live(settings) as live:
+        turn = await live.client.create_thread("anyone there?")
+
+    assert len(turn.errors) == 1
+    assert "could not be reached" in (turn.errors[0].message or "")
+
+
+async def test_no_backend_configured_says_what_to_set(
+    start_live: LiveFactory, live_settings: Settings
+) -> None:
+    async with start_live(live_settings.with_changes(llm_base_url=None)) as live:
+        turn = await live.client.create_thread("hi")
+    assert "CHATKIT_LLM_BASE_URL" in (turn.errors[0].message or "")
+
+
+async def test_restart_with_same_data_dir_keeps_everything(
+    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.text("Remember me."))
+    async with start_live(live_settings) as live:
+        turn = await live.client.create_thread("persist this")
+        before = await live.client.call("threads.get_by_id", thread_id=turn.thread_id)
+
+    async with start_live(live_settings) as live:
+        after = await live.client.call("threads.get_by_id", thread_id=turn.thread_id)
+        fake_llm.backend.script(Reply.text("Still here."))
+        more = await live.client.add_message(turn.thread_id, "still there?")
+
+    assert after == before
+    assert more.assistant_text == "Still here."
+    conversation = [m["content"] for m in _messages(fake_llm.backend.requests[-1].body)]
+    assert conversation[1:] == ["persist this", "Remember me.", "still there?"]
+
+
+async def test_fifty_concurrent_conversations_on_one_sqlite_file(
+    live: Live, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.default = Reply.count(10, delay=0.005)
+
+    async def converse(n: int) -> tuple[int, int]:
+        first = await live.client.create_thread(f"conversation {n}")
+        second = await live.client.add_message(first.thread_id, "and again")
+        return len(first.errors) + len(second.errors), len(second.assistant_messages)
+
+    results = await asyncio.gather(*(converse(n) for n in range(50)))
+
+    assert results == [(0, 1)] * 50
+    threads = await live.store.load_threads(200, None, "desc", LOCAL)
+    assert len(threads.data) == 50
