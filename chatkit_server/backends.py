@@ -12,18 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import httpx
 from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, Timeout
 
 from .settings import LLMApi, Settings
 
 __all__ = ["DEFAULT_BACKEND", "Backend", "BackendConfig", "BackendRegistry"]
 
 DEFAULT_BACKEND = "default"
-# Far above what one chatkit-server process streams at once, so that 500
-# concurrent conversations never queue for a connection.
-DEFAULT_MAX_CONNECTIONS = 1000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,24 +56,18 @@ class Backend:
         self.config = config
         self.client: AsyncOpenAI | None = None
         if config.base_url is not None:
-            timeout = httpx.Timeout(
-                config.read_timeout,
-                connect=config.connect_timeout,
-                pool=config.connect_timeout,
-            )
+            # The client's own connection limit (1000) is far above what one
+            # process streams at once, so only the timeouts need setting.
             self.client = AsyncOpenAI(
                 base_url=config.base_url,
                 api_key=config.api_key,
-                timeout=timeout,
+                timeout=Timeout(
+                    config.read_timeout,
+                    connect=config.connect_timeout,
+                    pool=config.connect_timeout,
+                ),
                 max_retries=config.max_retries,
                 default_headers=dict(config.headers) or None,
-                http_client=httpx.AsyncClient(
-                    timeout=timeout,
-                    limits=httpx.Limits(
-                        max_connections=DEFAULT_MAX_CONNECTIONS,
-                        max_keepalive_connections=100,
-                    ),
-                ),
             )
 
     @property

@@ -20,7 +20,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
-import httpx
 import openai
 from agents.exceptions import AgentsException
 from agents.models.fake_id import FAKE_RESPONSES_ID
@@ -64,7 +63,7 @@ def backend_error_message(exc: BaseException) -> str:
         return "The model backend could not be reached. Please try again later."
     if isinstance(exc, openai.APIStatusError):
         return f"The model backend answered with an error (HTTP {exc.status_code})."
-    if isinstance(exc, (openai.APIError, httpx.HTTPError)):
+    if isinstance(exc, openai.APIError):
         return "The model backend stopped in the middle of the answer. Please try again."
     if isinstance(exc, AgentsException):
         return "The model's answer could not be processed. Please try again."

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 
-import httpx
+import httpx2 as httpx
 import openai
 from agents.models.fake_id import FAKE_RESPONSES_ID
 from chatkit.types import (
