@@ -55,11 +55,17 @@ EMPTY_ANSWER_MESSAGE = "The model returned an empty answer. Please try again."
 IdKind = Literal["message", "tool_call"]
 
 
-def backend_error_message(exc: BaseException) -> str:
-    """A user-facing sentence for a failed model call; never the raw exception text."""
+def backend_error_message(exc: BaseException, *, mid_answer: bool = False) -> str:
+    """A user-facing sentence for a failed model call; never the raw exception text.
+
+    Args:
+        exc: What the model call raised.
+        mid_answer: Whether part of the answer had already arrived (a broken
+            connection then means the backend dropped the stream).
+    """
     if isinstance(exc, openai.APITimeoutError):
         return "The model backend did not answer in time. Please try again."
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, openai.APIConnectionError) and not mid_answer:
         return "The model backend could not be reached. Please try again later."
     if isinstance(exc, openai.APIStatusError):
         return f"The model backend answered with an error (HTTP {exc.status_code})."
@@ -84,6 +90,7 @@ class StreamFixer:
         # with the text received so far: completed on a backend failure.
         self._pending: dict[str, AssistantMessageItem] = {}
         self.produced_output = False
+        self._started = False
 
     async def fix(
         self, events: AsyncIterator[ThreadStreamEvent]
@@ -95,12 +102,15 @@ class StreamFixer:
         """
         try:
             async for event in events:
+                self._started = True
                 yield self._rewrite(event)
         except Exception as exc:
             logger.warning("model backend failed: %s: %s", type(exc).__name__, exc)
+            mid_answer = self._started
             for item in self._take_pending():
                 yield ThreadItemDoneEvent(item=item)
-            yield ErrorEvent(code="custom", message=backend_error_message(exc), allow_retry=True)
+            message = backend_error_message(exc, mid_answer=mid_answer)
+            yield ErrorEvent(code="custom", message=message, allow_retry=True)
             return
         for item in self._take_pending():
             # An item the SDK never finished (e.g. a truncated stream): keep

@@ -217,12 +217,16 @@ async def test_backend_error_status_becomes_error_event(live: Live, fake_llm: Fa
 async def test_backend_drop_mid_stream_keeps_partial_and_reports(
     live: Live, fake_llm: FakeLLM
 ) -> None:
-    fake_llm.backend.script(Reply.count(20, drop_after=5))
+    fake_llm.backend.script(Reply.count(20, drop_after=5, delay=0.05))
 
     turn = await live.client.create_thread("hi")
 
     assert len(turn.errors) == 1
-    assert turn.assistant_text == "tok0 tok1 tok2 tok3 tok4 "
+    assert "middle of the answer" in (turn.errors[0].message or "")
+    # What the browser saw is what was kept; the SDK may drop the deltas that
+    # were still queued when the connection broke.
+    assert turn.assistant_text
+    assert "tok0 tok1 tok2 tok3 tok4 ".startswith(turn.assistant_text)
     stored = await _stored_items(live, turn.thread_id)
     assert [item.type for item in stored] == ["user_message", "assistant_message"]
     fake_llm.backend.script(Reply.text("Back."))

@@ -1,0 +1,49 @@
+"""The app's lifespan: resources, and tracing that stays off unless enabled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.tracing import Span, Trace, TracingProcessor, add_trace_processor
+
+from tests.live import LOCAL, Live
+
+
+class _Recorder(TracingProcessor):
+    def __init__(self) -> None:
+        self.traces: list[str] = []
+
+    def on_trace_start(self, trace: Trace) -> None:
+        self.traces.append(trace.name)
+
+    def on_trace_end(self, trace: Trace) -> None:
+        pass
+
+    def on_span_start(self, span: Span[Any]) -> None:
+        pass
+
+    def on_span_end(self, span: Span[Any]) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self) -> None:
+        pass
+
+
+async def test_conversations_are_not_traced_by_default(live: Live) -> None:
+    recorder = _Recorder()
+    add_trace_processor(recorder)
+
+    turn = await live.client.create_thread("private words")
+
+    assert turn.assistant_messages
+    assert recorder.traces == []
+
+
+async def test_lifespan_owns_database_and_backends(live: Live) -> None:
+    state = live.state
+    assert state.settings is live.settings
+    assert state.backends.get("default").configured
+    assert await state.store.load_threads(10, None, "desc", LOCAL) is not None

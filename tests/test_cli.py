@@ -1,0 +1,119 @@
+"""The ``chatkit-server`` command: help, settings errors, migrate, serve."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chatkit_server.cli import build_parser, main
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATKIT_")}
+    env["CHATKIT_DATA_DIR"] = str(tmp_path / "data")
+    env.update(extra)
+    return env
+
+
+def _run(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatkit_server.cli", *args],
+        env=_env(tmp_path, **extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_help_explains_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["serve", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("--no-migrate", "--port", "CHATKIT_LLM_BASE_URL", "CHATKIT_DATABASE_URL"):
+        assert name in out
+
+
+def test_invalid_setting_exits_2_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHATKIT_LLM_API", "grpc")
+    assert main(["migrate"]) == 2
+    assert "CHATKIT_LLM_API" in capsys.readouterr().err
+
+
+def test_migrate_creates_and_removes_the_schema(tmp_path: Path) -> None:
+    result = _run(tmp_path, "migrate")
+    assert result.returncode == 0, result.stderr
+    database = tmp_path / "data" / "chatkit.db"
+    tables = _tables(database)
+    assert {"threads", "thread_items", "attachments", "feedback"} <= tables
+
+    result = _run(tmp_path, "migrate", "--downgrade", "base")
+    assert result.returncode == 0, result.stderr
+    assert _tables(database) <= {"alembic_version"}
+
+
+def _tables(database: Path) -> set[str]:
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {row[0] for row in rows}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_serve_migrates_answers_health_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline and status != 200:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert status == 200
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/chatkit",
+            json={"type": "threads.list", "params": {}},
+            timeout=5,
+        )
+        assert response.json() == {"data": [], "has_more": False}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "CHATKIT_LLM_BASE_URL" in output  # the warning that no backend is set
+    assert (tmp_path / "data" / "chatkit.db").exists()
+
+
+def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = _run(tmp_path, "serve", "--port", str(port))
+    assert result.returncode != 0
+    assert "address already in use" in result.stderr.lower() or str(port) in result.stderr
