@@ -56,9 +56,7 @@ def _flatten_text_message(item: TResponseInputItem) -> TResponseInputItem:
     content = raw.get("content")
     if not isinstance(content, list) or not content:
         return item
-    if not all(
-        isinstance(part, dict) and part.get("type") in _TEXT_PART_TYPES for part in content
-    ):
+    if not all(isinstance(part, dict) and part.get("type") in _TEXT_PART_TYPES for part in content):
         return item
     text = "\n\n".join(str(part.get("text", "")) for part in content)
     return cast(TResponseInputItem, {"role": raw["role"], "content": text, "type": "message"})

@@ -103,9 +103,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         settings: Server settings (history size, tracing).
     """
 
-    def __init__(
-        self, *, store: SQLStore, workflows: WorkflowRegistry, settings: Settings
-    ) -> None:
+    def __init__(self, *, store: SQLStore, workflows: WorkflowRegistry, settings: Settings) -> None:
         super().__init__(store=store, attachment_store=store)
         self.sql_store = store
         self.workflows = workflows
@@ -280,7 +278,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             501, "Dictation is not available: this server has no transcription backend."
         )
 
-    async def action(  # type: ignore[override]
+    async def action(
         self,
         thread: ThreadMetadata,
         action: Action[str, Any],
@@ -303,4 +301,3 @@ class ChatKitApp(ChatKitServer[RequestContext]):
     ) -> SyncCustomActionResponse:
         """Synchronous widget actions: none are defined, so the request is refused."""
         raise RequestError(400, f"This workflow does not handle the action {action.type!r}.")
-

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from chatkit.types import (
     AssistantMessageItem,
@@ -153,9 +155,11 @@ async def test_feedback_is_persisted(live: Live, fake_llm: FakeLLM) -> None:
     assert unknown.value.status_code == 404
 
 
-async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    with anyio.fail_after(timeout):
-        while not await predicate():
+async def _wait_for(predicate: Any, seconds: float = 5.0) -> None:
+    with anyio.fail_after(seconds):
+        # Polling: the server persists in its own request task, which offers
+        # nothing to wait on from here.
+        while not await predicate():  # noqa: ASYNC110
             await anyio.sleep(0.02)
 
 
@@ -169,8 +173,11 @@ async def test_stop_persists_partial_answer_and_stops_the_backend(
     async with live.client.open_stream(
         "threads.add_user_message",
         thread_id=turn.thread_id,
-        input={"content": [{"type": "input_text", "text": "long one"}], "attachments": [],
-               "inference_options": {}},
+        input={
+            "content": [{"type": "input_text", "text": "long one"}],
+            "attachments": [],
+            "inference_options": {},
+        },
     ) as events:
         async for event in events:
             if isinstance(event, ThreadItemUpdatedEvent):
@@ -256,7 +263,9 @@ async def test_empty_backend_turn_is_an_error(live: Live, fake_llm: FakeLLM) -> 
     assert [item.type for item in stored] == ["user_message"]
 
 
-async def test_backend_down_is_an_error_event(start_live: LiveFactory, live_settings: Settings) -> None:
+async def test_backend_down_is_an_error_event(
+    start_live: LiveFactory, live_settings: Settings
+) -> None:
     # Bind and close a port so nothing listens there.
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
@@ -312,3 +321,50 @@ async def test_fifty_concurrent_conversations_on_one_sqlite_file(
     assert results == [(0, 1)] * 50
     threads = await live.store.load_threads(200, None, "desc", LOCAL)
     assert len(threads.data) == 50
+
+
+async def test_shutdown_with_an_open_stream_is_bounded_and_keeps_the_partial(
+    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.count(500, delay=0.02))
+    seen = anyio.Event()
+    thread_ids: list[str] = []
+
+    async def reader(live: Live) -> None:
+        # The stream breaks when the server goes away: that is the point.
+        with contextlib.suppress(httpx.HTTPError):
+            await read(live)
+
+    async def read(live: Live) -> None:
+        async with live.client.open_stream(
+            "threads.create",
+            input={
+                "content": [{"type": "input_text", "text": "long"}],
+                "attachments": [],
+                "inference_options": {},
+            },
+        ) as events:
+            deltas = 0
+            async for event in events:
+                if hasattr(event, "thread") and not thread_ids:
+                    thread_ids.append(event.thread.id)  # type: ignore[union-attr]
+                if isinstance(event, ThreadItemUpdatedEvent):
+                    deltas += 1
+                    if deltas == 3:
+                        seen.set()
+
+    started = 0.0
+    async with anyio.create_task_group() as tasks:
+        async with start_live(live_settings, shutdown_timeout=1.0) as live:
+            tasks.start_soon(reader, live)
+            await seen.wait()
+            started = time.monotonic()
+        # The server is down although the stream was still open.
+        assert time.monotonic() - started < 8
+        tasks.cancel_scope.cancel()
+
+    async with start_live(live_settings) as live:
+        items = await _stored_items(live, thread_ids[0])
+    answers = [item for item in items if isinstance(item, AssistantMessageItem)]
+    assert answers
+    assert answers[0].content[0].text.startswith("tok0 tok1 tok2")

@@ -61,7 +61,9 @@ def _fixer() -> StreamFixer:
     return StreamFixer(lambda kind: f"{'msg' if kind == 'message' else 'tc'}_{next(counter)}")
 
 
-async def _run(fixer: StreamFixer, source: AsyncIterator[ThreadStreamEvent]) -> list[ThreadStreamEvent]:
+async def _run(
+    fixer: StreamFixer, source: AsyncIterator[ThreadStreamEvent]
+) -> list[ThreadStreamEvent]:
     return [event async for event in fixer.fix(source)]
 
 
@@ -74,7 +76,11 @@ async def test_each_reply_gets_its_own_stable_id() -> None:
 
 async def test_fake_id_on_a_client_tool_call_is_replaced() -> None:
     call = ClientToolCallItem(
-        id=FAKE_RESPONSES_ID, thread_id="thr_1", created_at=NOW, call_id="c1", name="f",
+        id=FAKE_RESPONSES_ID,
+        thread_id="thr_1",
+        created_at=NOW,
+        call_id="c1",
+        name="f",
         arguments={},
     )
     out = await _run(_fixer(), _events([ThreadItemDoneEvent(item=call)]))
@@ -116,8 +122,6 @@ def test_error_messages_do_not_leak_exception_text() -> None:
     request = httpx.Request("POST", "http://secret-host/v1")
     response = httpx.Response(500, request=request, text="stack trace with secrets")
     status = openai.InternalServerError("secret detail", response=response, body=None)
-    assert backend_error_message(status) == (
-        "The model backend answered with an error (HTTP 500)."
-    )
+    assert backend_error_message(status) == ("The model backend answered with an error (HTTP 500).")
     assert "secret" not in backend_error_message(RuntimeError("secret"))
     assert "in time" in backend_error_message(openai.APITimeoutError(request=request))

@@ -1,0 +1,29 @@
+"""Persistence: the ChatKit store on SQLAlchemy (SQLite or PostgreSQL).
+
+- :class:`Database`: the async engine and its read/write sessions;
+- :class:`SQLStore`: ChatKit's ``Store`` and ``AttachmentStore`` in one class;
+- :func:`upgrade`, :func:`downgrade`, :func:`current`, :func:`upgrade_async`:
+  Alembic migrations, which own the schema;
+- :func:`new_id`: long, time-ordered ids with the SDK's prefixes.
+
+No Starlette here: the HTTP layer calls in, never the other way round.
+"""
+
+from .database import Database
+from .ids import new_id
+from .migrate import alembic_config, current, downgrade, upgrade, upgrade_async
+from .sql_store import DEFAULT_UPLOAD_BASE_URL, MAX_PAGE_SIZE, FeedbackRecord, SQLStore
+
+__all__ = [
+    "DEFAULT_UPLOAD_BASE_URL",
+    "MAX_PAGE_SIZE",
+    "Database",
+    "FeedbackRecord",
+    "SQLStore",
+    "alembic_config",
+    "current",
+    "downgrade",
+    "new_id",
+    "upgrade",
+    "upgrade_async",
+]

@@ -84,9 +84,7 @@ class Turn:
     @property
     def assistant_text(self) -> str:
         """Text of the completed assistant messages, joined."""
-        return "".join(
-            part.text for message in self.assistant_messages for part in message.content
-        )
+        return "".join(part.text for message in self.assistant_messages for part in message.content)
 
     @property
     def errors(self) -> list[ErrorEvent]:
@@ -135,7 +133,9 @@ class ChatKitClient:
         """Close the underlying connections."""
         await self._http.aclose()
 
-    async def post_raw(self, body: bytes | str, headers: dict[str, str] | None = None) -> httpx.Response:
+    async def post_raw(
+        self, body: bytes | str, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         """POST an arbitrary body and return the whole response (for error-path tests)."""
         content = body.encode() if isinstance(body, str) else body
         return await self._http.post(

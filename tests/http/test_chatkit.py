@@ -39,7 +39,7 @@ async def test_non_streaming_answer_is_json(live: Live) -> None:
         ('{"params": {}}', "no 'type'"),
         ('{"type": "threads.get_by_id", "params": {}}', "thread_id"),
         ('{"type": "threads.list", "params": {"limit": "many"}}', "limit"),
-        ('[1, 2, 3]', "Invalid request"),
+        ("[1, 2, 3]", "Invalid request"),
     ],
 )
 async def test_bad_requests_get_400_with_json(live: Live, body: str, fragment: str) -> None:
@@ -54,23 +54,35 @@ async def test_bad_requests_get_400_with_json(live: Live, body: str, fragment: s
 @pytest.mark.parametrize(
     "request_body",
     [
-        {"type": "threads.add_user_message",
-         "params": {"thread_id": "thr_missing", "input": user_input("hi")}},
-        {"type": "threads.retry_after_item",
-         "params": {"thread_id": "thr_missing", "item_id": "msg_missing"}},
-        {"type": "threads.add_client_tool_output",
-         "params": {"thread_id": "thr_missing", "result": 1}},
-        {"type": "threads.custom_action",
-         "params": {"thread_id": "thr_missing", "action": {"type": "x", "payload": {}}}},
+        {
+            "type": "threads.add_user_message",
+            "params": {"thread_id": "thr_missing", "input": user_input("hi")},
+        },
+        {
+            "type": "threads.retry_after_item",
+            "params": {"thread_id": "thr_missing", "item_id": "msg_missing"},
+        },
+        {
+            "type": "threads.add_client_tool_output",
+            "params": {"thread_id": "thr_missing", "result": 1},
+        },
+        {
+            "type": "threads.custom_action",
+            "params": {"thread_id": "thr_missing", "action": {"type": "x", "payload": {}}},
+        },
         {"type": "threads.get_by_id", "params": {"thread_id": "thr_missing"}},
         {"type": "threads.update", "params": {"thread_id": "thr_missing", "title": "x"}},
         {"type": "threads.delete", "params": {"thread_id": "thr_missing"}},
         {"type": "items.list", "params": {"thread_id": "thr_missing"}},
-        {"type": "items.feedback",
-         "params": {"thread_id": "thr_missing", "item_ids": ["m"], "kind": "positive"}},
+        {
+            "type": "items.feedback",
+            "params": {"thread_id": "thr_missing", "item_ids": ["m"], "kind": "positive"},
+        },
         {"type": "attachments.delete", "params": {"attachment_id": "atc_missing"}},
-        {"type": "threads.create",
-         "params": {"input": user_input("hi", attachments=["atc_missing"])}},
+        {
+            "type": "threads.create",
+            "params": {"input": user_input("hi", attachments=["atc_missing"])},
+        },
     ],
     ids=lambda body: str(body["type"]),
 )
@@ -83,16 +95,20 @@ async def test_unknown_ids_get_404_before_any_stream(live: Live, request_body: o
 
 
 async def test_unknown_thread_creates_nothing(live: Live) -> None:
-    body = {"type": "threads.create",
-            "params": {"input": user_input("hi", attachments=["atc_missing"])}}
+    body = {
+        "type": "threads.create",
+        "params": {"input": user_input("hi", attachments=["atc_missing"])},
+    }
     await live.client.post_raw(json.dumps(body))
     assert (await live.client.call("threads.list"))["data"] == []
 
 
 async def test_client_tool_output_without_pending_call_is_409(live: Live) -> None:
     turn = await live.client.create_thread("hi")
-    body = {"type": "threads.add_client_tool_output",
-            "params": {"thread_id": turn.thread_id, "result": {"ok": True}}}
+    body = {
+        "type": "threads.add_client_tool_output",
+        "params": {"thread_id": turn.thread_id, "result": {"ok": True}},
+    }
 
     response = await live.client.post_raw(json.dumps(body))
 
@@ -103,8 +119,10 @@ async def test_client_tool_output_without_pending_call_is_409(live: Live) -> Non
 async def test_retry_after_a_non_user_item_is_400(live: Live) -> None:
     turn = await live.client.create_thread("hi")
     answer = turn.assistant_messages[0].id
-    body = {"type": "threads.retry_after_item",
-            "params": {"thread_id": turn.thread_id, "item_id": answer}}
+    body = {
+        "type": "threads.retry_after_item",
+        "params": {"thread_id": turn.thread_id, "item_id": answer},
+    }
 
     response = await live.client.post_raw(json.dumps(body))
 
@@ -137,7 +155,10 @@ async def test_oversized_chunked_body_gets_413(live: Live) -> None:
 
 
 async def test_transcribe_without_backend_is_501(live: Live) -> None:
-    body = {"type": "input.transcribe", "params": {"audio_base64": "AAAA", "mime_type": "audio/webm"}}
+    body = {
+        "type": "input.transcribe",
+        "params": {"audio_base64": "AAAA", "mime_type": "audio/webm"},
+    }
     response = await live.client.post_raw(json.dumps(body))
     assert response.status_code == 501
 
