@@ -94,6 +94,11 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if level != "debug":
+        # Per-request and per-step chatter of libraries; our own lines say
+        # what happened (e.g. "upgraded empty -> 0001").
+        for name in ("alembic", "chatkit", "openai", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _migrate(settings: Settings, *, downgrade_to: str | None) -> int:
