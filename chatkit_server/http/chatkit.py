@@ -39,6 +39,10 @@ async def chatkit_endpoint(request: Request) -> Response:
     except StoreError:
         logger.exception("store failure while answering a ChatKit request")
         return error_response(503, "The database is unavailable. Please try again.")
+    except Exception:
+        # Never str(exc): internal errors can carry SQL, paths or secrets.
+        logger.exception("unexpected failure while answering a ChatKit request")
+        return error_response(500, "Internal server error.")
     if isinstance(result, StreamingResult):
         return StreamingResponse(result, media_type="text/event-stream", headers=SSE_HEADERS)
     return Response(result.json, media_type="application/json")

@@ -194,3 +194,29 @@ async def test_cors_preflight_allows_the_chatkit_frame_header(
     assert response.headers["access-control-allow-origin"] == "http://localhost:5173"
     assert "chatkit-frame-instance-id" in response.headers["access-control-allow-headers"]
     assert other.status_code == 400
+
+
+async def test_unknown_cursor_is_400(live: Live) -> None:
+    turn = await live.client.create_thread("hi")
+    for request_type, params in [
+        ("items.list", {"thread_id": turn.thread_id, "after": "msg_unknown"}),
+        ("threads.list", {"after": "thr_unknown"}),
+    ]:
+        body = json.dumps({"type": request_type, "params": params})
+        response = await live.client.post_raw(body)
+        assert response.status_code == 400, request_type
+        assert "cursor" in response.json()["error"]["message"]
+
+
+async def test_internal_errors_are_500_without_details(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(live.store, "load_threads", explode)
+    response = await live.client.post_raw(json.dumps({"type": "threads.list", "params": {}}))
+
+    assert response.status_code == 500
+    assert "secret" not in response.text
+    assert response.json()["error"]["message"] == "Internal server error."
