@@ -1,0 +1,265 @@
+"""The async engine, its sessions, and the SQLite settings that make it safe.
+
+SQLite needs four things on every connection, not once per file:
+``journal_mode=WAL`` (readers never block the writer), ``busy_timeout`` (wait
+for a lock instead of failing at once), ``foreign_keys=ON`` (without it every
+``ON DELETE CASCADE`` silently does nothing) and ``synchronous=NORMAL`` (safe
+with WAL, and much faster than FULL).
+
+Write transactions must also start with ``BEGIN IMMEDIATE``. With the default
+deferred ``BEGIN`` a transaction that reads and then writes holds a read
+snapshot; if another connection committed meanwhile, SQLite refuses the
+upgrade to a write lock with "database is locked" at once, without waiting
+out ``busy_timeout``. ``IMMEDIATE`` takes the write lock up front, so writers
+queue instead. The driver's own transaction handling is switched off
+(``isolation_level = None``) and a ``begin`` event issues our BEGIN; write
+sessions run on an ``execution_options`` copy of the engine that shares its
+pool and asks for ``IMMEDIATE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from ..errors import StoreError
+from .tables import metadata
+
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT_MS",
+    "DEFAULT_MAX_OVERFLOW",
+    "DEFAULT_POOL_RECYCLE",
+    "DEFAULT_POOL_SIZE",
+    "Database",
+    "create_engine",
+    "for_writes",
+]
+
+DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
+DEFAULT_POOL_SIZE: Final = 10
+DEFAULT_MAX_OVERFLOW: Final = 20
+# Recycle before common server and proxy idle timeouts drop the socket.
+DEFAULT_POOL_RECYCLE: Final = 1800
+
+# Execution option read by the ``begin`` hook: "IMMEDIATE" for writers.
+_BEGIN_OPTION: Final = "chatkit_sqlite_begin"
+
+
+def create_engine(
+    url: str | URL,
+    *,
+    echo: bool = False,
+    connect_args: Mapping[str, Any] | None = None,
+    enforce_foreign_keys: bool = True,
+) -> AsyncEngine:
+    """Create an async engine with this server's connection settings.
+
+    For a SQLite file, the file's directory is created if missing.
+
+    Args:
+        url: A ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URL.
+        echo: Log every SQL statement.
+        connect_args: Extra keyword arguments for the driver's ``connect``
+            (for asyncpg, e.g. ``{"server_settings": {"search_path": "s"}}``).
+        enforce_foreign_keys: Turn SQLite's foreign keys on. Only migrations
+            turn it off: rebuilding a table in batch mode drops the old one,
+            and with foreign keys on that drop would cascade into its
+            children.
+    """
+    parsed = make_url(url)
+    _ensure_sqlite_directory(parsed)
+    kwargs: dict[str, Any] = {"echo": echo, "connect_args": dict(connect_args or {})}
+    if not _is_sqlite_memory(parsed):  # in-memory SQLite has a single-connection pool
+        kwargs.update(pool_size=DEFAULT_POOL_SIZE, max_overflow=DEFAULT_MAX_OVERFLOW)
+    if parsed.get_backend_name() == "postgresql":
+        # A server restart or an idle-dropping proxy leaves dead sockets in
+        # the pool: test each on checkout and retire old ones.
+        kwargs.update(pool_pre_ping=True, pool_recycle=DEFAULT_POOL_RECYCLE)
+    engine = create_async_engine(parsed, **kwargs)
+    if engine.dialect.name == "sqlite":
+        _install_sqlite_hooks(engine, enforce_foreign_keys=enforce_foreign_keys)
+    return engine
+
+
+def for_writes(engine: AsyncEngine) -> AsyncEngine:
+    """Return a copy of ``engine``, sharing its pool, for write transactions.
+
+    On SQLite its transactions start with ``BEGIN IMMEDIATE``; elsewhere it
+    behaves like ``engine``.
+    """
+    return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, *, enforce_foreign_keys: bool) -> None:
+    pragmas = (
+        # busy_timeout first: switching to WAL itself needs a lock.
+        f"PRAGMA busy_timeout = {DEFAULT_BUSY_TIMEOUT_MS}",
+        "PRAGMA journal_mode = WAL",
+        f"PRAGMA foreign_keys = {'ON' if enforce_foreign_keys else 'OFF'}",
+        "PRAGMA synchronous = NORMAL",
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver would otherwise issue its own deferred BEGIN before DML
+        # (and none before SELECT or DDL); the begin hook below replaces it.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in pragmas:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_BEGIN_OPTION)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+
+
+def _is_sqlite_memory(url: URL) -> bool:
+    if url.get_backend_name() != "sqlite":
+        return False
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
+def _ensure_sqlite_directory(url: URL) -> None:
+    if url.get_backend_name() != "sqlite" or _is_sqlite_memory(url):
+        return
+    database = url.database or ""
+    if database.startswith("file:") or url.query.get("uri"):
+        return  # a URI names its own location
+    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+class Database:
+    """An async engine and the sessions the store works in.
+
+    Use :meth:`connect` to build one; call :meth:`dispose` when done (the app
+    lifespan does).
+
+    Attributes:
+        engine: The SQLAlchemy async engine (one pool for readers and writers).
+        dialect: ``"sqlite"`` or ``"postgresql"``.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        """Wrap an engine made by :func:`create_engine`; prefer :meth:`connect`."""
+        self.engine = engine
+        self.dialect: str = engine.dialect.name
+        self._read_sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._write_sessions = async_sessionmaker(for_writes(engine), expire_on_commit=False)
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        echo: bool = False,
+        connect_args: Mapping[str, Any] | None = None,
+    ) -> Database:
+        """Create a database handle for ``url`` (no connection is opened yet).
+
+        For a SQLite file, the file's directory is created if missing.
+
+        Args:
+            url: A ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URL.
+            echo: Log every SQL statement.
+            connect_args: Extra keyword arguments for the driver's ``connect``.
+        """
+        return cls(create_engine(url, echo=echo, connect_args=connect_args))
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for a unit of work that only reads.
+
+        On SQLite it starts with a deferred ``BEGIN``, so all its queries see
+        one snapshot without blocking writers.
+
+        Raises:
+            StoreError: The database failed (driver errors are translated).
+        """
+        async with self._session(self._read_sessions) as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A session for a unit of work that writes: committed on success.
+
+        On SQLite it starts with ``BEGIN IMMEDIATE`` (see the module notes).
+
+        Raises:
+            StoreError: The database failed (driver errors are translated).
+        """
+        async with self._session(self._write_sessions) as session:
+            yield session
+
+    @asynccontextmanager
+    async def _session(
+        self, factory: async_sessionmaker[AsyncSession]
+    ) -> AsyncIterator[AsyncSession]:
+        try:
+            # begin(): commit when the block succeeds, roll back when it raises.
+            async with factory.begin() as session:
+                yield session
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise _translate(exc) from exc
+
+    async def ping(self) -> None:
+        """Run a trivial query, for health checks.
+
+        Raises:
+            StoreError: The database cannot be reached or does not answer.
+        """
+        async with self.read() as session:
+            await session.execute(sa.text("SELECT 1"))
+
+    def describe(self) -> str:
+        """The database URL for logs, with any password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    async def create_all(self) -> None:
+        """Create the tables directly from the metadata. For tests only.
+
+        Real databases get their schema from the Alembic migrations
+        (:func:`chatkit_server.store.migrate.upgrade`), which also record the
+        schema version.
+        """
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def _translate(exc: BaseException) -> StoreError:
+    """Turn a driver error into a StoreError whose message holds no SQL."""
+    detail = str(getattr(exc, "orig", None) or exc).lower()
+    if isinstance(exc, sa.exc.IntegrityError):
+        message = "the change conflicts with stored data (a duplicate key or a missing parent)"
+    elif "no such table" in detail or ("relation" in detail and "does not exist" in detail):
+        message = "the database schema is missing: run `chatkit-server migrate`"
+    elif "database is locked" in detail or "database is busy" in detail:
+        message = "the database is busy: try again"
+    elif isinstance(exc, sa.exc.TimeoutError):
+        message = "timed out waiting for a free database connection"
+    elif isinstance(exc, OSError) or (
+        isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    ):
+        message = "cannot reach the database"
+    else:
+        message = f"database error ({type(getattr(exc, 'orig', None) or exc).__name__})"
+    return StoreError(message)

@@ -1,0 +1,574 @@
+"""The ChatKit ``Store`` and ``AttachmentStore`` on SQLAlchemy (SQLite or PostgreSQL).
+
+Semantics the ChatKit base server relies on:
+
+- every query is scoped by ``context.user_id``: a thread or attachment of
+  another user raises the same :class:`~chatkit_server.errors.NotFoundError`
+  as one that does not exist;
+- items are keyed by ``(thread_id, item_id)``; adding an item that exists
+  replaces it in place (keeping its position), and deleting a missing item
+  is a no-op;
+- listings order by an auto-increment ``seq``; ``after`` is an exclusive
+  cursor naming the id of the last entry seen (unknown ids raise
+  :class:`~chatkit_server.errors.InvalidCursorError`), and pages fetch one row
+  more than asked to know ``has_more`` without a ``COUNT``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from chatkit.store import AttachmentStore, Store, StoreItemType
+from chatkit.types import (
+    Attachment,
+    AttachmentCreateParams,
+    AttachmentUploadDescriptor,
+    FeedbackKind,
+    FileAttachment,
+    ImageAttachment,
+    Page,
+    ThreadItem,
+    ThreadMetadata,
+    WidgetItem,
+)
+from chatkit.widgets import DynamicWidgetRoot
+from pydantic import AnyUrl, TypeAdapter
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..context import RequestContext
+from ..errors import InvalidCursorError, NotFoundError
+from .database import Database
+from .ids import ID_PREFIXES, new_id
+from .tables import attachments, feedback, thread_items, threads
+
+__all__ = ["DEFAULT_UPLOAD_BASE_URL", "MAX_PAGE_SIZE", "FeedbackRecord", "SQLStore"]
+
+MAX_PAGE_SIZE: Final = 200
+DEFAULT_UPLOAD_BASE_URL: Final = "http://127.0.0.1:8000"
+
+# Building a TypeAdapter for these unions costs milliseconds; do it once.
+_ITEM: Final[TypeAdapter[ThreadItem]] = TypeAdapter(ThreadItem)
+_ATTACHMENT: Final[TypeAdapter[Attachment]] = TypeAdapter(Attachment)
+# A full Thread (with its items) may be passed to save_thread; keep only these.
+_THREAD_FIELDS: Final = frozenset(ThreadMetadata.model_fields)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackRecord:
+    """One feedback vote on one thread item."""
+
+    thread_id: str
+    item_id: str
+    kind: FeedbackKind
+    created_at: datetime
+
+
+class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
+    """Threads, items, attachment metadata and feedback in a SQL database.
+
+    One instance serves as both the ``store`` and the ``attachment_store`` of a
+    ``ChatKitServer``. Attachment bytes are not stored here.
+    """
+
+    def __init__(
+        self, database: Database, *, upload_base_url: str = DEFAULT_UPLOAD_BASE_URL
+    ) -> None:
+        """Create a store.
+
+        Args:
+            database: Where to keep everything.
+            upload_base_url: Public base URL of this server, used to build the
+                upload and preview URLs of new attachments.
+        """
+        self._db = database
+        self._upload_base_url = upload_base_url.rstrip("/")
+
+    def set_upload_base_url(self, url: str) -> None:
+        """Change the base URL of upload and preview URLs (known after start-up)."""
+        self._upload_base_url = url.rstrip("/")
+
+    # -- ids -------------------------------------------------------------------
+
+    def generate_thread_id(self, context: RequestContext) -> str:
+        """Return a new 128-bit, time-ordered thread id (``thr_...``)."""
+        return new_id(ID_PREFIXES["thread"])
+
+    def generate_item_id(
+        self, item_type: StoreItemType, thread: ThreadMetadata, context: RequestContext
+    ) -> str:
+        """Return a new 128-bit, time-ordered item id with the SDK's prefix."""
+        return new_id(ID_PREFIXES[item_type])
+
+    def generate_attachment_id(self, mime_type: str, context: RequestContext) -> str:
+        """Return a new 128-bit, time-ordered attachment id (``atc_...``)."""
+        return new_id(ID_PREFIXES["attachment"])
+
+    # -- threads ---------------------------------------------------------------
+
+    async def load_thread(self, thread_id: str, context: RequestContext) -> ThreadMetadata:
+        """Load a thread's metadata.
+
+        Raises:
+            NotFoundError: No such thread for this user.
+        """
+        async with self._db.read() as session:
+            data = await session.scalar(
+                sa.select(threads.c.data).where(
+                    threads.c.id == thread_id, threads.c.user_id == context.user_id
+                )
+            )
+        if data is None:
+            raise _thread_not_found(thread_id)
+        return ThreadMetadata.model_validate_json(data)
+
+    async def save_thread(self, thread: ThreadMetadata, context: RequestContext) -> None:
+        """Insert a thread owned by the caller, or update the caller's thread.
+
+        Only metadata is stored: the ``items`` of a full ``Thread`` are dropped.
+
+        Raises:
+            NotFoundError: The id belongs to another user's thread (nothing changes).
+        """
+        values = {
+            "id": thread.id,
+            "user_id": context.user_id,
+            "created_at": _column_time(thread.created_at),
+            "data": thread.model_dump_json(include=set(_THREAD_FIELDS)),
+        }
+        statement = self._upsert(
+            threads,
+            values,
+            key=["id"],
+            update=["created_at", "data"],
+            where=threads.c.user_id == context.user_id,
+        ).returning(threads.c.seq)
+        async with self._db.write() as session:
+            saved = (await session.execute(statement)).scalar_one_or_none()
+        if saved is None:
+            raise _thread_not_found(thread.id)
+
+    async def load_threads(
+        self, limit: int, after: str | None, order: str, context: RequestContext
+    ) -> Page[ThreadMetadata]:
+        """Load a page of the caller's threads.
+
+        Args:
+            limit: Page size, clamped to ``1..MAX_PAGE_SIZE``.
+            after: Id of the last thread of the previous page (exclusive).
+            order: ``"asc"`` (oldest first) or ``"desc"`` (newest first).
+            context: The caller.
+
+        Raises:
+            InvalidCursorError: ``after`` is not one of the caller's threads.
+        """
+        scope = threads.c.user_id == context.user_id
+        async with self._db.read() as session:
+            rows, has_more = await _page(session, threads, scope, after, limit, order)
+            if not rows:
+                await _check_cursor(session, threads, scope, after)
+        return Page(
+            data=[ThreadMetadata.model_validate_json(row.data) for row in rows],
+            has_more=has_more,
+            after=rows[-1].id if rows else None,
+        )
+
+    async def delete_thread(self, thread_id: str, context: RequestContext) -> None:
+        """Delete a thread with its items, attachments and feedback.
+
+        Raises:
+            NotFoundError: No such thread for this user.
+        """
+        statement = (
+            sa.delete(threads)
+            .where(threads.c.id == thread_id, threads.c.user_id == context.user_id)
+            .returning(threads.c.seq)
+        )
+        async with self._db.write() as session:
+            deleted = (await session.execute(statement)).scalar_one_or_none()
+        if deleted is None:
+            raise _thread_not_found(thread_id)
+
+    # -- items -----------------------------------------------------------------
+
+    async def load_thread_items(
+        self,
+        thread_id: str,
+        after: str | None,
+        limit: int,
+        order: str,
+        context: RequestContext,
+    ) -> Page[ThreadItem]:
+        """Load a page of a thread's items, hidden-context items included.
+
+        Args:
+            thread_id: The thread.
+            after: Id of the last item of the previous page (exclusive).
+            limit: Page size, clamped to ``1..MAX_PAGE_SIZE``.
+            order: ``"asc"`` (oldest first) or ``"desc"`` (newest first).
+            context: The caller.
+
+        Raises:
+            NotFoundError: No such thread for this user.
+            InvalidCursorError: ``after`` is not an item of this thread.
+        """
+        scope = thread_items.c.thread_id == thread_id
+        owned = _owned_thread(thread_id, context)
+        async with self._db.read() as session:
+            rows, has_more = await _page(
+                session, thread_items, scope, after, limit, order, ("id", "type", "data"), owned
+            )
+            if not rows:
+                if not await session.scalar(sa.select(owned)):
+                    raise _thread_not_found(thread_id)
+                await _check_cursor(session, thread_items, scope, after)
+        return Page(
+            data=[_decode_item(row.type, row.data) for row in rows],
+            has_more=has_more,
+            after=rows[-1].id if rows else None,
+        )
+
+    async def add_thread_item(
+        self, thread_id: str, item: ThreadItem, context: RequestContext
+    ) -> None:
+        """Append an item; an item with the same id is replaced in place.
+
+        Raises:
+            NotFoundError: No such thread for this user.
+        """
+        await self._upsert_item(thread_id, item, context)
+
+    async def save_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
+        """Replace an item in place, or append it if it is new.
+
+        Raises:
+            NotFoundError: No such thread for this user.
+        """
+        await self._upsert_item(thread_id, item, context)
+
+    async def load_item(self, thread_id: str, item_id: str, context: RequestContext) -> ThreadItem:
+        """Load one item of one of the caller's threads.
+
+        Raises:
+            NotFoundError: No such item, or no such thread for this user.
+        """
+        statement = (
+            sa.select(thread_items.c.type, thread_items.c.data)
+            .join(threads, threads.c.id == thread_items.c.thread_id)
+            .where(
+                thread_items.c.thread_id == thread_id,
+                thread_items.c.id == item_id,
+                threads.c.user_id == context.user_id,
+            )
+        )
+        async with self._db.read() as session:
+            row = (await session.execute(statement)).one_or_none()
+        if row is None:
+            raise NotFoundError(f"Item {item_id} not found in thread {thread_id}")
+        return _decode_item(row.type, row.data)
+
+    async def delete_thread_item(
+        self, thread_id: str, item_id: str, context: RequestContext
+    ) -> None:
+        """Delete an item; deleting an item that does not exist does nothing.
+
+        Raises:
+            NotFoundError: No such thread for this user.
+        """
+        async with self._db.write() as session:
+            await _require_thread(session, thread_id, context)
+            await session.execute(
+                sa.delete(thread_items).where(
+                    thread_items.c.thread_id == thread_id, thread_items.c.id == item_id
+                )
+            )
+
+    async def _upsert_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
+        values = {
+            "thread_id": thread_id,
+            "id": item.id,
+            "type": item.type,
+            "created_at": _column_time(item.created_at),
+            "data": item.model_dump_json(),
+        }
+        # The conflict update leaves seq alone, so a re-added item keeps its place.
+        statement = self._upsert(
+            thread_items, values, key=["thread_id", "id"], update=["type", "created_at", "data"]
+        )
+        async with self._db.write() as session:
+            await _require_thread(session, thread_id, context)
+            await session.execute(statement)
+
+    # -- attachments -----------------------------------------------------------
+
+    async def create_attachment(
+        self, input: AttachmentCreateParams, context: RequestContext
+    ) -> Attachment:
+        """Describe a new attachment for a two-phase upload (nothing is stored).
+
+        The ChatKit server saves the returned attachment with
+        :meth:`save_attachment`. ``image/*`` types get an ``ImageAttachment``
+        with a preview URL. The declared size is kept in ``metadata["size"]``
+        for the upload endpoint to enforce.
+        """
+        attachment_id = self.generate_attachment_id(input.mime_type, context)
+        base = f"{self._upload_base_url}/chatkit/attachments/{attachment_id}"
+        descriptor = AttachmentUploadDescriptor(url=AnyUrl(f"{base}/upload"), method="POST")
+        metadata: dict[str, Any] = {"size": input.size}
+        if input.mime_type.lower().startswith("image/"):
+            return ImageAttachment(
+                id=attachment_id,
+                name=input.name,
+                mime_type=input.mime_type,
+                upload_descriptor=descriptor,
+                preview_url=AnyUrl(f"{base}/preview"),
+                metadata=metadata,
+            )
+        return FileAttachment(
+            id=attachment_id,
+            name=input.name,
+            mime_type=input.mime_type,
+            upload_descriptor=descriptor,
+            metadata=metadata,
+        )
+
+    async def save_attachment(self, attachment: Attachment, context: RequestContext) -> None:
+        """Insert or update attachment metadata owned by the caller.
+
+        Raises:
+            NotFoundError: The id belongs to another user's attachment, or the
+                attachment names a thread the caller does not own.
+        """
+        values = {
+            "id": attachment.id,
+            "user_id": context.user_id,
+            "thread_id": attachment.thread_id,
+            "created_at": _utc_now(),
+            "data": attachment.model_dump_json(),
+        }
+        statement = self._upsert(
+            attachments,
+            values,
+            key=["id"],
+            update=["thread_id", "data"],
+            where=attachments.c.user_id == context.user_id,
+        ).returning(attachments.c.id)
+        async with self._db.write() as session:
+            if attachment.thread_id is not None:
+                await _require_thread(session, attachment.thread_id, context)
+            saved = (await session.execute(statement)).scalar_one_or_none()
+        if saved is None:
+            raise _attachment_not_found(attachment.id)
+
+    async def load_attachment(self, attachment_id: str, context: RequestContext) -> Attachment:
+        """Load attachment metadata.
+
+        Raises:
+            NotFoundError: No such attachment for this user.
+        """
+        async with self._db.read() as session:
+            data = await session.scalar(
+                sa.select(attachments.c.data).where(
+                    attachments.c.id == attachment_id, attachments.c.user_id == context.user_id
+                )
+            )
+        if data is None:
+            raise _attachment_not_found(attachment_id)
+        return _ATTACHMENT.validate_json(data)
+
+    async def delete_attachment(self, attachment_id: str, context: RequestContext) -> None:
+        """Delete the caller's attachment metadata; otherwise do nothing.
+
+        The ChatKit server calls this twice per ``attachments.delete`` (once as
+        the attachment store, once as the store), so an attachment that is
+        already gone is not an error. Another user's attachment is never
+        touched, and looks the same as a missing one.
+        """
+        async with self._db.write() as session:
+            await session.execute(
+                sa.delete(attachments).where(
+                    attachments.c.id == attachment_id, attachments.c.user_id == context.user_id
+                )
+            )
+
+    # -- feedback --------------------------------------------------------------
+
+    async def add_feedback(
+        self,
+        thread_id: str,
+        item_ids: Sequence[str],
+        kind: FeedbackKind,
+        context: RequestContext,
+    ) -> None:
+        """Record one feedback vote per item.
+
+        Raises:
+            NotFoundError: No such thread for this user, or an item id is not
+                in the thread (then nothing is recorded).
+            ValueError: ``kind`` is not ``"positive"`` or ``"negative"``.
+        """
+        if kind not in ("positive", "negative"):
+            raise ValueError(f"feedback kind must be 'positive' or 'negative', not {kind!r}")
+        wanted = list(dict.fromkeys(item_ids))
+        now = _utc_now()
+        async with self._db.write() as session:
+            await _require_thread(session, thread_id, context)
+            if not wanted:
+                return
+            found = set(
+                await session.scalars(
+                    sa.select(thread_items.c.id).where(
+                        thread_items.c.thread_id == thread_id, thread_items.c.id.in_(wanted)
+                    )
+                )
+            )
+            for item_id in wanted:
+                if item_id not in found:
+                    raise NotFoundError(f"Item {item_id} not found in thread {thread_id}")
+            await session.execute(
+                sa.insert(feedback),
+                [
+                    {
+                        "thread_id": thread_id,
+                        "item_id": item_id,
+                        "user_id": context.user_id,
+                        "kind": kind,
+                        "created_at": now,
+                    }
+                    for item_id in wanted
+                ],
+            )
+
+    async def load_feedback(self, thread_id: str, context: RequestContext) -> list[FeedbackRecord]:
+        """Return the feedback recorded on a thread, oldest first.
+
+        Raises:
+            NotFoundError: No such thread for this user.
+        """
+        statement = (
+            sa.select(feedback.c.item_id, feedback.c.kind, feedback.c.created_at)
+            .where(feedback.c.thread_id == thread_id)
+            .order_by(feedback.c.seq)
+        )
+        async with self._db.read() as session:
+            await _require_thread(session, thread_id, context)
+            rows = (await session.execute(statement)).all()
+        return [
+            FeedbackRecord(
+                thread_id=thread_id, item_id=row.item_id, kind=row.kind, created_at=row.created_at
+            )
+            for row in rows
+        ]
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _upsert(
+        self,
+        table: sa.Table,
+        values: dict[str, Any],
+        *,
+        key: list[str],
+        update: list[str],
+        where: sa.ColumnElement[bool] | None = None,
+    ) -> postgresql.Insert | sqlite.Insert:
+        """``INSERT ... ON CONFLICT (key) DO UPDATE`` (both dialects spell it alike).
+
+        With ``where``, a conflicting row that fails it is left unchanged and
+        ``RETURNING`` yields no row: that is how a foreign row is detected.
+        """
+        insert = (
+            postgresql.insert(table) if self._db.dialect == "postgresql" else sqlite.insert(table)
+        ).values(values)
+        return insert.on_conflict_do_update(
+            index_elements=key,
+            set_={column: insert.excluded[column] for column in update},
+            where=where,
+        )
+
+
+def _owned_thread(thread_id: str, context: RequestContext) -> sa.Exists:
+    return sa.exists().where(threads.c.id == thread_id, threads.c.user_id == context.user_id)
+
+
+async def _require_thread(session: AsyncSession, thread_id: str, context: RequestContext) -> None:
+    if not await session.scalar(sa.select(_owned_thread(thread_id, context))):
+        raise _thread_not_found(thread_id)
+
+
+async def _page(
+    session: AsyncSession,
+    table: sa.Table,
+    scope: sa.ColumnElement[bool],
+    after: str | None,
+    limit: int,
+    order: str,
+    columns: Sequence[str] = ("id", "data"),
+    guard: sa.ColumnElement[bool] | None = None,
+) -> tuple[Sequence[sa.Row[Any]], bool]:
+    """Keyset pagination over ``seq`` within ``scope``: no OFFSET, no COUNT.
+
+    One statement: the cursor's ``seq`` and the ``guard`` (an ownership
+    check) are subqueries, so a page costs a single round trip. An unknown
+    cursor or a failed guard yields no rows; the caller tells those apart
+    from a genuinely empty page only when it gets one.
+    """
+    if order not in ("asc", "desc"):
+        raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
+    descending = order == "desc"
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    seq = table.c.seq
+    statement = sa.select(*(table.c[name] for name in columns)).where(scope)
+    if guard is not None:
+        statement = statement.where(guard)
+    if after is not None:
+        # Found by its unique key within the same scope (SQL NULL if unknown).
+        cursor = sa.select(seq).where(scope, table.c.id == after).scalar_subquery()
+        statement = statement.where(seq < cursor if descending else seq > cursor)
+    statement = statement.order_by(seq.desc() if descending else seq.asc()).limit(limit + 1)
+    rows = (await session.execute(statement)).all()
+    return rows[:limit], len(rows) > limit
+
+
+async def _check_cursor(
+    session: AsyncSession, table: sa.Table, scope: sa.ColumnElement[bool], after: str | None
+) -> None:
+    if after is not None and not await session.scalar(
+        sa.select(sa.exists().where(scope, table.c.id == after))
+    ):
+        raise InvalidCursorError(f"Cursor {after} does not name an entry of this listing")
+
+
+def _decode_item(kind: str, data: str) -> ThreadItem:
+    if kind != "widget":
+        return _ITEM.validate_json(data)
+    # Through the ThreadItem union, {"type": "Card", ...} becomes the named
+    # class Card: deprecated (a DeprecationWarning on every load) and lossy
+    # (it drops fields it does not model). DynamicWidgetRoot, what
+    # WidgetTemplate builds, gives back the widget exactly as saved.
+    raw = json.loads(data)
+    raw["widget"] = DynamicWidgetRoot.model_validate(raw["widget"])
+    return WidgetItem.model_validate(raw)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _column_time(value: datetime) -> datetime:
+    """Columns hold naive datetimes (the JSON keeps the original value)."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _thread_not_found(thread_id: str) -> NotFoundError:
+    return NotFoundError(f"Thread {thread_id} not found")
+
+
+def _attachment_not_found(attachment_id: str) -> NotFoundError:
+    return NotFoundError(f"Attachment {attachment_id} not found")

@@ -1,0 +1,120 @@
+"""The database schema, as SQLAlchemy Core tables.
+
+Each thread, item and attachment is stored as the JSON its SDK model dumps
+(``data``) and rebuilt with the SDK types on load, so values come back exactly
+as they went in (naive datetimes stay naive). The other columns exist only to
+order, filter and join:
+
+- ``seq`` is an auto-increment key that gives listings a monotonic order
+  (``created_at`` alone ties, and the SDK stamps items with local time);
+- ``user_id`` on threads and attachments scopes every query by owner;
+- foreign keys cascade, so deleting a thread deletes its items, attachments
+  and feedback in the same statement.
+
+Alembic owns the schema (``migrations/versions``); keep the two in step, which
+``tests/store/test_migrations.py`` checks.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import sqlalchemy as sa
+
+__all__ = [
+    "ID_LENGTH",
+    "NAMING_CONVENTION",
+    "attachments",
+    "feedback",
+    "metadata",
+    "thread_items",
+    "threads",
+]
+
+# Constraint names must be deterministic for Alembic to alter or drop them
+# later (SQLite batch mode rebuilds tables by name).
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(column_0_N_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Our ids are about 40 characters; the slack admits ids chosen by other code.
+ID_LENGTH: Final = 128
+_USER_LENGTH: Final = 255
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only auto-increments a column declared exactly "INTEGER PRIMARY KEY";
+# elsewhere a 64-bit sequence outlives any deployment.
+_Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _seq() -> sa.Column[int]:
+    return sa.Column("seq", _Seq, primary_key=True, autoincrement=True)
+
+
+def _thread_fk(*, nullable: bool) -> sa.Column[str]:
+    return sa.Column(
+        "thread_id",
+        sa.String(ID_LENGTH),
+        sa.ForeignKey("threads.id", ondelete="CASCADE"),
+        nullable=nullable,
+    )
+
+
+threads = sa.Table(
+    "threads",
+    metadata,
+    _seq(),
+    sa.Column("id", sa.String(ID_LENGTH), nullable=False, unique=True),
+    sa.Column("user_id", sa.String(_USER_LENGTH), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Index("ix_threads_user_id_seq", "user_id", "seq"),
+    # AUTOINCREMENT stops SQLite from reusing the seq of a deleted last row.
+    sqlite_autoincrement=True,
+)
+
+thread_items = sa.Table(
+    "thread_items",
+    metadata,
+    _seq(),
+    _thread_fk(nullable=False),
+    sa.Column("id", sa.String(ID_LENGTH), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.UniqueConstraint("thread_id", "id"),
+    sa.Index("ix_thread_items_thread_id_seq", "thread_id", "seq"),
+    sqlite_autoincrement=True,
+)
+
+attachments = sa.Table(
+    "attachments",
+    metadata,
+    sa.Column("id", sa.String(ID_LENGTH), primary_key=True),
+    sa.Column("user_id", sa.String(_USER_LENGTH), nullable=False),
+    _thread_fk(nullable=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("data", sa.Text(), nullable=False),
+    # PostgreSQL does not index foreign keys by itself; without this every
+    # thread delete scans the table for attachments to cascade to.
+    sa.Index("ix_attachments_thread_id", "thread_id"),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    _seq(),
+    _thread_fk(nullable=False),
+    sa.Column("item_id", sa.String(ID_LENGTH), nullable=False),
+    sa.Column("user_id", sa.String(_USER_LENGTH), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.CheckConstraint("kind IN ('positive', 'negative')", name="kind"),
+    sa.Index("ix_feedback_thread_id_seq", "thread_id", "seq"),
+    sqlite_autoincrement=True,
+)

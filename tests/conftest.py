@@ -1,0 +1,116 @@
+"""Shared fixtures.
+
+Store fixtures: every store test runs against SQLite (a file in ``tmp_path``)
+and PostgreSQL (``CHATKIT_TEST_POSTGRES_URL``, default
+``postgresql+asyncpg://postgres@127.0.0.1:5432/test``), each test in a fresh
+schema with a random name so concurrent runs never collide. When PostgreSQL is
+unreachable its tests are skipped with the reason, unless
+``CHATKIT_REQUIRE_POSTGRES=1`` (CI), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from chatkit_server.store import Database, SQLStore
+
+# Whole-stack fixtures (fake backend, live server, protocol client).
+pytest_plugins = ("tests.live",)
+
+DEFAULT_TEST_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+POSTGRES_URL = os.environ.get("CHATKIT_TEST_POSTGRES_URL") or DEFAULT_TEST_POSTGRES_URL
+REQUIRE_POSTGRES = os.environ.get("CHATKIT_REQUIRE_POSTGRES") == "1"
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """An empty database to run against: a URL plus driver connect arguments."""
+
+    kind: str  # "sqlite" or "postgres"
+    url: str
+    connect_args: dict[str, Any] = field(default_factory=dict)
+
+    def connect(self) -> Database:
+        return Database.connect(self.url, connect_args=self.connect_args)
+
+
+# Why PostgreSQL could not be used, once known: later tests skip at once.
+_postgres_failure: list[str] = []
+
+
+async def _create_postgres_schema(schema: str) -> AsyncEngine:
+    """Create ``schema``; return the admin engine that will drop it."""
+    # asyncpg waits 60 s for a connection by default: far too long for a skip.
+    admin = create_async_engine(POSTGRES_URL, poolclass=NullPool, connect_args={"timeout": 5})
+    try:
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except BaseException:
+        await admin.dispose()
+        raise
+    return admin
+
+
+def _skip_or_fail_postgres(reason: str) -> NoReturn:
+    message = (
+        f"PostgreSQL not reachable at {POSTGRES_URL} ({reason}): set CHATKIT_TEST_POSTGRES_URL"
+    )
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"{message} (CHATKIT_REQUIRE_POSTGRES=1)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite"),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+async def database_target(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[DatabaseTarget]:
+    """An empty database, SQLite or PostgreSQL (no tables)."""
+    if request.param == "sqlite":
+        yield DatabaseTarget("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'db' / 'chatkit.db'}")
+        return
+    schema = f"test_{secrets.token_hex(6)}"
+    if not _postgres_failure:
+        try:
+            admin = await _create_postgres_schema(schema)
+        except Exception as exc:
+            _postgres_failure.append(f"{type(exc).__name__}: {exc}")
+    if _postgres_failure:
+        _skip_or_fail_postgres(_postgres_failure[0])
+    try:
+        yield DatabaseTarget("postgres", POSTGRES_URL, {"server_settings": {"search_path": schema}})
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await admin.dispose()
+
+
+@pytest.fixture
+async def database(database_target: DatabaseTarget) -> AsyncIterator[Database]:
+    """A :class:`Database` with the tables created, disposed after the test."""
+    database = database_target.connect()
+    await database.create_all()
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture
+def store(database: Database) -> SQLStore:
+    """A :class:`SQLStore` on a fresh database."""
+    return SQLStore(database)

@@ -1,0 +1,136 @@
+"""Database: SQLite connection settings, transactions, error translation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import datetime
+from pathlib import Path
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+from chatkit_server.context import RequestContext
+from chatkit_server.errors import StoreError
+from chatkit_server.store import Database, SQLStore
+from chatkit_server.store.database import DEFAULT_BUSY_TIMEOUT_MS
+from chatkit_server.store.tables import threads
+from tests.conftest import DatabaseTarget
+
+WHEN = datetime(2025, 1, 1)
+
+
+def _thread_row(thread_id: str) -> dict[str, object]:
+    return {"id": thread_id, "user_id": "u", "created_at": WHEN, "data": "{}"}
+
+
+@pytest.fixture
+async def sqlite_database(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}")
+    await database.create_all()
+    yield database
+    await database.dispose()
+
+
+async def test_pragmas_are_set_on_every_pooled_connection(sqlite_database: Database) -> None:
+    engine = sqlite_database.engine
+    async with AsyncExitStack() as stack:
+        # Hold several connections at once so the pool has to open new ones.
+        connections = [await stack.enter_async_context(engine.connect()) for _ in range(8)]
+        for connection in connections:
+            pragma = {
+                name: (await connection.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+            }
+            assert pragma == {
+                "journal_mode": "wal",
+                "foreign_keys": 1,
+                "busy_timeout": DEFAULT_BUSY_TIMEOUT_MS,
+                "synchronous": 1,  # NORMAL
+            }
+    assert engine.pool.checkedin() == 8  # type: ignore[attr-defined]
+
+
+async def test_concurrent_read_then_write_transactions_all_succeed(
+    sqlite_database: Database,
+) -> None:
+    # With a deferred BEGIN most of these fail at once with "database is
+    # locked": each read takes a snapshot that another commit makes stale.
+    failures: list[BaseException] = []
+
+    async def read_then_write(n: int) -> None:
+        try:
+            async with sqlite_database.write() as session:
+                await session.scalar(sa.select(sa.func.count()).select_from(threads))
+                await anyio.sleep(0.005)
+                await session.execute(sa.insert(threads).values(_thread_row(f"thr_{n}")))
+        except StoreError as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for n in range(50):
+            group.start_soon(read_then_write, n)
+
+    assert failures == []
+    async with sqlite_database.read() as session:
+        assert await session.scalar(sa.select(sa.func.count()).select_from(threads)) == 50
+
+
+async def test_write_commits_and_rolls_back(database: Database) -> None:
+    async with database.write() as session:
+        await session.execute(sa.insert(threads).values(_thread_row("thr_kept")))
+
+    async def fail_midway() -> None:
+        async with database.write() as session:
+            await session.execute(sa.insert(threads).values(_thread_row("thr_lost")))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await fail_midway()
+
+    async with database.read() as session:
+        ids = (await session.scalars(sa.select(threads.c.id))).all()
+    assert ids == ["thr_kept"]
+
+
+async def test_driver_errors_become_store_errors_without_sql(database: Database) -> None:
+    async with database.write() as session:
+        await session.execute(sa.insert(threads).values(_thread_row("thr_1")))
+    with pytest.raises(StoreError, match="conflicts with stored data") as caught:
+        async with database.write() as session:
+            await session.execute(sa.insert(threads).values(_thread_row("thr_1")))
+    assert "INSERT" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, sa.exc.IntegrityError)
+
+
+async def test_missing_schema_is_explained(database_target: DatabaseTarget) -> None:
+    database = database_target.connect()  # no tables created
+    try:
+        with pytest.raises(StoreError, match="schema is missing") as caught:
+            await SQLStore(database).load_thread("thr_1", RequestContext())
+        assert "SELECT" not in str(caught.value)
+    finally:
+        await database.dispose()
+
+
+async def test_unreachable_server_is_a_store_error() -> None:
+    database = Database.connect("postgresql+asyncpg://nobody:secret@127.0.0.1:1/none")
+    try:
+        with pytest.raises(StoreError, match="cannot reach the database"):
+            await database.ping()
+        assert "secret" not in database.describe()
+        assert database.dialect == "postgresql"
+    finally:
+        await database.dispose()
+
+
+async def test_connect_creates_the_sqlite_directory(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "chatkit.db"
+    database = Database.connect(f"sqlite+aiosqlite:///{path}")
+    try:
+        await database.ping()
+        assert path.is_file()
+        assert database.dialect == "sqlite"
+    finally:
+        await database.dispose()
