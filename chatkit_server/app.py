@@ -16,6 +16,7 @@ from .backends import BackendRegistry
 from .http.chatkit import chatkit_endpoint
 from .http.health import healthz
 from .http.state import AppState
+from .http.workflows import list_workflows
 from .server import ChatKitApp
 from .settings import Settings
 from .store import Database, SQLStore, upgrade_async
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
                 backends=backends,
                 server=server,
             )
-            if not backends.get("default").configured:
+            if not any(workflow.backend.configured for workflow in workflows):
                 logger.warning(
                     "no model backend configured: set CHATKIT_LLM_BASE_URL to an "
                     "OpenAI-compatible server; until then every answer is an error"
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         )
     routes = [
         Route("/chatkit", chatkit_endpoint, methods=["POST"]),
+        Route("/chatkit/workflows", list_workflows, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

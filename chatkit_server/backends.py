@@ -101,8 +101,26 @@ class BackendRegistry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BackendRegistry:
-        """A registry with the single default backend of the settings."""
-        return cls([BackendConfig.from_settings(settings)])
+        """The backends of the workflows file, plus ``default`` from ``CHATKIT_LLM_*``.
+
+        A backend named ``default`` in the file replaces the one from the
+        environment.
+        """
+        configs = {DEFAULT_BACKEND: BackendConfig.from_settings(settings)}
+        file = settings.workflows_file
+        if file is not None:
+            for name, spec in file.backends.items():
+                configs[name] = BackendConfig(
+                    name=name,
+                    base_url=spec.base_url,
+                    api_key=file.api_keys.get(name) or settings.llm_api_key,
+                    api=spec.api,
+                    read_timeout=spec.read_timeout,
+                    connect_timeout=spec.connect_timeout,
+                    max_retries=spec.max_retries,
+                    headers=spec.headers,
+                )
+        return cls(list(configs.values()))
 
     def get(self, name: str) -> Backend:
         """The backend called ``name``.

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import anyio
-from agents import RunConfig, Runner
+from agents import ModelSettings, RunConfig, Runner
 from chatkit.actions import Action
 from chatkit.agents import AgentContext, stream_agent_response
 from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
@@ -26,6 +27,7 @@ from chatkit.types import (
     ClientToolCallItem,
     ErrorEvent,
     FeedbackKind,
+    InferenceOptions,
     StructuredInputItem,
     SyncCustomActionResponse,
     ThreadItem,
@@ -50,7 +52,7 @@ from .errors import RequestError
 from .settings import Settings
 from .store import MAX_PAGE_SIZE, SQLStore
 from .streaming import StreamFixer
-from .workflows import DEFAULT_WORKFLOW, WorkflowRegistry
+from .workflows import Workflow, WorkflowRegistry
 
 __all__ = ["CANCEL_CLEANUP_SECONDS", "ChatKitApp", "parse_request"]
 
@@ -59,6 +61,8 @@ logger = logging.getLogger(__name__)
 # Upper bound for persisting a stopped answer: the client is gone, so this
 # only delays the end of the request task, but it must never hang shutdown.
 CANCEL_CLEANUP_SECONDS = 5.0
+# Key in a thread's (server-side, never sent) metadata naming its workflow.
+THREAD_WORKFLOW_KEY = "workflow"
 NO_BACKEND_MESSAGE = (
     "No model backend is configured. Set CHATKIT_LLM_BASE_URL to an OpenAI-compatible "
     "server (for example http://127.0.0.1:8080/v1) and restart chatkit-server."
@@ -120,17 +124,61 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             NotFoundError: It names a thread, item or attachment the user does not have.
         """
         request = parse_request(body)
+        context = self._choose_workflow(request, context)
         await self._precheck(request, context)
         return await self.process(body, context)
+
+    def _choose_workflow(self, request: ChatKitReq, context: RequestContext) -> RequestContext:
+        """The workflow a request asks for (``metadata.workflow``), else the default.
+
+        Only a new thread takes it: an existing thread keeps the workflow it
+        was created with.
+        """
+        requested = request.metadata.get("workflow")
+        if requested is None:
+            if context.workflow_id in self.workflows:
+                return context
+            return replace(context, workflow_id=self.workflows.default)
+        if not isinstance(requested, str) or requested not in self.workflows:
+            available = ", ".join(sorted(workflow.id for workflow in self.workflows))
+            raise RequestError(400, f"Unknown workflow {requested!r}; available: {available}.")
+        return replace(context, workflow_id=requested)
+
+    def workflow_of(self, thread: ThreadMetadata, context: RequestContext) -> Workflow:
+        """The workflow that answers a thread: the one it remembers, else the request's."""
+        remembered = thread.metadata.get(THREAD_WORKFLOW_KEY)
+        if isinstance(remembered, str) and remembered in self.workflows:
+            return self.workflows.get(remembered)
+        return self.workflows.get(context.workflow_id)
+
+    def _check_inference_options(self, workflow: Workflow, options: InferenceOptions) -> None:
+        if options.model is not None and options.model not in workflow.models:
+            raise RequestError(
+                400,
+                f"Model {options.model!r} is not available in workflow {workflow.id!r}; "
+                f"choose one of: {', '.join(workflow.models)}.",
+            )
+        if options.tool_choice is not None and options.tool_choice.id not in workflow.tool_names:
+            raise RequestError(
+                400,
+                f"Workflow {workflow.id!r} has no tool {options.tool_choice.id!r}.",
+            )
 
     async def _precheck(self, request: ChatKitReq, context: RequestContext) -> None:
         store = self.sql_store
         match request:
             case ThreadsCreateReq():
+                self._check_inference_options(
+                    self.workflows.get(context.workflow_id),
+                    request.params.input.inference_options,
+                )
                 for attachment_id in request.params.input.attachments:
                     await store.load_attachment(attachment_id, context)
             case ThreadsAddUserMessageReq():
-                await store.load_thread(request.params.thread_id, context)
+                thread = await store.load_thread(request.params.thread_id, context)
+                self._check_inference_options(
+                    self.workflow_of(thread, context), request.params.input.inference_options
+                )
                 for attachment_id in request.params.input.attachments:
                     await store.load_attachment(attachment_id, context)
             case ThreadsAddClientToolOutputReq():
@@ -184,14 +232,17 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         context: RequestContext,
     ) -> AsyncIterator[ThreadStreamEvent]:
         """Stream the workflow's answer to the thread's latest turn."""
-        return self._respond(thread, context)
+        options = input_user_message.inference_options if input_user_message else None
+        return self._respond(thread, options or InferenceOptions(), context)
 
     async def _respond(
-        self, thread: ThreadMetadata, context: RequestContext
+        self, thread: ThreadMetadata, options: InferenceOptions, context: RequestContext
     ) -> AsyncIterator[ThreadStreamEvent]:
-        workflow = self.workflows.get(
-            context.workflow_id if context.workflow_id in self.workflows else DEFAULT_WORKFLOW
-        )
+        workflow = self.workflow_of(thread, context)
+        if thread.metadata.get(THREAD_WORKFLOW_KEY) != workflow.id:
+            # Remembered from the first answer on; the ChatKit server saves
+            # the thread when it sees the change.
+            thread.metadata[THREAD_WORKFLOW_KEY] = workflow.id
         if not workflow.backend.configured:
             yield ErrorEvent(code="custom", message=NO_BACKEND_MESSAGE, allow_retry=False)
             return
@@ -201,13 +252,17 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         agent_context = AgentContext[RequestContext](
             thread=thread, store=self.store, request_context=context
         )
+        run_settings = None
+        if options.tool_choice is not None:
+            run_settings = ModelSettings(tool_choice=options.tool_choice.id)
         result = Runner.run_streamed(
-            workflow.agent,
+            self.workflows.agent(workflow.id, model=options.model),
             agent_input,
             context=agent_context,
             run_config=RunConfig(
                 tracing_disabled=not self.settings.tracing,
                 workflow_name=f"chatkit:{workflow.id}",
+                model_settings=run_settings,
             ),
         )
         fixer = StreamFixer(lambda kind: self.store.generate_item_id(kind, thread, context))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ChatKitServerError
+from .workflow_file import WorkflowFile, load_workflow_file
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -91,6 +92,7 @@ class Settings:
     llm_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     llm_max_retries: int = DEFAULT_MAX_RETRIES
     workflows_path: Path | None = None
+    workflows_file: WorkflowFile | None = None
     admin_key: str | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -153,8 +155,13 @@ class Settings:
 
         workflows = get("CHATKIT_WORKFLOWS")
         workflows_path = Path(workflows) if workflows else None
-        if workflows_path is not None and not workflows_path.is_file():
-            raise SettingsError("CHATKIT_WORKFLOWS", f"no such file: {workflows_path}")
+        workflows_file = None
+        if workflows_path is not None:
+            if not workflows_path.is_file():
+                raise SettingsError("CHATKIT_WORKFLOWS", f"no such file: {workflows_path}")
+            # Validated now, so a mistake in the file stops start-up with
+            # a message naming the key, never a failing request later.
+            workflows_file = load_workflow_file(workflows_path, env)
 
         log_level = (get("CHATKIT_LOG_LEVEL") or "info").lower()
         if log_level not in ("debug", "info", "warning", "error"):
@@ -181,6 +188,7 @@ class Settings:
             ),
             llm_max_retries=_int(env, "CHATKIT_LLM_MAX_RETRIES", DEFAULT_MAX_RETRIES, minimum=0),
             workflows_path=workflows_path,
+            workflows_file=workflows_file,
             admin_key=get("CHATKIT_ADMIN_KEY"),
             cors_origins=origins,
             max_body_bytes=_int(

@@ -1,19 +1,21 @@
-"""Workflows: which agent, on which backend, answers a thread.
+"""Workflows: which agent, on which backend and model, answers a thread.
 
 Without a workflows file there is exactly one workflow, ``default``, built
-from the ``CHATKIT_LLM_*`` settings.
+from the ``CHATKIT_LLM_*`` settings. With one, every workflow of the file,
+its tools and its handoffs to other workflows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from agents import Agent, ModelSettings
+from agents import Agent, FunctionTool, ModelSettings
 
 from .backends import DEFAULT_BACKEND, Backend, BackendRegistry
 from .settings import Settings
+from .workflow_file import StarterPrompt, WorkflowSpec
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "DEFAULT_WORKFLOW", "Workflow", "WorkflowRegistry"]
 
@@ -23,57 +25,105 @@ DEFAULT_INSTRUCTIONS = "You are a helpful assistant. Answer clearly and concisel
 
 @dataclass(frozen=True, kw_only=True)
 class Workflow:
-    """One declared workflow: an agent bound to a backend and a model."""
+    """One workflow: an agent bound to a backend, with the models it may use."""
 
     id: str
     backend: Backend
     model: str
+    allowed_models: tuple[str, ...] = ()
     instructions: str = DEFAULT_INSTRUCTIONS
+    model_settings: ModelSettings = field(default_factory=ModelSettings)
+    tools: tuple[FunctionTool, ...] = ()
+    handoff_description: str | None = None
+    greeting: str | None = None
+    starter_prompts: tuple[StarterPrompt, ...] = ()
 
-    @cached_property
-    def agent(self) -> Agent[Any]:
-        """The Agents SDK agent; stateless, so one serves every run.
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Models the composer's picker may choose, the default first."""
+        return self.allowed_models or (self.model,)
+
+    @property
+    def tool_names(self) -> frozenset[str]:
+        """Names of the workflow's function tools."""
+        return frozenset(tool.name for tool in self.tools)
+
+    def build_agent(self) -> Agent[Any]:
+        """A new Agents SDK agent for this workflow (without handoffs).
 
         Raises:
             RuntimeError: The workflow's backend has no base URL.
         """
-        settings = ModelSettings()
+        settings = self.model_settings
         if self.backend.config.api == "chat_completions":
             # Chat Completions only reports token usage when asked to.
-            settings = ModelSettings(include_usage=True)
+            settings = settings.resolve(ModelSettings(include_usage=True))
         return Agent(
             name=self.id,
             instructions=self.instructions,
+            handoff_description=self.handoff_description,
             model=self.backend.model(self.model),
             model_settings=settings,
+            tools=list(self.tools),
         )
+
+    def describe(self) -> dict[str, Any]:
+        """What a front end needs to know: id, models, greeting, starter prompts."""
+        return {
+            "id": self.id,
+            "model": self.model,
+            "models": list(self.models),
+            "tools": sorted(self.tool_names),
+            "greeting": self.greeting,
+            "starter_prompts": [
+                prompt.model_dump(exclude_none=True) for prompt in self.starter_prompts
+            ],
+        }
 
 
 class WorkflowRegistry:
-    """The workflows this server runs, by id."""
+    """The workflows this server runs, by id, and their agents."""
 
-    def __init__(self, workflows: list[Workflow]) -> None:
+    def __init__(
+        self,
+        workflows: Sequence[Workflow],
+        *,
+        default: str = DEFAULT_WORKFLOW,
+        handoffs: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self._workflows = {workflow.id: workflow for workflow in workflows}
+        if default not in self._workflows:
+            raise KeyError(default)
+        self.default = default
+        self._agents: dict[str, Agent[Any]] = {}
+        # Agents are built up front when their backend is usable; handoffs
+        # may form cycles, so they are linked after every agent exists.
+        for workflow in workflows:
+            if workflow.backend.configured:
+                self._agents[workflow.id] = workflow.build_agent()
+        for source, targets in (handoffs or {}).items():
+            if source in self._agents:
+                self._agents[source].handoffs = [
+                    self._agents[target] for target in targets if target in self._agents
+                ]
 
     @classmethod
     def from_settings(cls, settings: Settings, backends: BackendRegistry) -> WorkflowRegistry:
-        """The registry for the given settings.
-
-        Raises:
-            NotImplementedError: A workflows file is configured; loading one
-                is not supported by this version.
-        """
-        if settings.workflows_path is not None:
-            raise NotImplementedError(
-                f"CHATKIT_WORKFLOWS={settings.workflows_path}: workflow files are not supported "
-                "by this version yet; unset it to use the default workflow from CHATKIT_LLM_*"
+        """The workflows of the settings: the file's, or ``default`` from ``CHATKIT_LLM_*``."""
+        file = settings.workflows_file
+        if file is None:
+            default = Workflow(
+                id=DEFAULT_WORKFLOW,
+                backend=backends.get(DEFAULT_BACKEND),
+                model=settings.llm_model,
             )
-        default = Workflow(
-            id=DEFAULT_WORKFLOW,
-            backend=backends.get(DEFAULT_BACKEND),
-            model=settings.llm_model,
-        )
-        return cls([default])
+            return cls([default])
+        workflows = [
+            _from_spec(workflow_id, spec, backends.get(spec.backend), file.tools[workflow_id])
+            for workflow_id, spec in file.workflows.items()
+        ]
+        handoffs = {workflow_id: spec.handoffs for workflow_id, spec in file.workflows.items()}
+        return cls(workflows, default=file.default_workflow, handoffs=handoffs)
 
     def get(self, workflow_id: str) -> Workflow:
         """The workflow with this id.
@@ -83,5 +133,38 @@ class WorkflowRegistry:
         """
         return self._workflows[workflow_id]
 
+    def agent(self, workflow_id: str, *, model: str | None = None) -> Agent[Any]:
+        """The agent of a workflow, optionally on another of its allowed models.
+
+        Raises:
+            KeyError: No such workflow, or its backend is not configured.
+        """
+        agent = self._agents[workflow_id]
+        workflow = self._workflows[workflow_id]
+        if model is None or model == workflow.model:
+            return agent
+        return agent.clone(model=workflow.backend.model(model))
+
     def __contains__(self, workflow_id: object) -> bool:
         return workflow_id in self._workflows
+
+    def __iter__(self) -> Any:
+        return iter(self._workflows.values())
+
+
+def _from_spec(
+    workflow_id: str, spec: WorkflowSpec, backend: Backend, tools: tuple[FunctionTool, ...]
+) -> Workflow:
+    settings = ModelSettings(**spec.model_settings.model_dump(exclude_none=True))
+    return Workflow(
+        id=workflow_id,
+        backend=backend,
+        model=spec.model,
+        allowed_models=tuple(spec.allowed_models),
+        instructions=spec.instructions,
+        model_settings=settings,
+        tools=tools,
+        handoff_description=spec.handoff_description,
+        greeting=spec.greeting,
+        starter_prompts=tuple(spec.starter_prompts),
+    )

@@ -27,6 +27,18 @@ from chatkit_server.store import Database, SQLStore
 # Whole-stack fixtures (fake backend, live server, protocol client).
 pytest_plugins = ("tests.live",)
 
+# Nothing listens on the discard port: a client that falls back to the
+# OpenAI defaults fails at once instead of reaching a real model.
+_NO_MODEL_URL = "http://127.0.0.1:9/v1"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any test that would reach a real model (or OpenAI) by accident."""
+    monkeypatch.setenv("OPENAI_BASE_URL", _NO_MODEL_URL)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-guard-no-real-model")
+
+
 DEFAULT_TEST_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 POSTGRES_URL = os.environ.get("CHATKIT_TEST_POSTGRES_URL") or DEFAULT_TEST_POSTGRES_URL
 REQUIRE_POSTGRES = os.environ.get("CHATKIT_REQUIRE_POSTGRES") == "1"

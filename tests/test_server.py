@@ -307,19 +307,23 @@ async def test_restart_with_same_data_dir_keeps_everything(
 
 
 async def test_fifty_concurrent_conversations_on_one_sqlite_file(
-    live: Live, fake_llm: FakeLLM
+    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
 ) -> None:
     fake_llm.backend.default = Reply.count(10, delay=0.005)
+    # This is about database locking: a generous backend timeout keeps a
+    # loaded CI machine from turning slowness into error events.
+    settings = live_settings.with_changes(llm_read_timeout=30.0)
 
-    async def converse(n: int) -> tuple[int, int]:
+    async def converse(live: Live, n: int) -> tuple[int, int]:
         first = await live.client.create_thread(f"conversation {n}")
         second = await live.client.add_message(first.thread_id, "and again")
         return len(first.errors) + len(second.errors), len(second.assistant_messages)
 
-    results = await asyncio.gather(*(converse(n) for n in range(50)))
+    async with start_live(settings) as live:
+        results = await asyncio.gather(*(converse(live, n) for n in range(50)))
+        threads = await live.store.load_threads(200, None, "desc", LOCAL)
 
     assert results == [(0, 1)] * 50
-    threads = await live.store.load_threads(200, None, "desc", LOCAL)
     assert len(threads.data) == 50
 
 

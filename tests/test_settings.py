@@ -20,7 +20,7 @@ def test_defaults_use_sqlite_in_the_data_dir() -> None:
 
 def test_values_are_parsed(tmp_path: Path) -> None:
     workflows = tmp_path / "workflows.toml"
-    workflows.write_text("")
+    workflows.write_text('[workflows.main]\nmodel = "m"\n')
     settings = Settings.from_env(
         {
             "CHATKIT_DATA_DIR": str(tmp_path),
@@ -41,6 +41,8 @@ def test_values_are_parsed(tmp_path: Path) -> None:
     assert settings.llm_read_timeout == 2.5
     assert settings.llm_max_retries == 3
     assert settings.workflows_path == workflows
+    assert settings.workflows_file is not None
+    assert settings.workflows_file.default_workflow == "main"
     assert settings.auth_enabled
     assert settings.cors_origins == ("http://a.test", "http://b.test")
     assert settings.tracing is True

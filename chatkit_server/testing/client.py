@@ -142,13 +142,15 @@ class ChatKitClient:
             self.url, content=content, headers={**self.headers, **(headers or {})}
         )
 
-    async def call(self, request_type: str, **params: Any) -> Any:
+    async def call(
+        self, request_type: str, *, metadata: dict[str, Any] | None = None, **params: Any
+    ) -> Any:
         """Send a non-streaming request and return its decoded JSON answer.
 
         Raises:
             ChatKitHTTPError: The server answered a non-2xx status.
         """
-        response = await self.post_raw(json.dumps({"type": request_type, "params": params}))
+        response = await self.post_raw(_body(request_type, params, metadata))
         body = response.json() if response.content else None
         if response.status_code >= 300:
             raise ChatKitHTTPError(response.status_code, body)
@@ -156,24 +158,26 @@ class ChatKitClient:
 
     @asynccontextmanager
     async def open_stream(
-        self, request_type: str, **params: Any
+        self, request_type: str, *, metadata: dict[str, Any] | None = None, **params: Any
     ) -> AsyncIterator[AsyncIterator[ThreadStreamEvent]]:
         """Start a streaming request; leaving the block closes it (like pressing stop).
 
         Raises:
             ChatKitHTTPError: The server refused the request before streaming.
         """
-        body = json.dumps({"type": request_type, "params": params})
+        body = _body(request_type, params, metadata)
         async with self._http.stream("POST", self.url, content=body, headers=self.headers) as resp:
             if resp.status_code >= 300:
                 await resp.aread()
                 raise ChatKitHTTPError(resp.status_code, resp.json() if resp.content else None)
             yield _parse_sse(resp)
 
-    async def stream(self, request_type: str, **params: Any) -> Turn:
+    async def stream(
+        self, request_type: str, *, metadata: dict[str, Any] | None = None, **params: Any
+    ) -> Turn:
         """Send a streaming request and collect every event until the end."""
         turn = Turn()
-        async with self.open_stream(request_type, **params) as events:
+        async with self.open_stream(request_type, metadata=metadata, **params) as events:
             async for event in events:
                 turn.events.append(event)
         return turn
@@ -189,6 +193,13 @@ class ChatKitClient:
             thread_id=thread_id,
             input={**user_input(text), **input_options},
         )
+
+
+def _body(request_type: str, params: dict[str, Any], metadata: dict[str, Any] | None) -> str:
+    body: dict[str, Any] = {"type": request_type, "params": params}
+    if metadata is not None:
+        body["metadata"] = metadata
+    return json.dumps(body)
 
 
 async def _parse_sse(response: httpx.Response) -> AsyncIterator[ThreadStreamEvent]:

@@ -1,0 +1,95 @@
+"""Workflows file validation: errors name the file, the key and what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chatkit_server.workflow_file import WorkflowFileError, load_workflow_file
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "workflows.toml"
+
+
+def _load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    path = tmp_path / "workflows.toml"
+    path.write_text(text)
+    return load_workflow_file(path, environ or {})
+
+
+def test_checked_in_example_is_valid() -> None:
+    loaded = load_workflow_file(EXAMPLE, {"GPU_BACKEND_KEY": "k"})
+
+    assert loaded.default_workflow == "assistant"
+    assert set(loaded.workflows) == {"assistant", "analyst"}
+    assert {spec.backend for spec in loaded.workflows.values()} == {"local", "gpu"}
+    assert loaded.api_keys["gpu"] == "k"
+    assert [tool.name for tool in loaded.tools["assistant"]] == ["current_time"]
+    assert loaded.workflows["analyst"].allowed_models == ["qwen3-8b", "qwen3-32b"]
+
+
+def test_minimal_file_defaults_to_its_first_workflow(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, '[workflows.only]\nmodel = "m"\n')
+    assert loaded.default_workflow == "only"
+    assert loaded.workflows["only"].backend == "default"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("[workflows.a\n", "", "not valid TOML"),
+        ("", "workflows", "field required"),
+        ('[workflows.a]\nmodel = "m"\ncolour = "red"\n', "workflows.a.colour", "extra inputs"),
+        (
+            '[workflows.a]\nmodel = "m"\nbackend = "gpu"\n',
+            "workflows.a.backend",
+            "no backend 'gpu'",
+        ),
+        (
+            '[workflows.a]\nmodel = "m"\nmodel_settings = { temperature = 7 }\n',
+            "workflows.a.model_settings.temperature",
+            "less than or equal to 2",
+        ),
+        ('[workflows.a]\nmodel = "m"\nhandoffs = ["b"]\n', "workflows.a.handoffs[0]", "'b'"),
+        ('[workflows.a]\nmodel = "m"\nhandoffs = ["a"]\n', "workflows.a.handoffs[0]", "'a'"),
+        ('[workflows.a]\nmodel = "m"\ntools = ["nocolon"]\n', "workflows.a.tools", "module.path"),
+        (
+            '[workflows.a]\nmodel = "m"\ntools = ["no_such_module_xyz:f"]\n',
+            "workflows.a.tools[0]",
+            "cannot import",
+        ),
+        (
+            '[workflows.a]\nmodel = "m"\ntools = ["chatkit_server.tools:__all__"]\n',
+            "workflows.a.tools[0]",
+            "not a function",
+        ),
+        (
+            '[backends.b]\nbase_url = "ftp://x"\n[workflows.a]\nmodel = "m"\n',
+            "backends.b.base_url",
+            "http://",
+        ),
+        (
+            '[backends.b]\nbase_url = "http://x"\napi_key_env = "MISSING_KEY"\n'
+            '[workflows.a]\nmodel = "m"\nbackend = "b"\n',
+            "backends.b.api_key_env",
+            "MISSING_KEY is unset",
+        ),
+        (
+            '[backends.b]\nbase_url = "http://x"\napi_key = "k"\napi_key_env = "K"\n'
+            '[workflows.a]\nmodel = "m"\n',
+            "backends.b",
+            "not both",
+        ),
+        ('default_workflow = "zzz"\n[workflows.a]\nmodel = "m"\n', "default_workflow", "'zzz'"),
+        ('[workflows."bad id!"]\nmodel = "m"\n', "bad id!", "letters, digits"),
+    ],
+)
+def test_errors_name_file_key_and_problem(
+    tmp_path: Path, text: str, key: str, fragment: str
+) -> None:
+    with pytest.raises(WorkflowFileError) as error:
+        _load(tmp_path, text)
+    message = str(error.value)
+    assert message.startswith(str(tmp_path / "workflows.toml") + ": ")
+    assert error.value.key == key
+    assert fragment.lower() in message.lower()

@@ -1,0 +1,189 @@
+"""Workflows: registry, agents, and choosing what runs, over a real uvicorn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from agents import RunConfig, Runner
+from agents.testing import ScriptedModel, assistant_message, function_call
+
+from chatkit_server.backends import BackendRegistry
+from chatkit_server.settings import Settings
+from chatkit_server.testing.client import ChatKitHTTPError, user_input
+from chatkit_server.workflows import WorkflowRegistry
+from tests.live import FakeLLM, LiveFactory
+
+WORKFLOWS = """
+default_workflow = "chat"
+
+[backends.alpha]
+base_url = "{url}"
+headers = {{ "X-Backend" = "alpha" }}
+
+[backends.beta]
+base_url = "{url}"
+headers = {{ "X-Backend" = "beta" }}
+
+[workflows.chat]
+backend = "alpha"
+model = "small"
+models = ["small", "medium"]
+tools = ["chatkit_server.tools:current_time"]
+handoffs = ["expert"]
+greeting = "Hello!"
+starter_prompts = [{{ label = "Time", prompt = "What time is it?" }}]
+
+[workflows.expert]
+backend = "beta"
+model = "large"
+instructions = "You are an expert."
+handoffs = ["chat"]
+"""
+
+
+@pytest.fixture
+def workflow_settings(tmp_path: Path, live_settings: Settings, fake_llm: FakeLLM) -> Settings:
+    path = tmp_path / "workflows.toml"
+    path.write_text(WORKFLOWS.format(url=fake_llm.v1))
+    return Settings.from_env(
+        {
+            "CHATKIT_DATA_DIR": str(live_settings.data_dir),
+            "CHATKIT_WORKFLOWS": str(path),
+            "CHATKIT_LLM_TIMEOUT": "5",
+        }
+    )
+
+
+def _last_request(fake_llm: FakeLLM) -> tuple[str, str, dict[str, object]]:
+    request = fake_llm.backend.requests[-1]
+    return request.headers.get("x-backend", ""), str(request.body["model"]), request.body
+
+
+def test_registry_builds_agents_with_tools_and_cyclic_handoffs(
+    workflow_settings: Settings,
+) -> None:
+    registry = WorkflowRegistry.from_settings(
+        workflow_settings, BackendRegistry.from_settings(workflow_settings)
+    )
+
+    chat, expert = registry.agent("chat"), registry.agent("expert")
+    assert registry.default == "chat"
+    assert [tool.name for tool in chat.tools] == ["current_time"]
+    assert chat.handoffs == [expert]
+    assert expert.handoffs == [chat]
+    assert registry.agent("chat", model="medium").model is not chat.model
+
+
+async def test_agent_runs_its_tool_and_offers_its_handoff(workflow_settings: Settings) -> None:
+    registry = WorkflowRegistry.from_settings(
+        workflow_settings, BackendRegistry.from_settings(workflow_settings)
+    )
+    model = ScriptedModel(
+        [
+            [function_call("current_time", {"timezone": "UTC"}, call_id="call_1")],
+            [assistant_message("It is late.")],
+        ]
+    )
+    agent = registry.agent("chat").clone(model=model)
+
+    result = await Runner.run(
+        agent, "What time is it?", run_config=RunConfig(tracing_disabled=True)
+    )
+
+    assert result.final_output == "It is late."
+    first, second = model.calls
+    assert {tool.name for tool in first.tools} == {"current_time"}
+    assert [handoff.agent_name for handoff in first.handoffs] == ["expert"]
+    outputs = [item for item in second.input if item.get("type") == "function_call_output"]
+    assert "UTC" in str(outputs[0]["output"])
+    model.assert_complete()
+
+
+async def test_thread_remembers_the_workflow_its_request_chose(
+    start_live: LiveFactory, workflow_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    async with start_live(workflow_settings) as live:
+        default = await live.client.create_thread("hi")
+        assert _last_request(fake_llm)[:2] == ("alpha", "small")
+
+        chosen = await live.client.stream(
+            "threads.create", input=user_input("hi expert"), metadata={"workflow": "expert"}
+        )
+        assert not chosen.errors
+        assert _last_request(fake_llm)[:2] == ("beta", "large")
+        body = _last_request(fake_llm)[2]
+        assert body["messages"][0] == {"role": "system", "content": "You are an expert."}  # type: ignore[index]
+
+        # Later messages go to the thread's workflow without naming it.
+        await live.client.add_message(chosen.thread_id, "more")
+        assert _last_request(fake_llm)[:2] == ("beta", "large")
+        await live.client.add_message(default.thread_id, "more")
+        assert _last_request(fake_llm)[:2] == ("alpha", "small")
+
+
+async def test_unknown_workflow_is_400(
+    start_live: LiveFactory, workflow_settings: Settings
+) -> None:
+    async with start_live(workflow_settings) as live:
+        body = {
+            "type": "threads.create",
+            "params": {"input": user_input("hi")},
+            "metadata": {"workflow": "nope"},
+        }
+        response = await live.client.post_raw(json.dumps(body))
+        assert response.status_code == 400
+        assert "available: chat, expert" in response.json()["error"]["message"]
+        assert (await live.client.call("threads.list"))["data"] == []
+
+
+async def test_model_picker_selects_among_allowed_models(
+    start_live: LiveFactory, workflow_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    async with start_live(workflow_settings) as live:
+        turn = await live.client.create_thread("hi", inference_options={"model": "medium"})
+        assert not turn.errors
+        assert _last_request(fake_llm)[:2] == ("alpha", "medium")
+
+        with pytest.raises(ChatKitHTTPError) as rejected:
+            await live.client.add_message(
+                turn.thread_id, "bigger", inference_options={"model": "large"}
+            )
+        assert rejected.value.status_code == 400
+        assert "choose one of: small, medium" in rejected.value.body["error"]["message"]
+
+
+async def test_tool_choice_is_honoured_or_rejected(
+    start_live: LiveFactory, workflow_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    async with start_live(workflow_settings) as live:
+        await live.client.create_thread(
+            "time?", inference_options={"tool_choice": {"id": "current_time"}}
+        )
+        body = _last_request(fake_llm)[2]
+        assert body["tool_choice"] == {"type": "function", "function": {"name": "current_time"}}
+        with pytest.raises(ChatKitHTTPError) as rejected:
+            await live.client.create_thread(
+                "search?", inference_options={"tool_choice": {"id": "web_search"}}
+            )
+        assert rejected.value.status_code == 400
+
+
+async def test_workflows_endpoint_describes_the_composer(
+    start_live: LiveFactory, workflow_settings: Settings
+) -> None:
+    async with start_live(workflow_settings) as live, httpx.AsyncClient() as http:
+        listed = (await http.get(live.url + "/chatkit/workflows")).json()
+    assert listed["default"] == "chat"
+    chat, expert = listed["data"]
+    assert chat == {
+        "id": "chat",
+        "model": "small",
+        "models": ["small", "medium"],
+        "tools": ["current_time"],
+        "greeting": "Hello!",
+        "starter_prompts": [{"label": "Time", "prompt": "What time is it?"}],
+    }
+    assert expert["id"] == "expert"
