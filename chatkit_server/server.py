@@ -49,8 +49,10 @@ from pydantic import TypeAdapter, ValidationError
 from .context import RequestContext
 from .converter import HistoryConverter
 from .errors import RequestError
+from .history import fit_history
 from .settings import Settings
 from .store import MAX_PAGE_SIZE, SQLStore
+from .stream_fixups import repair_run
 from .streaming import StreamFixer
 from .workflows import Workflow, WorkflowRegistry
 
@@ -248,7 +250,11 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             return
 
         history = await self._history(thread, context)
-        agent_input = await self.converter.to_agent_input(history)
+        agent_input = fit_history(
+            await self.converter.to_agent_input(history),
+            budget=workflow.history_tokens or self.settings.history_tokens,
+            instructions=workflow.instructions,
+        )
         agent_context = AgentContext[RequestContext](
             thread=thread, store=self.store, request_context=context
         )
@@ -268,7 +274,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         fixer = StreamFixer(lambda kind: self.store.generate_item_id(kind, thread, context))
         finished = False
         try:
-            async for event in fixer.fix(stream_agent_response(agent_context, result)):
+            async for event in fixer.fix(stream_agent_response(agent_context, repair_run(result))):
                 yield event
             finished = True
         finally:

@@ -45,6 +45,8 @@ DEFAULT_MAX_RETRIES = 0
 # audio for input.transcribe is the largest thing that arrives inline.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_HISTORY_ITEMS = 200
+# Fits SmolLM2 with llama-server's default 4k context and room for an answer.
+DEFAULT_HISTORY_TOKENS = 3000
 DEFAULT_SHUTDOWN_GRACE = 5.0
 
 ENVIRONMENT_HELP = """\
@@ -65,6 +67,7 @@ environment:
   CHATKIT_CORS_ORIGINS        comma-separated origins allowed to call the server from a browser
   CHATKIT_MAX_BODY_BYTES      largest accepted request body in bytes (default 4194304)
   CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
+  CHATKIT_HISTORY_TOKENS      token budget for instructions + history (default 3000)
   CHATKIT_TRACING             1 to enable Agents SDK tracing (off: it uploads chat content)
   CHATKIT_LOG_LEVEL           debug, info (default), warning or error
 """
@@ -97,6 +100,7 @@ class Settings:
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     history_items: int = DEFAULT_HISTORY_ITEMS
+    history_tokens: int = DEFAULT_HISTORY_TOKENS
     tracing: bool = False
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
@@ -195,6 +199,9 @@ class Settings:
                 env, "CHATKIT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024
             ),
             history_items=_int(env, "CHATKIT_HISTORY_ITEMS", DEFAULT_HISTORY_ITEMS, minimum=1),
+            history_tokens=_int(
+                env, "CHATKIT_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS, minimum=100
+            ),
             tracing=_bool(env, "CHATKIT_TRACING", default=False),
             log_level=log_level,
         )

@@ -23,6 +23,7 @@ operator can find it without reading a traceback. Example::
     greeting = "How can I help?"
     starter_prompts = [{ label = "Track an order", prompt = "Where is my order?" }]
     model_settings = { temperature = 0.3, max_tokens = 512 }
+    history_tokens = 6000             # context budget; default CHATKIT_HISTORY_TOKENS
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class WorkflowSpec(_Spec):
     handoff_description: str | None = None
     greeting: str | None = None
     starter_prompts: list[StarterPrompt] = Field(default_factory=list)
+    history_tokens: int | None = Field(default=None, ge=100)
 
     @field_validator("tools")
     @classmethod

@@ -37,6 +37,7 @@ class Workflow:
     handoff_description: str | None = None
     greeting: str | None = None
     starter_prompts: tuple[StarterPrompt, ...] = ()
+    history_tokens: int | None = None
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -167,4 +168,5 @@ def _from_spec(
         handoff_description=spec.handoff_description,
         greeting=spec.greeting,
         starter_prompts=tuple(spec.starter_prompts),
+        history_tokens=spec.history_tokens,
     )

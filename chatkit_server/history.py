@@ -1,0 +1,71 @@
+"""Fitting a conversation into a small model's context window.
+
+Small local models have 2k to 8k tokens of context. The model receives the
+newest part of the conversation that fits a token budget, always with the
+system instructions and everything from the newest user message on; older
+turns are dropped, never the newest. Tokens are estimated (no tokenizer is
+shared by every backend): one token per three characters over-counts for
+English and code, so the estimate errs on the side of fitting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from agents import TResponseInputItem
+
+__all__ = ["CHARS_PER_TOKEN", "MESSAGE_OVERHEAD_TOKENS", "estimate_tokens", "fit_history"]
+
+CHARS_PER_TOKEN = 3.0
+# Role markers and separators that chat templates wrap around each message.
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def estimate_tokens(text: str) -> int:
+    """An upper-leaning estimate of the tokens in ``text``."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def _item_tokens(item: TResponseInputItem) -> int:
+    raw: Any = item
+    content = raw.get("content") if isinstance(raw, dict) else None
+    text = content if isinstance(content, str) else json.dumps(raw, ensure_ascii=False)
+    return estimate_tokens(text) + MESSAGE_OVERHEAD_TOKENS
+
+
+def _is_user_message(item: TResponseInputItem) -> bool:
+    raw: Any = item
+    return (
+        isinstance(raw, dict)
+        and raw.get("role") == "user"
+        and raw.get("type", "message") == "message"
+    )
+
+
+def fit_history(
+    items: Sequence[TResponseInputItem], *, budget: int, instructions: str | None
+) -> list[TResponseInputItem]:
+    """The newest items that fit ``budget`` tokens together with the instructions.
+
+    Everything from the last user message on is always kept, even over the
+    budget (the backend then says the message is too long). The kept part
+    starts with a user message, so no answer or tool result loses the
+    question it belongs to.
+    """
+    if not items:
+        return []
+    last_user = max((i for i, item in enumerate(items) if _is_user_message(item)), default=0)
+    used = estimate_tokens(instructions or "") + MESSAGE_OVERHEAD_TOKENS
+    used += sum(_item_tokens(item) for item in items[last_user:])
+    start = last_user
+    for index in range(last_user - 1, -1, -1):
+        used += _item_tokens(items[index])
+        if used > budget:
+            break
+        start = index
+    while start < last_user and not _is_user_message(items[start]):
+        start += 1
+    return list(items[start:])

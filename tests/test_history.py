@@ -1,0 +1,72 @@
+"""History budget: the newest turns that fit, never without the new message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatkit_server.history import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, fit_history
+from chatkit_server.settings import Settings
+from chatkit_server.testing.fake_backend import Reply
+from tests.live import FakeLLM, LiveFactory
+
+
+def _msg(role: str, text: str) -> Any:
+    return {"role": role, "content": text, "type": "message"}
+
+
+CONVERSATION = [
+    _msg("user", "a" * 300),
+    _msg("assistant", "b" * 300),
+    _msg("user", "c" * 300),
+    _msg("assistant", "d" * 300),
+    _msg("user", "newest question"),
+]
+
+
+def test_everything_fits_a_large_budget() -> None:
+    assert fit_history(CONVERSATION, budget=10_000, instructions="Be nice.") == CONVERSATION
+
+
+def test_oldest_turns_are_dropped_first() -> None:
+    per_long = estimate_tokens("x" * 300) + MESSAGE_OVERHEAD_TOKENS
+    budget = 2 * per_long + 40  # room for the newest pair, not for more
+    kept = fit_history(CONVERSATION, budget=budget, instructions="Be nice.")
+    assert kept == CONVERSATION[2:]
+
+
+def test_kept_part_never_starts_with_an_answer() -> None:
+    per_long = estimate_tokens("x" * 300) + MESSAGE_OVERHEAD_TOKENS
+    kept = fit_history(CONVERSATION, budget=per_long + 40, instructions=None)
+    # The assistant turn would fit, but without its question it is dropped.
+    assert kept == CONVERSATION[-1:]
+
+
+def test_new_message_is_kept_even_over_budget() -> None:
+    huge = [*CONVERSATION[:-1], _msg("user", "z" * 10_000)]
+    assert fit_history(huge, budget=100, instructions="long " * 50) == huge[-1:]
+
+
+def test_everything_after_the_last_user_message_is_kept() -> None:
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "c1", "output": "x" * 900}
+    items = [*CONVERSATION, call, output]
+    kept = fit_history(items, budget=50, instructions=None)
+    assert kept == [CONVERSATION[-1], call, output]
+
+
+async def test_model_receives_instructions_and_newest_turns(
+    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    settings = live_settings.with_changes(history_tokens=400)
+    async with start_live(settings) as live:
+        fake_llm.backend.script(*(Reply.text("y" * 300) for _ in range(4)))
+        turn = await live.client.create_thread("first " + "q" * 300)
+        for n in range(3):
+            await live.client.add_message(turn.thread_id, f"turn {n} " + "q" * 300)
+
+    sent = fake_llm.backend.requests[-1].body["messages"]
+    assert sent[0]["role"] == "system"
+    assert sent[1]["role"] == "user"
+    assert sent[-1]["content"].startswith("turn 2 ")
+    assert not any(str(m["content"]).startswith("first ") for m in sent)
+    assert sum(len(str(m["content"])) for m in sent) / 3 <= 400
