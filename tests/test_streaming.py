@@ -125,3 +125,23 @@ def test_error_messages_do_not_leak_exception_text() -> None:
     assert backend_error_message(status) == ("The model backend answered with an error (HTTP 500).")
     assert "secret" not in backend_error_message(RuntimeError("secret"))
     assert "in time" in backend_error_message(openai.APITimeoutError(request=request))
+
+
+async def test_responses_message_ids_are_replaced_too() -> None:
+    # A Responses backend names its messages itself (msg_...), each once; they are
+    # still the backend's ids, not the store's, so they are replaced as well.
+    events: list[ThreadStreamEvent] = []
+    for backend_id, text in [("msg_backend_a", "one"), ("msg_backend_b", "two")]:
+        events += [
+            ThreadItemAddedEvent(item=_message("", backend_id)),
+            ThreadItemUpdatedEvent(
+                item_id=backend_id,
+                update=AssistantMessageContentPartTextDelta(content_index=0, delta=text),
+            ),
+            ThreadItemDoneEvent(item=_message(text, backend_id)),
+        ]
+    out = await _run(_fixer(), _events(events))
+
+    ids = [e.item.id if hasattr(e, "item") else e.item_id for e in out]  # type: ignore[union-attr]
+    assert ids == ["msg_0", "msg_0", "msg_0", "msg_1", "msg_1", "msg_1"]
+    assert not [e for e in out if isinstance(e, ErrorEvent)]

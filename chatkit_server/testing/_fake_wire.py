@@ -1,6 +1,7 @@
-"""Wire format of the fake backend: pre-encoded Chat Completions and Responses bytes.
+"""Wire format of the fake backend: pre-encoded Chat Completions bytes and shared helpers.
 
-Private to :mod:`chatkit_server.testing.fake_backend`. Each builder turns a scripted
+Private to :mod:`chatkit_server.testing.fake_backend`; the Responses API shapes live in
+:mod:`chatkit_server.testing._fake_responses`. Each builder turns a scripted
 ``Reply`` into a :class:`Plan`: the bytes to send before, during and after the paced
 tokens. Per-stream constants (id, model, envelope) are encoded once and each token costs
 one ``json.dumps`` of its text plus a byte format, so hundreds of concurrent fake streams
@@ -38,6 +39,7 @@ class Plan:
     wait_first: float = 0.0
     tail_tokens: int = 0
     stream: bool = False
+    item_ids: tuple[str, ...] = ()
 
 
 def json_plan(status: int, body: Any, reply: Reply, drop: bool = False) -> Plan:
@@ -138,100 +140,4 @@ def chat_plan(reply: Reply, model: str, body: dict[str, Any]) -> Plan:
     if (body.get("stream_options") or {}).get("include_usage"):
         tail += f'{envelope}"model":{_j(model)},"choices":[],"usage":{_j(usage)}}}\n\n'.encode()
     plan.tail = tail + b"data: [DONE]\n\n"
-    return plan
-
-
-def responses_plan(reply: Reply, model: str, body: dict[str, Any]) -> Plan:
-    prompt, completion = _usage(reply, body)
-    usage = {
-        "input_tokens": prompt,
-        "output_tokens": completion,
-        "total_tokens": prompt + completion,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-        "output_tokens_details": {"reasoning_tokens": len(reply.reasoning or ())},
-    }
-    rid, mid, created = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}", int(time.time())
-    incomplete = reply.finish_reason == "length"
-    done_status = "incomplete" if incomplete else "completed"
-
-    def response(status: str, output: list[Any], final: bool) -> dict[str, Any]:
-        return {
-            "id": rid,
-            "object": "response",
-            "created_at": created,
-            "status": status,
-            "completed_at": int(time.time()) if final and not incomplete else None,
-            "error": None,
-            "model": model,
-            "output": output,
-            "instructions": None,
-            "incomplete_details": {"reason": "max_output_tokens"} if final and incomplete else None,
-            "metadata": {},
-            "parallel_tool_calls": True,
-            "temperature": 1.0,
-            "tool_choice": "auto",
-            "tools": [],
-            "top_p": 1.0,
-            "usage": usage if final else None,
-        }
-
-    part = {"type": "output_text", "text": reply.content, "annotations": [], "logprobs": []}
-    item = {
-        "id": mid,
-        "type": "message",
-        "role": "assistant",
-        "status": done_status,
-        "content": [part],
-    }
-    if not body.get("stream"):
-        return json_plan(
-            200, response(done_status, [item], True), reply, drop=reply.drop_after is not None
-        )
-    tokens = () if reply.empty else tuple(reply.tokens)
-    seq = iter(range(len(tokens) + 10))
-
-    def event(kind: str, **fields: Any) -> bytes:
-        data = {"type": kind, "sequence_number": next(seq), **fields}
-        return f"event: {kind}\ndata: {_j(data)}\n\n".encode()
-
-    at = {"item_id": mid, "output_index": 0, "content_index": 0}
-    empty_part = {**part, "text": ""}
-    plan = Plan(
-        200,
-        SSE_HEADERS,
-        wait_first=reply.first_byte_delay,
-        stream=True,
-        head=b"".join(
-            [
-                event("response.created", response=response("in_progress", [], False)),
-                event("response.in_progress", response=response("in_progress", [], False)),
-                event(
-                    "response.output_item.added",
-                    output_index=0,
-                    item={**item, "status": "in_progress", "content": []},
-                ),
-                event("response.content_part.added", part=empty_part, **at),
-            ]
-        ),
-    )
-    if reply.drop_after is not None:
-        tokens, plan.drop = tokens[: reply.drop_after], True
-    delta_prefix = (
-        'event: response.output_text.delta\ndata: {"type":"response.output_text.'
-        f'delta","item_id":"{mid}","output_index":0,"content_index":0,'
-        '"logprobs":[],"sequence_number":'
-    )
-    plan.paced = [
-        (f'{delta_prefix}{next(seq)},"delta":{_j(t)}}}\n\n'.encode(), True) for t in tokens
-    ]
-    if plan.drop:
-        return plan
-    plan.tail = b"".join(
-        [
-            event("response.output_text.done", text=reply.content, logprobs=[], **at),
-            event("response.content_part.done", part=part, **at),
-            event("response.output_item.done", output_index=0, item=item),
-            event(f"response.{done_status}", response=response(done_status, [item], True)),
-        ]
-    )
     return plan

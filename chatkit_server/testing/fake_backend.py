@@ -19,7 +19,11 @@ Every request lands in ``backend.requests``; every completion in ``backend.strea
 The streaming responder is pure ASGI: it listens for ``http.disconnect`` while it sends,
 so a client that goes away stops generation promptly, as in a real server. Chunk bytes are
 built from pre-encoded templates (no models, no validation) so hundreds of concurrent
-streams stay cheap. Reasoning deltas are emitted on Chat Completions only.
+streams stay cheap. Reasoning comes in the shape of the server a test imitates: the
+``reasoning_content`` or ``reasoning`` delta field on Chat Completions, summary or
+reasoning-text events on the Responses API, and ``responses_shape="llama_server"`` for
+llama-server's Responses stream, which omits fields (see ``_fake_responses``). All of
+these shapes are hand-written after each server's source, not recorded.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from chatkit_server.testing._fake_wire import Plan, chat_plan, error_body, json_plan, responses_plan
+from chatkit_server.testing._fake_responses import responses_plan
+from chatkit_server.testing._fake_wire import Plan, chat_plan, error_body, json_plan
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -72,9 +77,15 @@ class Reply:
         stall_after: Stop sending for ``stall_seconds`` after this many content tokens.
         stall_seconds: Length of that stall.
         empty: Send the role chunk, then ``finish_reason`` with no content at all.
-        reasoning: Reasoning deltas sent before the content (Chat Completions only).
-        reasoning_field: Delta field of reasoning: llama-server's ``reasoning_content`` or
-            vLLM/Ollama's ``reasoning``.
+        reasoning: Reasoning deltas sent before the content.
+        reasoning_field: Chat Completions delta field of reasoning: llama-server's and
+            DeepSeek's ``reasoning_content`` or vLLM's and Ollama's ``reasoning``.
+        responses_reasoning: Responses API reasoning events: ``"text"``
+            (``response.reasoning_text.*``, as vLLM and llama-server send) or
+            ``"summary"`` (``response.reasoning_summary_text.*``, as OpenAI sends).
+        responses_shape: ``"openai"``: every field the openai types declare, as OpenAI
+            and vLLM send; ``"llama_server"``: llama-server's stream, which omits
+            ``sequence_number``, ``output_index``, ``content_index`` and more.
         finish_reason: Finish reason of the last chunk (``"length"`` makes a Responses
             stream end with ``response.incomplete``).
         usage: ``(prompt_tokens, completion_tokens)``; estimated from the request if None.
@@ -91,6 +102,8 @@ class Reply:
     empty: bool = False
     reasoning: Sequence[str] | None = None
     reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
+    responses_reasoning: Literal["text", "summary"] = "text"
+    responses_shape: Literal["openai", "llama_server"] = "openai"
     finish_reason: str = "stop"
     usage: tuple[int, int] | None = None
 
@@ -160,6 +173,7 @@ class StreamRecord:
         disconnected: The client went away before the end.
         dropped: The backend aborted the connection on purpose (``drop_after``).
         ended_at: ``time.monotonic()`` when the backend stopped sending, or None.
+        item_ids: Ids of the output items the answer names (Responses API only).
     """
 
     path: str
@@ -171,6 +185,7 @@ class StreamRecord:
     disconnected: bool = False
     dropped: bool = False
     ended_at: float | None = None
+    item_ids: tuple[str, ...] = ()
 
 
 class _ConnectionDrop(Exception):
@@ -322,6 +337,7 @@ class FakeBackend:
             plan = json_plan(reply.status, error_body(reply.status, reply.error_message), reply)
         else:
             plan = build(reply, str(body.get("model") or self.model), body)
+            record.item_ids = plan.item_ids
         await _Responder(plan, reply, record)(receive, send)
 
 

@@ -354,6 +354,63 @@ async def test_responses_drop_breaks_the_stream(
     assert "response.completed" not in types
 
 
+@pytest.mark.parametrize(
+    ("kind", "delta_type"),
+    [
+        ("summary", "response.reasoning_summary_text.delta"),
+        ("text", "response.reasoning_text.delta"),
+    ],
+)
+async def test_responses_reasoning_streams_first_and_validates(
+    backend: FakeBackend, url: str, kind: str, delta_type: str
+) -> None:
+    backend.script(Reply.text("Answer", reasoning=["Let me ", "think."], responses_reasoning=kind))
+    adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+    body = {"model": "m", "input": "hello", "stream": True}
+    events = [adapter.validate_json(d) for d in await raw_sse(url, "/v1/responses", body)]
+
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = [e for e in events if e.type.endswith(".delta")]
+    assert [(e.type, e.delta) for e in deltas] == [
+        (delta_type, "Let me "),
+        (delta_type, "think."),
+        ("response.output_text.delta", "Answer"),
+    ]
+    output = events[-1].response.output
+    assert [item.type for item in output] == ["reasoning", "message"]
+    assert [item.id for item in output] == list(backend.streams[-1].item_ids)
+    assert backend.streams[-1].tokens_sent == 1
+
+
+async def test_llama_server_shape_leaves_fields_out(backend: FakeBackend, url: str) -> None:
+    backend.script(Reply.text("Hi there", reasoning=["Hm."], responses_shape="llama_server"))
+    body = {"model": "m", "input": "hello", "stream": True}
+    events = [json.loads(d) for d in await raw_sse(url, "/v1/responses", body)]
+
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.reasoning_text.delta",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_item.done",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    for event in events:
+        assert not {"sequence_number", "output_index", "content_index"} & set(event)
+    assert "annotations" not in events[5]["part"]
+    assert "logprobs" not in events[6]
+    assert set(events[0]["response"]) == {"id", "object", "status"}
+    assert "tools" not in events[-1]["response"]
+    assert events[-1]["response"]["output"][1]["content"][0]["text"] == "Hi there"
+
+
 # --- scripting and observation ---------------------------------------------------------------
 
 
