@@ -13,6 +13,7 @@ from .database import Database
 from .ids import new_id
 from .migrate import alembic_config, current, downgrade, upgrade, upgrade_async
 from .sql_store import DEFAULT_UPLOAD_BASE_URL, MAX_PAGE_SIZE, FeedbackRecord, SQLStore
+from .usage import UsageRecord, UsageStore, UsageTotals
 
 __all__ = [
     "DEFAULT_UPLOAD_BASE_URL",
@@ -20,6 +21,9 @@ __all__ = [
     "Database",
     "FeedbackRecord",
     "SQLStore",
+    "UsageRecord",
+    "UsageStore",
+    "UsageTotals",
     "alembic_config",
     "current",
     "downgrade",

@@ -29,6 +29,7 @@ __all__ = [
     "metadata",
     "thread_items",
     "threads",
+    "usage",
 ]
 
 # Constraint names must be deterministic for Alembic to alter or drop them
@@ -116,5 +117,25 @@ feedback = sa.Table(
     sa.Column("created_at", sa.DateTime(), nullable=False),
     sa.CheckConstraint("kind IN ('positive', 'negative')", name="kind"),
     sa.Index("ix_feedback_thread_id_seq", "thread_id", "seq"),
+    sqlite_autoincrement=True,
+)
+
+# Token usage of each answer; item_id names the answer's last assistant
+# message (NULL when the answer failed before producing one).
+usage = sa.Table(
+    "usage",
+    metadata,
+    _seq(),
+    _thread_fk(nullable=False),
+    sa.Column("item_id", sa.String(ID_LENGTH), nullable=True),
+    sa.Column("user_id", sa.String(_USER_LENGTH), nullable=False),
+    sa.Column("workflow", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(_USER_LENGTH), nullable=False),
+    sa.Column("requests", sa.Integer(), nullable=False),
+    sa.Column("input_tokens", sa.Integer(), nullable=False),
+    sa.Column("output_tokens", sa.Integer(), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Index("ix_usage_thread_id_seq", "thread_id", "seq"),
+    sa.Index("ix_usage_user_id_seq", "user_id", "seq"),
     sqlite_autoincrement=True,
 )

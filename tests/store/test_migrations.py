@@ -22,7 +22,7 @@ from chatkit_server.store.database import create_engine
 from chatkit_server.store.tables import metadata
 from tests.conftest import DatabaseTarget
 
-HEAD = "0001"
+HEAD = "0002"
 
 
 async def _in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -82,9 +82,11 @@ async def test_upgrade_logs_and_leaves_app_logging_alone(
     await upgrade_async(f"sqlite+aiosqlite:///{tmp_path / 'x' / 'chatkit.db'}")
 
     messages = [r.getMessage() for r in caplog.records if r.name == "chatkit_server.migrate"]
+    # One line per revision, so a long upgrade shows its progress.
     assert messages == [
-        f"upgraded empty -> {HEAD}: Initial schema: threads, thread items, "
-        "attachments and feedback."
+        "upgraded empty -> 0001: Initial schema: threads, thread items, "
+        "attachments and feedback.",
+        "upgraded 0001 -> 0002: Token usage per answer.",
     ]
     assert capsys.readouterr().out == ""
     assert not app_logger.disabled
