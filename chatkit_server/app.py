@@ -19,7 +19,7 @@ from .http.state import AppState
 from .http.workflows import list_workflows
 from .server import ChatKitApp
 from .settings import Settings
-from .store import Database, SQLStore, upgrade_async
+from .store import Database, SQLStore, UsageStore, upgrade_async
 from .workflows import WorkflowRegistry
 
 __all__ = ["CORS_ALLOW_HEADERS", "create_app"]
@@ -57,7 +57,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         try:
             workflows = WorkflowRegistry.from_settings(settings, backends)
             store = SQLStore(database)
-            server = ChatKitApp(store=store, workflows=workflows, settings=settings)
+            usage = UsageStore(database)
+            server = ChatKitApp(store=store, usage=usage, workflows=workflows, settings=settings)
             app.state.chatkit = AppState(
                 settings=settings,
                 database=database,

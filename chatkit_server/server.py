@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 import anyio
-from agents import ModelSettings, RunConfig, Runner
+from agents import ModelSettings, RunConfig, Runner, RunResultStreaming
 from chatkit.actions import Action
 from chatkit.agents import AgentContext, stream_agent_response
 from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
@@ -48,10 +48,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from .context import RequestContext
 from .converter import HistoryConverter
-from .errors import RequestError
+from .errors import RequestError, StoreError
 from .history import fit_history
 from .settings import Settings
-from .store import MAX_PAGE_SIZE, SQLStore
+from .store import MAX_PAGE_SIZE, SQLStore, UsageRecord, UsageStore
 from .stream_fixups import repair_run
 from .streaming import StreamFixer
 from .workflows import Workflow, WorkflowRegistry
@@ -105,13 +105,22 @@ class ChatKitApp(ChatKitServer[RequestContext]):
 
     Args:
         store: The durable store (also the attachment metadata store).
+        usage: Where token usage of each answer is recorded.
         workflows: The workflows that can answer.
         settings: Server settings (history size, tracing).
     """
 
-    def __init__(self, *, store: SQLStore, workflows: WorkflowRegistry, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        store: SQLStore,
+        usage: UsageStore,
+        workflows: WorkflowRegistry,
+        settings: Settings,
+    ) -> None:
         super().__init__(store=store, attachment_store=store)
         self.sql_store = store
+        self.usage = usage
         self.workflows = workflows
         self.settings = settings
         self.converter = HistoryConverter()
@@ -282,6 +291,35 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                 # The SDK never cancels the run on its own: without this the
                 # backend keeps generating after the user pressed stop.
                 result.cancel()
+        await self._record_usage(
+            thread, workflow, options.model or workflow.model, result, fixer, context
+        )
+
+    async def _record_usage(
+        self,
+        thread: ThreadMetadata,
+        workflow: Workflow,
+        model: str,
+        result: RunResultStreaming,
+        fixer: StreamFixer,
+        context: RequestContext,
+    ) -> None:
+        used = result.context_wrapper.usage
+        if used.requests == 0 and used.total_tokens == 0:
+            return
+        record = UsageRecord(
+            item_id=fixer.last_answer_id,
+            workflow=workflow.id,
+            model=model,
+            requests=used.requests,
+            input_tokens=used.input_tokens,
+            output_tokens=used.output_tokens,
+        )
+        try:
+            await self.usage.record(thread.id, record, context)
+        except StoreError:
+            # Accounting must not turn a delivered answer into an error.
+            logger.exception("could not record token usage for thread %s", thread.id)
 
     async def _history(self, thread: ThreadMetadata, context: RequestContext) -> list[ThreadItem]:
         """The newest ``history_items`` items of the thread, oldest first."""

@@ -90,6 +90,8 @@ class StreamFixer:
         # with the text received so far: completed on a backend failure.
         self._pending: dict[str, AssistantMessageItem] = {}
         self.produced_output = False
+        # The last completed assistant message: usage is recorded against it.
+        self.last_answer_id: str | None = None
         self._started = False
 
     async def fix(
@@ -138,6 +140,8 @@ class StreamFixer:
                 # to the model on every later turn; take the bubble away.
                 return ThreadItemRemovedEvent(item_id=item.id)
             self._note_output(item)
+            if isinstance(item, AssistantMessageItem):
+                self.last_answer_id = item.id
             return ThreadItemDoneEvent(item=item)
         if isinstance(event, ThreadItemReplacedEvent):
             item = self._with_new_id(event.item)
@@ -176,6 +180,7 @@ class StreamFixer:
         self._pending.clear()
         for item in items:
             self._note_output(item)
+            self.last_answer_id = item.id
         return items
 
     def _note_output(self, item: ThreadItem) -> None:

@@ -373,3 +373,17 @@ async def test_shutdown_with_an_open_stream_is_bounded_and_keeps_the_partial(
     assert answers
     # Three updates seen = the empty content part and two deltas.
     assert answers[0].content[0].text.startswith("tok0 tok1 ")
+
+
+async def test_token_usage_is_recorded_per_answer_and_thread(live: Live, fake_llm: FakeLLM) -> None:
+    fake_llm.backend.script(Reply.text("One.", usage=(11, 2)), Reply.text("Two.", usage=(20, 3)))
+    first = await live.client.create_thread("hi")
+    second = await live.client.add_message(first.thread_id, "again")
+
+    usage = live.state.server.usage
+    answer = await usage.for_item(first.thread_id, second.assistant_messages[0].id, LOCAL)
+    totals = await usage.for_thread(first.thread_id, LOCAL)
+
+    assert answer is not None
+    assert (answer.input_tokens, answer.output_tokens, answer.model) == (20, 3, "fake-model")
+    assert (totals.answers, totals.input_tokens, totals.output_tokens) == (2, 31, 5)
