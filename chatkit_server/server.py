@@ -10,6 +10,7 @@ persists the partial answer and cancels the backend generation (trap 6).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -42,6 +43,7 @@ from chatkit.types import (
     ThreadStreamEvent,
     TranscriptionResult,
     UserMessageItem,
+    UserMessageTextContent,
     WidgetItem,
 )
 from pydantic import TypeAdapter, ValidationError
@@ -54,6 +56,7 @@ from .settings import Settings
 from .store import MAX_PAGE_SIZE, SQLStore, UsageRecord, UsageStore
 from .stream_fixups import repair_run
 from .streaming import StreamFixer
+from .titles import make_title
 from .workflows import Workflow, WorkflowRegistry
 
 __all__ = ["CANCEL_CLEANUP_SECONDS", "ChatKitApp", "parse_request"]
@@ -281,6 +284,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             ),
         )
         fixer = StreamFixer(lambda kind: self.store.generate_item_id(kind, thread, context))
+        title_task = self._start_title(thread, workflow, history)
         finished = False
         try:
             async for event in fixer.fix(stream_agent_response(agent_context, repair_run(result))):
@@ -291,9 +295,37 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                 # The SDK never cancels the run on its own: without this the
                 # backend keeps generating after the user pressed stop.
                 result.cancel()
+                if title_task is not None:
+                    title_task.cancel()
         await self._record_usage(
             thread, workflow, options.model or workflow.model, result, fixer, context
         )
+        if title_task is not None:
+            await self._apply_title(thread, title_task)
+
+    def _start_title(
+        self, thread: ThreadMetadata, workflow: Workflow, history: list[ThreadItem]
+    ) -> asyncio.Task[str] | None:
+        """Start writing a title alongside the first answer of an untitled thread."""
+        if not self.settings.titles or thread.title:
+            return None
+        users = [item for item in history if isinstance(item, UserMessageItem)]
+        if len(users) != 1:
+            return None
+        text = " ".join(
+            part.text for part in users[0].content if isinstance(part, UserMessageTextContent)
+        )
+        model = workflow.backend.model(workflow.title_model or workflow.model)
+        return asyncio.create_task(make_title(model, text, tracing=self.settings.tracing))
+
+    async def _apply_title(self, thread: ThreadMetadata, task: asyncio.Task[str]) -> None:
+        # The answer is complete; wait a bounded time for the title so a slow
+        # title model never holds the stream open for long.
+        with anyio.move_on_after(self.settings.llm_read_timeout):
+            thread.title = await task
+        if not task.done():
+            task.cancel()
+            logger.warning("thread %s: the title model did not answer in time", thread.id)
 
     async def _record_usage(
         self,

@@ -24,11 +24,14 @@ __all__ = [
     "DEFAULT_READ_TIMEOUT",
     "ENVIRONMENT_HELP",
     "LLMApi",
+    "LocalModelMode",
     "Settings",
     "SettingsError",
 ]
 
 LLMApi = Literal["chat_completions", "responses"]
+# auto: with no backend configured, `serve` runs the bundled local model when installed.
+LocalModelMode = Literal["auto", "off"]
 
 DEFAULT_DATA_DIR = Path(".chatkit")
 DEFAULT_LLM_MODEL = "default"
@@ -63,12 +66,15 @@ environment:
   CHATKIT_LLM_CONNECT_TIMEOUT seconds to connect to the backend (default 5)
   CHATKIT_LLM_MAX_RETRIES     retries of a failed backend request before answering (default 0)
   CHATKIT_WORKFLOWS           path of the workflows file (default: one workflow, "default")
+  CHATKIT_LOCAL_MODEL         auto (default): with no backend configured, serve runs the bundled
+                              SmolLM2 model on llama-server (extra "local"); off: never
   CHATKIT_ADMIN_KEY           bearer key for the /v1 REST API; turns authentication on
   CHATKIT_CORS_ORIGINS        comma-separated origins allowed to call the server from a browser
   CHATKIT_MAX_BODY_BYTES      largest accepted request body in bytes (default 4194304)
   CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
   CHATKIT_HISTORY_TOKENS      token budget for instructions + history (default 3000)
   CHATKIT_TRACING             1 to enable Agents SDK tracing (off: it uploads chat content)
+  CHATKIT_TITLES              0 to stop naming new threads with a model-written title (default 1)
   CHATKIT_LOG_LEVEL           debug, info (default), warning or error
 """
 
@@ -96,12 +102,14 @@ class Settings:
     llm_max_retries: int = DEFAULT_MAX_RETRIES
     workflows_path: Path | None = None
     workflows_file: WorkflowFile | None = None
+    local_model: LocalModelMode = "auto"
     admin_key: str | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     history_items: int = DEFAULT_HISTORY_ITEMS
     history_tokens: int = DEFAULT_HISTORY_TOKENS
     tracing: bool = False
+    titles: bool = True
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 
@@ -167,6 +175,12 @@ class Settings:
             # a message naming the key, never a failing request later.
             workflows_file = load_workflow_file(workflows_path, env)
 
+        local_model = (get("CHATKIT_LOCAL_MODEL") or "auto").lower()
+        if local_model not in ("auto", "off"):
+            raise SettingsError(
+                "CHATKIT_LOCAL_MODEL", f"expected 'auto' or 'off', got {local_model!r}"
+            )
+
         log_level = (get("CHATKIT_LOG_LEVEL") or "info").lower()
         if log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(
@@ -193,6 +207,7 @@ class Settings:
             llm_max_retries=_int(env, "CHATKIT_LLM_MAX_RETRIES", DEFAULT_MAX_RETRIES, minimum=0),
             workflows_path=workflows_path,
             workflows_file=workflows_file,
+            local_model=local_model,  # type: ignore[arg-type]  # checked above
             admin_key=get("CHATKIT_ADMIN_KEY"),
             cors_origins=origins,
             max_body_bytes=_int(
@@ -203,6 +218,7 @@ class Settings:
                 env, "CHATKIT_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS, minimum=100
             ),
             tracing=_bool(env, "CHATKIT_TRACING", default=False),
+            titles=_bool(env, "CHATKIT_TITLES", default=True),
             log_level=log_level,
         )
 

@@ -24,6 +24,7 @@ operator can find it without reading a traceback. Example::
     starter_prompts = [{ label = "Track an order", prompt = "Where is my order?" }]
     model_settings = { temperature = 0.3, max_tokens = 512 }
     history_tokens = 6000             # context budget; default CHATKIT_HISTORY_TOKENS
+    title_model = "smollm2"           # writes thread titles; default: the workflow's model
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class WorkflowSpec(_Spec):
     greeting: str | None = None
     starter_prompts: list[StarterPrompt] = Field(default_factory=list)
     history_tokens: int | None = Field(default=None, ge=100)
+    title_model: str | None = Field(default=None, min_length=1)
 
     @field_validator("tools")
     @classmethod

@@ -38,6 +38,7 @@ class Workflow:
     greeting: str | None = None
     starter_prompts: tuple[StarterPrompt, ...] = ()
     history_tokens: int | None = None
+    title_model: str | None = None
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -169,4 +170,5 @@ def _from_spec(
         greeting=spec.greeting,
         starter_prompts=tuple(spec.starter_prompts),
         history_tokens=spec.history_tokens,
+        title_model=spec.title_model,
     )

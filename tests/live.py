@@ -73,6 +73,9 @@ def live_settings(tmp_path: Path, fake_llm: FakeLLM) -> Settings:
         llm_read_timeout=2.0,
         llm_connect_timeout=2.0,
         max_body_bytes=64 * 1024,
+        # Title requests would take scripted replies meant for answers; the
+        # title tests turn them on.
+        titles=False,
     )
 
 
