@@ -1,0 +1,191 @@
+"""Timed HTTP calls for the benchmark: backend streams, ChatKit streams, JSON requests.
+
+Private to ``bench/bench_streaming.py``. Both kinds of stream are read the
+same way (raw bytes, split into SSE events, each event's JSON decoded), so a
+ratio of ChatKit to backend times compares servers, not parsers. The parser
+is deliberately lighter than ``chatkit_server.testing.client.ChatKitClient``
+(which validates every event with the SDK's pydantic types): with 500
+streams on two cores, client-side validation would slow the client enough
+to show up in the server's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+TEXT_DELTA = "assistant_message.content_part.text_delta"
+CHATKIT_HEADERS = {
+    "content-type": "application/json",
+    # The web component sends it on every request; send it too.
+    "chatkit-frame-instance-id": uuid.uuid4().hex,
+}
+
+
+@dataclass
+class Timing:
+    """One timed request, all times in seconds from just before sending it.
+
+    Attributes:
+        total: Until the response body ended.
+        first: Until the first content token (backend chunk or ChatKit text delta).
+        tokens: Content tokens received.
+        error: Why the request failed (HTTP status, ``error`` event, exception).
+        thread_id: The thread a ``threads.create`` made.
+    """
+
+    total: float = math.nan
+    first: float = math.nan
+    tokens: int = 0
+    error: str | None = None
+    thread_id: str | None = None
+
+
+def user_input(text: str) -> dict[str, Any]:
+    """The ``input`` of a text message, as the browser sends it."""
+    return {
+        "content": [{"type": "input_text", "text": text}],
+        "attachments": [],
+        "quoted_text": None,
+        "inference_options": {},
+    }
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The ``data`` payload of each SSE event, as it arrives."""
+    buffer = b""
+    async for chunk in response.aiter_bytes():
+        buffer += chunk
+        while True:
+            end = buffer.find(b"\n\n")
+            if end < 0:
+                break
+            block, buffer = buffer[:end], buffer[end + 2 :]
+            data = [line[5:].lstrip() for line in block.split(b"\n") if line.startswith(b"data:")]
+            if data:
+                yield b"\n".join(data)
+
+
+async def backend_stream(client: httpx.AsyncClient, base_url: str) -> Timing:
+    """Stream one Chat Completions answer straight from the backend, to ``[DONE]``."""
+    body = {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": "Benchmark question"}],
+        "stream": True,
+    }
+    timing = Timing()
+    start = time.perf_counter()
+    try:
+        async with client.stream("POST", f"{base_url}/v1/chat/completions", json=body) as resp:
+            if resp.status_code >= 300:
+                await resp.aread()
+                timing.error = f"HTTP {resp.status_code}"
+                return timing
+            done = False
+            async for data in _events(resp):
+                if data == b"[DONE]":
+                    done = True
+                    continue
+                choices = json.loads(data).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
+                    if timing.tokens == 0:
+                        timing.first = time.perf_counter() - start
+                    timing.tokens += 1
+            if not done:
+                timing.error = "stream ended without [DONE]"
+    except (httpx.HTTPError, OSError, ValueError) as exc:
+        timing.error = f"{type(exc).__name__}: {exc}"
+    timing.total = time.perf_counter() - start
+    return timing
+
+
+async def chatkit_stream(
+    client: httpx.AsyncClient, server_url: str, request_type: str, params: dict[str, Any]
+) -> Timing:
+    """Send one streaming ChatKit request and read its SSE answer to the end."""
+    content = json.dumps({"type": request_type, "params": params})
+    timing = Timing()
+    start = time.perf_counter()
+    try:
+        async with client.stream(
+            "POST", f"{server_url}/chatkit", content=content, headers=CHATKIT_HEADERS
+        ) as resp:
+            if resp.status_code >= 300:
+                await resp.aread()
+                timing.error = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                return timing
+            async for data in _events(resp):
+                event = json.loads(data)
+                kind = event.get("type")
+                if kind == "thread.item.updated":
+                    if event["update"].get("type") == TEXT_DELTA:
+                        if timing.tokens == 0:
+                            timing.first = time.perf_counter() - start
+                        timing.tokens += 1
+                elif kind == "thread.created":
+                    timing.thread_id = event["thread"]["id"]
+                elif kind == "error":
+                    timing.error = f"error event: {event.get('message')}"
+    except (httpx.HTTPError, OSError, ValueError) as exc:
+        timing.error = f"{type(exc).__name__}: {exc}"
+    timing.total = time.perf_counter() - start
+    return timing
+
+
+async def create_thread(client: httpx.AsyncClient, server_url: str, text: str) -> Timing:
+    """``threads.create`` with a text message, streamed to the end."""
+    return await chatkit_stream(client, server_url, "threads.create", {"input": user_input(text)})
+
+
+async def add_message(
+    client: httpx.AsyncClient, server_url: str, thread_id: str, text: str
+) -> Timing:
+    """``threads.add_user_message`` on an existing thread, streamed to the end."""
+    params = {"thread_id": thread_id, "input": user_input(text)}
+    return await chatkit_stream(client, server_url, "threads.add_user_message", params)
+
+
+async def chatkit_call(
+    client: httpx.AsyncClient, server_url: str, request_type: str, params: dict[str, Any]
+) -> tuple[float, Any]:
+    """Send one non-streaming ChatKit request; return (seconds, decoded JSON).
+
+    Raises:
+        RuntimeError: The server answered a non-2xx status.
+    """
+    content = json.dumps({"type": request_type, "params": params})
+    start = time.perf_counter()
+    resp = await client.post(f"{server_url}/chatkit", content=content, headers=CHATKIT_HEADERS)
+    elapsed = time.perf_counter() - start
+    if resp.status_code >= 300:
+        raise RuntimeError(f"{request_type} answered HTTP {resp.status_code}: {resp.text[:300]}")
+    return elapsed, resp.json()
+
+
+async def get_timed(client: httpx.AsyncClient, url: str) -> float:
+    """One GET, body read; seconds.
+
+    Raises:
+        RuntimeError: The server answered a non-2xx status.
+    """
+    start = time.perf_counter()
+    resp = await client.get(url)
+    elapsed = time.perf_counter() - start
+    if resp.status_code >= 300:
+        raise RuntimeError(f"GET {url} answered HTTP {resp.status_code}")
+    return elapsed
+
+
+def client(*, connections: int = 20, read_timeout: float = 60.0) -> httpx.AsyncClient:
+    """An HTTP client with room for ``connections`` concurrent requests."""
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        timeout=httpx.Timeout(read_timeout, connect=30.0, pool=read_timeout),
+    )
