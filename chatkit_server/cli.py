@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 
 from . import __version__
 from .errors import ChatKitServerError
@@ -15,6 +19,8 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "main"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+# In the data dir, next to the default database: where a newcomer looks first.
+LOCAL_MODEL_LOG = "llama-server.log"
 
 logger = logging.getLogger("chatkit_server")
 
@@ -64,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REVISION",
         help="move the schema down to REVISION instead ('base' removes every table)",
     )
+
+    usage = commands.add_parser(
+        "usage",
+        help="print token usage per thread",
+        description="Print the token usage recorded for each thread, biggest first.",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    usage.add_argument("--user", help="only threads of this user")
+    usage.add_argument("--thread", help="only this thread")
+    usage.add_argument("--limit", type=int, default=50, help="most threads listed (default 50)")
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -79,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return _migrate(settings, downgrade_to=args.downgrade)
+        if args.command == "usage":
+            return _usage(
+                settings, user=args.user, thread=args.thread, limit=args.limit, as_json=args.json
+            )
         return _serve(settings, host=args.host, port=args.port, migrate=not args.no_migrate)
     except ChatKitServerError as exc:
         print(f"chatkit-server: {exc}", file=sys.stderr)
@@ -114,31 +136,131 @@ def _migrate(settings: Settings, *, downgrade_to: str | None) -> int:
     return 0
 
 
+def _usage(
+    settings: Settings, *, user: str | None, thread: str | None, limit: int, as_json: bool
+) -> int:
+    import asyncio
+    import json
+
+    from .store import Database, UsageStore
+
+    async def report() -> list[dict[str, object]]:
+        database = Database.connect(settings.resolved_database_url)
+        try:
+            rows = await UsageStore(database).report(user_id=user, thread_id=thread, limit=limit)
+        finally:
+            await database.dispose()
+        return [
+            {
+                "thread_id": row.thread_id,
+                "user_id": row.user_id,
+                "answers": row.answers,
+                "input_tokens": row.input_tokens,
+                "output_tokens": row.output_tokens,
+                "total_tokens": row.total_tokens,
+            }
+            for row in rows
+        ]
+
+    rows = asyncio.run(report())
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("thread_id", "user_id", "answers", "input_tokens", "output_tokens", "total_tokens")
+    table = [columns, *(tuple(str(row[c]) for c in columns) for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    if not rows:
+        print("(no usage recorded yet)")
+    return 0
+
+
 def _serve(settings: Settings, *, host: str, port: int, migrate: bool) -> int:
     import uvicorn
 
     from .app import create_app
     from .store import upgrade
 
-    if migrate:
-        logger.info("upgrading the database schema")
-        upgrade(settings.resolved_database_url)
-    app = create_app(settings)
-    logger.info("serving ChatKit on http://%s:%d/chatkit", host, port)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        log_level=settings.log_level,
-        # Open answer streams get this long to finish on shutdown; then they
-        # are cancelled, which persists their partial answers.
-        timeout_graceful_shutdown=int(settings.shutdown_grace),
-    )
-    server = uvicorn.Server(config)
-    server.run()
+    try:
+        with _sigterm_unwinds(), contextlib.ExitStack() as resources:
+            if migrate:
+                logger.info("upgrading the database schema")
+                upgrade(settings.resolved_database_url)
+            settings = _with_local_model(settings, resources)
+            app = create_app(settings)
+            logger.info("serving ChatKit on http://%s:%d/chatkit", host, port)
+            config = uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_config=None,
+                log_level=settings.log_level,
+                # Open answer streams get this long to finish on shutdown; then they
+                # are cancelled, which persists their partial answers.
+                timeout_graceful_shutdown=int(settings.shutdown_grace),
+            )
+            server = uvicorn.Server(config)
+            server.run()
+    except _Terminated:
+        # Everything is stopped by now (the local model too). The previous handler is
+        # back: by default it ends the process by the signal, as uvicorn alone does.
+        signal.raise_signal(signal.SIGTERM)
+        return 0
+    except KeyboardInterrupt:
+        # Ctrl+C (also while the local model loads) is a normal way to stop.
+        return 130
     # uvicorn reports a failed start (port in use) only by not having started.
     return 0 if server.started else 1
+
+
+def _with_local_model(settings: Settings, resources: contextlib.ExitStack) -> Settings:
+    """Settings on the bundled local model when no backend is configured and it may run.
+
+    It runs for as long as ``resources`` is open. Its absence is not an error: the
+    server still starts, and every answer is an error event saying what to set.
+    """
+    if settings.llm_base_url is not None or settings.workflows_path is not None:
+        return settings
+    if settings.local_model == "off":
+        return settings
+    from .local_model import LocalModelServer, LocalModelUnavailable
+
+    try:
+        local = LocalModelServer(log_path=settings.data_dir / LOCAL_MODEL_LOG)
+    except LocalModelUnavailable as exc:
+        logger.warning("no model backend is configured, and %s", exc)
+        return settings
+    logger.info(
+        "no model backend is configured (CHATKIT_LLM_BASE_URL), so chatkit-server runs its "
+        "bundled local model: SmolLM2-135M, a tiny demo model whose answers are fluent but "
+        "not meaningful. Set CHATKIT_LLM_BASE_URL to your own OpenAI-compatible server to "
+        "use a real model, or CHATKIT_LOCAL_MODEL=off to not start this one."
+    )
+    resources.enter_context(local)
+    return settings.with_changes(llm_base_url=local.base_url, llm_model=local.model_name)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived; raised so that every ``with`` block unwinds, as for Ctrl+C."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    # By default SIGTERM ends the process on the spot (uvicorn, too, re-raises it once
+    # it has shut down), which would leave a local llama-server running.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

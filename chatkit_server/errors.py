@@ -4,6 +4,8 @@
 
     ChatKitServerError
      +-- SettingsError            (settings.py) an environment variable is invalid
+     +-- LocalModelError          (local_model.py) the bundled local model did not start
+     |    +-- LocalModelUnavailable  its extra (llama-server, SmolLM2) is not installed
      +-- StoreError               the store could not complete an operation
      |    +-- NotFoundError       missing, or owned by someone else (indistinguishable)
      |    +-- InvalidCursorError  a pagination cursor does not name an item of the listing

@@ -82,7 +82,8 @@ def test_serve_migrates_answers_health_and_stops_on_sigterm(tmp_path: Path) -> N
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)],
-        env=_env(tmp_path),
+        # The no-backend path, even where the bundled local model is installed.
+        env=_env(tmp_path, CHATKIT_LOCAL_MODEL="off"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -120,3 +121,41 @@ def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
         result = _run(tmp_path, "serve", "--port", str(port))
     assert result.returncode != 0
     assert "address already in use" in result.stderr.lower() or str(port) in result.stderr
+
+
+def test_usage_command_prints_per_thread_totals(tmp_path: Path) -> None:
+    import asyncio
+    from datetime import datetime
+
+    from chatkit.types import ThreadMetadata
+
+    from chatkit_server.context import RequestContext
+    from chatkit_server.store import Database, SQLStore, UsageRecord, UsageStore
+
+    assert _run(tmp_path, "migrate").returncode == 0
+
+    async def seed() -> None:
+        database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'chatkit.db'}")
+        context = RequestContext()
+        await SQLStore(database).save_thread(
+            ThreadMetadata(id="thr_x", created_at=datetime(2026, 1, 1)), context
+        )
+        record = UsageRecord(
+            item_id="msg_1",
+            workflow="default",
+            model="m",
+            requests=1,
+            input_tokens=12,
+            output_tokens=30,
+        )
+        await UsageStore(database).record("thr_x", record, context)
+        await database.dispose()
+
+    asyncio.run(seed())
+    table = _run(tmp_path, "usage")
+    as_json = _run(tmp_path, "usage", "--json")
+
+    assert table.returncode == 0, table.stderr
+    assert "thr_x" in table.stdout
+    assert "42" in table.stdout
+    assert '"total_tokens": 42' in as_json.stdout
