@@ -19,6 +19,7 @@ pool and asks for ``IMMEDIATE``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -161,6 +162,11 @@ class Database:
         self.dialect: str = engine.dialect.name
         self._read_sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(for_writes(engine), expire_on_commit=False)
+        # SQLite has one writer at a time. Queueing this process's writers
+        # here is fair and free; leaving them to SQLite's busy handler makes
+        # them poll, and under load some wait past busy_timeout and fail with
+        # "database is locked". busy_timeout still covers other processes.
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @classmethod
     def connect(
@@ -203,7 +209,11 @@ class Database:
         Raises:
             StoreError: The database failed (driver errors are translated).
         """
-        async with self._session(self._write_sessions) as session:
+        if self._write_lock is None:
+            async with self._session(self._write_sessions) as session:
+                yield session
+            return
+        async with self._write_lock, self._session(self._write_sessions) as session:
             yield session
 
     @asynccontextmanager

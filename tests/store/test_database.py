@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import StoreError
 from chatkit_server.store import Database, SQLStore
+from chatkit_server.store import database as database_module
 from chatkit_server.store.database import DEFAULT_BUSY_TIMEOUT_MS
 from chatkit_server.store.tables import threads
 from tests.conftest import DatabaseTarget
@@ -53,28 +54,71 @@ async def test_pragmas_are_set_on_every_pooled_connection(sqlite_database: Datab
 
 
 async def test_concurrent_read_then_write_transactions_all_succeed(
-    sqlite_database: Database,
+    sqlite_database: Database, tmp_path: Path
 ) -> None:
-    # With a deferred BEGIN most of these fail at once with "database is
-    # locked": each read takes a snapshot that another commit makes stale.
+    # Five handles on one file stand for five server processes: within one
+    # process writers also queue on a lock, so only BEGIN IMMEDIATE keeps
+    # them apart across processes. With a deferred BEGIN most of these fail
+    # at once with "database is locked": each read takes a snapshot that
+    # another commit makes stale.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}"
+    handles = [sqlite_database, *(Database.connect(url) for _ in range(4))]
     failures: list[BaseException] = []
 
     async def read_then_write(n: int) -> None:
         try:
-            async with sqlite_database.write() as session:
+            async with handles[n % len(handles)].write() as session:
                 await session.scalar(sa.select(sa.func.count()).select_from(threads))
                 await anyio.sleep(0.005)
                 await session.execute(sa.insert(threads).values(_thread_row(f"thr_{n}")))
         except StoreError as exc:
             failures.append(exc)
 
-    async with anyio.create_task_group() as group:
-        for n in range(50):
-            group.start_soon(read_then_write, n)
+    try:
+        async with anyio.create_task_group() as group:
+            for n in range(50):
+                group.start_soon(read_then_write, n)
+    finally:
+        for handle in handles[1:]:
+            await handle.dispose()
 
     assert failures == []
     async with sqlite_database.read() as session:
         assert await session.scalar(sa.select(sa.func.count()).select_from(threads)) == 50
+
+
+async def test_writers_in_one_process_queue_instead_of_timing_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer holding the lock longer than SQLite's busy_timeout must not
+    # make this process's other writers fail: they wait their turn.
+    monkeypatch.setattr(database_module, "DEFAULT_BUSY_TIMEOUT_MS", 50)
+    sqlite_database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}")
+    await sqlite_database.create_all()
+    order: list[str] = []
+
+    async def slow_writer() -> None:
+        async with sqlite_database.write() as session:
+            await session.execute(sa.insert(threads).values(_thread_row("thr_slow")))
+            order.append("slow in")
+            await anyio.sleep(0.3)
+        order.append("slow out")
+
+    async def quick_writer(n: int) -> None:
+        await anyio.sleep(0.05)
+        async with sqlite_database.write() as session:
+            await session.execute(sa.insert(threads).values(_thread_row(f"thr_q{n}")))
+        order.append("quick")
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(slow_writer)
+            for n in range(20):
+                group.start_soon(quick_writer, n)
+    finally:
+        await sqlite_database.dispose()
+    assert order[:2] == ["slow in", "slow out"]
+    assert order.count("quick") == 20
 
 
 async def test_write_commits_and_rolls_back(database: Database) -> None:
