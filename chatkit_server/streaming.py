@@ -2,9 +2,9 @@
 
 * **Item ids** (trap 1): the SDK names every assistant message from a Chat
   Completions backend ``__fake_id__`` and ChatKit reuses it as the item id,
-  so each reply overwrites the previous one. Every backend-chosen id is
-  replaced by a fresh store id, stable across the item's added, updated and
-  done events.
+  so each reply overwrites the previous one. Every backend-chosen id (of an
+  assistant message or a client tool call, on either API) is replaced by a
+  fresh store id, stable across the item's added, updated and done events.
 * **Empty turns** (trap 5): ``finish_reason`` is optional, so an empty or
   truncated backend stream ends quietly. A turn that produced nothing
   visible becomes an ``error`` event.
@@ -29,6 +29,7 @@ from chatkit.types import (
     AssistantMessageContentPartDone,
     AssistantMessageContentPartTextDelta,
     AssistantMessageItem,
+    ClientToolCallItem,
     ErrorEvent,
     HiddenContextItem,
     SDKHiddenContextItem,
@@ -41,6 +42,8 @@ from chatkit.types import (
     ThreadStreamEvent,
     WorkflowItem,
 )
+
+from .errors import StoreError
 
 __all__ = [
     "EMPTY_ANSWER_MESSAGE",
@@ -71,6 +74,8 @@ def backend_error_message(exc: BaseException, *, mid_answer: bool = False) -> st
         return f"The model backend answered with an error (HTTP {exc.status_code})."
     if isinstance(exc, openai.APIError):
         return "The model backend stopped in the middle of the answer. Please try again."
+    if isinstance(exc, StoreError):
+        return "The server could not save the conversation. Please try again."
     if isinstance(exc, AgentsException):
         return "The model's answer could not be processed. Please try again."
     return "An error occurred while generating the answer."
@@ -107,7 +112,10 @@ class StreamFixer:
                 self._started = True
                 yield self._rewrite(event)
         except Exception as exc:
-            logger.warning("model backend failed: %s: %s", type(exc).__name__, exc)
+            if isinstance(exc, StoreError):
+                logger.error("store failed while streaming an answer: %s", exc)
+            else:
+                logger.warning("model backend failed: %s: %s", type(exc).__name__, exc)
             mid_answer = self._started
             for item in self._take_pending():
                 yield ThreadItemDoneEvent(item=item)
@@ -150,9 +158,13 @@ class StreamFixer:
         return event
 
     def _with_new_id(self, item: ThreadItem, *, done: bool = False) -> ThreadItem:
-        # Assistant message ids always come from the backend (and collide on
-        # Chat Completions); other items only when the SDK used its fake id.
-        if not isinstance(item, AssistantMessageItem) and item.id != FAKE_RESPONSES_ID:
+        # Assistant message and client tool call ids always come from the backend
+        # (and collide on Chat Completions: trap 1); other items only when the SDK
+        # used its fake id.
+        if (
+            not isinstance(item, (AssistantMessageItem, ClientToolCallItem))
+            and item.id != FAKE_RESPONSES_ID
+        ):
             return item
         backend_id = item.id
         ours = self._ids.pop(backend_id, None) if done else self._ids.get(backend_id)

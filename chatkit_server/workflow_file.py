@@ -25,6 +25,13 @@ operator can find it without reading a traceback. Example::
     model_settings = { temperature = 0.3, max_tokens = 512 }
     history_tokens = 6000             # context budget; default CHATKIT_HISTORY_TOKENS
     title_model = "smollm2"           # writes thread titles; default: the workflow's model
+
+    # A tool the browser runs (ChatKit's onClientTool): the answer stops at the call
+    # and goes on when threads.add_client_tool_output brings the result.
+    [[workflows.assistant.client_tools]]
+    name = "pick_color"
+    description = "Ask the user to pick a color."
+    parameters = { type = "object", properties = { hint = { type = "string" } } }
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from .errors import ChatKitServerError
 
 __all__ = [
     "BackendSpec",
+    "ClientToolSpec",
     "ModelSettingsSpec",
     "StarterPrompt",
     "WorkflowFile",
@@ -53,6 +61,8 @@ __all__ = [
 ]
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# What OpenAI-compatible servers accept as a function name.
+_TOOL_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_-]{0,63}"
 
 
 class WorkflowFileError(ChatKitServerError):
@@ -108,6 +118,42 @@ class StarterPrompt(_Spec):
     icon: str | None = None
 
 
+class ClientToolSpec(_Spec):
+    """A tool the browser runs: the model calls it, the front end answers."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    @field_validator("name")
+    @classmethod
+    def _tool_name(cls, value: str) -> str:
+        if not re.fullmatch(_TOOL_NAME_PATTERN, value):
+            raise ValueError(
+                f"expected letters, digits, '_' or '-' (at most 64, not starting with a digit "
+                f"or '-'), got {value!r}"
+            )
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The model needs a JSON schema of an object: function arguments always are one.
+        if value.get("type") != "object":
+            raise ValueError('expected a JSON schema with type = "object"')
+        properties = value.get("properties", {})
+        if not isinstance(properties, dict) or not all(
+            isinstance(schema, dict) for schema in properties.values()
+        ):
+            raise ValueError("properties: expected a table of JSON schemas, one per argument")
+        required = value.get("required", [])
+        if not isinstance(required, list) or not all(
+            isinstance(name, str) and name in properties for name in required
+        ):
+            raise ValueError("required: expected a list of names declared in properties")
+        return value
+
+
 class WorkflowSpec(_Spec):
     """One agent workflow as declared in the file."""
 
@@ -117,6 +163,7 @@ class WorkflowSpec(_Spec):
     instructions: str = "You are a helpful assistant. Answer clearly and concisely."
     model_settings: ModelSettingsSpec = Field(default_factory=ModelSettingsSpec)
     tools: list[str] = Field(default_factory=list)
+    client_tools: list[ClientToolSpec] = Field(default_factory=list)
     handoffs: list[str] = Field(default_factory=list)
     handoff_description: str | None = None
     greeting: str | None = None
@@ -221,6 +268,15 @@ def load_workflow_file(path: Path, environ: Mapping[str, str]) -> WorkflowFile:
             _import_tool(path, f"{key}.tools[{index}]", target)
             for index, target in enumerate(workflow.tools)
         )
+        names = {tool.name for tool in tools[workflow_id]}
+        for index, client in enumerate(workflow.client_tools):
+            if client.name in names:
+                raise WorkflowFileError(
+                    path,
+                    f"{key}.client_tools[{index}].name",
+                    f"the workflow already has a tool named {client.name!r}",
+                )
+            names.add(client.name)
 
     default = spec.default_workflow or next(iter(spec.workflows))
     if default not in spec.workflows:

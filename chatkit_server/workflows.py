@@ -2,7 +2,9 @@
 
 Without a workflows file there is exactly one workflow, ``default``, built
 from the ``CHATKIT_LLM_*`` settings. With one, every workflow of the file,
-its tools and its handoffs to other workflows.
+its tools and its handoffs to other workflows. Function tools run on the
+server and show as tasks while they run (:mod:`chatkit_server.tool_tasks`);
+client tools stop the answer for the browser (:mod:`chatkit_server.client_tools`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 from agents import Agent, FunctionTool, ModelSettings
 
 from .backends import DEFAULT_BACKEND, Backend, BackendRegistry
+from .client_tools import client_tool, stop_at_client_tools
 from .settings import Settings
+from .tool_tasks import show_progress
 from .workflow_file import StarterPrompt, WorkflowSpec
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "DEFAULT_WORKFLOW", "Workflow", "WorkflowRegistry"]
@@ -34,6 +38,7 @@ class Workflow:
     instructions: str = DEFAULT_INSTRUCTIONS
     model_settings: ModelSettings = field(default_factory=ModelSettings)
     tools: tuple[FunctionTool, ...] = ()
+    client_tools: tuple[FunctionTool, ...] = ()
     handoff_description: str | None = None
     greeting: str | None = None
     starter_prompts: tuple[StarterPrompt, ...] = ()
@@ -47,8 +52,8 @@ class Workflow:
 
     @property
     def tool_names(self) -> frozenset[str]:
-        """Names of the workflow's function tools."""
-        return frozenset(tool.name for tool in self.tools)
+        """Names of the workflow's tools, server-side and client."""
+        return frozenset(tool.name for tool in (*self.tools, *self.client_tools))
 
     def build_agent(self) -> Agent[Any]:
         """A new Agents SDK agent for this workflow (without handoffs).
@@ -66,16 +71,22 @@ class Workflow:
             handoff_description=self.handoff_description,
             model=self.backend.model(self.model),
             model_settings=settings,
-            tools=list(self.tools),
+            tools=[*map(show_progress, self.tools), *self.client_tools],
+            # The answer ends at a client tool call; the browser's output resumes it.
+            tool_use_behavior=stop_at_client_tools if self.client_tools else "run_llm_again",
         )
 
     def describe(self) -> dict[str, Any]:
-        """What a front end needs to know: id, models, greeting, starter prompts."""
+        """What a front end needs to know: id, models, tools, greeting, starter prompts.
+
+        ``client_tools`` names the tools the front end must answer (``onClientTool``).
+        """
         return {
             "id": self.id,
             "model": self.model,
             "models": list(self.models),
             "tools": sorted(self.tool_names),
+            "client_tools": sorted(tool.name for tool in self.client_tools),
             "greeting": self.greeting,
             "starter_prompts": [
                 prompt.model_dump(exclude_none=True) for prompt in self.starter_prompts
@@ -166,6 +177,9 @@ def _from_spec(
         instructions=spec.instructions,
         model_settings=settings,
         tools=tools,
+        client_tools=tuple(
+            client_tool(tool.name, tool.description, tool.parameters) for tool in spec.client_tools
+        ),
         handoff_description=spec.handoff_description,
         greeting=spec.greeting,
         starter_prompts=tuple(spec.starter_prompts),

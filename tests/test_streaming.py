@@ -145,3 +145,19 @@ async def test_responses_message_ids_are_replaced_too() -> None:
     ids = [e.item.id if hasattr(e, "item") else e.item_id for e in out]  # type: ignore[union-attr]
     assert ids == ["msg_0", "msg_0", "msg_0", "msg_1", "msg_1", "msg_1"]
     assert not [e for e in out if isinstance(e, ErrorEvent)]
+
+
+async def test_responses_id_on_a_client_tool_call_is_replaced_too() -> None:
+    # On the Responses API the SDK passes the backend's function_call id through;
+    # backends may reuse them, and the item needs an id of the store's own.
+    call = ClientToolCallItem(
+        id="fc_from_backend",
+        thread_id="thr_1",
+        created_at=NOW,
+        call_id="call_1",
+        name="f",
+        arguments={},
+    )
+    out = await _run(_fixer(), _events([ThreadItemDoneEvent(item=call)]))
+    assert isinstance(out[0], ThreadItemDoneEvent)
+    assert (out[0].item.id, out[0].item.call_id) == ("tc_0", "call_1")  # type: ignore[union-attr]

@@ -25,6 +25,9 @@ def test_checked_in_example_is_valid() -> None:
     assert {spec.backend for spec in loaded.workflows.values()} == {"local", "gpu"}
     assert loaded.api_keys["gpu"] == "k"
     assert [tool.name for tool in loaded.tools["assistant"]] == ["current_time"]
+    [client] = loaded.workflows["assistant"].client_tools
+    assert client.name == "pick_color"
+    assert client.parameters["type"] == "object"
     assert loaded.workflows["analyst"].allowed_models == ["qwen3-8b", "qwen3-32b"]
 
 
@@ -82,6 +85,45 @@ def test_minimal_file_defaults_to_its_first_workflow(tmp_path: Path) -> None:
         ),
         ('default_workflow = "zzz"\n[workflows.a]\nmodel = "m"\n', "default_workflow", "'zzz'"),
         ('[workflows."bad id!"]\nmodel = "m"\n', "bad id!", "letters, digits"),
+        (
+            '[workflows.a]\nmodel = "m"\nclient_tools = [{ name = "9lives" }]\n',
+            "workflows.a.client_tools[0].name",
+            "letters, digits",
+        ),
+        (
+            '[workflows.a]\nmodel = "m"\nclient_tools = [{ name = "f", colour = 1 }]\n',
+            "workflows.a.client_tools[0].colour",
+            "extra inputs",
+        ),
+        (
+            '[workflows.a]\nmodel = "m"\n'
+            'client_tools = [{ name = "f", parameters = { type = "string" } }]\n',
+            "workflows.a.client_tools[0].parameters",
+            'type = "object"',
+        ),
+        (
+            '[workflows.a]\nmodel = "m"\nclient_tools = [{ name = "f", parameters = '
+            '{ type = "object", properties = { x = 1 } } }]\n',
+            "workflows.a.client_tools[0].parameters",
+            "properties",
+        ),
+        (
+            '[workflows.a]\nmodel = "m"\nclient_tools = [{ name = "f", parameters = '
+            '{ type = "object", required = ["x"] } }]\n',
+            "workflows.a.client_tools[0].parameters",
+            "required",
+        ),
+        (
+            '[workflows.a]\nmodel = "m"\ntools = ["chatkit_server.tools:current_time"]\n'
+            'client_tools = [{ name = "current_time" }]\n',
+            "workflows.a.client_tools[0].name",
+            "already has a tool named 'current_time'",
+        ),
+        (
+            '[workflows.a]\nmodel = "m"\nclient_tools = [{ name = "f" }, { name = "f" }]\n',
+            "workflows.a.client_tools[1].name",
+            "already has a tool named 'f'",
+        ),
     ],
 )
 def test_errors_name_file_key_and_problem(
@@ -93,3 +135,9 @@ def test_errors_name_file_key_and_problem(
     assert message.startswith(str(tmp_path / "workflows.toml") + ": ")
     assert error.value.key == key
     assert fragment.lower() in message.lower()
+
+
+def test_client_tools_default_to_no_arguments(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, '[workflows.a]\nmodel = "m"\nclient_tools = [{ name = "ping" }]\n')
+    [client] = loaded.workflows["a"].client_tools
+    assert (client.description, client.parameters) == ("", {"type": "object", "properties": {}})

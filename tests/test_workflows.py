@@ -183,6 +183,7 @@ async def test_workflows_endpoint_describes_the_composer(
         "model": "small",
         "models": ["small", "medium"],
         "tools": ["current_time"],
+        "client_tools": [],
         "greeting": "Hello!",
         "starter_prompts": [{"label": "Time", "prompt": "What time is it?"}],
     }

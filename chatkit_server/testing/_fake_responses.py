@@ -23,6 +23,9 @@ from a real server; each shape is written by hand after the server it names:
   always ``response.reasoning_text.delta`` (no ``.done``, no content part) and every
   ``.done`` event comes at the end. ``finish_reason`` is ignored, as llama-server always
   ends with ``response.completed``.
+
+Function calls (``Reply.tool_calls``, ``"openai"`` shape only) follow the message, or
+stand alone, as ``function_call`` items: see ``_fake_tools``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from chatkit_server.testing._fake_tools import fragments, function_call_item, name_calls
 from chatkit_server.testing._fake_wire import SSE_HEADERS, Plan, _j, _usage, json_plan
 
 if TYPE_CHECKING:
@@ -47,7 +51,9 @@ def responses_plan(reply: Reply, model: str, body: dict[str, Any]) -> Plan:
         reply, model, body
     )
     plan = shape.plan()
-    plan.item_ids = (shape.rsid, shape.mid) if shape.reasoning else (shape.mid,)
+    ids = [shape.rsid] if shape.reasoning else []
+    ids += [shape.mid] if shape.has_message else []
+    plan.item_ids = (*ids, *(named.item_id for named in shape.calls))
     return plan
 
 
@@ -63,6 +69,9 @@ class _Shape:
         self.reasoning = () if reply.empty else tuple(reply.reasoning or ())
         self.thought = "".join(self.reasoning)
         self.tokens = () if reply.empty else tuple(reply.tokens)
+        self.calls = name_calls(reply.tool_calls, "responses")
+        # A reply that only calls tools has no message item, as in OpenAI's and vLLM's.
+        self.has_message = bool(self.tokens) or not self.calls
 
     def plan(self) -> Plan:
         """The whole response, streamed or not, as the body asked."""
@@ -119,7 +128,9 @@ class _OpenAI(_Shape):
             "content": [part],
         }
         thought = self._reasoning_item("completed")
-        output = ([thought] if self.reasoning else []) + [message]
+        first_call = out + (1 if self.has_message else 0)
+        output = ([thought] if self.reasoning else []) + ([message] if self.has_message else [])
+        output += [function_call_item(named, done=True) for named in self.calls]
         if not self.body.get("stream"):
             return json_plan(
                 200,
@@ -166,17 +177,54 @@ class _OpenAI(_Shape):
             ]
 
         def message_open() -> list[bytes]:
+            if not self.has_message:
+                return []
             added = {**message, "status": "in_progress", "content": []}
             return [
                 event("response.output_item.added", output_index=out, item=added),
                 event("response.content_part.added", part={**part, "text": ""}, **at),
             ]
 
+        def calls() -> list[bytes]:
+            events = []
+            for index, named in enumerate(self.calls, start=first_call):
+                where = {"item_id": named.item_id, "output_index": index}
+                events.append(
+                    event(
+                        "response.output_item.added",
+                        output_index=index,
+                        item=function_call_item(named, done=False),
+                    )
+                )
+                events += [
+                    event("response.function_call_arguments.delta", delta=piece, **where)
+                    for piece in fragments(named.call.arguments)
+                ]
+                events += [
+                    event(
+                        "response.function_call_arguments.done",
+                        arguments=named.call.arguments,
+                        **where,
+                    ),
+                    event(
+                        "response.output_item.done",
+                        output_index=index,
+                        item=function_call_item(named, done=True),
+                    ),
+                ]
+            return events
+
         def close() -> list[bytes]:
+            events = []
+            if self.has_message:
+                events = [
+                    event("response.output_text.done", text=reply.content, logprobs=[], **at),
+                    event("response.content_part.done", part=part, **at),
+                    event("response.output_item.done", output_index=out, item=message),
+                ]
             return [
-                event("response.output_text.done", text=reply.content, logprobs=[], **at),
-                event("response.content_part.done", part=part, **at),
-                event("response.output_item.done", output_index=out, item=message),
+                *events,
+                *calls(),
                 event(f"response.{status}", response=self._response(status, output, final=True)),
             ]
 

@@ -5,19 +5,25 @@ Private to :mod:`chatkit_server.testing.fake_backend`; the Responses API shapes 
 ``Reply`` into a :class:`Plan`: the bytes to send before, during and after the paced
 tokens. Per-stream constants (id, model, envelope) are encoded once and each token costs
 one ``json.dumps`` of its text plus a byte format, so hundreds of concurrent fake streams
-stay cheap.
+stay cheap. :class:`Responder` sends a plan while watching for the client going away.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio
+from starlette.types import Receive, Send
+
+from chatkit_server.testing._fake_tools import chat_deltas, chat_message_calls, name_calls
+
 if TYPE_CHECKING:
-    from chatkit_server.testing.fake_backend import Reply
+    from chatkit_server.testing.fake_backend import Reply, StreamRecord
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
@@ -93,15 +99,19 @@ def chat_plan(reply: Reply, model: str, body: dict[str, Any]) -> Plan:
     }
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     reasoning = () if reply.empty else tuple(reply.reasoning or ())
+    calls = name_calls(reply.tool_calls, reply.tool_call_shape)
     if not body.get("stream"):
-        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        content = reply.content if reply.content or not calls else None
+        message: dict[str, Any] = {"role": "assistant", "content": content}
         if reasoning:
             message[reply.reasoning_field] = "".join(reasoning)
+        if calls:
+            message["tool_calls"] = chat_message_calls(calls)
         choice = {
             "index": 0,
             "message": message,
             "logprobs": None,
-            "finish_reason": reply.finish_reason,
+            "finish_reason": reply.finish,
         }
         return json_plan(
             200,
@@ -132,12 +142,97 @@ def chat_plan(reply: Reply, model: str, body: dict[str, Any]) -> Plan:
     plan.paced = deltas(reply.reasoning_field, reasoning, False) + deltas("content", tokens, True)
     if plan.drop:
         return plan
-    tail = (
-        prefix
-        + b"{}"
-        + b',"logprobs":null,"finish_reason":%s}]}\n\n' % (_j(reply.finish_reason).encode())
-    )
+    finish_end = b',"logprobs":null,"finish_reason":%s}]}\n\n' % _j(reply.finish).encode()
+    tool_deltas = [_j(delta).encode() for delta in chat_deltas(calls, reply.tool_call_shape)]
+    if tool_deltas and reply.tool_call_shape == "ollama":
+        # Ollama's one tool-call chunk is also its last: it carries the finish reason.
+        tail = b"".join(prefix + delta + open_end for delta in tool_deltas[:-1])
+        tail += prefix + tool_deltas[-1] + finish_end
+    else:
+        plan.paced += [(prefix + delta + open_end, False) for delta in tool_deltas]
+        tail = prefix + b"{}" + finish_end
     if (body.get("stream_options") or {}).get("include_usage"):
         tail += f'{envelope}"model":{_j(model)},"choices":[],"usage":{_j(usage)}}}\n\n'.encode()
     plan.tail = tail + b"data: [DONE]\n\n"
     return plan
+
+
+class _ConnectionDrop(Exception):
+    """Raised after a partial body so uvicorn closes the connection mid-response."""
+
+
+class _QuietDrops(logging.Filter):
+    # uvicorn logs every exception escaping an app as an error with a traceback; a
+    # drop the script asked for is not one.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], _ConnectionDrop))
+
+
+def install_log_filter() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietDrops) for f in logger.filters):
+        logger.addFilter(_QuietDrops())
+
+
+class Responder:
+    """Sends a plan while watching for the client going away."""
+
+    def __init__(self, plan: Plan, reply: Reply, record: StreamRecord) -> None:
+        self.plan, self.reply, self.record = plan, reply, record
+
+    async def __call__(self, receive: Receive, send: Send) -> None:
+        dropped = False
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, receive, tg.cancel_scope)
+            try:
+                dropped = await self._send(send)
+            except OSError:
+                # ASGI 2.4 servers report a vanished client by raising from send().
+                self.record.disconnected = True
+            finally:
+                self.record.ended_at = time.monotonic()
+                tg.cancel_scope.cancel()
+        if dropped:
+            # Raised outside the task group so it is not wrapped in an ExceptionGroup:
+            # uvicorn then closes the socket without the terminating chunk.
+            self.record.dropped = True
+            raise _ConnectionDrop("connection dropped as scripted")
+
+    async def _watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        # uvicorn's send() returns silently once the peer is gone, so http.disconnect
+        # from receive() is the only signal; it also arrives after a complete response.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self.record.completed:
+            self.record.disconnected = True
+        scope.cancel()
+
+    async def _send(self, send: Send) -> bool:
+        plan, reply, record = self.plan, self.reply, self.record
+        await anyio.sleep(plan.wait_first)
+        await send({"type": "http.response.start", "status": plan.status, "headers": plan.headers})
+        if plan.head:
+            await send({"type": "http.response.body", "body": plan.head, "more_body": True})
+        stalled = False
+        for chunk, is_token in plan.paced:
+            if is_token and record.tokens_sent == reply.stall_after:
+                stalled = True
+                await anyio.sleep(reply.stall_seconds)
+            await anyio.sleep(reply.delay)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            record.tokens_sent += is_token
+        if (
+            plan.stream
+            and not stalled
+            and not plan.drop
+            and record.tokens_sent == reply.stall_after
+        ):
+            await anyio.sleep(reply.stall_seconds)
+        if plan.drop:
+            if plan.tail:
+                await send({"type": "http.response.body", "body": plan.tail, "more_body": True})
+            return True
+        await send({"type": "http.response.body", "body": plan.tail, "more_body": False})
+        record.tokens_sent += plan.tail_tokens
+        record.completed = True
+        return False

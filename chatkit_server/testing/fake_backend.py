@@ -22,18 +22,20 @@ built from pre-encoded templates (no models, no validation) so hundreds of concu
 streams stay cheap. Reasoning comes in the shape of the server a test imitates: the
 ``reasoning_content`` or ``reasoning`` delta field on Chat Completions, summary or
 reasoning-text events on the Responses API, and ``responses_shape="llama_server"`` for
-llama-server's Responses stream, which omits fields (see ``_fake_responses``). All of
-these shapes are hand-written after each server's source, not recorded.
+llama-server's Responses stream, which omits fields (see ``_fake_responses``). A reply
+can call tools (:meth:`Reply.tool_call`), streamed as vLLM does (many chunks) or as
+Ollama does (one chunk) on Chat Completions, and as ``function_call`` items on the
+Responses API (see ``_fake_tools``). All of these shapes are hand-written after each
+server's source, not recorded.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,7 +47,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from chatkit_server.testing._fake_responses import responses_plan
-from chatkit_server.testing._fake_wire import Plan, chat_plan, error_body, json_plan
+from chatkit_server.testing._fake_tools import ToolCall, ToolCallShape
+from chatkit_server.testing._fake_wire import (
+    Plan,
+    Responder,
+    chat_plan,
+    error_body,
+    install_log_filter,
+    json_plan,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -54,6 +64,7 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "StreamRecord",
+    "ToolCall",
 ]
 
 DEFAULT_MODEL = "fake-model"
@@ -87,7 +98,13 @@ class Reply:
             and vLLM send; ``"llama_server"``: llama-server's stream, which omits
             ``sequence_number``, ``output_index``, ``content_index`` and more.
         finish_reason: Finish reason of the last chunk (``"length"`` makes a Responses
-            stream end with ``response.incomplete``).
+            stream end with ``response.incomplete``); None: ``"tool_calls"`` when the
+            reply calls tools, else ``"stop"``.
+        tool_calls: Function calls sent after the content (Chat Completions and the
+            ``"openai"`` Responses shape; with ``"llama_server"`` a ValueError).
+        tool_call_shape: How Chat Completions streams them: ``"vllm"`` (the name, then
+            the arguments in fragments, over many chunks) or ``"ollama"`` (every call
+            whole in one chunk that also carries the finish reason).
         usage: ``(prompt_tokens, completion_tokens)``; estimated from the request if None.
     """
 
@@ -104,11 +121,16 @@ class Reply:
     reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
     responses_reasoning: Literal["text", "summary"] = "text"
     responses_shape: Literal["openai", "llama_server"] = "openai"
-    finish_reason: str = "stop"
+    finish_reason: str | None = None
+    tool_calls: Sequence[ToolCall] = ()
+    tool_call_shape: ToolCallShape = "vllm"
     usage: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokens", tuple(self.tokens))
+        object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+        if self.tool_calls and self.responses_shape == "llama_server":
+            raise ValueError("tool calls are written for the 'openai' Responses shape only")
         if self.reasoning is not None:
             object.__setattr__(self, "reasoning", tuple(self.reasoning))
 
@@ -133,6 +155,33 @@ class Reply:
             **options: Any other :class:`Reply` field.
         """
         return cls(tokens=[f"tok{i} " for i in range(n)], **options)
+
+    @classmethod
+    def tool_call(
+        cls,
+        name: str,
+        arguments: Mapping[str, Any] | str | None = None,
+        *,
+        call_id: str | None = None,
+        **options: Any,
+    ) -> Reply:
+        """A reply that calls one function (and says nothing unless ``tokens`` are given).
+
+        Args:
+            name: The function to call.
+            arguments: Its arguments, as a mapping or as JSON text sent verbatim.
+            call_id: The call's id; None: one in the imitated server's style.
+            **options: Any other :class:`Reply` field, e.g. ``tool_call_shape="ollama"``.
+        """
+        text = arguments if isinstance(arguments, str) else json.dumps(dict(arguments or {}))
+        return cls(tool_calls=(ToolCall(name, text, call_id),), **options)
+
+    @property
+    def finish(self) -> str:
+        """The finish reason sent: ``finish_reason``, or what the reply's content implies."""
+        if self.finish_reason is not None:
+            return self.finish_reason
+        return "tool_calls" if self.tool_calls else "stop"
 
     @property
     def content(self) -> str:
@@ -188,23 +237,6 @@ class StreamRecord:
     item_ids: tuple[str, ...] = ()
 
 
-class _ConnectionDrop(Exception):
-    """Raised after a partial body so uvicorn closes the connection mid-response."""
-
-
-class _QuietDrops(logging.Filter):
-    # uvicorn logs every exception escaping an app as an error with a traceback; a
-    # drop the script asked for is not one.
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], _ConnectionDrop))
-
-
-def _install_log_filter() -> None:
-    logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _QuietDrops) for f in logger.filters):
-        logger.addFilter(_QuietDrops())
-
-
 class _Asgi:
     # Starlette treats plain functions and methods as request handlers; an instance is
     # mounted as a raw ASGI app, which streaming and disconnect detection need.
@@ -234,7 +266,7 @@ class FakeBackend:
                 if None.
             model: Model name reported by ``GET /v1/models``.
         """
-        _install_log_filter()
+        install_log_filter()
         self.model = model
         self.default = default if default is not None else Reply.text(DEFAULT_REPLY_TEXT)
         self.requests: list[RecordedRequest] = []
@@ -328,7 +360,9 @@ class FakeBackend:
             return
         if not isinstance(body, dict):
             bad = json_plan(400, error_body(400, "request body must be a JSON object"), Reply())
-            await _Responder(bad, Reply(), None)(receive, send)
+            await Responder(bad, Reply(), StreamRecord("", Reply(), False, time.monotonic()))(
+                receive, send
+            )
             return
         reply = self._script.popleft() if self._script else self.default
         record = StreamRecord(scope["path"], reply, bool(body.get("stream")), time.monotonic())
@@ -338,69 +372,4 @@ class FakeBackend:
         else:
             plan = build(reply, str(body.get("model") or self.model), body)
             record.item_ids = plan.item_ids
-        await _Responder(plan, reply, record)(receive, send)
-
-
-class _Responder:
-    """Sends a plan while watching for the client going away."""
-
-    def __init__(self, plan: Plan, reply: Reply, record: StreamRecord | None) -> None:
-        self.plan, self.reply = plan, reply
-        self.record = record or StreamRecord("", reply, False, time.monotonic())
-
-    async def __call__(self, receive: Receive, send: Send) -> None:
-        dropped = False
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, receive, tg.cancel_scope)
-            try:
-                dropped = await self._send(send)
-            except OSError:
-                # ASGI 2.4 servers report a vanished client by raising from send().
-                self.record.disconnected = True
-            finally:
-                self.record.ended_at = time.monotonic()
-                tg.cancel_scope.cancel()
-        if dropped:
-            # Raised outside the task group so it is not wrapped in an ExceptionGroup:
-            # uvicorn then closes the socket without the terminating chunk.
-            self.record.dropped = True
-            raise _ConnectionDrop("connection dropped as scripted")
-
-    async def _watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
-        # uvicorn's send() returns silently once the peer is gone, so http.disconnect
-        # from receive() is the only signal; it also arrives after a complete response.
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if not self.record.completed:
-            self.record.disconnected = True
-        scope.cancel()
-
-    async def _send(self, send: Send) -> bool:
-        plan, reply, record = self.plan, self.reply, self.record
-        await anyio.sleep(plan.wait_first)
-        await send({"type": "http.response.start", "status": plan.status, "headers": plan.headers})
-        if plan.head:
-            await send({"type": "http.response.body", "body": plan.head, "more_body": True})
-        stalled = False
-        for chunk, is_token in plan.paced:
-            if is_token and record.tokens_sent == reply.stall_after:
-                stalled = True
-                await anyio.sleep(reply.stall_seconds)
-            await anyio.sleep(reply.delay)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            record.tokens_sent += is_token
-        if (
-            plan.stream
-            and not stalled
-            and not plan.drop
-            and record.tokens_sent == reply.stall_after
-        ):
-            await anyio.sleep(reply.stall_seconds)
-        if plan.drop:
-            if plan.tail:
-                await send({"type": "http.response.body", "body": plan.tail, "more_body": True})
-            return True
-        await send({"type": "http.response.body", "body": plan.tail, "more_body": False})
-        record.tokens_sent += plan.tail_tokens
-        record.completed = True
-        return False
+        await Responder(plan, reply, record)(receive, send)
