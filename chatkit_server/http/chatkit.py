@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from chatkit.server import StreamingResult
+from chatkit.types import ErrorEvent
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -44,5 +46,32 @@ async def chatkit_endpoint(request: Request) -> Response:
         logger.exception("unexpected failure while answering a ChatKit request")
         return error_response(500, "Internal server error.")
     if isinstance(result, StreamingResult):
-        return StreamingResponse(result, media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(
+            _ending_with_error_event(result), media_type="text/event-stream", headers=SSE_HEADERS
+        )
     return Response(result.json, media_type="application/json")
+
+
+_STREAM_FAILED = ErrorEvent(
+    code="custom",
+    message="The server could not finish this answer. Please try again.",
+    allow_retry=True,
+)
+
+
+async def _ending_with_error_event(result: StreamingResult) -> AsyncIterator[bytes]:
+    """The SSE frames of ``result``; a failure mid-stream ends with an ``error`` event.
+
+    Once ``200 text/event-stream`` is sent, an exception would only cut the
+    connection and the browser would see a dead stream. Cancellation (the
+    client left) is not an ``Exception`` and passes through.
+    """
+    try:
+        async for frame in result:
+            yield frame
+    except Exception as exc:
+        if isinstance(exc, StoreError):
+            logger.error("store failed in the middle of a stream: %s", exc)
+        else:
+            logger.exception("unexpected failure in the middle of a stream")
+        yield b"data: " + _STREAM_FAILED.model_dump_json().encode() + b"\n\n"

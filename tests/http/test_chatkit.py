@@ -7,6 +7,7 @@ import json
 import httpx
 import pytest
 
+from chatkit_server.errors import StoreError
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import user_input
 from tests.live import Live, LiveFactory
@@ -220,3 +221,38 @@ async def test_internal_errors_are_500_without_details(
     assert response.status_code == 500
     assert "secret" not in response.text
     assert response.json()["error"]["message"] == "Internal server error."
+
+
+async def test_store_failure_after_the_stream_started_ends_with_an_error_event(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    turn = await live.client.create_thread("hi")
+    original = live.store.add_thread_item
+
+    async def failing_add(thread_id: str, item: object, context: object) -> None:
+        raise StoreError("the database is busy: try again")
+
+    monkeypatch.setattr(live.store, "add_thread_item", failing_add)
+    failed = await live.client.add_message(turn.thread_id, "this cannot be saved")
+    monkeypatch.setattr(live.store, "add_thread_item", original)
+
+    assert failed.events[-1].type == "error"
+    assert "could not" in (failed.errors[-1].message or "")
+    again = await live.client.add_message(turn.thread_id, "and now?")
+    assert again.assistant_messages
+
+
+async def test_requests_are_parsed_once(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    # chatkit's process() builds a TypeAdapter per call (~4 ms); the server
+    # dispatches its own parsed request instead.
+    import chatkit.server
+
+    def no_adapter(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ChatKitServer.process() parsed the request again")
+
+    monkeypatch.setattr(chatkit.server, "TypeAdapter", no_adapter)
+    turn = await live.client.create_thread("hi")
+    listed = await live.client.call("threads.list")
+
+    assert turn.assistant_messages
+    assert [t["id"] for t in listed["data"]] == [turn.thread_id]
