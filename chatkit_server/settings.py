@@ -214,9 +214,7 @@ class Settings:
                 env, "CHATKIT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024
             ),
             history_items=_int(env, "CHATKIT_HISTORY_ITEMS", DEFAULT_HISTORY_ITEMS, minimum=1),
-            history_tokens=_int(
-                env, "CHATKIT_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS, minimum=100
-            ),
+            history_tokens=_int(env, "CHATKIT_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS, minimum=100),
             tracing=_bool(env, "CHATKIT_TRACING", default=False),
             titles=_bool(env, "CHATKIT_TITLES", default=True),
             log_level=log_level,

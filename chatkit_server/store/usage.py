@@ -146,9 +146,7 @@ def _totals(*group: sa.ColumnElement[str]) -> sa.Select[*tuple[Any, ...]]:
     )
 
 
-def _to_totals(
-    row: sa.Row[Any], *, thread_id: str | None, user_id: str | None
-) -> UsageTotals:
+def _to_totals(row: sa.Row[Any], *, thread_id: str | None, user_id: str | None) -> UsageTotals:
     mapping = row._mapping
     return UsageTotals(
         thread_id=thread_id,

@@ -84,8 +84,7 @@ async def test_upgrade_logs_and_leaves_app_logging_alone(
     messages = [r.getMessage() for r in caplog.records if r.name == "chatkit_server.migrate"]
     # One line per revision, so a long upgrade shows its progress.
     assert messages == [
-        "upgraded empty -> 0001: Initial schema: threads, thread items, "
-        "attachments and feedback.",
+        "upgraded empty -> 0001: Initial schema: threads, thread items, attachments and feedback.",
         "upgraded 0001 -> 0002: Token usage per answer.",
     ]
     assert capsys.readouterr().out == ""
