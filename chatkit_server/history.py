@@ -16,8 +16,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from agents import TResponseInputItem
+from chatkit.types import AssistantMessageItem, ThreadItem, UserMessageItem
 
-__all__ = ["CHARS_PER_TOKEN", "MESSAGE_OVERHEAD_TOKENS", "estimate_tokens", "fit_history"]
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "MESSAGE_OVERHEAD_TOKENS",
+    "estimate_item_tokens",
+    "estimate_tokens",
+    "fit_history",
+]
 
 CHARS_PER_TOKEN = 3.0
 # Role markers and separators that chat templates wrap around each message.
@@ -27,6 +34,18 @@ MESSAGE_OVERHEAD_TOKENS = 4
 def estimate_tokens(text: str) -> int:
     """An upper-leaning estimate of the tokens in ``text``."""
     return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def estimate_item_tokens(item: ThreadItem) -> int:
+    """Estimated tokens of a stored item once sent to the model.
+
+    Used to stop loading history early: items past the budget would be
+    dropped anyway, and loading and converting them costs per item.
+    """
+    if isinstance(item, (UserMessageItem, AssistantMessageItem)):
+        chars = sum(len(getattr(part, "text", "")) for part in item.content)
+        return math.ceil(chars / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
+    return estimate_tokens(item.model_dump_json()) + MESSAGE_OVERHEAD_TOKENS
 
 
 def _item_tokens(item: TResponseInputItem) -> int:

@@ -52,9 +52,9 @@ from pydantic import TypeAdapter, ValidationError
 from .context import RequestContext
 from .converter import HistoryConverter
 from .errors import RequestError, StoreError
-from .history import fit_history
+from .history import estimate_item_tokens, fit_history
 from .settings import Settings
-from .store import MAX_PAGE_SIZE, SQLStore, UsageRecord, UsageStore
+from .store import SQLStore, UsageRecord, UsageStore
 from .stream_fixups import repair_run
 from .streaming import StreamFixer
 from .titles import make_title
@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 # Upper bound for persisting a stopped answer: the client is gone, so this
 # only delays the end of the request task, but it must never hang shutdown.
 CANCEL_CLEANUP_SECONDS = 5.0
+# Newest-first pages of history: most turns need one or two.
+HISTORY_PAGE_SIZE = 40
 # Key in a thread's (server-side, never sent) metadata naming its workflow.
 THREAD_WORKFLOW_KEY = "workflow"
 NO_BACKEND_MESSAGE = (
@@ -268,10 +270,11 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             yield ErrorEvent(code="custom", message=NO_BACKEND_MESSAGE, allow_retry=False)
             return
 
-        history = await self._history(thread, context)
+        budget = workflow.history_tokens or self.settings.history_tokens
+        history = await self._history(thread, budget, context)
         agent_input = fit_history(
             await self.converter.to_agent_input(history),
-            budget=workflow.history_tokens or self.settings.history_tokens,
+            budget=budget,
             instructions=workflow.instructions,
         )
         agent_context = AgentContext[RequestContext](
@@ -361,23 +364,35 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             # Accounting must not turn a delivered answer into an error.
             logger.exception("could not record token usage for thread %s", thread.id)
 
-    async def _history(self, thread: ThreadMetadata, context: RequestContext) -> list[ThreadItem]:
-        """The newest ``history_items`` items of the thread, oldest first."""
+    async def _history(
+        self, thread: ThreadMetadata, budget: int, context: RequestContext
+    ) -> list[ThreadItem]:
+        """The newest items of the thread, oldest first.
+
+        At most ``history_items``, and no more pages than needed to exceed
+        the token ``budget``: older items would be dropped by
+        :func:`fit_history` anyway, and each costs a validation and a
+        conversion per turn.
+        """
         wanted = self.settings.history_items
         items: list[ThreadItem] = []
+        tokens = 0
         after: str | None = None
-        while len(items) < wanted:
+        complete = False
+        while len(items) < wanted and tokens <= budget:
             page = await self.store.load_thread_items(
-                thread.id, after, min(MAX_PAGE_SIZE, wanted - len(items)), "desc", context
+                thread.id, after, min(HISTORY_PAGE_SIZE, wanted - len(items)), "desc", context
             )
             items.extend(page.data)
+            tokens += sum(estimate_item_tokens(item) for item in page.data)
             if not page.has_more or page.after is None:
+                complete = True
                 break
             after = page.after
         items.reverse()
         # A cut history must not open with an answer or a tool result whose
         # question was cut away: some servers reject such a conversation.
-        while items and len(items) == wanted and not isinstance(items[0], UserMessageItem):
+        while items and not complete and not isinstance(items[0], UserMessageItem):
             items.pop(0)
         return items
 

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from chatkit_server.history import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, fit_history
+from chatkit.types import (
+    AssistantMessageContent,
+    AssistantMessageItem,
+    InferenceOptions,
+    ThreadMetadata,
+    UserMessageItem,
+    UserMessageTextContent,
+)
+
+from chatkit_server.history import (
+    MESSAGE_OVERHEAD_TOKENS,
+    estimate_item_tokens,
+    estimate_tokens,
+    fit_history,
+)
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply
-from tests.live import FakeLLM, LiveFactory
+from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
 
 def _msg(role: str, text: str) -> Any:
@@ -70,3 +85,41 @@ async def test_model_receives_instructions_and_newest_turns(
     assert sent[-1]["content"].startswith("turn 2 ")
     assert not any(str(m["content"]).startswith("first ") for m in sent)
     assert sum(len(str(m["content"])) for m in sent) / 3 <= 400
+
+
+async def test_history_loading_stops_once_the_budget_is_covered(live: Live) -> None:
+    thread = ThreadMetadata(id="thr_long", created_at=datetime(2026, 1, 1))
+    await live.store.save_thread(thread, LOCAL)
+    for n in range(200):
+        item: Any
+        if n % 2 == 0:
+            item = UserMessageItem(
+                id=f"msg_u{n:03}",
+                thread_id=thread.id,
+                created_at=datetime(2026, 1, 1),
+                content=[UserMessageTextContent(text=f"question {n} " + "q" * 600)],
+                inference_options=InferenceOptions(),
+            )
+        else:
+            item = AssistantMessageItem(
+                id=f"msg_a{n:03}",
+                thread_id=thread.id,
+                created_at=datetime(2026, 1, 1),
+                content=[AssistantMessageContent(text=f"answer {n} " + "a" * 600)],
+            )
+        await live.store.add_thread_item(thread.id, item, LOCAL)
+    loaded: list[int] = []
+    original = live.store.load_thread_items
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        page = await original(*args, **kwargs)
+        loaded.append(len(page.data))
+        return page
+
+    live.store.load_thread_items = spy  # type: ignore[method-assign]
+    items = await live.state.server._history(thread, 1000, LOCAL)
+
+    assert sum(loaded) < 200
+    assert items[-1].id == "msg_a199"
+    assert isinstance(items[0], UserMessageItem)
+    assert sum(estimate_item_tokens(item) for item in items) > 1000
