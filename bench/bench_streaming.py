@@ -2,10 +2,10 @@
 
 Usage::
 
-    /work/venv/bin/python bench/bench_streaming.py                 # everything (~5 min on 2 cores)
-    /work/venv/bin/python bench/bench_streaming.py --quick         # all figures, < 2 min
-    /work/venv/bin/python bench/bench_streaming.py --only stream ttft
-    /work/venv/bin/python bench/bench_streaming.py --only lists-sqlite --rows-scale 0.1
+    .venv/bin/python bench/bench_streaming.py                 # everything (~5 min on 2 cores)
+    .venv/bin/python bench/bench_streaming.py --quick         # all figures, < 2 min
+    .venv/bin/python bench/bench_streaming.py --only stream ttft
+    .venv/bin/python bench/bench_streaming.py --only lists-sqlite --rows-scale 0.1
 
 Each figure starts the real server (``python -m chatkit_server.cli serve``)
 as a subprocess on 127.0.0.1, on its own SQLite file in a temporary
