@@ -11,15 +11,71 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel
 from openai import AsyncOpenAI, Timeout
+from openai.resources.chat import AsyncChat
+from openai.resources.chat.completions import AsyncCompletions
+from openai.resources.responses import AsyncResponses
 
 from .settings import LLMApi, Settings
 
-__all__ = ["DEFAULT_BACKEND", "Backend", "BackendConfig", "BackendRegistry"]
+__all__ = ["DEFAULT_BACKEND", "Backend", "BackendConfig", "BackendRegistry", "LeanAsyncOpenAI"]
 
 DEFAULT_BACKEND = "default"
+
+
+def _send_untransformed(kwargs: dict[str, Any], field: str, empty: Any) -> None:
+    """Move ``kwargs[field]`` into ``extra_body`` so the client sends it as it is.
+
+    The openai client walks every request body through a recursive,
+    type-directed transform before sending it. For a conversation that costs
+    about half a millisecond per message (measured: 41 ms for 80 messages,
+    all of it before the first byte reaches the backend). The history the
+    Agents SDK builds is already plain JSON, so it skips the walk; the
+    client merges ``extra_body`` over the transformed body.
+    """
+    value = kwargs.get(field)
+    if not isinstance(value, list):
+        return
+    extra = dict(kwargs.get("extra_body") or {})
+    extra.setdefault(field, value)
+    kwargs["extra_body"] = extra
+    kwargs[field] = empty
+
+
+class _LeanCompletions(AsyncCompletions):
+    async def create(self, *args: Any, **kwargs: Any) -> Any:
+        _send_untransformed(kwargs, "messages", [])
+        return await super().create(*args, **kwargs)
+
+
+class _LeanChat(AsyncChat):
+    @cached_property
+    def completions(self) -> AsyncCompletions:
+        return _LeanCompletions(self._client)
+
+
+class _LeanResponses(AsyncResponses):
+    async def create(self, *args: Any, **kwargs: Any) -> Any:
+        _send_untransformed(kwargs, "input", [])
+        return await super().create(*args, **kwargs)
+
+
+class LeanAsyncOpenAI(AsyncOpenAI):
+    """``AsyncOpenAI`` that sends conversation history without re-transforming it."""
+
+    @cached_property
+    def chat(self) -> AsyncChat:
+        """Chat Completions, with ``messages`` sent as given."""
+        return _LeanChat(self)
+
+    @cached_property
+    def responses(self) -> AsyncResponses:
+        """The Responses API, with ``input`` sent as given."""
+        return _LeanResponses(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +114,7 @@ class Backend:
         if config.base_url is not None:
             # The client's own connection limit (1000) is far above what one
             # process streams at once, so only the timeouts need setting.
-            self.client = AsyncOpenAI(
+            self.client = LeanAsyncOpenAI(
                 base_url=config.base_url,
                 api_key=config.api_key,
                 timeout=Timeout(
