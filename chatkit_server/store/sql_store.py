@@ -117,12 +117,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: No such thread for this user.
         """
-        async with self._db.read() as session:
-            data = await session.scalar(
-                sa.select(threads.c.data).where(
-                    threads.c.id == thread_id, threads.c.user_id == context.user_id
-                )
-            )
+        data = await self._owned_data(threads, thread_id, context)
         if data is None:
             raise _thread_not_found(thread_id)
         return ThreadMetadata.model_validate_json(data)
@@ -371,12 +366,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: No such attachment for this user.
         """
-        async with self._db.read() as session:
-            data = await session.scalar(
-                sa.select(attachments.c.data).where(
-                    attachments.c.id == attachment_id, attachments.c.user_id == context.user_id
-                )
-            )
+        data = await self._owned_data(attachments, attachment_id, context)
         if data is None:
             raise _attachment_not_found(attachment_id)
         return _ATTACHMENT.validate_json(data)
@@ -466,6 +456,18 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         ]
 
     # -- helpers ---------------------------------------------------------------
+
+    async def _owned_data(
+        self, table: sa.Table, row_id: str, context: RequestContext
+    ) -> str | None:
+        """The stored JSON of the caller's row ``row_id`` of ``table``, if any."""
+        async with self._db.read() as session:
+            data: str | None = await session.scalar(
+                sa.select(table.c.data).where(
+                    table.c.id == row_id, table.c.user_id == context.user_id
+                )
+            )
+        return data
 
     def _upsert(
         self,
