@@ -29,9 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
     create_async_engine,
 )
 
@@ -160,8 +159,10 @@ class Database:
         """Wrap an engine made by :func:`create_engine`; prefer :meth:`connect`."""
         self.engine = engine
         self.dialect: str = engine.dialect.name
-        self._read_sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._write_sessions = async_sessionmaker(for_writes(engine), expire_on_commit=False)
+        # Core connections, not ORM sessions: the store only runs Core
+        # statements, and a session's bookkeeping cost about a millisecond
+        # per unit of work (measured on every request's thread lookup).
+        self._write_engine = for_writes(engine)
         # SQLite has one writer at a time. Queueing this process's writers
         # here is fair and free; leaving them to SQLite's busy handler makes
         # them poll, and under load some wait past busy_timeout and fail with
@@ -188,7 +189,7 @@ class Database:
         return cls(create_engine(url, echo=echo, connect_args=connect_args))
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
+    async def read(self) -> AsyncIterator[AsyncConnection]:
         """A session for a unit of work that only reads.
 
         On SQLite it starts with a deferred ``BEGIN``, so all its queries see
@@ -197,11 +198,11 @@ class Database:
         Raises:
             StoreError: The database failed (driver errors are translated).
         """
-        async with self._session(self._read_sessions) as session:
+        async with self._transaction(self.engine) as session:
             yield session
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
+    async def write(self) -> AsyncIterator[AsyncConnection]:
         """A session for a unit of work that writes: committed on success.
 
         On SQLite it starts with ``BEGIN IMMEDIATE`` (see the module notes).
@@ -210,20 +211,18 @@ class Database:
             StoreError: The database failed (driver errors are translated).
         """
         if self._write_lock is None:
-            async with self._session(self._write_sessions) as session:
+            async with self._transaction(self._write_engine) as session:
                 yield session
             return
-        async with self._write_lock, self._session(self._write_sessions) as session:
+        async with self._write_lock, self._transaction(self._write_engine) as session:
             yield session
 
     @asynccontextmanager
-    async def _session(
-        self, factory: async_sessionmaker[AsyncSession]
-    ) -> AsyncIterator[AsyncSession]:
+    async def _transaction(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         try:
             # begin(): commit when the block succeeds, roll back when it raises.
-            async with factory.begin() as session:
-                yield session
+            async with engine.begin() as connection:
+                yield connection
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             raise _translate(exc) from exc
 

@@ -39,7 +39,7 @@ from chatkit.types import (
 from chatkit.widgets import DynamicWidgetRoot
 from pydantic import AnyUrl, TypeAdapter
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..context import RequestContext
 from ..errors import InvalidCursorError, NotFoundError
@@ -497,13 +497,15 @@ def _owned_thread(thread_id: str, context: RequestContext) -> sa.Exists:
     return sa.exists().where(threads.c.id == thread_id, threads.c.user_id == context.user_id)
 
 
-async def _require_thread(session: AsyncSession, thread_id: str, context: RequestContext) -> None:
+async def _require_thread(
+    session: AsyncConnection, thread_id: str, context: RequestContext
+) -> None:
     if not await session.scalar(sa.select(_owned_thread(thread_id, context))):
         raise _thread_not_found(thread_id)
 
 
 async def _page(
-    session: AsyncSession,
+    session: AsyncConnection,
     table: sa.Table,
     scope: sa.ColumnElement[bool],
     after: str | None,
@@ -537,7 +539,7 @@ async def _page(
 
 
 async def _check_cursor(
-    session: AsyncSession, table: sa.Table, scope: sa.ColumnElement[bool], after: str | None
+    session: AsyncConnection, table: sa.Table, scope: sa.ColumnElement[bool], after: str | None
 ) -> None:
     if after is not None and not await session.scalar(
         sa.select(sa.exists().where(scope, table.c.id == after))
