@@ -19,6 +19,8 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "main"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+# record/replay stand in for a model server: not the server's own port.
+DEFAULT_PROXY_PORT = 8099
 # In the data dir, next to the default database: where a newcomer looks first.
 LOCAL_MODEL_LOG = "llama-server.log"
 
@@ -82,12 +84,63 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--thread", help="only this thread")
     usage.add_argument("--limit", type=int, default=50, help="most threads listed (default 50)")
     usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    record = commands.add_parser(
+        "record",
+        help="run a recording proxy in front of an OpenAI-compatible server",
+        description=(
+            "Forward every request to --upstream and save it with its (streamed) response, "
+            "byte for byte and with chunk timing, as a fixture directory under --out. "
+            "Point chatkit-server (CHATKIT_LLM_BASE_URL) or any OpenAI client at "
+            "http://HOST:PORT/v1. Stop with Ctrl+C."
+        ),
+    )
+    record.add_argument(
+        "--upstream", required=True, help="the real server's base URL, e.g. http://host:8080/v1"
+    )
+    record.add_argument("--out", required=True, help="fixture directory to write")
+    record.add_argument("--note", default="", help="free text saved in every meta.json")
+    record.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
+    record.add_argument(
+        "--port", type=int, default=DEFAULT_PROXY_PORT, help=f"port (default {DEFAULT_PROXY_PORT})"
+    )
+
+    replay = commands.add_parser(
+        "replay",
+        help="serve recorded fixtures as an OpenAI-compatible server",
+        description=(
+            "Answer OpenAI-compatible requests from a fixture directory written by 'record'. "
+            "'sequence' matching answers request n with fixture n; 'key' matching finds the "
+            "fixture whose request looks the same (model, messages/input, tools; ids "
+            "ignored). A request that matches nothing gets HTTP 409 with a diff."
+        ),
+    )
+    replay.add_argument("--fixtures", required=True, help="fixture directory to serve")
+    replay.add_argument("--match", choices=("sequence", "key"), default="sequence")
+    replay.add_argument(
+        "--speed",
+        choices=("realtime", "fast"),
+        default="fast",
+        help="realtime: keep the recorded chunk timing; fast: no waiting (default)",
+    )
+    replay.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
+    replay.add_argument(
+        "--port", type=int, default=DEFAULT_PROXY_PORT, help=f"port (default {DEFAULT_PROXY_PORT})"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    if args.command in ("record", "replay"):
+        # Test tools: they need no settings, and must not fail on the server's.
+        _configure_logging("info")
+        try:
+            return _record_or_replay(args)
+        except ChatKitServerError as exc:
+            print(f"chatkit-server: {exc}", file=sys.stderr)
+            return 1
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -119,7 +172,7 @@ def _configure_logging(level: str) -> None:
     if level != "debug":
         # Per-request and per-step chatter of libraries; our own lines say
         # what happened (e.g. "upgraded empty -> 0001").
-        for name in ("alembic", "chatkit", "openai", "httpx"):
+        for name in ("alembic", "chatkit", "openai", "httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -212,6 +265,26 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool) -> int:
         return 130
     # uvicorn reports a failed start (port in use) only by not having started.
     return 0 if server.started else 1
+
+
+def _record_or_replay(args: argparse.Namespace) -> int:
+    from .testing.live import ServerThread
+    from .testing.recorder import Recorder
+    from .testing.replay import ReplayBackend
+
+    app: Recorder | ReplayBackend
+    if args.command == "record":
+        app = Recorder(args.upstream, args.out, note=args.note)
+        what = f"recording {args.upstream} into {args.out}"
+    else:
+        # Loaded up front so a bad fixture is reported before anything listens.
+        app = ReplayBackend(args.fixtures, match=args.match, speed=args.speed)
+        what = f"replaying {len(app.exchanges)} fixtures from {args.fixtures}"
+    with ServerThread(app, host=args.host, port=args.port, log_config=None) as url:
+        logger.info("%s; point your client at %s/v1 (Ctrl+C stops)", what, url)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+    return 0
 
 
 def _with_local_model(settings: Settings, resources: contextlib.ExitStack) -> Settings:

@@ -110,6 +110,8 @@ class ChatKitClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         self.url = base_url.rstrip("/") + path
+        # Raw event data of every streamed request, in order: a golden-file transcript.
+        self.transcript: list[tuple[str, list[str]]] = []
         self._http = httpx.AsyncClient(timeout=timeout)
         # The web component identifies its frame on every request.
         self.headers = {
@@ -170,7 +172,9 @@ class ChatKitClient:
             if resp.status_code >= 300:
                 await resp.aread()
                 raise ChatKitHTTPError(resp.status_code, resp.json() if resp.content else None)
-            yield _parse_sse(resp)
+            raw: list[str] = []
+            self.transcript.append((request_type, raw))
+            yield _parse_sse(resp, raw)
 
     async def stream(
         self, request_type: str, *, metadata: dict[str, Any] | None = None, **params: Any
@@ -202,13 +206,15 @@ def _body(request_type: str, params: dict[str, Any], metadata: dict[str, Any] | 
     return json.dumps(body)
 
 
-async def _parse_sse(response: httpx.Response) -> AsyncIterator[ThreadStreamEvent]:
+async def _parse_sse(response: httpx.Response, raw: list[str]) -> AsyncIterator[ThreadStreamEvent]:
     data_lines: list[str] = []
     async for line in response.aiter_lines():
         if line.startswith("data:"):
             data_lines.append(line[5:].lstrip())
         elif line == "" and data_lines:
-            yield _EVENT_ADAPTER.validate_json("\n".join(data_lines))
+            raw.append("\n".join(data_lines))
+            yield _EVENT_ADAPTER.validate_json(raw[-1])
             data_lines = []
     if data_lines:
-        yield _EVENT_ADAPTER.validate_json("\n".join(data_lines))
+        raw.append("\n".join(data_lines))
+        yield _EVENT_ADAPTER.validate_json(raw[-1])
