@@ -7,6 +7,8 @@ the answer, with no error, consistent storage and a working second turn.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +23,13 @@ from chatkit.types import (
 )
 
 from chatkit_server.settings import Settings
+from chatkit_server.store import SQLStore
 from chatkit_server.testing.client import Turn
 from chatkit_server.testing.fake_backend import Reply
+from chatkit_server.testing.pytest_plugin import ReplayFactory
 from tests.live import LOCAL, FakeLLM, LiveFactory
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hand-written"
 
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     # llama-server and DeepSeek on Chat Completions.
@@ -78,25 +84,28 @@ def _check_turn(turn: Turn, thought: str, answer: str) -> tuple[WorkflowItem, st
 
 
 async def test_reasoning_shows_as_a_thought_in_every_backend_shape(
-    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM, shape: str
+    chatkit_replay: ReplayFactory, shape: str
 ) -> None:
-    fake_llm.backend.script(
-        _reply(shape, "The answer.", ["Let me ", "think ", "about it."]),
-        _reply(shape, "Second answer.", ["Again ", "thinking."]),
-    )
-    async with start_live(_settings(live_settings, shape)) as live:
-        first = await live.client.create_thread("Question one?")
+    # Replayed from tests/fixtures/hand-written/reasoning-<shape> (scripts/record-fixtures),
+    # which also checks that both requests are still what they were when recorded.
+    fixtures = FIXTURES / f"reasoning-{shape}"
+    async with chatkit_replay(fixtures, llm_api=SHAPES[shape][0]) as stack:
+        first = await stack.client.create_thread("Question one?")
         first_flow, first_id = _check_turn(first, "Let me think about it.", "The answer.")
-        second = await live.client.add_message(first.thread_id, "Question two?")
+        second = await stack.client.add_message(first.thread_id, "Question two?")
         second_flow, second_id = _check_turn(second, "Again thinking.", "Second answer.")
 
         # Backend ids (msg_... on the Responses API, __fake_id__ on Chat
         # Completions) are replaced by store ids.
-        sent_ids = {i for record in fake_llm.backend.streams for i in record.item_ids}
+        assert stack.replay is not None
+        bodies = b"".join(exchange.body for exchange in stack.replay.exchanges).decode()
+        sent_ids = set(re.findall(r'"id":"([^"]+)"', bodies))
         assert {first_id, second_id}.isdisjoint(sent_ids | {"__fake_id__"})
         assert first_id != second_id
 
-        page = await live.store.load_thread_items(first.thread_id, None, 50, "asc", LOCAL)
+        store: SQLStore = stack.app.state.chatkit.store
+        page = await store.load_thread_items(first.thread_id, None, 50, "asc", LOCAL)
+        sent = str(stack.replay.received[-1].body)
     stored = page.data
     assert [type(item) for item in stored] == [
         UserMessageItem,
@@ -117,7 +126,6 @@ async def test_reasoning_shows_as_a_thought_in_every_backend_shape(
     assert isinstance(stored[5], AssistantMessageItem)
     assert stored[5].content[0].text == "Second answer."
     # The second request carried the first answer, and no thought.
-    sent = str(fake_llm.backend.requests[-1].body)
     assert "The answer." in sent
     assert "Let me think" not in sent
 

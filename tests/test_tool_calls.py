@@ -25,10 +25,14 @@ from chatkit.types import (
 )
 
 from chatkit_server.settings import Settings
+from chatkit_server.store import SQLStore
 from chatkit_server.testing.client import ChatKitHTTPError, Turn
 from chatkit_server.testing.fake_backend import Reply, ToolCall
+from chatkit_server.testing.pytest_plugin import ReplayFactory
 from chatkit_server.workflow_file import load_workflow_file
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hand-written"
 
 WORKFLOWS = """
 [backends.fake]
@@ -145,14 +149,13 @@ async def _stored(live: Live, thread_id: str) -> list[Any]:
 
 
 async def test_server_tool_shows_as_a_task_and_its_output_reaches_the_model(
-    start_live: LiveFactory, settings_for: Any, fake_llm: FakeLLM, shape: str
+    chatkit_replay: ReplayFactory, shape: str
 ) -> None:
+    # Replayed from tests/fixtures/hand-written/tools-<shape> (scripts/record-fixtures).
     api = SHAPES[shape][0]
-    fake_llm.backend.script(
-        _call("order_status", {"order_id": "42"}, shape), Reply.text("Order 42 has shipped.")
-    )
-    async with start_live(settings_for(shape)) as live:
-        turn = await live.client.create_thread("Where is order 42?")
+    workflows = WORKFLOWS.format(url="{backend_url}", api=api)
+    async with chatkit_replay(FIXTURES / f"tools-{shape}", workflows=workflows) as stack:
+        turn = await stack.client.create_thread("Where is order 42?")
 
         assert turn.errors == []
         assert turn.assistant_text == "Order 42 has shipped."
@@ -167,7 +170,8 @@ async def test_server_tool_shows_as_a_task_and_its_output_reaches_the_model(
         assert order == [workflow.id, answer.id]
 
         # The second request carries the assistant's call and the tool's output.
-        first, second = (request.body for request in fake_llm.backend.requests)
+        assert stack.replay is not None
+        first, second = (request.body for request in stack.replay.received)
         call, output = _sent_call_and_output(second, api)
         assert (call["name"], call["arguments"]) == ("order_status", '{"order_id": "42"}')
         assert output == "Order 42: shipped"
@@ -179,7 +183,8 @@ async def test_server_tool_shows_as_a_task_and_its_output_reaches_the_model(
         assert first["tools"]
 
         # Stored done, with the finished task, and the thread takes the next turn.
-        stored = await _stored(live, turn.thread_id)
+        store: SQLStore = stack.app.state.chatkit.store
+        stored = (await store.load_thread_items(turn.thread_id, None, 100, "asc", LOCAL)).data
         assert [type(item) for item in stored] == [
             UserMessageItem,
             WorkflowItem,
@@ -187,8 +192,7 @@ async def test_server_tool_shows_as_a_task_and_its_output_reaches_the_model(
         ]
         [task] = stored[1].workflow.tasks
         assert (task.status_indicator, task.content) == ("complete", "Order 42: shipped")
-        fake_llm.backend.script(Reply.text("You're welcome."))
-        again = await live.client.add_message(turn.thread_id, "Thanks")
+        again = await stack.client.add_message(turn.thread_id, "Thanks")
         assert (again.errors, again.assistant_text) == ([], "You're welcome.")
 
 
