@@ -7,9 +7,11 @@ import contextlib
 import logging
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator, Sequence
 from types import FrameType
+from typing import Any
 
 from . import __version__
 from .errors import ChatKitServerError
@@ -41,12 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chatkit-server {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = commands.add_parser(
+    serve = _command(
+        commands,
         "serve",
         help="run the server (applies database migrations first)",
         description="Run the HTTP server. The database schema is upgraded before it starts.",
-        epilog=ENVIRONMENT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument(
         "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})"
@@ -60,12 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not upgrade the database schema on start",
     )
 
-    migrate = commands.add_parser(
+    migrate = _command(
+        commands,
         "migrate",
         help="upgrade the database schema and exit",
         description="Upgrade (or, given a revision, move) the database schema, then exit.",
-        epilog=ENVIRONMENT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     migrate.add_argument(
         "--downgrade",
@@ -73,19 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="move the schema down to REVISION instead ('base' removes every table)",
     )
 
-    usage = commands.add_parser(
+    usage = _command(
+        commands,
         "usage",
         help="print token usage per thread",
         description="Print the token usage recorded for each thread, biggest first.",
-        epilog=ENVIRONMENT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     usage.add_argument("--user", help="only threads of this user")
     usage.add_argument("--thread", help="only this thread")
     usage.add_argument("--limit", type=int, default=50, help="most threads listed (default 50)")
     usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    record = commands.add_parser(
+    record = _command(
+        commands,
         "record",
         help="run a recording proxy in front of an OpenAI-compatible server",
         description=(
@@ -100,12 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     record.add_argument("--out", required=True, help="fixture directory to write")
     record.add_argument("--note", default="", help="free text saved in every meta.json")
-    record.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
-    record.add_argument(
-        "--port", type=int, default=DEFAULT_PROXY_PORT, help=f"port (default {DEFAULT_PROXY_PORT})"
-    )
+    _address_arguments(record)
 
-    replay = commands.add_parser(
+    replay = _command(
+        commands,
         "replay",
         help="serve recorded fixtures as an OpenAI-compatible server",
         description=(
@@ -123,11 +121,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="fast",
         help="realtime: keep the recorded chunk timing; fast: no waiting (default)",
     )
-    replay.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
-    replay.add_argument(
-        "--port", type=int, default=DEFAULT_PROXY_PORT, help=f"port (default {DEFAULT_PROXY_PORT})"
+    _address_arguments(replay)
+    return parser
+
+
+def _command(commands: Any, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with the environment variables."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=help,
+        # The raw formatter keeps the environment table's layout, so the
+        # description is wrapped here.
+        description=textwrap.fill(description, 78),
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser
+
+
+def _address_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PROXY_PORT, help=f"port (default {DEFAULT_PROXY_PORT})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
