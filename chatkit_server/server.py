@@ -74,7 +74,8 @@ HISTORY_PAGE_SIZE = 40
 THREAD_WORKFLOW_KEY = "workflow"
 NO_BACKEND_MESSAGE = (
     "No model backend is configured. Set CHATKIT_LLM_BASE_URL to an OpenAI-compatible "
-    "server (for example http://127.0.0.1:8080/v1) and restart chatkit-server."
+    "server (for example http://127.0.0.1:8080/v1) and restart chatkit-server, or install "
+    "the bundled local model with scripts/install-local-model."
 )
 
 _REQUEST_ADAPTER: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
