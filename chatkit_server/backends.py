@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Final, TypeVar, get_args
 
+import pydantic
 from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel
 from openai import AsyncOpenAI, Timeout
 from openai.resources.chat import AsyncChat
 from openai.resources.chat.completions import AsyncCompletions
 from openai.resources.responses import AsyncResponses
+from openai.types.chat import ChatCompletionChunk
+from openai.types.responses import ResponseStreamEvent
 
 from .settings import LLMApi, Settings
 
@@ -64,8 +67,58 @@ class _LeanResponses(AsyncResponses):
         return await super().create(*args, **kwargs)
 
 
+_T = TypeVar("_T")
+
+
+def _stream_event_classes() -> dict[str, type[pydantic.BaseModel]]:
+    """Each Responses stream event class by the value of its ``type`` field."""
+    (union, *_annotations) = get_args(ResponseStreamEvent)
+    classes: dict[str, type[pydantic.BaseModel]] = {}
+    for cls in get_args(union):
+        for tag in get_args(cls.model_fields["type"].annotation):
+            classes[tag] = cls
+    return classes
+
+
+_RESPONSE_EVENTS: Final = _stream_event_classes()
+
+
+def _validate_stream_chunk(data: object, cast_to: object) -> Any:
+    """Build one streamed chunk with pydantic's validator, or ``None`` to fall back.
+
+    The openai client builds every streamed chunk with its lenient,
+    pure-Python ``construct_type``: about 200 µs per Chat Completions chunk,
+    most of the server's CPU per streamed token (measured with
+    ``bench/``). ``model_validate`` builds the same objects in about 10 µs.
+    A chunk it rejects (a backend that leaves out a required field or sends a
+    field of the wrong type) returns ``None``, and the lenient path takes it.
+    """
+    if not isinstance(data, dict):
+        return None
+    cls: type[pydantic.BaseModel] | None
+    if cast_to is ChatCompletionChunk:
+        cls = ChatCompletionChunk
+    elif cast_to is ResponseStreamEvent:
+        cls = _RESPONSE_EVENTS.get(data.get("type"))  # type: ignore[arg-type]
+    else:
+        return None
+    if cls is None:
+        return None
+    try:
+        return cls.model_validate(data)
+    except pydantic.ValidationError:
+        return None
+
+
 class LeanAsyncOpenAI(AsyncOpenAI):
-    """``AsyncOpenAI`` that sends conversation history without re-transforming it."""
+    """``AsyncOpenAI`` that sends history untransformed and parses stream chunks fast."""
+
+    def _process_response_data(self, *, data: object, cast_to: type[_T], response: Any) -> _T:
+        if not self._strict_response_validation:
+            chunk = _validate_stream_chunk(data, cast_to)
+            if chunk is not None:
+                return chunk  # type: ignore[no-any-return]
+        return super()._process_response_data(data=data, cast_to=cast_to, response=response)
 
     @cached_property
     def chat(self) -> AsyncChat:

@@ -86,3 +86,87 @@ async def test_responses_input_is_sent_as_given(fake_llm: FakeLLM) -> None:
 
     assert response.output_text == "Fine."
     assert fake_llm.backend.requests[-1].body["input"] == items
+
+
+CHUNK = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion.chunk",
+    "created": 1700000000,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "delta": {"role": "assistant", "content": " tok", "reasoning_content": "hm"},
+            "finish_reason": None,
+        }
+    ],
+}
+TEXT_DELTA = {
+    "type": "response.output_text.delta",
+    "item_id": "msg_1",
+    "output_index": 0,
+    "content_index": 0,
+    "delta": " tok",
+    "sequence_number": 5,
+    "logprobs": [],
+}
+
+
+def _lenient_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    import openai._base_client as base_client
+
+    calls: list[Any] = []
+    original = base_client.construct_type
+
+    def spy(*, type_: Any, value: Any) -> Any:
+        calls.append(value)
+        return original(type_=type_, value=value)
+
+    monkeypatch.setattr(base_client, "construct_type", spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("data", "cast_to"),
+    [(CHUNK, "chunk"), (TEXT_DELTA, "event")],
+    ids=["chat-completions-chunk", "responses-event"],
+)
+def test_stream_chunks_are_validated_not_constructed(
+    monkeypatch: pytest.MonkeyPatch, data: dict[str, Any], cast_to: str
+) -> None:
+    from openai._models import construct_type
+    from openai.types.chat import ChatCompletionChunk
+    from openai.types.responses import ResponseStreamEvent
+
+    target: Any = ChatCompletionChunk if cast_to == "chunk" else ResponseStreamEvent
+    lenient = _lenient_path_calls(monkeypatch)
+    client = LeanAsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k")
+
+    parsed: Any = client._process_response_data(data=data, cast_to=target, response=None)  # type: ignore[arg-type]
+
+    # The slow lenient builder is skipped, and the object is the one it builds.
+    assert lenient == []
+    assert parsed == construct_type(type_=target, value=data)
+    if cast_to == "chunk":
+        assert parsed.choices[0].delta.reasoning_content == "hm"  # extra fields kept
+
+
+def test_a_chunk_the_validator_rejects_takes_the_lenient_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from openai.types.chat import ChatCompletionChunk
+
+    lenient = _lenient_path_calls(monkeypatch)
+    client = LeanAsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k")
+    # Some servers leave out fields the schema requires (here: created, model).
+    sloppy = {"id": "x", "object": "chat.completion.chunk", "choices": CHUNK["choices"]}
+
+    parsed: Any = client._process_response_data(
+        data=sloppy,
+        cast_to=ChatCompletionChunk,
+        response=None,  # type: ignore[arg-type]
+    )
+
+    assert lenient == [sloppy]
+    assert parsed.choices[0].delta.content == " tok"
+    assert parsed.model is None
