@@ -10,7 +10,7 @@ from chatkit.types import ErrorEvent
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ..context import RequestContext
+from ..context import RecentReads, RequestContext
 from ..errors import InvalidCursorError, NotFoundError, RequestError, StoreError
 from .body import read_body
 from .errors import error_response
@@ -30,7 +30,7 @@ async def chatkit_endpoint(request: Request) -> Response:
     state = get_state(request)
     try:
         body = await read_body(request, state.settings.max_body_bytes)
-        context = RequestContext()
+        context = RequestContext(recent=RecentReads())
         result = await state.server.handle(body, context)
     except RequestError as exc:
         return error_response(exc.status_code, exc.message, code=exc.code)

@@ -117,9 +117,14 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: No such thread for this user.
         """
-        data = await self._owned_data(threads, thread_id, context)
+        recent = context.recent
+        data = recent.threads.pop(thread_id, None) if recent is not None else None
         if data is None:
-            raise _thread_not_found(thread_id)
+            data = await self._owned_data(threads, thread_id, context)
+            if data is None:
+                raise _thread_not_found(thread_id)
+            if recent is not None:
+                recent.threads[thread_id] = data
         return ThreadMetadata.model_validate_json(data)
 
     async def save_thread(self, thread: ThreadMetadata, context: RequestContext) -> None:
@@ -143,6 +148,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             update=["created_at", "data"],
             where=threads.c.user_id == context.user_id,
         ).returning(threads.c.seq)
+        _forget(context, thread.id)
         async with self._db.write() as session:
             saved = (await session.execute(statement)).scalar_one_or_none()
         if saved is None:
@@ -184,6 +190,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             .where(threads.c.id == thread_id, threads.c.user_id == context.user_id)
             .returning(threads.c.seq)
         )
+        _forget(context, thread_id)
         async with self._db.write() as session:
             deleted = (await session.execute(statement)).scalar_one_or_none()
         if deleted is None:
@@ -212,6 +219,24 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             NotFoundError: No such thread for this user.
             InvalidCursorError: ``after`` is not an item of this thread.
         """
+        limit = max(1, min(limit, MAX_PAGE_SIZE))
+        recent = context.recent if after is None and order == "desc" else None
+        remembered = recent.newest_items.pop(thread_id, None) if recent is not None else None
+        if remembered is not None and (len(remembered[0]) >= limit or not remembered[1]):
+            rows, has_more = remembered[0][:limit], remembered[1] or len(remembered[0]) > limit
+        else:
+            rows, has_more = await self._item_rows(thread_id, after, limit, order, context)
+            if recent is not None:
+                recent.newest_items[thread_id] = (rows, has_more)
+        return Page(
+            data=[_decode_item(type_, data) for _id, type_, data in rows],
+            has_more=has_more,
+            after=rows[-1][0] if rows else None,
+        )
+
+    async def _item_rows(
+        self, thread_id: str, after: str | None, limit: int, order: str, context: RequestContext
+    ) -> tuple[list[tuple[str, str, str]], bool]:
         scope = thread_items.c.thread_id == thread_id
         owned = _owned_thread(thread_id, context)
         async with self._db.read() as session:
@@ -222,11 +247,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
                 if not await session.scalar(sa.select(owned)):
                     raise _thread_not_found(thread_id)
                 await _check_cursor(session, thread_items, scope, after)
-        return Page(
-            data=[_decode_item(row.type, row.data) for row in rows],
-            has_more=has_more,
-            after=rows[-1].id if rows else None,
-        )
+        return [(row.id, row.type, row.data) for row in rows], has_more
 
     async def add_thread_item(
         self, thread_id: str, item: ThreadItem, context: RequestContext
@@ -275,6 +296,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: No such thread for this user.
         """
+        _forget(context, thread_id)
         async with self._db.write() as session:
             await _require_thread(session, thread_id, context)
             await session.execute(
@@ -295,6 +317,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         statement = self._upsert(
             thread_items, values, key=["thread_id", "id"], update=["type", "created_at", "data"]
         )
+        _forget(context, thread_id)
         async with self._db.write() as session:
             await _require_thread(session, thread_id, context)
             await session.execute(statement)
@@ -491,6 +514,11 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             set_={column: insert.excluded[column] for column in update},
             where=where,
         )
+
+
+def _forget(context: RequestContext, thread_id: str) -> None:
+    if context.recent is not None:
+        context.recent.forget(thread_id)
 
 
 def _owned_thread(thread_id: str, context: RequestContext) -> sa.Exists:

@@ -50,7 +50,7 @@ from chatkit.widgets import WidgetTemplate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatkit_server.context import RequestContext
+from chatkit_server.context import RecentReads, RequestContext
 from chatkit_server.errors import InvalidCursorError, NotFoundError, StoreError
 from chatkit_server.store import MAX_PAGE_SIZE, Database, SQLStore, new_id
 from chatkit_server.store.tables import attachments, feedback, thread_items, threads
@@ -706,3 +706,107 @@ def test_generated_ids_are_long_and_prefixed(store: SQLStore) -> None:
         value = store.generate_item_id(kind, thread, ALICE)  # type: ignore[arg-type]
         assert value.startswith(prefix)
         assert len(value) == len(prefix) + 32
+
+
+# -- reads remembered for one request (RequestContext.recent) -------------------
+
+
+def _count_statements(database: Database) -> list[str]:
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    sa.event.listen(database.engine.sync_engine, "before_cursor_execute", record)
+    return statements
+
+
+def _request(user_id: str = "alice") -> RequestContext:
+    return RequestContext(user_id=user_id, recent=RecentReads())
+
+
+async def test_a_request_reads_a_thread_once_for_two_loads(
+    store: SQLStore, database: Database
+) -> None:
+    thread = await new_thread(store)
+    request = _request()
+    selects = _count_statements(database)
+
+    first = await store.load_thread(thread.id, request)
+    first.title = "changed by the caller, not saved"
+    second = await store.load_thread(thread.id, request)
+    assert len(selects) == 1
+    # Served from the stored JSON, not the object the first caller changed.
+    assert second == thread
+    # Once only: the third load reads again.
+    await store.load_thread(thread.id, request)
+    assert len(selects) == 2
+
+
+async def test_a_write_drops_what_the_request_remembered(store: SQLStore) -> None:
+    thread = await new_thread(store)
+    request = _request()
+
+    await store.load_thread(thread.id, request)
+    await store.save_thread(thread.model_copy(update={"title": "renamed"}), request)
+    assert (await store.load_thread(thread.id, request)).title == "renamed"
+
+    await store.add_thread_item(thread.id, message(thread.id, "one"), request)
+    await store.load_thread_items(thread.id, None, 10, "desc", request)
+    await store.add_thread_item(thread.id, message(thread.id, "two"), request)
+    page = await store.load_thread_items(thread.id, None, 10, "desc", request)
+    assert [item.content[0].text for item in page.data] == ["two", "one"]  # type: ignore[union-attr]
+
+
+async def test_the_newest_items_are_served_once_to_a_smaller_page(
+    store: SQLStore, database: Database
+) -> None:
+    thread = await new_thread(store)
+    for number in range(5):
+        await store.add_thread_item(thread.id, message(thread.id, str(number)), ALICE)
+    request = _request()
+    selects = _count_statements(database)
+
+    await store.load_thread_items(thread.id, None, 40, "desc", request)
+    served = await store.load_thread_items(thread.id, None, 2, "desc", request)
+    assert len(selects) == 1
+    assert served == await store.load_thread_items(thread.id, None, 2, "desc", ALICE)
+    assert served.has_more
+
+    # Once only; a bigger page than was read, an ascending page or a page
+    # after a cursor reads again.
+    del selects[:]
+    await store.load_thread_items(thread.id, None, 3, "desc", request)
+    await store.load_thread_items(thread.id, None, 10, "desc", request)
+    await store.load_thread_items(thread.id, None, 2, "asc", request)
+    await store.load_thread_items(thread.id, served.after, 2, "desc", request)
+    assert len(selects) == 4
+
+
+async def test_a_complete_short_page_serves_any_limit(store: SQLStore, database: Database) -> None:
+    thread = await new_thread(store)
+    await store.add_thread_item(thread.id, message(thread.id), ALICE)
+    request = _request()
+    selects = _count_statements(database)
+
+    first = await store.load_thread_items(thread.id, None, 40, "desc", request)
+    again = await store.load_thread_items(thread.id, None, 100, "desc", request)
+    assert len(selects) == 1
+    assert again == first
+    assert not again.has_more
+
+
+async def test_contexts_without_recent_reads_always_read(
+    store: SQLStore, database: Database
+) -> None:
+    thread = await new_thread(store)
+    selects = _count_statements(database)
+
+    await store.load_thread(thread.id, ALICE)
+    await store.load_thread(thread.id, ALICE)
+    assert len(selects) == 2
+    # A remembered read is per request and per user: another request reads.
+    await store.load_thread(thread.id, _request())
+    with pytest.raises(NotFoundError):
+        await store.load_thread(thread.id, _request("mallory"))
