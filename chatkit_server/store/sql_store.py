@@ -16,8 +16,9 @@ Semantics the ChatKit base server relies on:
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -88,6 +89,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """
         self._db = database
         self._upload_base_url = upload_base_url.rstrip("/")
+        self._item_upsert = _guarded_item_upsert(database.dialect)
 
     def set_upload_base_url(self, url: str) -> None:
         """Change the base URL of upload and preview URLs (known after start-up)."""
@@ -168,7 +170,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             InvalidCursorError: ``after`` is not one of the caller's threads.
         """
-        scope = threads.c.user_id == context.user_id
+        scope = {"user_id": context.user_id}
         async with self._db.read() as session:
             rows, has_more = await _page(session, threads, scope, after, limit, order)
             if not rows:
@@ -237,15 +239,13 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
     async def _item_rows(
         self, thread_id: str, after: str | None, limit: int, order: str, context: RequestContext
     ) -> tuple[list[tuple[str, str, str]], bool]:
-        scope = thread_items.c.thread_id == thread_id
-        owned = _owned_thread(thread_id, context)
+        scope = {"thread_id": thread_id, "user_id": context.user_id}
         async with self._db.read() as session:
             rows, has_more = await _page(
-                session, thread_items, scope, after, limit, order, ("id", "type", "data"), owned
+                session, thread_items, scope, after, limit, order, ("id", "type", "data")
             )
             if not rows:
-                if not await session.scalar(sa.select(owned)):
-                    raise _thread_not_found(thread_id)
+                await _require_thread(session, thread_id, context)
                 await _check_cursor(session, thread_items, scope, after)
         return [(row.id, row.type, row.data) for row in rows], has_more
 
@@ -306,21 +306,20 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             )
 
     async def _upsert_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
-        values = {
-            "thread_id": thread_id,
-            "id": item.id,
-            "type": item.type,
-            "created_at": _column_time(item.created_at),
-            "data": item.model_dump_json(),
-        }
-        # The conflict update leaves seq alone, so a re-added item keeps its place.
-        statement = self._upsert(
-            thread_items, values, key=["thread_id", "id"], update=["type", "created_at", "data"]
-        )
         _forget(context, thread_id)
-        async with self._db.write() as session:
-            await _require_thread(session, thread_id, context)
-            await session.execute(statement)
+        saved = await self._db.write_one(
+            self._item_upsert,
+            {
+                "thread_id": thread_id,
+                "user_id": context.user_id,
+                "id": item.id,
+                "type": item.type,
+                "created_at": _column_time(item.created_at),
+                "data": item.model_dump_json(),
+            },
+        )
+        if not saved:
+            raise _thread_not_found(thread_id)
 
     # -- attachments -----------------------------------------------------------
 
@@ -486,9 +485,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """The stored JSON of the caller's row ``row_id`` of ``table``, if any."""
         async with self._db.read() as session:
             data: str | None = await session.scalar(
-                sa.select(table.c.data).where(
-                    table.c.id == row_id, table.c.user_id == context.user_id
-                )
+                _owned_data_statement(table), {"row_id": row_id, "user_id": context.user_id}
             )
         return data
 
@@ -516,61 +513,123 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         )
 
 
+def _guarded_item_upsert(dialect: str) -> sa.Executable:
+    """Add or replace an item, only in a thread of ``:user_id``, in one statement.
+
+    ``INSERT ... SELECT :values WHERE EXISTS (owned thread) ON CONFLICT DO
+    UPDATE ... RETURNING seq``: no row back means no such thread for this
+    user. One statement instead of a check and a write is half the round
+    trips of every message and answer, and built once instead of per call
+    (SQLAlchemy spends about 0.3 ms of CPU constructing an upsert).
+    The conflict update leaves ``seq`` alone, so a re-added item keeps its place.
+    """
+    columns = ("thread_id", "id", "type", "created_at", "data")
+    thread_id = sa.bindparam("thread_id", type_=threads.c.id.type)
+    owned = sa.exists().where(
+        threads.c.id == thread_id,
+        threads.c.user_id == sa.bindparam("user_id", type_=threads.c.user_id.type),
+    )
+    values = sa.select(
+        thread_id, *(sa.bindparam(name, type_=thread_items.c[name].type) for name in columns[1:])
+    ).where(owned)
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(thread_items)
+    upsert = insert.from_select(columns, values).on_conflict_do_update(
+        index_elements=["thread_id", "id"],
+        set_={name: insert.excluded[name] for name in ("type", "created_at", "data")},
+    )
+    return upsert.returning(thread_items.c.seq)
+
+
 def _forget(context: RequestContext, thread_id: str) -> None:
     if context.recent is not None:
         context.recent.forget(thread_id)
 
 
-def _owned_thread(thread_id: str, context: RequestContext) -> sa.Exists:
-    return sa.exists().where(threads.c.id == thread_id, threads.c.user_id == context.user_id)
+# Read statements are built once, with bind parameters: building a
+# SQLAlchemy statement and computing its cache key took more CPU than SQLite
+# took to run it (about 0.4 ms per page of items, measured per request).
+_OWNED_THREAD: Final = sa.exists().where(
+    threads.c.id == sa.bindparam("thread_id"), threads.c.user_id == sa.bindparam("user_id")
+)
+_REQUIRE_THREAD: Final = sa.select(_OWNED_THREAD)
+# What a listing of each table is scoped to; the parameters come from the caller.
+_SCOPES: Final[Mapping[str, sa.ColumnElement[bool]]] = {
+    "threads": threads.c.user_id == sa.bindparam("user_id"),
+    "thread_items": sa.and_(
+        thread_items.c.thread_id == sa.bindparam("thread_id"),
+        _OWNED_THREAD,  # ownership rides along in the same statement
+    ),
+}
+
+
+@functools.cache
+def _owned_data_statement(table: sa.Table) -> sa.Select[tuple[str]]:
+    return sa.select(table.c.data).where(
+        table.c.id == sa.bindparam("row_id"), table.c.user_id == sa.bindparam("user_id")
+    )
 
 
 async def _require_thread(
     session: AsyncConnection, thread_id: str, context: RequestContext
 ) -> None:
-    if not await session.scalar(sa.select(_owned_thread(thread_id, context))):
+    if not await session.scalar(
+        _REQUIRE_THREAD, {"thread_id": thread_id, "user_id": context.user_id}
+    ):
         raise _thread_not_found(thread_id)
+
+
+@functools.cache
+def _page_statement(
+    table: sa.Table, columns: tuple[str, ...], descending: bool, with_cursor: bool
+) -> sa.Select[Any]:
+    scope = _SCOPES[table.name]
+    seq = table.c.seq
+    statement = sa.select(*(table.c[name] for name in columns)).where(scope)
+    if with_cursor:
+        # Found by its unique key within the same scope (SQL NULL if unknown).
+        cursor = sa.select(seq).where(scope, table.c.id == sa.bindparam("after")).scalar_subquery()
+        statement = statement.where(seq < cursor if descending else seq > cursor)
+    order = seq.desc() if descending else seq.asc()
+    return statement.order_by(order).limit(sa.bindparam("limit", type_=sa.Integer))
 
 
 async def _page(
     session: AsyncConnection,
     table: sa.Table,
-    scope: sa.ColumnElement[bool],
+    scope: Mapping[str, str],
     after: str | None,
     limit: int,
     order: str,
     columns: Sequence[str] = ("id", "data"),
-    guard: sa.ColumnElement[bool] | None = None,
 ) -> tuple[Sequence[sa.Row[Any]], bool]:
-    """Keyset pagination over ``seq`` within ``scope``: no OFFSET, no COUNT.
+    """Keyset pagination over ``seq`` within the table's scope: no OFFSET, no COUNT.
 
-    One statement: the cursor's ``seq`` and the ``guard`` (an ownership
-    check) are subqueries, so a page costs a single round trip. An unknown
-    cursor or a failed guard yields no rows; the caller tells those apart
-    from a genuinely empty page only when it gets one.
+    One statement: the cursor's ``seq`` and the ownership check are
+    subqueries, so a page costs a single round trip. An unknown cursor or a
+    failed ownership check yields no rows; the caller tells those apart from
+    a genuinely empty page only when it gets one.
     """
     if order not in ("asc", "desc"):
         raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
-    descending = order == "desc"
     limit = max(1, min(limit, MAX_PAGE_SIZE))
-    seq = table.c.seq
-    statement = sa.select(*(table.c[name] for name in columns)).where(scope)
-    if guard is not None:
-        statement = statement.where(guard)
+    statement = _page_statement(table, tuple(columns), order == "desc", after is not None)
+    parameters: dict[str, Any] = {**scope, "limit": limit + 1}
     if after is not None:
-        # Found by its unique key within the same scope (SQL NULL if unknown).
-        cursor = sa.select(seq).where(scope, table.c.id == after).scalar_subquery()
-        statement = statement.where(seq < cursor if descending else seq > cursor)
-    statement = statement.order_by(seq.desc() if descending else seq.asc()).limit(limit + 1)
-    rows = (await session.execute(statement)).all()
+        parameters["after"] = after
+    rows = (await session.execute(statement, parameters)).all()
     return rows[:limit], len(rows) > limit
 
 
+@functools.cache
+def _cursor_statement(table: sa.Table) -> sa.Select[tuple[bool]]:
+    return sa.select(sa.exists().where(_SCOPES[table.name], table.c.id == sa.bindparam("after")))
+
+
 async def _check_cursor(
-    session: AsyncConnection, table: sa.Table, scope: sa.ColumnElement[bool], after: str | None
+    session: AsyncConnection, table: sa.Table, scope: Mapping[str, str], after: str | None
 ) -> None:
     if after is not None and not await session.scalar(
-        sa.select(sa.exists().where(scope, table.c.id == after))
+        _cursor_statement(table), {**scope, "after": after}
     ):
         raise InvalidCursorError(f"Cursor {after} does not name an entry of this listing")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 import sqlalchemy as sa
+from chatkit.types import AssistantMessageItem, ThreadMetadata
 
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import StoreError
@@ -119,6 +120,75 @@ async def test_writers_in_one_process_queue_instead_of_timing_out(
         await sqlite_database.dispose()
     assert order[:2] == ["slow in", "slow out"]
     assert order.count("quick") == 20
+
+
+def _sql_log(database: Database) -> list[str]:
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement.split()[0].upper())
+
+    sa.event.listen(database.engine.sync_engine, "before_cursor_execute", record)
+    return statements
+
+
+async def test_sqlite_reads_and_single_writes_skip_begin(sqlite_database: Database) -> None:
+    # Each BEGIN and COMMIT is a round trip to aiosqlite's thread; a single
+    # statement is atomic without them.
+    log = _sql_log(sqlite_database)
+    rows = await sqlite_database.write_one(
+        sa.insert(threads).values(_thread_row("thr_1")).returning(threads.c.id)
+    )
+    async with sqlite_database.read() as session:
+        assert await session.scalar(sa.select(threads.c.id)) == "thr_1"
+    assert [tuple(row) for row in rows] == [("thr_1",)]
+    assert log == ["INSERT", "SELECT"]
+    # Multi-statement writes keep their IMMEDIATE transaction.
+    async with sqlite_database.write() as session:
+        await session.execute(sa.delete(threads))
+    assert log[2:] == ["BEGIN", "DELETE"]
+
+
+async def test_single_writes_from_many_processes_all_succeed(
+    sqlite_database: Database, tmp_path: Path
+) -> None:
+    # As above, five handles stand for five processes: their write_one calls
+    # are not queued on one lock, so SQLite's own locking must hold.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}"
+    handles = [sqlite_database, *(Database.connect(url) for _ in range(4))]
+    store = [SQLStore(handle) for handle in handles]
+    alice = RequestContext(user_id="alice")
+    thread = ThreadMetadata(id="thr_shared", created_at=WHEN)
+    await store[0].save_thread(thread, alice)
+    failures: list[BaseException] = []
+
+    async def add(n: int) -> None:
+        item = AssistantMessageItem(id=f"msg_{n}", thread_id=thread.id, created_at=WHEN, content=[])
+        try:
+            await store[n % len(store)].add_thread_item(thread.id, item, alice)
+        except StoreError as exc:
+            failures.append(exc)
+
+    try:
+        async with anyio.create_task_group() as group:
+            for n in range(100):
+                group.start_soon(add, n)
+    finally:
+        for handle in handles[1:]:
+            await handle.dispose()
+
+    assert failures == []
+    page = await store[0].load_thread_items(thread.id, None, 200, "asc", alice)
+    assert len(page.data) == 100
+
+
+async def test_write_one_commits_and_translates_errors(database: Database) -> None:
+    await database.write_one(sa.insert(threads).values(_thread_row("thr_kept")))
+    with pytest.raises(StoreError, match="conflicts with stored data"):
+        await database.write_one(sa.insert(threads).values(_thread_row("thr_kept")))
+    async with database.read() as session:
+        ids = (await session.scalars(sa.select(threads.c.id))).all()
+    assert ids == ["thr_kept"]
 
 
 async def test_write_commits_and_rolls_back(database: Database) -> None:
