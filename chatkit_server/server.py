@@ -11,6 +11,7 @@ persists the partial answer and cancels the backend generation (trap 6).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -68,8 +69,6 @@ logger = logging.getLogger(__name__)
 # Upper bound for persisting a stopped answer: the client is gone, so this
 # only delays the end of the request task, but it must never hang shutdown.
 CANCEL_CLEANUP_SECONDS = 5.0
-# Newest-first pages of history: most turns need one or two.
-HISTORY_PAGE_SIZE = 40
 # Key in a thread's (server-side, never sent) metadata naming its workflow.
 THREAD_WORKFLOW_KEY = "workflow"
 NO_BACKEND_MESSAGE = (
@@ -370,26 +369,22 @@ class ChatKitApp(ChatKitServer[RequestContext]):
     ) -> list[ThreadItem]:
         """The newest items of the thread, oldest first.
 
-        At most ``history_items``, and no more pages than needed to exceed
-        the token ``budget``: older items would be dropped by
-        :func:`fit_history` anyway, and each costs a validation and a
-        conversion per turn.
+        At most ``history_items``, and none past the first that exceeds the
+        token ``budget``: older items would be dropped by :func:`fit_history`
+        anyway, and each costs a validation and a conversion per turn.
         """
-        wanted = self.settings.history_items
         items: list[ThreadItem] = []
         tokens = 0
-        after: str | None = None
-        complete = False
-        while len(items) < wanted and tokens <= budget:
-            page = await self.store.load_thread_items(
-                thread.id, after, min(HISTORY_PAGE_SIZE, wanted - len(items)), "desc", context
-            )
-            items.extend(page.data)
-            tokens += sum(estimate_item_tokens(item) for item in page.data)
-            if not page.has_more or page.after is None:
-                complete = True
-                break
-            after = page.after
+        complete = True
+        newest = self.sql_store.newest_items(thread.id, self.settings.history_items, context)
+        async with contextlib.aclosing(newest):
+            async for item in newest:
+                items.append(item)
+                tokens += estimate_item_tokens(item)
+                if tokens > budget:
+                    complete = False
+                    break
+        complete = complete and len(items) < self.settings.history_items
         items.reverse()
         # A cut history must not open with an answer or a tool result whose
         # question was cut away: some servers reject such a conversation.

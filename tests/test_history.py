@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import pytest
 from chatkit.types import (
     AssistantMessageContent,
     AssistantMessageItem,
@@ -16,11 +17,11 @@ from chatkit.types import (
 
 from chatkit_server.history import (
     MESSAGE_OVERHEAD_TOKENS,
-    estimate_item_tokens,
     estimate_tokens,
     fit_history,
 )
 from chatkit_server.settings import Settings
+from chatkit_server.store import sql_store
 from chatkit_server.testing.fake_backend import Reply
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
@@ -87,7 +88,9 @@ async def test_model_receives_instructions_and_newest_turns(
     assert sum(len(str(m["content"])) for m in sent) / 3 <= 400
 
 
-async def test_history_loading_stops_once_the_budget_is_covered(live: Live) -> None:
+async def test_history_loading_stops_once_the_budget_is_covered(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
     thread = ThreadMetadata(id="thr_long", created_at=datetime(2026, 1, 1))
     await live.store.save_thread(thread, LOCAL)
     for n in range(200):
@@ -108,18 +111,24 @@ async def test_history_loading_stops_once_the_budget_is_covered(live: Live) -> N
                 content=[AssistantMessageContent(text=f"answer {n} " + "a" * 600)],
             )
         await live.store.add_thread_item(thread.id, item, LOCAL)
-    loaded: list[int] = []
-    original = live.store.load_thread_items
+    decoded: list[str] = []
+    original = sql_store._decode_item
 
-    async def spy(*args: Any, **kwargs: Any) -> Any:
-        page = await original(*args, **kwargs)
-        loaded.append(len(page.data))
-        return page
+    def spy(kind: str, data: str) -> Any:
+        decoded.append(kind)
+        return original(kind, data)
 
-    live.store.load_thread_items = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(sql_store, "_decode_item", spy)
     items = await live.state.server._history(thread, 1000, LOCAL)
 
-    assert sum(loaded) < 200
+    # About 200 tokens per item: only the items within reach of the budget
+    # are decoded, not the whole page of rows.
+    assert len(decoded) < 10
     assert items[-1].id == "msg_a199"
     assert isinstance(items[0], UserMessageItem)
-    assert sum(estimate_item_tokens(item) for item in items) > 1000
+    # Nothing the model would have been sent is missing.
+    everything = (await live.store.load_thread_items(thread.id, None, 200, "asc", LOCAL)).data
+    convert = live.state.server.converter.to_agent_input
+    assert fit_history(await convert(items), budget=1000, instructions=None) == fit_history(
+        await convert(everything), budget=1000, instructions=None
+    )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -235,6 +235,35 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             has_more=has_more,
             after=rows[-1][0] if rows else None,
         )
+
+    async def newest_items(
+        self, thread_id: str, limit: int, context: RequestContext, *, page_size: int = 100
+    ) -> AsyncGenerator[ThreadItem, None]:
+        """Up to ``limit`` of a thread's items, newest first, each decoded only when reached.
+
+        For loading history until a token budget is spent: rows are fetched a
+        page at a time (few round trips), but the consumer stops wherever it
+        likes and only the items it reached pay for decoding. The first page
+        is remembered like a ``load_thread_items`` page (see
+        :class:`~chatkit_server.context.RecentReads`).
+
+        Raises:
+            NotFoundError: No such thread for this user.
+        """
+        after: str | None = None
+        remaining = limit
+        recent = context.recent
+        while remaining > 0:
+            size = max(1, min(page_size, remaining, MAX_PAGE_SIZE))
+            rows, has_more = await self._item_rows(thread_id, after, size, "desc", context)
+            if after is None and recent is not None:
+                recent.newest_items[thread_id] = (rows, has_more)
+            for _id, kind, data in rows:
+                yield _decode_item(kind, data)
+            remaining -= len(rows)
+            if not has_more or not rows:
+                return
+            after = rows[-1][0]
 
     async def _item_rows(
         self, thread_id: str, after: str | None, limit: int, order: str, context: RequestContext

@@ -810,3 +810,33 @@ async def test_contexts_without_recent_reads_always_read(
     await store.load_thread(thread.id, _request())
     with pytest.raises(NotFoundError):
         await store.load_thread(thread.id, _request("mallory"))
+
+
+async def test_newest_items_walks_back_in_pages_and_stops_anywhere(
+    store: SQLStore, database: Database
+) -> None:
+    thread = await new_thread(store)
+    for number in range(7):
+        await store.add_thread_item(thread.id, message(thread.id, str(number)), ALICE)
+    selects = _count_statements(database)
+
+    walked = [item async for item in store.newest_items(thread.id, 10, ALICE, page_size=3)]
+    assert [item.content[0].text for item in walked] == list("6543210")  # type: ignore[union-attr]
+    assert len(selects) == 3  # pages of 3, 3 and 1
+
+    capped = [item async for item in store.newest_items(thread.id, 4, ALICE, page_size=3)]
+    assert len(capped) == 4
+
+    request = _request()
+    newest = store.newest_items(thread.id, 100, request)
+    first = await anext(newest)
+    await newest.aclose()
+    assert first.id == walked[0].id
+    # The page it read serves the SDK's look at the last two items.
+    del selects[:]
+    last_two = await store.load_thread_items(thread.id, None, 2, "desc", request)
+    assert [item.id for item in last_two.data] == [walked[0].id, walked[1].id]
+    assert selects == []
+
+    with pytest.raises(NotFoundError):
+        _ = [item async for item in store.newest_items(thread.id, 10, MALLORY)]
