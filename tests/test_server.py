@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import sqlalchemy as sa
 from chatkit.types import (
     AssistantMessageItem,
     ErrorEvent,
@@ -387,3 +388,28 @@ async def test_token_usage_is_recorded_per_answer_and_thread(live: Live, fake_ll
     assert answer is not None
     assert (answer.input_tokens, answer.output_tokens, answer.model) == (20, 3, "fake-model")
     assert (totals.answers, totals.input_tokens, totals.output_tokens) == (2, 31, 5)
+
+
+async def test_a_message_reads_its_thread_and_newest_items_once(
+    live: Live, fake_llm: FakeLLM
+) -> None:
+    # The precheck and the SDK both load the thread, and the history and the
+    # SDK both read the newest items: each pair is one query per request.
+    fake_llm.backend.script(Reply.text("One."), Reply.text("Two."))
+    first = await live.client.create_thread("Hello")
+    selects: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(" ".join(statement.split()))
+
+    engine = live.state.database.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        second = await live.client.add_message(first.thread_id, "Again")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+    assert second.assistant_text == "Two."
+    assert len([s for s in selects if s.startswith("SELECT threads.data FROM threads")]) == 1
+    assert len([s for s in selects if "FROM thread_items" in s.split(" WHERE")[0]]) == 1
