@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -59,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-migrate",
         action="store_true",
         help="do not upgrade the database schema on start",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help=(
+            "server processes sharing the port (default 1). One process streams on one "
+            "CPU core; more workers use more cores. On SQLite they share its single "
+            "writer, so for many workers prefer PostgreSQL (CHATKIT_DATABASE_URL)."
+        ),
     )
 
     migrate = _command(
@@ -139,6 +150,16 @@ def _command(commands: Any, name: str, *, help: str, description: str) -> argpar
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def _address_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
     parser.add_argument(
@@ -170,7 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _usage(
                 settings, user=args.user, thread=args.thread, limit=args.limit, as_json=args.json
             )
-        return _serve(settings, host=args.host, port=args.port, migrate=not args.no_migrate)
+        return _serve(
+            settings,
+            host=args.host,
+            port=args.port,
+            migrate=not args.no_migrate,
+            workers=args.workers,
+        )
     except ChatKitServerError as exc:
         print(f"chatkit-server: {exc}", file=sys.stderr)
         return 1
@@ -245,7 +272,7 @@ def _usage(
     return 0
 
 
-def _serve(settings: Settings, *, host: str, port: int, migrate: bool) -> int:
+def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: int = 1) -> int:
     import uvicorn
 
     from .app import create_app
@@ -256,11 +283,22 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool) -> int:
             if migrate:
                 logger.info("upgrading the database schema")
                 upgrade(settings.resolved_database_url)
-            settings = _with_local_model(settings, resources)
-            app = create_app(settings)
-            logger.info("serving ChatKit on http://%s:%d/chatkit", host, port)
+            served = _with_local_model(settings, resources)
+            # Workers are separate processes: each reads the environment again
+            # (the workflows file holds tools, which cannot be sent to another
+            # process) and builds its own app, database pool and backend clients.
+            local_model = {
+                name: getattr(served, name)
+                for name in ("llm_base_url", "llm_model")
+                if getattr(served, name) != getattr(settings, name)
+            }
+            settings = served
             config = uvicorn.Config(
-                app,
+                functools.partial(_worker_app, local_model)
+                if workers > 1
+                else create_app(settings),
+                factory=workers > 1,
+                workers=workers,
                 host=host,
                 port=port,
                 log_config=None,
@@ -269,6 +307,9 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool) -> int:
                 # are cancelled, which persists their partial answers.
                 timeout_graceful_shutdown=int(settings.shutdown_grace),
             )
+            if workers > 1:
+                return _serve_workers(config, settings)
+            logger.info("serving ChatKit on http://%s:%d/chatkit", host, port)
             server = uvicorn.Server(config)
             server.run()
     except _Terminated:
@@ -281,6 +322,43 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool) -> int:
         return 130
     # uvicorn reports a failed start (port in use) only by not having started.
     return 0 if server.started else 1
+
+
+def _serve_workers(config: Any, settings: Settings) -> int:
+    from uvicorn.supervisors import Multiprocess
+
+    try:
+        sock = config.bind_socket()
+    except SystemExit:
+        return 1  # uvicorn has logged why (e.g. the port is in use)
+    if settings.resolved_database_url.startswith("sqlite"):
+        logger.info(
+            "%d workers share one SQLite file: writes queue on its single writer "
+            "(PostgreSQL scales further)",
+            config.workers,
+        )
+    logger.info(
+        "serving ChatKit on http://%s:%d/chatkit with %d worker processes",
+        config.host,
+        config.port,
+        config.workers,
+    )
+    # The supervisor handles SIGINT/SIGTERM itself: it stops every worker, each
+    # of which shuts down gracefully and persists its open answers.
+    Multiprocess(config, sockets=[sock]).run()
+    return 0
+
+
+def _worker_app(changes: dict[str, Any]) -> Any:
+    """The app of one worker process: the environment's settings with ``changes``.
+
+    A fresh interpreter: logging is set up again.
+    """
+    from .app import create_app
+
+    settings = Settings.from_env().with_changes(**changes)
+    _configure_logging(settings.log_level)
+    return create_app(settings)
 
 
 def _record_or_replay(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -9,12 +10,16 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from chatkit_server.cli import build_parser, main
+from chatkit_server.testing.fake_backend import FakeBackend, Reply
+from chatkit_server.testing.live import ServerThread
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -113,12 +118,94 @@ def test_serve_migrates_answers_health_and_stops_on_sigterm(tmp_path: Path) -> N
     assert (tmp_path / "data" / "chatkit.db").exists()
 
 
-def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
+def _wait_healthy(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the server on port {port} did not become healthy")
+
+
+def _answer(port: int, text: str) -> str:
+    body = {"type": "threads.create", "params": {"input": _message(text)}}
+    with httpx.stream(
+        "POST", f"http://127.0.0.1:{port}/chatkit", json=body, timeout=30
+    ) as response:
+        events = [
+            json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")
+        ]
+    done = [e["item"] for e in events if e["type"] == "thread.item.done"]
+    return "".join(
+        part["text"]
+        for item in done
+        if item["type"] == "assistant_message"
+        for part in item["content"]
+    )
+
+
+def _message(text: str) -> dict[str, object]:
+    return {
+        "content": [{"type": "input_text", "text": text}],
+        "attachments": [],
+        "inference_options": {},
+    }
+
+
+def test_serve_with_workers_answers_and_stops_every_process(tmp_path: Path) -> None:
+    port = _free_port()
+    backend = FakeBackend(default=Reply.text("Hello from a worker"))
+    with ServerThread(backend.app) as backend_url:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)]
+            + ["--workers", "2"],
+            env=_env(tmp_path, CHATKIT_LLM_BASE_URL=f"{backend_url}/v1", CHATKIT_TITLES="0"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            _wait_healthy(port)
+            workers = [
+                child
+                for child in psutil.Process(process.pid).children()
+                if "spawn_main" in " ".join(child.cmdline())
+            ]
+            assert len(workers) == 2
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda n: _answer(port, f"question {n}"), range(8)))
+            assert answers == ["Hello from a worker"] * 8
+            listed = httpx.post(
+                f"http://127.0.0.1:{port}/chatkit",
+                json={"type": "threads.list", "params": {"limit": 50}},
+                timeout=5,
+            ).json()
+            assert len(listed["data"]) == 8
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=60)
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "with 2 worker processes" in output
+    assert output.count("Application shutdown complete") == 2
+    assert not any(worker.is_running() for worker in workers)
+
+
+def test_serve_refuses_zero_workers(tmp_path: Path) -> None:
+    result = _run(tmp_path, "serve", "--workers", "0")
+    assert result.returncode == 2
+    assert "--workers" in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_reports_a_port_in_use(tmp_path: Path, workers: str) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        result = _run(tmp_path, "serve", "--port", str(port))
+        result = _run(tmp_path, "serve", "--port", str(port), "--workers", workers)
     assert result.returncode != 0
     assert "address already in use" in result.stderr.lower() or str(port) in result.stderr
 
