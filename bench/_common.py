@@ -57,6 +57,7 @@ class Ctx:
     report: Report
     workdir: Path
     postgres_url: str
+    workers: int = 1
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -73,7 +74,9 @@ def stack(ctx: Ctx, name: str, *, tokens: int, delay: float) -> Iterator[tuple[S
     backend = start_backend(tokens=tokens, delay=delay, workdir=workdir)
     with services(backend):
         url = f"sqlite+aiosqlite:///{(workdir / 'chatkit.db').as_posix()}"
-        server = start_server(backend_url=backend.url, database_url=url, workdir=workdir)
+        server = start_server(
+            backend_url=backend.url, database_url=url, workdir=workdir, workers=ctx.workers
+        )
         try:
             with services(server):
                 yield backend, server

@@ -160,8 +160,10 @@ def start_backend(*, tokens: int, delay: float, workdir: Path) -> Service:
     return service
 
 
-def start_server(*, backend_url: str | None, database_url: str, workdir: Path) -> Service:
-    """Start ``chatkit-server serve`` as users run it, on ``database_url``."""
+def start_server(
+    *, backend_url: str | None, database_url: str, workdir: Path, workers: int = 1
+) -> Service:
+    """Start ``chatkit-server serve [--workers N]`` as users run it, on ``database_url``."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATKIT_")}
     env.update(
@@ -172,6 +174,8 @@ def start_server(*, backend_url: str | None, database_url: str, workdir: Path) -
     if backend_url is not None:
         env["CHATKIT_LLM_BASE_URL"] = backend_url + "/v1"
     argv = [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
     log = workdir / f"server-{port}.log"
     service = _spawn("chatkit server", argv, env, log, f"http://{HOST}:{port}")
     _wait_ready(service, "/healthz")
@@ -188,10 +192,23 @@ def services(*started: Service) -> Iterator[None]:
             service.stop()
 
 
+def _tree(pid: int) -> list[psutil.Process]:
+    # With --workers the server's work happens in its child processes. The
+    # benchmark's own children are the services it measures separately.
+    process = psutil.Process(pid)
+    if pid == os.getpid():
+        return [process]
+    return [process, *process.children(recursive=True)]
+
+
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds the process has used so far."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    """User plus system CPU seconds the process and its children have used so far."""
+    total = 0.0
+    for process in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 @dataclass
@@ -240,12 +257,14 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(psutil.Error):
-                self.usage.peak_rss = max(self.usage.peak_rss, self._proc.memory_info().rss)
+                rss = sum(process.memory_info().rss for process in _tree(self._proc.pid))
+                self.usage.peak_rss = max(self.usage.peak_rss, rss)
             self._stop.wait(SAMPLE_INTERVAL)
 
 
 def rss_mib(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / 2**20
+    """Resident memory of the process and its children, in MiB."""
+    return sum(process.memory_info().rss for process in _tree(pid)) / 2**20
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -6,6 +6,7 @@ Usage::
     .venv/bin/python bench/bench_streaming.py --quick         # all figures, < 2 min
     .venv/bin/python bench/bench_streaming.py --only stream ttft
     .venv/bin/python bench/bench_streaming.py --only lists-sqlite --rows-scale 0.1
+    .venv/bin/python bench/bench_streaming.py --only concurrent --workers 2
 
 Each figure starts the real server (``python -m chatkit_server.cli serve``)
 as a subprocess on 127.0.0.1, on its own SQLite file in a temporary
@@ -112,7 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         or "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
         help="PostgreSQL server to create the benchmark database on",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run the streaming figures' server with serve --workers N (default 1)",
+    )
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     plan = QUICK if args.quick else Plan()
     if args.rows_scale is not None:
         if args.rows_scale <= 0:
@@ -124,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     print(
         f"chatkit-server benchmark: {', '.join(selected)}"
-        f"{' (quick)' if args.quick else ''}; {os.cpu_count()} cores, fd limit {fds}, "
+        f"{' (quick)' if args.quick else ''}; server workers {args.workers}; "
+        f"{os.cpu_count()} cores, fd limit {fds}, "
         # Other work on the machine skews every figure: say how busy it was.
         f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
@@ -132,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     crashed = False
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="chatkit-bench-") as tmp:
-        ctx = Ctx(plan, report, Path(tmp), args.postgres_url)
+        ctx = Ctx(plan, report, Path(tmp), args.postgres_url, workers=args.workers)
         for name in selected:
             t0 = time.perf_counter()
             try:
