@@ -90,6 +90,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         self._db = database
         self._upload_base_url = upload_base_url.rstrip("/")
         self._item_upsert = _guarded_item_upsert(database.dialect)
+        self._thread_upsert = _owned_thread_upsert(database.dialect)
 
     def set_upload_base_url(self, url: str) -> None:
         """Change the base URL of upload and preview URLs (known after start-up)."""
@@ -137,23 +138,17 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: The id belongs to another user's thread (nothing changes).
         """
-        values = {
-            "id": thread.id,
-            "user_id": context.user_id,
-            "created_at": _column_time(thread.created_at),
-            "data": thread.model_dump_json(include=set(_THREAD_FIELDS)),
-        }
-        statement = self._upsert(
-            threads,
-            values,
-            key=["id"],
-            update=["created_at", "data"],
-            where=threads.c.user_id == context.user_id,
-        ).returning(threads.c.seq)
         _forget(context, thread.id)
-        async with self._db.write() as session:
-            saved = (await session.execute(statement)).scalar_one_or_none()
-        if saved is None:
+        saved = await self._db.write_one(
+            self._thread_upsert,
+            {
+                "id": thread.id,
+                "user_id": context.user_id,
+                "created_at": _column_time(thread.created_at),
+                "data": thread.model_dump_json(include=set(_THREAD_FIELDS)),
+            },
+        )
+        if not saved:
             raise _thread_not_found(thread.id)
 
     async def load_threads(
@@ -540,6 +535,26 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             set_={column: insert.excluded[column] for column in update},
             where=where,
         )
+
+
+def _owned_thread_upsert(dialect: str) -> sa.Executable:
+    """Insert a thread, or update it if ``:user_id`` owns it; ``RETURNING seq``.
+
+    A conflicting row of another user fails the ``WHERE`` and returns no row:
+    that is how a foreign id is detected. Built once, like the item upsert.
+    """
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(threads).values(
+        {name: sa.bindparam(name, type_=threads.c[name].type) for name in _THREAD_COLUMNS}
+    )
+    upsert = insert.on_conflict_do_update(
+        index_elements=["id"],
+        set_={name: insert.excluded[name] for name in ("created_at", "data")},
+        where=threads.c.user_id == sa.bindparam("user_id"),
+    )
+    return upsert.returning(threads.c.seq)
+
+
+_THREAD_COLUMNS: Final = ("id", "user_id", "created_at", "data")
 
 
 def _guarded_item_upsert(dialect: str) -> sa.Executable:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 
 from ..context import RequestContext
 from .database import Database
-from .sql_store import _require_thread
+from .sql_store import _require_thread, _thread_not_found
 from .tables import threads, usage
 
 __all__ = ["UsageRecord", "UsageStore", "UsageTotals"]
@@ -57,21 +57,22 @@ class UsageStore:
         Raises:
             NotFoundError: No such thread for this user.
         """
-        async with self._db.write() as session:
-            await _require_thread(session, thread_id, context)
-            await session.execute(
-                sa.insert(usage).values(
-                    thread_id=thread_id,
-                    item_id=record.item_id,
-                    user_id=context.user_id,
-                    workflow=record.workflow,
-                    model=record.model,
-                    requests=record.requests,
-                    input_tokens=record.input_tokens,
-                    output_tokens=record.output_tokens,
-                    created_at=datetime.now(UTC).replace(tzinfo=None),
-                )
-            )
+        recorded = await self._db.write_one(
+            _RECORD,
+            {
+                "thread_id": thread_id,
+                "item_id": record.item_id,
+                "user_id": context.user_id,
+                "workflow": record.workflow,
+                "model": record.model,
+                "requests": record.requests,
+                "input_tokens": record.input_tokens,
+                "output_tokens": record.output_tokens,
+                "created_at": datetime.now(UTC).replace(tzinfo=None),
+            },
+        )
+        if not recorded:
+            raise _thread_not_found(thread_id)
 
     async def for_item(
         self, thread_id: str, item_id: str, context: RequestContext
@@ -130,6 +131,31 @@ class UsageStore:
         async with self._db.read() as session:
             rows = (await session.execute(statement)).all()
         return [_to_totals(row, thread_id=row.thread_id, user_id=row.user_id) for row in rows]
+
+
+def _guarded_record() -> sa.Executable:
+    """One usage row, only for a thread of ``:user_id``, in one statement (``RETURNING seq``)."""
+    columns = (
+        "thread_id",
+        "item_id",
+        "user_id",
+        "workflow",
+        "model",
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "created_at",
+    )
+    owned = sa.exists().where(
+        threads.c.id == sa.bindparam("thread_id"), threads.c.user_id == sa.bindparam("user_id")
+    )
+    values = sa.select(*(sa.bindparam(name, type_=usage.c[name].type) for name in columns)).where(
+        owned
+    )
+    return sa.insert(usage).from_select(columns, values).returning(usage.c.seq)
+
+
+_RECORD: Final = _guarded_record()
 
 
 def _totals(*group: sa.ColumnElement[str]) -> sa.Select[*tuple[Any, ...]]:
