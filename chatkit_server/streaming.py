@@ -66,7 +66,7 @@ def backend_error_message(exc: BaseException, *, mid_answer: bool = False) -> st
         mid_answer: Whether part of the answer had already arrived (a broken
             connection then means the backend dropped the stream).
     """
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
         return "The model backend did not answer in time. Please try again."
     if isinstance(exc, openai.APIConnectionError) and not mid_answer:
         return "The model backend could not be reached. Please try again later."
@@ -79,6 +79,23 @@ def backend_error_message(exc: BaseException, *, mid_answer: bool = False) -> st
     if isinstance(exc, AgentsException):
         return "The model's answer could not be processed. Please try again."
     return "An error occurred while generating the answer."
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a socket error that is not a timeout underlies ``exc``.
+
+    The openai client's aiohttp transport reports every connection error, a
+    refused connection included, as a connect *timeout*; the socket error it
+    wraps tells the two apart.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class StreamFixer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from openai import DefaultAioHttpClient
 
 from chatkit_server.backends import Backend, BackendConfig, LeanAsyncOpenAI
 from chatkit_server.testing.fake_backend import Reply
@@ -38,6 +39,9 @@ def test_client_has_explicit_timeouts_and_no_retries(fake_llm: FakeLLM) -> None:
     assert client.max_retries == 0
     timeout: Any = client.timeout
     assert (timeout.read, timeout.connect) == (7.0, 3.0)
+    # aiohttp counts connecting in the pool timeout: never shorter than reading.
+    assert timeout.pool == 7.0
+    assert isinstance(client._client, DefaultAioHttpClient)
 
 
 async def test_history_reaches_the_backend_without_the_client_transform(

@@ -127,6 +127,26 @@ def test_error_messages_do_not_leak_exception_text() -> None:
     assert "in time" in backend_error_message(openai.APITimeoutError(request=request))
 
 
+def test_a_refused_connection_reported_as_a_timeout_says_unreachable() -> None:
+    # The aiohttp transport maps a refused connection to a connect timeout; the
+    # socket error it wraps is what happened.
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1")
+    refused = openai.APITimeoutError(request=request)
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError as exc:
+            raise httpx.ConnectTimeout("Cannot connect") from exc
+    except httpx.ConnectTimeout as exc:
+        refused.__cause__ = exc
+    slow = openai.APITimeoutError(request=request)
+    slow.__cause__ = httpx.ReadTimeout("read")
+    slow.__cause__.__context__ = TimeoutError()
+
+    assert "could not be reached" in backend_error_message(refused)
+    assert "in time" in backend_error_message(slow)
+
+
 async def test_responses_message_ids_are_replaced_too() -> None:
     # A Responses backend names its messages itself (msg_...), each once; they are
     # still the backend's ids, not the store's, so they are replaced as well.
