@@ -192,6 +192,7 @@ class Backend:
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.client: AsyncOpenAI | None = None
+        self._models: dict[str, Model] = {}
         if config.base_url is not None:
             # The client's own connection limit (1000) is far above what one
             # process streams at once, so only the timeouts need setting.
@@ -230,9 +231,16 @@ class Backend:
         """
         if self.client is None:
             raise RuntimeError(f"backend {self.config.name!r} has no base URL")
-        if self.config.api == "responses":
-            return OpenAIResponsesModel(model=name, openai_client=self.client)
-        return OpenAIChatCompletionsModel(model=name, openai_client=self.client)
+        # One per name: the SDK's models keep no per-request state, and an
+        # agent built on the same model object is recognised as the same.
+        model = self._models.get(name)
+        if model is None:
+            if self.config.api == "responses":
+                model = OpenAIResponsesModel(model=name, openai_client=self.client)
+            else:
+                model = OpenAIChatCompletionsModel(model=name, openai_client=self.client)
+            self._models[name] = model
+        return model
 
     async def aclose(self) -> None:
         """Close the HTTP client and its connections."""

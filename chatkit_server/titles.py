@@ -9,6 +9,7 @@ thread never stays "New chat" because of a small model's whims.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Any
@@ -48,6 +49,15 @@ def _shorten(text: str) -> str:
     return cut.rstrip(" ,;:.") + "…"
 
 
+@functools.lru_cache(maxsize=64)
+def _title_agent(model: Any) -> Agent[Any]:
+    # Built once per model: a new agent per thread cost the SDK a fresh
+    # identity computation on every run.
+    return Agent(
+        name="title", instructions=TITLE_INSTRUCTIONS, model=model, model_settings=_TITLE_SETTINGS
+    )
+
+
 async def make_title(model: Any, message: str, *, tracing: bool) -> str:
     """A short title for a conversation that starts with ``message``.
 
@@ -56,9 +66,7 @@ async def make_title(model: Any, message: str, *, tracing: bool) -> str:
         message: The user's first message.
         tracing: Whether Agents SDK tracing is enabled.
     """
-    agent: Agent[Any] = Agent(
-        name="title", instructions=TITLE_INSTRUCTIONS, model=model, model_settings=_TITLE_SETTINGS
-    )
+    agent = _title_agent(model)
     try:
         result = await Runner.run(
             agent,
