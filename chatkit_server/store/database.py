@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from ..errors import StoreError
+from ._aiosqlite import one_trip_dbapi
 from .tables import metadata
 
 __all__ = [
@@ -90,6 +91,8 @@ def create_engine(
     kwargs: dict[str, Any] = {"echo": echo, "connect_args": dict(connect_args or {})}
     if not _is_sqlite_memory(parsed):  # in-memory SQLite has a single-connection pool
         kwargs.update(pool_size=DEFAULT_POOL_SIZE, max_overflow=DEFAULT_MAX_OVERFLOW)
+    if parsed.get_backend_name() == "sqlite" and parsed.get_driver_name() == "aiosqlite":
+        kwargs["module"] = one_trip_dbapi()
     if parsed.get_backend_name() == "postgresql":
         # A server restart or an idle-dropping proxy leaves dead sockets in
         # the pool: test each on checkout and retire old ones.

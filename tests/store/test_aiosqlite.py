@@ -1,0 +1,93 @@
+"""The one-trip aiosqlite cursor: same results as SQLAlchemy's, a quarter of the trips."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+import sqlalchemy as sa
+
+from chatkit_server.store import Database
+from chatkit_server.store.tables import threads
+
+WHEN = datetime(2025, 1, 1)
+
+
+@pytest.fixture
+async def sqlite_database(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}")
+    await database.create_all()
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the functions run on aiosqlite's threads, in order."""
+    seen: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", type(fn).__name__))
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    return seen
+
+
+def _row(number: int) -> dict[str, object]:
+    return {"id": f"thr_{number}", "user_id": "u", "created_at": WHEN, "data": "{}"}
+
+
+async def test_a_statement_is_one_trip(sqlite_database: Database, trips: list[str]) -> None:
+    async with sqlite_database.read() as session:
+        await session.scalar(sa.select(sa.func.count()).select_from(threads))  # pool warm-up
+    del trips[:]
+
+    async with sqlite_database.read() as session:
+        count = await session.scalar(sa.select(sa.func.count()).select_from(threads))
+
+    assert count == 0
+    # The statement, then the connection's release (SQLAlchemy's own rollback);
+    # SQLAlchemy's adapter alone makes four trips for the statement.
+    assert trips == ["_run_statement", "rollback"]
+
+
+async def test_results_match_what_sqlalchemy_expects(sqlite_database: Database) -> None:
+    async with sqlite_database.write() as session:
+        # executemany, then rowcount and RETURNING.
+        await session.execute(sa.insert(threads), [_row(n) for n in range(5)])
+        updated = await session.execute(
+            sa.update(threads).where(threads.c.id.in_(["thr_1", "thr_2"])).values(data="[]")
+        )
+        assert updated.rowcount == 2
+        returned = await session.execute(
+            sa.delete(threads).where(threads.c.id == "thr_4").returning(threads.c.id)
+        )
+        assert returned.scalars().all() == ["thr_4"]
+
+    async with sqlite_database.read() as session:
+        rows = (await session.execute(sa.select(threads.c.id, threads.c.data))).all()
+        assert [tuple(row) for row in rows] == [
+            ("thr_0", "{}"),
+            ("thr_1", "[]"),
+            ("thr_2", "[]"),
+            ("thr_3", "{}"),
+        ]
+        created = await session.scalar(sa.select(threads.c.created_at).limit(1))
+        assert created == WHEN  # column types still process the values
+
+
+async def test_driver_errors_surface_as_sqlalchemy_errors(sqlite_database: Database) -> None:
+    async with sqlite_database.engine.connect() as connection:
+        await connection.execute(sa.insert(threads).values(_row(1)))
+        with pytest.raises(sa.exc.IntegrityError):
+            await connection.execute(sa.insert(threads).values(_row(1)))
+        with pytest.raises(sa.exc.OperationalError, match="no such table"):
+            await connection.exec_driver_sql("SELECT * FROM nowhere")
+        # The connection still works after both.
+        assert await connection.scalar(sa.select(sa.literal(1))) == 1
