@@ -19,11 +19,11 @@ class RecentReads:
     the thread (our 4xx precheck, then the SDK's own load) and the newest
     items (the history for the model, then the SDK's look at the last two).
     Each read is a database round trip before the first token (about a
-    millisecond on SQLite, measured by ``bench/``). A remembered read is served once and
-    dropped, and any write to the thread drops it too, so it is never older
-    than the read right before it in the same request. Stored JSON is kept,
-    not objects, so a caller that changes what it was given changes nothing
-    here.
+    millisecond on SQLite, measured by ``bench/``). A remembered read is
+    served once and dropped, and any write to the thread drops it too, so it
+    is never older than the read right before it in the same request. Stored
+    JSON is kept, not objects, so a caller that changes what it was given
+    changes nothing here.
 
     Attributes:
         threads: A thread's stored JSON, by thread id.
