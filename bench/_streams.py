@@ -4,9 +4,9 @@ Private to ``bench/bench_streaming.py``. Both kinds of stream are read the
 same way (raw bytes, split into SSE events, each event's JSON decoded), so a
 ratio of ChatKit to backend times compares servers, not parsers. The parser
 is deliberately lighter than ``chatkit_server.testing.client.ChatKitClient``
-(which validates every event with the SDK's pydantic types): with 500
-streams on two cores, client-side validation would slow the client enough
-to show up in the server's figures.
+(which validates every event with the SDK's pydantic types), and the HTTP
+client is aiohttp: with 500 streams on two cores, httpx alone took most of
+a core to read them, CPU the server under test could not use.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 TEXT_DELTA = "assistant_message.content_part.text_delta"
 CHATKIT_HEADERS = {
@@ -58,10 +58,10 @@ def user_input(text: str) -> dict[str, Any]:
     }
 
 
-async def _events(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """The ``data`` payload of each SSE event, as it arrives."""
     buffer = b""
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         buffer += chunk
         while True:
             end = buffer.find(b"\n\n")
@@ -73,7 +73,7 @@ async def _events(response: httpx.Response) -> AsyncIterator[bytes]:
                 yield b"\n".join(data)
 
 
-async def backend_stream(client: httpx.AsyncClient, base_url: str) -> Timing:
+async def backend_stream(client: aiohttp.ClientSession, base_url: str) -> Timing:
     """Stream one Chat Completions answer straight from the backend, to ``[DONE]``."""
     body = {
         "model": "fake-model",
@@ -83,10 +83,10 @@ async def backend_stream(client: httpx.AsyncClient, base_url: str) -> Timing:
     timing = Timing()
     start = time.perf_counter()
     try:
-        async with client.stream("POST", f"{base_url}/v1/chat/completions", json=body) as resp:
-            if resp.status_code >= 300:
-                await resp.aread()
-                timing.error = f"HTTP {resp.status_code}"
+        async with client.post(f"{base_url}/v1/chat/completions", json=body) as resp:
+            if resp.status >= 300:
+                await resp.read()
+                timing.error = f"HTTP {resp.status}"
                 return timing
             done = False
             async for data in _events(resp):
@@ -100,26 +100,26 @@ async def backend_stream(client: httpx.AsyncClient, base_url: str) -> Timing:
                     timing.tokens += 1
             if not done:
                 timing.error = "stream ended without [DONE]"
-    except (httpx.HTTPError, OSError, ValueError) as exc:
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
         timing.error = f"{type(exc).__name__}: {exc}"
     timing.total = time.perf_counter() - start
     return timing
 
 
 async def chatkit_stream(
-    client: httpx.AsyncClient, server_url: str, request_type: str, params: dict[str, Any]
+    client: aiohttp.ClientSession, server_url: str, request_type: str, params: dict[str, Any]
 ) -> Timing:
     """Send one streaming ChatKit request and read its SSE answer to the end."""
     content = json.dumps({"type": request_type, "params": params})
     timing = Timing()
     start = time.perf_counter()
     try:
-        async with client.stream(
-            "POST", f"{server_url}/chatkit", content=content, headers=CHATKIT_HEADERS
+        async with client.post(
+            f"{server_url}/chatkit", data=content, headers=CHATKIT_HEADERS
         ) as resp:
-            if resp.status_code >= 300:
-                await resp.aread()
-                timing.error = f"HTTP {resp.status_code}: {resp.text[:200]}"
+            if resp.status >= 300:
+                text = await resp.text()
+                timing.error = f"HTTP {resp.status}: {text[:200]}"
                 return timing
             async for data in _events(resp):
                 event = json.loads(data)
@@ -133,19 +133,19 @@ async def chatkit_stream(
                     timing.thread_id = event["thread"]["id"]
                 elif kind == "error":
                     timing.error = f"error event: {event.get('message')}"
-    except (httpx.HTTPError, OSError, ValueError) as exc:
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
         timing.error = f"{type(exc).__name__}: {exc}"
     timing.total = time.perf_counter() - start
     return timing
 
 
-async def create_thread(client: httpx.AsyncClient, server_url: str, text: str) -> Timing:
+async def create_thread(client: aiohttp.ClientSession, server_url: str, text: str) -> Timing:
     """``threads.create`` with a text message, streamed to the end."""
     return await chatkit_stream(client, server_url, "threads.create", {"input": user_input(text)})
 
 
 async def add_message(
-    client: httpx.AsyncClient, server_url: str, thread_id: str, text: str
+    client: aiohttp.ClientSession, server_url: str, thread_id: str, text: str
 ) -> Timing:
     """``threads.add_user_message`` on an existing thread, streamed to the end."""
     params = {"thread_id": thread_id, "input": user_input(text)}
@@ -153,7 +153,7 @@ async def add_message(
 
 
 async def chatkit_call(
-    client: httpx.AsyncClient, server_url: str, request_type: str, params: dict[str, Any]
+    client: aiohttp.ClientSession, server_url: str, request_type: str, params: dict[str, Any]
 ) -> tuple[float, Any]:
     """Send one non-streaming ChatKit request; return (seconds, decoded JSON).
 
@@ -162,30 +162,35 @@ async def chatkit_call(
     """
     content = json.dumps({"type": request_type, "params": params})
     start = time.perf_counter()
-    resp = await client.post(f"{server_url}/chatkit", content=content, headers=CHATKIT_HEADERS)
+    async with client.post(f"{server_url}/chatkit", data=content, headers=CHATKIT_HEADERS) as resp:
+        body = await resp.read()
     elapsed = time.perf_counter() - start
-    if resp.status_code >= 300:
-        raise RuntimeError(f"{request_type} answered HTTP {resp.status_code}: {resp.text[:300]}")
-    return elapsed, resp.json()
+    if resp.status >= 300:
+        raise RuntimeError(f"{request_type} answered HTTP {resp.status}: {body[:300]!r}")
+    return elapsed, json.loads(body)
 
 
-async def get_timed(client: httpx.AsyncClient, url: str) -> float:
+async def get_timed(client: aiohttp.ClientSession, url: str) -> float:
     """One GET, body read; seconds.
 
     Raises:
         RuntimeError: The server answered a non-2xx status.
     """
     start = time.perf_counter()
-    resp = await client.get(url)
+    async with client.get(url) as resp:
+        await resp.read()
     elapsed = time.perf_counter() - start
-    if resp.status_code >= 300:
-        raise RuntimeError(f"GET {url} answered HTTP {resp.status_code}")
+    if resp.status >= 300:
+        raise RuntimeError(f"GET {url} answered HTTP {resp.status}")
     return elapsed
 
 
-def client(*, connections: int = 20, read_timeout: float = 60.0) -> httpx.AsyncClient:
-    """An HTTP client with room for ``connections`` concurrent requests."""
-    return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        timeout=httpx.Timeout(read_timeout, connect=30.0, pool=read_timeout),
+def client(*, connections: int = 20, read_timeout: float = 60.0) -> aiohttp.ClientSession:
+    """An HTTP client with room for ``connections`` concurrent requests.
+
+    Create it inside the running event loop (``async with net.client() as http``).
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections, limit_per_host=connections),
+        timeout=aiohttp.ClientTimeout(total=None, connect=read_timeout, sock_read=read_timeout),
     )

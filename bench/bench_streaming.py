@@ -12,7 +12,7 @@ Each figure starts the real server (``python -m chatkit_server.cli serve``)
 as a subprocess on 127.0.0.1, on its own SQLite file in a temporary
 directory, pointed at a loopback fake OpenAI-compatible backend running in
 another subprocess (``bench/fake_backend_server.py``). Load comes from this
-process over HTTP (httpx, SSE read incrementally). Every figure is printed as
+process over HTTP (aiohttp, SSE read incrementally). Every figure is printed as
 one line with its baseline measured in the same run and the ratio, then a
 table sums everything up. Targets are reported as PASS or MISS; the exit
 status is non-zero only when a figure crashed.
