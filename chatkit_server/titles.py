@@ -14,7 +14,8 @@ import logging
 import re
 from typing import Any
 
-from agents import Agent, ModelSettings, RunConfig, Runner
+from agents import Agent, ItemHelpers, Model, ModelSettings, ModelTracing, RunConfig, Runner
+from openai.types.responses import ResponseOutputMessage
 
 __all__ = ["MAX_TITLE_CHARS", "TITLE_INSTRUCTIONS", "clean_title", "fallback_title", "make_title"]
 
@@ -66,15 +67,45 @@ async def make_title(model: Any, message: str, *, tracing: bool) -> str:
         message: The user's first message.
         tracing: Whether Agents SDK tracing is enabled.
     """
-    agent = _title_agent(model)
     try:
-        result = await Runner.run(
-            agent,
-            message[:2000],
-            run_config=RunConfig(tracing_disabled=not tracing, workflow_name="chatkit:title"),
-        )
-        title = clean_title(str(result.final_output or ""))
+        if tracing or isinstance(model, str):
+            # A traced run (or a model name to resolve) needs the runner.
+            result = await Runner.run(
+                _title_agent(model),
+                message[:2000],
+                run_config=RunConfig(tracing_disabled=not tracing, workflow_name="chatkit:title"),
+            )
+            text = str(result.final_output or "")
+        else:
+            text = await _ask(model, message[:2000])
+        title = clean_title(text)
     except Exception as exc:
         logger.warning("title model failed (%s); using the first words instead", type(exc).__name__)
         title = ""
     return title or fallback_title(message)
+
+
+async def _ask(model: Model, message: str) -> str:
+    """One untraced model call: a title needs no tools, guardrails or run loop.
+
+    Runner.run costs several times the model call itself in CPU (agent
+    bookkeeping, guardrail and hook plumbing), and a title is made for every
+    new thread.
+    """
+    response = await model.get_response(
+        TITLE_INSTRUCTIONS,
+        message,
+        _TITLE_SETTINGS,
+        [],
+        None,
+        [],
+        ModelTracing.DISABLED,
+        previous_response_id=None,
+        conversation_id=None,
+        prompt=None,
+    )
+    return "".join(
+        ItemHelpers.extract_last_text(item) or ""
+        for item in response.output
+        if isinstance(item, ResponseOutputMessage)
+    )

@@ -45,6 +45,12 @@ async def test_make_title_uses_the_model_and_falls_back_when_it_fails() -> None:
     assert await make_title(empty, "Sourdough?", tracing=False) == "Sourdough?"
 
 
+async def test_a_traced_title_runs_through_the_runner_with_the_same_result() -> None:
+    traced = ScriptedModel([[assistant_message("Bread baking basics.")]])
+    assert await make_title(traced, "How do I bake bread?", tracing=True) == "Bread baking basics"
+    assert traced.calls[0].system_instructions == TITLE_INSTRUCTIONS
+
+
 def _title_requests(fake_llm: FakeLLM) -> int:
     return sum(
         1
