@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import logging
 import signal
 import sys
@@ -24,6 +25,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # record/replay stand in for a model server: not the server's own port.
 DEFAULT_PROXY_PORT = 8099
+# Collect young objects every 50,000 allocations instead of 700 (see
+# tune_garbage_collector).
+GC_THRESHOLDS = (50_000, 50, 100)
 # In the data dir, next to the default database: where a newcomer looks first.
 LOCAL_MODEL_LOG = "llama-server.log"
 
@@ -311,6 +315,7 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: 
                 return _serve_workers(config, settings)
             logger.info("serving ChatKit on http://%s:%d/chatkit", host, port)
             server = uvicorn.Server(config)
+            tune_garbage_collector()
             server.run()
     except _Terminated:
         # Everything is stopped by now (the local model too). The previous handler is
@@ -358,7 +363,25 @@ def _worker_app(changes: dict[str, Any]) -> Any:
 
     settings = Settings.from_env().with_changes(**changes)
     _configure_logging(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_garbage_collector()
+    return app
+
+
+def tune_garbage_collector() -> None:
+    """Make Python's cycle collector cheap for a long-running server process.
+
+    Everything imported and built so far (the SDKs, their pydantic schemas,
+    the app) lives as long as the process, yet every full collection walked
+    it again; and with hundreds of streams the default thresholds collect
+    thousands of times a minute. With 500 streams that was about a sixth of
+    the server's CPU (5.5 s of about 33 s, measured by bench/). Freezing the
+    start-up heap and collecting less often keeps cycles collected (memory
+    peaked the same) at a fraction of the cost.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _record_or_replay(args: argparse.Namespace) -> int:

@@ -246,3 +246,18 @@ def test_usage_command_prints_per_thread_totals(tmp_path: Path) -> None:
     assert "thr_x" in table.stdout
     assert "42" in table.stdout
     assert '"total_tokens": 42' in as_json.stdout
+
+
+def test_the_server_process_collects_garbage_cheaply() -> None:
+    import gc
+
+    from chatkit_server.cli import GC_THRESHOLDS, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # the start-up heap is no longer walked
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
