@@ -568,16 +568,10 @@ def _guarded_item_upsert(dialect: str) -> sa.Executable:
     The conflict update leaves ``seq`` alone, so a re-added item keeps its place.
     """
     columns = ("thread_id", "id", "type", "created_at", "data")
-    thread_id = sa.bindparam("thread_id", type_=threads.c.id.type)
-    owned = sa.exists().where(
-        threads.c.id == thread_id,
-        threads.c.user_id == sa.bindparam("user_id", type_=threads.c.user_id.type),
-    )
-    values = sa.select(
-        thread_id, *(sa.bindparam(name, type_=thread_items.c[name].type) for name in columns[1:])
-    ).where(owned)
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(thread_items)
-    upsert = insert.from_select(columns, values).on_conflict_do_update(
+    upsert = insert.from_select(
+        columns, _owned_values(thread_items, columns)
+    ).on_conflict_do_update(
         index_elements=["thread_id", "id"],
         set_={name: insert.excluded[name] for name in ("type", "created_at", "data")},
     )
@@ -604,6 +598,17 @@ _SCOPES: Final[Mapping[str, sa.ColumnElement[bool]]] = {
         _OWNED_THREAD,  # ownership rides along in the same statement
     ),
 }
+
+
+def _owned_values(table: sa.Table, columns: Sequence[str]) -> sa.Select[Any]:
+    """``SELECT :column, ... WHERE`` the thread ``:thread_id`` belongs to ``:user_id``.
+
+    The source of an ``INSERT ... SELECT`` that writes nothing (and returns
+    no row) for another user's or a missing thread.
+    """
+    return sa.select(*(sa.bindparam(name, type_=table.c[name].type) for name in columns)).where(
+        _OWNED_THREAD
+    )
 
 
 @functools.cache

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from ..context import RequestContext
 from .database import Database
-from .sql_store import _require_thread, _thread_not_found
+from .sql_store import _owned_values, _require_thread, _thread_not_found
 from .tables import threads, usage
 
 __all__ = ["UsageRecord", "UsageStore", "UsageTotals"]
@@ -146,13 +146,9 @@ def _guarded_record() -> sa.Executable:
         "output_tokens",
         "created_at",
     )
-    owned = sa.exists().where(
-        threads.c.id == sa.bindparam("thread_id"), threads.c.user_id == sa.bindparam("user_id")
+    return (
+        sa.insert(usage).from_select(columns, _owned_values(usage, columns)).returning(usage.c.seq)
     )
-    values = sa.select(*(sa.bindparam(name, type_=usage.c[name].type) for name in columns)).where(
-        owned
-    )
-    return sa.insert(usage).from_select(columns, values).returning(usage.c.seq)
 
 
 _RECORD: Final = _guarded_record()
