@@ -126,3 +126,12 @@ async def database(database_target: DatabaseTarget) -> AsyncIterator[Database]:
 def store(database: Database) -> SQLStore:
     """A :class:`SQLStore` on a fresh database."""
     return SQLStore(database)
+
+
+@pytest.fixture
+async def sqlite_database(tmp_path: Path) -> AsyncIterator[Database]:
+    """A :class:`Database` on the SQLite file ``tmp_path / "chatkit.db"``, tables created."""
+    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}")
+    await database.create_all()
+    yield database
+    await database.dispose()

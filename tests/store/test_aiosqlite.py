@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -15,14 +13,6 @@ from chatkit_server.store import Database
 from chatkit_server.store.tables import threads
 
 WHEN = datetime(2025, 1, 1)
-
-
-@pytest.fixture
-async def sqlite_database(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}")
-    await database.create_all()
-    yield database
-    await database.dispose()
 
 
 @pytest.fixture

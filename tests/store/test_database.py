@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
@@ -27,12 +27,36 @@ def _thread_row(thread_id: str) -> dict[str, object]:
     return {"id": thread_id, "user_id": "u", "created_at": WHEN, "data": "{}"}
 
 
-@pytest.fixture
-async def sqlite_database(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}")
-    await database.create_all()
-    yield database
-    await database.dispose()
+async def _on_five_handles(
+    first: Database,
+    tmp_path: Path,
+    tasks: int,
+    work: Callable[[Database, int], Awaitable[None]],
+) -> list[StoreError]:
+    """Run ``work(handle, n)`` for each of ``tasks`` at once, spread over five handles.
+
+    Five handles on one file stand for five server processes: within one
+    process writers also queue on a lock, so only SQLite's own locking keeps
+    them apart. Returns the store errors the tasks raised.
+    """
+    url = f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}"
+    handles = [first, *(Database.connect(url) for _ in range(4))]
+    failures: list[StoreError] = []
+
+    async def one(n: int) -> None:
+        try:
+            await work(handles[n % len(handles)], n)
+        except StoreError as exc:
+            failures.append(exc)
+
+    try:
+        async with anyio.create_task_group() as group:
+            for n in range(tasks):
+                group.start_soon(one, n)
+    finally:
+        for handle in handles[1:]:
+            await handle.dispose()
+    return failures
 
 
 async def test_pragmas_are_set_on_every_pooled_connection(sqlite_database: Database) -> None:
@@ -57,33 +81,16 @@ async def test_pragmas_are_set_on_every_pooled_connection(sqlite_database: Datab
 async def test_concurrent_read_then_write_transactions_all_succeed(
     sqlite_database: Database, tmp_path: Path
 ) -> None:
-    # Five handles on one file stand for five server processes: within one
-    # process writers also queue on a lock, so only BEGIN IMMEDIATE keeps
-    # them apart across processes. With a deferred BEGIN most of these fail
-    # at once with "database is locked": each read takes a snapshot that
-    # another commit makes stale.
-    url = f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}"
-    handles = [sqlite_database, *(Database.connect(url) for _ in range(4))]
-    failures: list[BaseException] = []
+    # Across processes only BEGIN IMMEDIATE keeps these apart. With a
+    # deferred BEGIN most of them fail at once with "database is locked":
+    # each read takes a snapshot that another commit makes stale.
+    async def read_then_write(handle: Database, n: int) -> None:
+        async with handle.write() as session:
+            await session.scalar(sa.select(sa.func.count()).select_from(threads))
+            await anyio.sleep(0.005)
+            await session.execute(sa.insert(threads).values(_thread_row(f"thr_{n}")))
 
-    async def read_then_write(n: int) -> None:
-        try:
-            async with handles[n % len(handles)].write() as session:
-                await session.scalar(sa.select(sa.func.count()).select_from(threads))
-                await anyio.sleep(0.005)
-                await session.execute(sa.insert(threads).values(_thread_row(f"thr_{n}")))
-        except StoreError as exc:
-            failures.append(exc)
-
-    try:
-        async with anyio.create_task_group() as group:
-            for n in range(50):
-                group.start_soon(read_then_write, n)
-    finally:
-        for handle in handles[1:]:
-            await handle.dispose()
-
-    assert failures == []
+    assert await _on_five_handles(sqlite_database, tmp_path, 50, read_then_write) == []
     async with sqlite_database.read() as session:
         assert await session.scalar(sa.select(sa.func.count()).select_from(threads)) == 50
 
@@ -152,33 +159,18 @@ async def test_sqlite_reads_and_single_writes_skip_begin(sqlite_database: Databa
 async def test_single_writes_from_many_processes_all_succeed(
     sqlite_database: Database, tmp_path: Path
 ) -> None:
-    # As above, five handles stand for five processes: their write_one calls
-    # are not queued on one lock, so SQLite's own locking must hold.
-    url = f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}"
-    handles = [sqlite_database, *(Database.connect(url) for _ in range(4))]
-    store = [SQLStore(handle) for handle in handles]
+    # write_one issues no BEGIN IMMEDIATE: a single statement must queue on
+    # SQLite's own locking across processes.
     alice = RequestContext(user_id="alice")
     thread = ThreadMetadata(id="thr_shared", created_at=WHEN)
-    await store[0].save_thread(thread, alice)
-    failures: list[BaseException] = []
+    await SQLStore(sqlite_database).save_thread(thread, alice)
 
-    async def add(n: int) -> None:
+    async def add(handle: Database, n: int) -> None:
         item = AssistantMessageItem(id=f"msg_{n}", thread_id=thread.id, created_at=WHEN, content=[])
-        try:
-            await store[n % len(store)].add_thread_item(thread.id, item, alice)
-        except StoreError as exc:
-            failures.append(exc)
+        await SQLStore(handle).add_thread_item(thread.id, item, alice)
 
-    try:
-        async with anyio.create_task_group() as group:
-            for n in range(100):
-                group.start_soon(add, n)
-    finally:
-        for handle in handles[1:]:
-            await handle.dispose()
-
-    assert failures == []
-    page = await store[0].load_thread_items(thread.id, None, 200, "asc", alice)
+    assert await _on_five_handles(sqlite_database, tmp_path, 100, add) == []
+    page = await SQLStore(sqlite_database).load_thread_items(thread.id, None, 200, "asc", alice)
     assert len(page.data) == 100
 
 
