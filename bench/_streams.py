@@ -73,6 +73,18 @@ async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
                 yield b"\n".join(data)
 
 
+def _count(timing: Timing, text: str | None, start: float) -> None:
+    """Count the fake backend's tokens (``"tok0 "``, ``"tok1 "`` ...) in one delta.
+
+    Words, not deltas: the server merges deltas that reach it together.
+    """
+    if not text:
+        return
+    if timing.tokens == 0:
+        timing.first = time.perf_counter() - start
+    timing.tokens += len(text.split())
+
+
 async def backend_stream(client: aiohttp.ClientSession, base_url: str) -> Timing:
     """Stream one Chat Completions answer straight from the backend, to ``[DONE]``."""
     body = {
@@ -94,10 +106,7 @@ async def backend_stream(client: aiohttp.ClientSession, base_url: str) -> Timing
                     done = True
                     continue
                 choices = json.loads(data).get("choices") or [{}]
-                if choices[0].get("delta", {}).get("content"):
-                    if timing.tokens == 0:
-                        timing.first = time.perf_counter() - start
-                    timing.tokens += 1
+                _count(timing, choices[0].get("delta", {}).get("content"), start)
             if not done:
                 timing.error = "stream ended without [DONE]"
     except (aiohttp.ClientError, OSError, ValueError) as exc:
@@ -126,9 +135,7 @@ async def chatkit_stream(
                 kind = event.get("type")
                 if kind == "thread.item.updated":
                     if event["update"].get("type") == TEXT_DELTA:
-                        if timing.tokens == 0:
-                            timing.first = time.perf_counter() - start
-                        timing.tokens += 1
+                        _count(timing, event["update"].get("delta"), start)
                 elif kind == "thread.created":
                     timing.thread_id = event["thread"]["id"]
                 elif kind == "error":

@@ -24,6 +24,7 @@ from openai.resources.responses import AsyncResponses
 from openai.types.chat import ChatCompletionChunk
 from openai.types.responses import ResponseStreamEvent
 
+from .coalesce import CoalescingSSEDecoder
 from .settings import LLMApi, Settings
 
 __all__ = ["DEFAULT_BACKEND", "Backend", "BackendConfig", "BackendRegistry", "LeanAsyncOpenAI"]
@@ -139,7 +140,14 @@ def _declare_provider_fields(delta: pydantic.BaseModel) -> None:
 
 
 class LeanAsyncOpenAI(AsyncOpenAI):
-    """``AsyncOpenAI`` that sends history untransformed and parses stream chunks fast."""
+    """``AsyncOpenAI`` that sends history untransformed and parses stream chunks fast.
+
+    Text deltas that arrive in one network read are merged into one chunk
+    (:mod:`chatkit_server.coalesce`), so a server that falls behind catches up.
+    """
+
+    def _make_sse_decoder(self) -> CoalescingSSEDecoder:
+        return CoalescingSSEDecoder()
 
     def _process_response_data(self, *, data: object, cast_to: type[_T], response: Any) -> _T:
         if not self._strict_response_validation:

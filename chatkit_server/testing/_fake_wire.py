@@ -211,6 +211,8 @@ class Responder:
         plan, reply, record = self.plan, self.reply, self.record
         await anyio.sleep(plan.wait_first)
         await send({"type": "http.response.start", "status": plan.status, "headers": plan.headers})
+        if reply.burst:
+            return await self._send_at_once(send)
         if plan.head:
             await send({"type": "http.response.body", "body": plan.head, "more_body": True})
         stalled = False
@@ -233,6 +235,19 @@ class Responder:
                 await send({"type": "http.response.body", "body": plan.tail, "more_body": True})
             return True
         await send({"type": "http.response.body", "body": plan.tail, "more_body": False})
+        record.tokens_sent += plan.tail_tokens
+        record.completed = True
+        return False
+
+    async def _send_at_once(self, send: Send) -> bool:
+        """The whole body in one write (``Reply.burst``)."""
+        plan, record = self.plan, self.record
+        await anyio.sleep(self.reply.delay)
+        body = plan.head + b"".join(chunk for chunk, _ in plan.paced) + plan.tail
+        await send({"type": "http.response.body", "body": body, "more_body": plan.drop})
+        record.tokens_sent += sum(is_token for _, is_token in plan.paced)
+        if plan.drop:
+            return True
         record.tokens_sent += plan.tail_tokens
         record.completed = True
         return False

@@ -106,6 +106,8 @@ class Reply:
             the arguments in fragments, over many chunks) or ``"ollama"`` (every call
             whole in one chunk that also carries the finish reason).
         usage: ``(prompt_tokens, completion_tokens)``; estimated from the request if None.
+        burst: Send the whole stream in one write after ``delay``, as a stream looks to a
+            reader that fell behind (not with ``stall_after``).
     """
 
     tokens: Sequence[str] = ()
@@ -125,8 +127,11 @@ class Reply:
     tool_calls: Sequence[ToolCall] = ()
     tool_call_shape: ToolCallShape = "vllm"
     usage: tuple[int, int] | None = None
+    burst: bool = False
 
     def __post_init__(self) -> None:
+        if self.burst and self.stall_after is not None:
+            raise ValueError("a burst reply is sent in one write and cannot stall")
         object.__setattr__(self, "tokens", tuple(self.tokens))
         object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
         if self.tool_calls and self.responses_shape == "llama_server":

@@ -58,3 +58,46 @@ def test_a_missing_golden_file_fails_unless_updating(
     monkeypatch.setenv("CHATKIT_UPDATE_GOLDEN", "1")
     assert_golden(_transcript("Hi"), golden)
     assert golden.read_text().startswith(": threads.create")
+
+
+def _delta(item: str, text: str, index: int = 0) -> str:
+    update = {"type": "assistant_message.content_part.text_delta", "content_index": index}
+    return json.dumps(
+        {"type": "thread.item.updated", "item_id": item, "update": {**update, "delta": text}}
+    )
+
+
+def _task(item: str, kind: str, content: str) -> str:
+    update = {"type": kind, "task_index": 0, "task": {"type": "thought", "content": content}}
+    return json.dumps({"type": "thread.item.updated", "item_id": item, "update": update})
+
+
+def test_deltas_cut_differently_match_the_same_file(tmp_path: Path) -> None:
+    golden = tmp_path / "cut.sse"
+    # Ids as a golden file holds them, so the hand-written file below is one.
+    wf, msg = "<id-1>", "<id-2>"
+    per_token = [
+        _task(wf, "workflow.task.added", "I"),
+        _task(wf, "workflow.task.updated", "I think"),
+        _delta(msg, "Hel"),
+        _delta(msg, "lo "),
+        _delta(msg, "there"),
+        _delta(msg, "!", index=1),
+    ]
+    merged = [
+        _task(wf, "workflow.task.added", "I think"),
+        _delta(msg, "Hello "),
+        _delta(msg, "there"),
+        _delta(msg, "!", index=1),
+    ]
+    # Written from per-token events (as an older file is), then from merged ones.
+    golden.write_text(
+        "\n".join([": threads.create", *(f"data: {e}" for e in per_token), ""]), encoding="utf-8"
+    )
+    assert_golden([("threads.create", merged)], golden)
+    assert_golden([("threads.create", per_token)], golden, update=True)
+    assert golden.read_text().count("text_delta") == 2
+    assert_golden([("threads.create", merged)], golden)
+    # A delta of another part or item is still a difference.
+    with pytest.raises(GoldenMismatch):
+        assert_golden([("threads.create", [*merged[:2], _delta(msg, "there!")])], golden)
