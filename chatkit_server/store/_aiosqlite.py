@@ -6,7 +6,9 @@ handed back to the event loop (about 0.1 ms each, measured here). SQLAlchemy's
 adapter makes four trips per statement (open a cursor, execute, fetch, close
 the cursor), so a one-row read cost about 0.6 ms of which SQLite itself used a
 few microseconds. This cursor does the four steps in one function run on the
-connection's thread: one trip per statement.
+connection's thread: one trip per statement. Commit and rollback with no
+transaction open (the store's reads and single-statement writes open none;
+the pool rolls back every connection it takes back) make no trip at all.
 
 It uses the same aiosqlite internals that SQLAlchemy's own adapter uses to set
 the isolation level (the connection's task queue and its ``sqlite3``
@@ -113,6 +115,23 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = _OneTripCursor
+
+    def _idle(self) -> bool:
+        # No transaction open on the sqlite3 connection: commit and rollback
+        # would do nothing there, yet each cost a trip to its thread. Reading
+        # the flag from here is safe: the pool lends this connection to one
+        # task at a time, and no statement of it is running while we ask.
+        conn: sqlite3.Connection | None = self._connection._connection
+        return conn is not None and not conn.in_transaction
+
+    def commit(self) -> None:
+        if not self._idle():
+            super().commit()
+
+    def rollback(self) -> None:
+        # Every connection returned to the pool is rolled back, reads too.
+        if not self._idle():
+            super().rollback()
 
 
 class _OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):

@@ -42,9 +42,32 @@ async def test_a_statement_is_one_trip(sqlite_database: Database, trips: list[st
         count = await session.scalar(sa.select(sa.func.count()).select_from(threads))
 
     assert count == 0
-    # The statement, then the connection's release (SQLAlchemy's own rollback);
-    # SQLAlchemy's adapter alone makes four trips for the statement.
-    assert trips == ["_run_statement", "rollback"]
+    # SQLAlchemy's adapter alone makes four trips for the statement, and a
+    # fifth when the pool rolls the connection back (here no transaction is
+    # open, so there is nothing to roll back).
+    assert trips == ["_run_statement"]
+    del trips[:]
+
+    await sqlite_database.write_one(sa.insert(threads).values(_row(1)))
+
+    assert trips == ["_run_statement"]
+
+
+async def test_a_transaction_still_commits_and_rolls_back(
+    sqlite_database: Database, trips: list[str]
+) -> None:
+    async with sqlite_database.write() as session:
+        await session.execute(sa.insert(threads).values(_row(1)))
+    assert trips[-1] == "commit"
+    with pytest.raises(RuntimeError):
+        async with sqlite_database.write() as session:
+            await session.execute(sa.insert(threads).values(_row(2)))
+            raise RuntimeError("abandon this unit of work")
+    assert trips[-1] == "rollback"
+
+    async with sqlite_database.read() as session:
+        ids = (await session.execute(sa.select(threads.c.id))).scalars().all()
+    assert ids == ["thr_1"]
 
 
 async def test_results_match_what_sqlalchemy_expects(sqlite_database: Database) -> None:
