@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 
+import aiosqlite
 import anyio
 import pytest
 import sqlalchemy as sa
@@ -136,6 +141,8 @@ def _sql_log(database: Database) -> list[str]:
         statements.append(statement.split()[0].upper())
 
     sa.event.listen(database.engine.sync_engine, "before_cursor_execute", record)
+    if database._loop_writer is not None:
+        sa.event.listen(database._loop_writer.engine, "before_cursor_execute", record)
     return statements
 
 
@@ -240,3 +247,74 @@ async def test_connect_creates_the_sqlite_directory(tmp_path: Path) -> None:
         assert database.dialect == "sqlite"
     finally:
         await database.dispose()
+
+
+async def test_single_writes_make_no_trip_to_a_driver_thread(
+    sqlite_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under load each trip to aiosqlite's thread waits for a busy event loop
+    # (twice) and writers queue behind each other's trips.
+    trips: list[object] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: object, *args: object) -> object:
+        trips.append(fn)
+        return await original(self, fn, *args)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    for n in range(3):
+        await sqlite_database.write_one(sa.insert(threads).values(_thread_row(f"thr_{n}")))
+
+    assert trips == []
+    async with sqlite_database.read() as session:
+        assert await session.scalar(sa.select(sa.func.count()).select_from(threads)) == 3
+
+
+async def test_a_write_blocked_by_another_process_waits_off_the_event_loop(
+    sqlite_database: Database, tmp_path: Path
+) -> None:
+    other = sqlite3.connect(tmp_path / "chatkit.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    write = asyncio.create_task(
+        sqlite_database.write_one(sa.insert(threads).values(_thread_row("thr_mine")))
+    )
+    started = time.monotonic()
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    stalled = time.monotonic() - started
+    assert not write.done()
+    other.execute("COMMIT")
+    other.close()
+
+    await asyncio.wait_for(write, 10)
+
+    # The loop kept running while the write waited (a blocked loop would
+    # have stalled for the whole busy timeout), and the write then succeeded.
+    assert stalled < DEFAULT_BUSY_TIMEOUT_MS / 1000 / 2
+    async with sqlite_database.read() as session:
+        assert await session.scalar(sa.select(threads.c.id)) == "thr_mine"
+
+
+async def test_the_wal_is_checkpointed_off_the_loop_every_so_many_writes(
+    sqlite_database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database_module, "CHECKPOINT_EVERY", 5)
+
+    def rows_in_main_file() -> int:
+        # The main file alone holds only what a checkpoint copied out of the WAL.
+        copy = tmp_path / "copy.db"
+        shutil.copyfile(tmp_path / "chatkit.db", copy)
+        with sqlite3.connect(copy) as conn:
+            count: int = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
+        copy.unlink()
+        return count
+
+    with sqlite3.connect(tmp_path / "chatkit.db") as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the schema, into the main file
+    for n in range(4):
+        await sqlite_database.write_one(sa.insert(threads).values(_thread_row(f"thr_{n}")))
+    assert rows_in_main_file() == 0
+    await sqlite_database.write_one(sa.insert(threads).values(_thread_row("thr_4")))
+    await sqlite_database.dispose()  # waits for the checkpoint it started
+
+    assert rows_in_main_file() == 5
