@@ -382,9 +382,6 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    import sys
-
-    sys.setswitchinterval(float(__import__("os").environ.get("SWI", "0.005")))
 
 
 def _record_or_replay(args: argparse.Namespace) -> int:
