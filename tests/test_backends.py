@@ -105,6 +105,21 @@ CHUNK = {
         }
     ],
 }
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "A title"},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+}
 TEXT_DELTA = {
     "type": "response.output_text.delta",
     "item_id": "msg_1",
@@ -132,17 +147,18 @@ def _lenient_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 @pytest.mark.parametrize(
     ("data", "cast_to"),
-    [(CHUNK, "chunk"), (TEXT_DELTA, "event")],
-    ids=["chat-completions-chunk", "responses-event"],
+    [(CHUNK, "chunk"), (TEXT_DELTA, "event"), (COMPLETION, "completion")],
+    ids=["chat-completions-chunk", "responses-event", "whole-completion"],
 )
 def test_stream_chunks_are_validated_not_constructed(
     monkeypatch: pytest.MonkeyPatch, data: dict[str, Any], cast_to: str
 ) -> None:
     from openai._models import construct_type
-    from openai.types.chat import ChatCompletionChunk
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
     from openai.types.responses import ResponseStreamEvent
 
-    target: Any = ChatCompletionChunk if cast_to == "chunk" else ResponseStreamEvent
+    targets = {"chunk": ChatCompletionChunk, "event": ResponseStreamEvent}
+    target: Any = targets.get(cast_to, ChatCompletion)
     lenient = _lenient_path_calls(monkeypatch)
     client = LeanAsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k")
 

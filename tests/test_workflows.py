@@ -72,9 +72,15 @@ def test_registry_builds_agents_with_tools_and_cyclic_handoffs(
     chat, expert = registry.agent("chat"), registry.agent("expert")
     assert registry.default == "chat"
     assert [tool.name for tool in chat.tools] == ["current_time"]
-    assert chat.handoffs == [expert]
-    assert expert.handoffs == [chat]
+    assert [agent.name for agent in chat.handoffs] == [expert.name]
+    assert [agent.name for agent in expert.handoffs] == [chat.name]
     assert registry.agent("chat", model="medium").model is not chat.model
+    # A copy per run: the SDK checks every live run of one Agent object
+    # against the others, which grows with the number of concurrent answers.
+    again = registry.agent("chat")
+    assert again is not chat
+    assert again.model is chat.model
+    assert again.tools == chat.tools
 
 
 async def test_agent_runs_its_tool_and_offers_its_handoff(workflow_settings: Settings) -> None:
