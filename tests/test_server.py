@@ -10,7 +10,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import sqlalchemy as sa
 from chatkit.types import (
     AssistantMessageItem,
     ErrorEvent,
@@ -23,6 +22,7 @@ from chatkit.types import (
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import ChatKitHTTPError
 from chatkit_server.testing.fake_backend import Reply
+from tests.conftest import record_sql
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
 
@@ -397,18 +397,8 @@ async def test_a_message_reads_its_thread_and_newest_items_once(
     # SDK both read the newest items: each pair is one query per request.
     fake_llm.backend.script(Reply.text("One."), Reply.text("Two."))
     first = await live.client.create_thread("Hello")
-    selects: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            selects.append(" ".join(statement.split()))
-
-    engine = live.state.database.engine.sync_engine
-    sa.event.listen(engine, "before_cursor_execute", record)
-    try:
-        second = await live.client.add_message(first.thread_id, "Again")
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", record)
+    selects = record_sql(live.state.database, only="SELECT")
+    second = await live.client.add_message(first.thread_id, "Again")
 
     assert second.assistant_text == "Two."
     assert len([s for s in selects if s.startswith("SELECT threads.data FROM threads")]) == 1

@@ -24,18 +24,19 @@ trip to its thread (about 0.1 ms here, see :mod:`._aiosqlite`, which makes it
 one trip per statement), and ``BEGIN``/``COMMIT`` were half of a single-row
 read (measured: 1.0 ms with them, 0.6 ms without).
 
-Single-statement writes to a SQLite file run on the event loop's own thread,
-on a connection of their own (:class:`_LoopWriter`). Such a write takes SQLite
-tens of microseconds, while a trip to aiosqlite's thread waits for the loop
-twice and for the GIL; and this process's writers queue one after another, so
-with hundreds of streams each write waited for the ones before it to make
-their trips (measured: 500 new conversations took 11 s to store their first
-messages, the next message's write waiting ~20 ms). Nothing on that connection
-may block the loop: it has no busy timeout, and a write that finds the
-database locked (another process writing) goes the usual way through
+Reads and single-statement writes on a SQLite file run on the event loop's
+own thread, on a connection of their own (:class:`_LoopConnection`). Such a
+statement takes SQLite tens of microseconds, while a trip to aiosqlite's
+thread waits for the loop twice and for the GIL; and this process's writers
+queue one after another, so with hundreds of streams each write waited for
+the ones before it to make their trips (measured: 500 new conversations took
+11 s to store their first messages). Nothing on that connection may block the
+loop: it has no busy timeout, and a statement that finds the database locked
+(another process holding a lock it needs) goes the usual way through
 aiosqlite, which waits out ``busy_timeout`` off the loop. It never checkpoints
 the WAL itself; a checkpoint runs through aiosqlite every
-:data:`CHECKPOINT_EVERY` writes.
+:data:`CHECKPOINT_EVERY` writes. Transactions (:meth:`Database.write`) and
+in-memory databases stay on aiosqlite.
 """
 
 from __future__ import annotations
@@ -43,14 +44,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, FrozenResult, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -185,10 +186,28 @@ def _ensure_sqlite_directory(url: URL) -> None:
     Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-class _LoopWriter:
-    """A SQLite file's single-statement writes, run on the event loop's thread.
+_T = TypeVar("_T")
+_LOCKED: Final = object()  # what _LoopConnection.run returns when SQLite is busy
 
-    See the module notes. Only this process's write lock holder uses it.
+
+def _rows(result: sa.CursorResult[Any]) -> Sequence[sa.Row[Any]]:
+    return result.all() if result.returns_rows else []
+
+
+def _frozen(result: sa.CursorResult[Any]) -> FrozenResult[Any]:
+    return result.freeze()
+
+
+def _scalar(result: sa.CursorResult[Any]) -> Any:
+    return result.scalar()
+
+
+class _LoopConnection:
+    """A SQLite file's connection for single statements run on the event loop's thread.
+
+    See the module notes. Writes use it only while holding this process's
+    write lock; reads at any time (each statement runs to completion before
+    the loop moves on, so they never interleave).
     """
 
     def __init__(self, url: URL) -> None:
@@ -209,24 +228,53 @@ class _LoopWriter:
         self.writes = 0
 
     def run(
-        self, statement: sa.Executable, parameters: Mapping[str, Any] | None
-    ) -> Sequence[sa.Row[Any]] | None:
-        """The statement's rows, or None when the database is locked (nothing was written)."""
+        self,
+        statement: sa.Executable,
+        parameters: Mapping[str, Any] | None,
+        consume: Callable[[sa.CursorResult[Any]], _T],
+    ) -> _T | object:
+        """``consume(result)`` of the statement, or ``_LOCKED`` (then nothing was done)."""
         with self.engine.connect() as connection:
             try:
                 result = connection.execute(statement, dict(parameters) if parameters else None)
-                rows = result.all() if result.returns_rows else []
+                value = consume(result)
             except sa.exc.OperationalError as exc:
                 code = getattr(exc.orig, "sqlite_errorcode", None)
                 if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                    return None
+                    return _LOCKED
                 raise
             connection.commit()
-        self.writes += 1
-        return rows
+        return value
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class _LoopSession:
+    """What the store's reads use of ``AsyncConnection``, run on the loop's connection.
+
+    Each result is read in full before it is returned, so a result may be
+    used after later statements, as with aiosqlite's buffered results.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def execute(
+        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
+    ) -> sa.Result[Any]:
+        frozen = await self._database._run_inline(statement, parameters, _frozen)
+        return frozen()
+
+    async def scalar(
+        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Any:
+        return await self._database._run_inline(statement, parameters, _scalar)
+
+    async def scalars(
+        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
+    ) -> sa.ScalarResult[Any]:
+        return (await self.execute(statement, parameters)).scalars()
 
 
 class Database:
@@ -254,10 +302,10 @@ class Database:
         # them poll, and under load some wait past busy_timeout and fail with
         # "database is locked". busy_timeout still covers other processes.
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
-        self._loop_writer: _LoopWriter | None = None
+        self._loop: _LoopConnection | None = None
         url = engine.url
         if url.get_driver_name() == "aiosqlite" and not _is_sqlite_memory(url):
-            self._loop_writer = _LoopWriter(url)
+            self._loop = _LoopConnection(url)
         self._checkpoint: asyncio.Task[None] | None = None
 
     @classmethod
@@ -279,6 +327,12 @@ class Database:
         """
         return cls(create_engine(url, echo=echo, connect_args=connect_args))
 
+    @property
+    def sync_engines(self) -> tuple[Engine, ...]:
+        """Every engine this database runs statements on, for event listeners (logs, tests)."""
+        engines = (self.engine.sync_engine,)
+        return engines if self._loop is None else (*engines, self._loop.engine)
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for a unit of work that only reads.
@@ -292,10 +346,30 @@ class Database:
             StoreError: The database failed (driver errors are translated).
         """
         try:
+            if self._loop is not None:
+                # Not an AsyncConnection, but the part of one the store uses.
+                yield cast(AsyncConnection, _LoopSession(self))
+                return
             async with self._statement_engine.connect() as connection:
                 yield connection
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             raise _translate(exc) from exc
+
+    async def _run_inline(
+        self,
+        statement: sa.Executable,
+        parameters: Mapping[str, Any] | None,
+        consume: Callable[[sa.CursorResult[Any]], _T],
+    ) -> _T:
+        """``consume`` the statement's result, run on the loop's connection if it can be."""
+        assert self._loop is not None
+        value = self._loop.run(statement, parameters, consume)
+        if value is not _LOCKED:
+            return cast(_T, value)
+        # Locked (another process holds a lock SQLite needs): wait off the loop.
+        async with self._statement_engine.connect() as connection:
+            result = await connection.execute(statement, dict(parameters) if parameters else None)
+            return consume(result)
 
     async def write_one(
         self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
@@ -313,22 +387,21 @@ class Database:
             async with self._transaction(self.engine) as session:
                 return await _all_rows(session, statement, parameters)
         async with self._write_lock:
-            if self._loop_writer is not None:
-                try:
-                    rows = self._loop_writer.run(statement, parameters)
-                except (sa.exc.SQLAlchemyError, OSError) as exc:
-                    raise _translate(exc) from exc
-                if rows is not None:
-                    self._checkpoint_now_and_then(self._loop_writer)
-                    return rows
-            # Locked by another process: wait for it off the loop.
-            async with self._transaction(self._statement_engine) as session:
-                return await _all_rows(session, statement, parameters)
+            if self._loop is None:
+                async with self._transaction(self._statement_engine) as session:
+                    return await _all_rows(session, statement, parameters)
+            try:
+                rows = await self._run_inline(statement, parameters, _rows)
+            except (sa.exc.SQLAlchemyError, OSError) as exc:
+                raise _translate(exc) from exc
+            self._checkpoint_now_and_then(self._loop)
+            return rows
 
-    def _checkpoint_now_and_then(self, writer: _LoopWriter) -> None:
-        if writer.writes < CHECKPOINT_EVERY or self._checkpoint is not None:
+    def _checkpoint_now_and_then(self, loop: _LoopConnection) -> None:
+        loop.writes += 1
+        if loop.writes < CHECKPOINT_EVERY or self._checkpoint is not None:
             return
-        writer.writes = 0
+        loop.writes = 0
         self._checkpoint = asyncio.get_running_loop().create_task(self._run_checkpoint())
 
     async def _run_checkpoint(self) -> None:
@@ -393,8 +466,8 @@ class Database:
         """Close every pooled connection."""
         if self._checkpoint is not None:
             await asyncio.wait([self._checkpoint])
-        if self._loop_writer is not None:
-            self._loop_writer.dispose()
+        if self._loop is not None:
+            self._loop.dispose()
         await self.engine.dispose()
 
 

@@ -11,7 +11,6 @@ from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 
-import aiosqlite
 import anyio
 import pytest
 import sqlalchemy as sa
@@ -23,7 +22,7 @@ from chatkit_server.store import Database, SQLStore
 from chatkit_server.store import database as database_module
 from chatkit_server.store.database import DEFAULT_BUSY_TIMEOUT_MS
 from chatkit_server.store.tables import threads
-from tests.conftest import DatabaseTarget
+from tests.conftest import DatabaseTarget, record_sql
 
 WHEN = datetime(2025, 1, 1)
 
@@ -134,33 +133,25 @@ async def test_writers_in_one_process_queue_instead_of_timing_out(
     assert order.count("quick") == 20
 
 
-def _sql_log(database: Database) -> list[str]:
-    statements: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(statement.split()[0].upper())
-
-    sa.event.listen(database.engine.sync_engine, "before_cursor_execute", record)
-    if database._loop_writer is not None:
-        sa.event.listen(database._loop_writer.engine, "before_cursor_execute", record)
-    return statements
+def _first_words(statements: list[str]) -> list[str]:
+    return [statement.split()[0].upper() for statement in statements]
 
 
 async def test_sqlite_reads_and_single_writes_skip_begin(sqlite_database: Database) -> None:
     # Each BEGIN and COMMIT is a round trip to aiosqlite's thread; a single
     # statement is atomic without them.
-    log = _sql_log(sqlite_database)
+    log = record_sql(sqlite_database)
     rows = await sqlite_database.write_one(
         sa.insert(threads).values(_thread_row("thr_1")).returning(threads.c.id)
     )
     async with sqlite_database.read() as session:
         assert await session.scalar(sa.select(threads.c.id)) == "thr_1"
     assert [tuple(row) for row in rows] == [("thr_1",)]
-    assert log == ["INSERT", "SELECT"]
+    assert _first_words(log) == ["INSERT", "SELECT"]
     # Multi-statement writes keep their IMMEDIATE transaction.
     async with sqlite_database.write() as session:
         await session.execute(sa.delete(threads))
-    assert log[2:] == ["BEGIN", "DELETE"]
+    assert _first_words(log)[2:] == ["BEGIN", "DELETE"]
 
 
 async def test_single_writes_from_many_processes_all_succeed(
@@ -250,18 +241,10 @@ async def test_connect_creates_the_sqlite_directory(tmp_path: Path) -> None:
 
 
 async def test_single_writes_make_no_trip_to_a_driver_thread(
-    sqlite_database: Database, monkeypatch: pytest.MonkeyPatch
+    sqlite_database: Database, trips: list[str]
 ) -> None:
     # Under load each trip to aiosqlite's thread waits for a busy event loop
     # (twice) and writers queue behind each other's trips.
-    trips: list[object] = []
-    original = aiosqlite.Connection._execute
-
-    async def counted(self: aiosqlite.Connection, fn: object, *args: object) -> object:
-        trips.append(fn)
-        return await original(self, fn, *args)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
     for n in range(3):
         await sqlite_database.write_one(sa.insert(threads).values(_thread_row(f"thr_{n}")))
 
@@ -318,3 +301,15 @@ async def test_the_wal_is_checkpointed_off_the_loop_every_so_many_writes(
     await sqlite_database.dispose()  # waits for the checkpoint it started
 
     assert rows_in_main_file() == 5
+
+
+async def test_reads_make_no_trip_to_a_driver_thread(
+    sqlite_database: Database, trips: list[str]
+) -> None:
+    # A locked-out read falls back to aiosqlite like a write (same code path;
+    # see the blocked write above).
+    await sqlite_database.write_one(sa.insert(threads).values(_thread_row("thr_1")))
+    async with sqlite_database.read() as session:
+        assert (await session.execute(sa.select(threads.c.id))).scalars().all() == ["thr_1"]
+        assert await session.scalar(sa.select(sa.func.count()).select_from(threads)) == 1
+    assert trips == []

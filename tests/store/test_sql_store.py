@@ -54,6 +54,7 @@ from chatkit_server.context import RecentReads, RequestContext
 from chatkit_server.errors import InvalidCursorError, NotFoundError, StoreError
 from chatkit_server.store import MAX_PAGE_SIZE, Database, SQLStore, new_id
 from chatkit_server.store.tables import attachments, feedback, thread_items, threads
+from tests.conftest import record_sql
 
 ALICE = RequestContext(user_id="alice")
 MALLORY = RequestContext(user_id="mallory")
@@ -711,17 +712,6 @@ def test_generated_ids_are_long_and_prefixed(store: SQLStore) -> None:
 # -- reads remembered for one request (RequestContext.recent) -------------------
 
 
-def _count_statements(database: Database) -> list[str]:
-    statements: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append(statement)
-
-    sa.event.listen(database.engine.sync_engine, "before_cursor_execute", record)
-    return statements
-
-
 def _request(user_id: str = "alice") -> RequestContext:
     return RequestContext(user_id=user_id, recent=RecentReads())
 
@@ -731,7 +721,7 @@ async def test_a_request_reads_a_thread_once_for_two_loads(
 ) -> None:
     thread = await new_thread(store)
     request = _request()
-    selects = _count_statements(database)
+    selects = record_sql(database, only="SELECT")
 
     first = await store.load_thread(thread.id, request)
     first.title = "changed by the caller, not saved"
@@ -766,7 +756,7 @@ async def test_the_newest_items_are_served_once_to_a_smaller_page(
     for number in range(5):
         await store.add_thread_item(thread.id, message(thread.id, str(number)), ALICE)
     request = _request()
-    selects = _count_statements(database)
+    selects = record_sql(database, only="SELECT")
 
     await store.load_thread_items(thread.id, None, 40, "desc", request)
     served = await store.load_thread_items(thread.id, None, 2, "desc", request)
@@ -788,7 +778,7 @@ async def test_a_complete_short_page_serves_any_limit(store: SQLStore, database:
     thread = await new_thread(store)
     await store.add_thread_item(thread.id, message(thread.id), ALICE)
     request = _request()
-    selects = _count_statements(database)
+    selects = record_sql(database, only="SELECT")
 
     first = await store.load_thread_items(thread.id, None, 40, "desc", request)
     again = await store.load_thread_items(thread.id, None, 100, "desc", request)
@@ -801,7 +791,7 @@ async def test_contexts_without_recent_reads_always_read(
     store: SQLStore, database: Database
 ) -> None:
     thread = await new_thread(store)
-    selects = _count_statements(database)
+    selects = record_sql(database, only="SELECT")
 
     await store.load_thread(thread.id, ALICE)
     await store.load_thread(thread.id, ALICE)
@@ -818,7 +808,7 @@ async def test_newest_items_walks_back_in_pages_and_stops_anywhere(
     thread = await new_thread(store)
     for number in range(7):
         await store.add_thread_item(thread.id, message(thread.id, str(number)), ALICE)
-    selects = _count_statements(database)
+    selects = record_sql(database, only="SELECT")
 
     walked = [item async for item in store.newest_items(thread.id, 10, ALICE, page_size=3)]
     assert [item.content[0].text for item in walked] == list("6543210")  # type: ignore[union-attr]
