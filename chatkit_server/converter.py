@@ -19,6 +19,8 @@ from chatkit.agents import ThreadItemConverter
 from chatkit.types import Attachment, ThreadItem, UserMessageTagContent
 from openai.types.responses import ResponseInputContentParam, ResponseInputTextParam
 
+from .history import HistoryEntry
+
 __all__ = ["HistoryConverter"]
 
 _TEXT_PART_TYPES = frozenset({"input_text", "output_text"})
@@ -47,6 +49,27 @@ class HistoryConverter(ThreadItemConverter):
         """Convert items, then flatten text-only messages to string content."""
         items = await super().to_agent_input(thread_items)
         return [_flatten_text_message(item) for item in items]
+
+    async def history_input(self, entries: Sequence[HistoryEntry]) -> list[TResponseInputItem]:
+        """:meth:`to_agent_input` of the entries' items, reusing earlier conversions.
+
+        Only the newest item converts differently from the others (ChatKit
+        quotes the quoted text of the newest user message), so every other
+        item's input is kept on its entry.
+        """
+        output: list[TResponseInputItem] = []
+        for index, entry in enumerate(entries):
+            if index == len(entries) - 1:
+                output.extend(await self._converted(entry.item, is_last=True))
+                continue
+            if entry.model_input is None:
+                entry.model_input = await self._converted(entry.item, is_last=False)
+            output.extend(entry.model_input)
+        return output
+
+    async def _converted(self, item: ThreadItem, *, is_last: bool) -> list[TResponseInputItem]:
+        items = await self._thread_item_to_input_item(item, is_last_message=is_last)
+        return [_flatten_text_message(converted) for converted in items]
 
 
 def _flatten_text_message(item: TResponseInputItem) -> TResponseInputItem:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from agents import TResponseInputItem
@@ -20,7 +22,10 @@ from chatkit.types import AssistantMessageItem, ThreadItem, UserMessageItem
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "HISTORY_CACHE_SIZE",
     "MESSAGE_OVERHEAD_TOKENS",
+    "HistoryCache",
+    "HistoryEntry",
     "estimate_item_tokens",
     "estimate_tokens",
     "fit_history",
@@ -29,6 +34,8 @@ __all__ = [
 CHARS_PER_TOKEN = 3.0
 # Role markers and separators that chat templates wrap around each message.
 MESSAGE_OVERHEAD_TOKENS = 4
+HISTORY_CACHE_SIZE = 4096
+"""Stored items a :class:`HistoryCache` keeps decoded and converted (a few MB)."""
 
 
 def estimate_tokens(text: str) -> int:
@@ -88,3 +95,55 @@ def fit_history(
     while start < last_user and not _is_user_message(items[start]):
         start += 1
     return list(items[start:])
+
+
+@dataclass(eq=False)
+class HistoryEntry:
+    """One stored item as the history needs it, shared by every request that reads it.
+
+    Nothing may change these objects: they are what the item's stored JSON
+    says, for every turn that reads them.
+
+    Attributes:
+        item: The decoded item.
+        tokens: :func:`estimate_item_tokens` of it.
+        model_input: Its model input when it is not the newest item
+            (filled in by the converter on first use).
+    """
+
+    item: ThreadItem
+    tokens: int
+    model_input: list[TResponseInputItem] | None = None
+
+
+class HistoryCache:
+    """Decoded items and their model input, by stored JSON, across requests.
+
+    Every turn of a conversation sends the whole history again, so each turn
+    decoded and converted every earlier item anew: about 2 ms of a turn's
+    time to first token on a 100-item thread (measured by bench/). An item
+    stored with the same JSON is the same item, so the work is kept, for the
+    :data:`HISTORY_CACHE_SIZE` most recently used items.
+
+    Args:
+        decode: Builds an item from its type and stored JSON.
+        size: How many items to keep.
+    """
+
+    def __init__(self, decode: Callable[[str, str], ThreadItem], size: int = HISTORY_CACHE_SIZE):
+        self._decode = decode
+        self._size = size
+        self._entries: OrderedDict[str, HistoryEntry] = OrderedDict()
+
+    def entry(self, kind: str, data: str) -> HistoryEntry:
+        """The entry of an item stored as ``data`` with type ``kind``."""
+        entry = self._entries.get(data)
+        if entry is not None:
+            self._entries.move_to_end(data)
+            return entry
+        item = self._decode(kind, data)
+        entry = HistoryEntry(item=item, tokens=estimate_item_tokens(item))
+        self._entries[data] = entry
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return entry

@@ -53,9 +53,9 @@ from pydantic import TypeAdapter, ValidationError
 from .context import RequestContext
 from .converter import HistoryConverter
 from .errors import RequestError, StoreError
-from .history import estimate_item_tokens, fit_history
+from .history import HistoryCache, HistoryEntry, fit_history
 from .settings import Settings
-from .store import SQLStore, UsageRecord, UsageStore
+from .store import SQLStore, UsageRecord, UsageStore, decode_item
 from .stream_fixups import repair_run
 from .streaming import StreamFixer
 from .titles import make_title
@@ -131,6 +131,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.workflows = workflows
         self.settings = settings
         self.converter = HistoryConverter()
+        self.history_cache = HistoryCache(decode_item)
 
     async def handle(
         self, body: bytes, context: RequestContext
@@ -271,9 +272,10 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             return
 
         budget = workflow.history_tokens or self.settings.history_tokens
-        history = await self._history(thread, budget, context)
+        entries = await self._history(thread, budget, context)
+        history = [entry.item for entry in entries]
         agent_input = fit_history(
-            await self.converter.to_agent_input(history),
+            await self.converter.history_input(entries),
             budget=budget,
             instructions=workflow.instructions,
         )
@@ -366,31 +368,32 @@ class ChatKitApp(ChatKitServer[RequestContext]):
 
     async def _history(
         self, thread: ThreadMetadata, budget: int, context: RequestContext
-    ) -> list[ThreadItem]:
+    ) -> list[HistoryEntry]:
         """The newest items of the thread, oldest first.
 
         At most ``history_items``, and none past the first that exceeds the
         token ``budget``: older items would be dropped by :func:`fit_history`
-        anyway, and each costs a validation and a conversion per turn.
+        anyway, and each costs a validation and a conversion when not cached.
         """
-        items: list[ThreadItem] = []
+        entries: list[HistoryEntry] = []
         tokens = 0
         complete = True
-        newest = self.sql_store.newest_items(thread.id, self.settings.history_items, context)
+        newest = self.sql_store.newest_rows(thread.id, self.settings.history_items, context)
         async with contextlib.aclosing(newest):
-            async for item in newest:
-                items.append(item)
-                tokens += estimate_item_tokens(item)
+            async for kind, data in newest:
+                entry = self.history_cache.entry(kind, data)
+                entries.append(entry)
+                tokens += entry.tokens
                 if tokens > budget:
                     complete = False
                     break
-        complete = complete and len(items) < self.settings.history_items
-        items.reverse()
+        complete = complete and len(entries) < self.settings.history_items
+        entries.reverse()
         # A cut history must not open with an answer or a tool result whose
         # question was cut away: some servers reject such a conversation.
-        while items and not complete and not isinstance(items[0], UserMessageItem):
-            items.pop(0)
-        return items
+        while entries and not complete and not isinstance(entries[0].item, UserMessageItem):
+            entries.pop(0)
+        return entries
 
     async def handle_stream_cancelled(
         self,

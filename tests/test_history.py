@@ -21,7 +21,6 @@ from chatkit_server.history import (
     fit_history,
 )
 from chatkit_server.settings import Settings
-from chatkit_server.store import sql_store
 from chatkit_server.testing.fake_backend import Reply
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
@@ -111,15 +110,9 @@ async def test_history_loading_stops_once_the_budget_is_covered(
                 content=[AssistantMessageContent(text=f"answer {n} " + "a" * 600)],
             )
         await live.store.add_thread_item(thread.id, item, LOCAL)
-    decoded: list[str] = []
-    original = sql_store._decode_item
-
-    def spy(kind: str, data: str) -> Any:
-        decoded.append(kind)
-        return original(kind, data)
-
-    monkeypatch.setattr(sql_store, "_decode_item", spy)
-    items = await live.state.server._history(thread, 1000, LOCAL)
+    decoded = _count_decodes(live, monkeypatch)
+    entries = await live.state.server._history(thread, 1000, LOCAL)
+    items = [entry.item for entry in entries]
 
     # About 200 tokens per item: only the items within reach of the budget
     # are decoded, not the whole page of rows.
@@ -128,7 +121,59 @@ async def test_history_loading_stops_once_the_budget_is_covered(
     assert isinstance(items[0], UserMessageItem)
     # Nothing the model would have been sent is missing.
     everything = (await live.store.load_thread_items(thread.id, None, 200, "asc", LOCAL)).data
-    convert = live.state.server.converter.to_agent_input
-    assert fit_history(await convert(items), budget=1000, instructions=None) == fit_history(
-        await convert(everything), budget=1000, instructions=None
-    )
+    converter = live.state.server.converter
+    assert fit_history(
+        await converter.history_input(entries), budget=1000, instructions=None
+    ) == fit_history(await converter.to_agent_input(everything), budget=1000, instructions=None)
+
+
+def _count_decodes(live: Live, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    cache = live.state.server.history_cache
+    decoded: list[str] = []
+    original = cache._decode
+
+    def spy(kind: str, data: str) -> Any:
+        decoded.append(kind)
+        return original(kind, data)
+
+    monkeypatch.setattr(cache, "_decode", spy)
+    return decoded
+
+
+async def test_later_turns_reuse_the_decoded_and_converted_history(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread = ThreadMetadata(id="thr_turns", created_at=datetime(2026, 1, 1))
+    await live.store.save_thread(thread, LOCAL)
+
+    def user(n: int, quoted: str | None = None) -> UserMessageItem:
+        return UserMessageItem(
+            id=f"msg_u{n}",
+            thread_id=thread.id,
+            created_at=datetime(2026, 1, 1),
+            content=[UserMessageTextContent(text=f"question {n}")],
+            inference_options=InferenceOptions(),
+            quoted_text=quoted,
+        )
+
+    for n in range(3):
+        await live.store.add_thread_item(thread.id, user(n, quoted=f"quote {n}"), LOCAL)
+    decoded = _count_decodes(live, monkeypatch)
+    converter = live.state.server.converter
+    first = await live.state.server._history(thread, 10_000, LOCAL)
+    first_input = await converter.history_input(first)
+    await live.store.add_thread_item(thread.id, user(3), LOCAL)
+
+    second = await live.state.server._history(thread, 10_000, LOCAL)
+    second_input = await converter.history_input(second)
+
+    # Only the new item is decoded on the next turn; the rest are the same entries.
+    assert decoded == ["user_message"] * 4
+    assert [entry.item for entry in second[:3]] == [entry.item for entry in first]
+    assert second[0] is first[0]
+    # The same input as converting everything afresh: only the newest item
+    # carries its quoted text, also when an item stops being the newest.
+    for entries, model_input in ((first, first_input), (second, second_input)):
+        assert model_input == await converter.to_agent_input([e.item for e in entries])
+    assert "quote 2" in str(first_input[-1])
+    assert "quote 2" not in str(second_input[2])

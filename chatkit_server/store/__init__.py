@@ -12,7 +12,13 @@ No Starlette here: the HTTP layer calls in, never the other way round.
 from .database import Database
 from .ids import new_id
 from .migrate import alembic_config, current, downgrade, upgrade, upgrade_async
-from .sql_store import DEFAULT_UPLOAD_BASE_URL, MAX_PAGE_SIZE, FeedbackRecord, SQLStore
+from .sql_store import (
+    DEFAULT_UPLOAD_BASE_URL,
+    MAX_PAGE_SIZE,
+    FeedbackRecord,
+    SQLStore,
+    decode_item,
+)
 from .usage import UsageRecord, UsageStore, UsageTotals
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "UsageTotals",
     "alembic_config",
     "current",
+    "decode_item",
     "downgrade",
     "new_id",
     "upgrade",

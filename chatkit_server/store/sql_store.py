@@ -16,6 +16,7 @@ Semantics the ChatKit base server relies on:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -48,7 +49,7 @@ from .database import Database
 from .ids import ID_PREFIXES, new_id
 from .tables import attachments, feedback, thread_items, threads
 
-__all__ = ["DEFAULT_UPLOAD_BASE_URL", "MAX_PAGE_SIZE", "FeedbackRecord", "SQLStore"]
+__all__ = ["DEFAULT_UPLOAD_BASE_URL", "MAX_PAGE_SIZE", "FeedbackRecord", "SQLStore", "decode_item"]
 
 MAX_PAGE_SIZE: Final = 200
 DEFAULT_UPLOAD_BASE_URL: Final = "http://127.0.0.1:8000"
@@ -226,7 +227,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             if recent is not None:
                 recent.newest_items[thread_id] = (rows, has_more)
         return Page(
-            data=[_decode_item(type_, data) for _id, type_, data in rows],
+            data=[decode_item(type_, data) for _id, type_, data in rows],
             has_more=has_more,
             after=rows[-1][0] if rows else None,
         )
@@ -245,6 +246,22 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: No such thread for this user.
         """
+        rows = self.newest_rows(thread_id, limit, context, page_size=page_size)
+        async with contextlib.aclosing(rows):
+            async for kind, data in rows:
+                yield decode_item(kind, data)
+
+    async def newest_rows(
+        self, thread_id: str, limit: int, context: RequestContext, *, page_size: int = 100
+    ) -> AsyncGenerator[tuple[str, str], None]:
+        """As :meth:`newest_items`, undecoded: each item's type and stored JSON.
+
+        For a consumer that keeps decoded items by their JSON (see
+        :func:`decode_item`).
+
+        Raises:
+            NotFoundError: No such thread for this user.
+        """
         after: str | None = None
         remaining = limit
         recent = context.recent
@@ -254,7 +271,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             if after is None and recent is not None:
                 recent.newest_items[thread_id] = (rows, has_more)
             for _id, kind, data in rows:
-                yield _decode_item(kind, data)
+                yield kind, data
             remaining -= len(rows)
             if not has_more or not rows:
                 return
@@ -310,7 +327,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             row = (await session.execute(statement)).one_or_none()
         if row is None:
             raise NotFoundError(f"Item {item_id} not found in thread {thread_id}")
-        return _decode_item(row.type, row.data)
+        return decode_item(row.type, row.data)
 
     async def delete_thread_item(
         self, thread_id: str, item_id: str, context: RequestContext
@@ -683,7 +700,8 @@ async def _check_cursor(
         raise InvalidCursorError(f"Cursor {after} does not name an entry of this listing")
 
 
-def _decode_item(kind: str, data: str) -> ThreadItem:
+def decode_item(kind: str, data: str) -> ThreadItem:
+    """The item stored as ``data`` (JSON) with type ``kind``."""
     if kind != "widget":
         return _ITEM.validate_json(data)
     # Through the ThreadItem union, {"type": "Card", ...} becomes the named
