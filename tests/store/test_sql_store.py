@@ -111,6 +111,7 @@ def test_public_api_is_pinned() -> None:
         "UsageTotals",
         "alembic_config",
         "current",
+        "decode_item",
         "downgrade",
         "new_id",
         "upgrade",
