@@ -94,6 +94,12 @@ async def _concurrent(ctx: Ctx, backend: Service, server: Service) -> None:
         baseline=f"{idle:.0f} MiB idle after warm-up",
         ratio=peak / idle,
     )
+    tokens, deltas = sum(t.tokens for t in ours), sum(t.deltas for t in ours) or 1
+    report.note(
+        "concurrent",
+        f"{tokens} tokens reached the clients in {deltas} text deltas "
+        f"({tokens / deltas:.2f} tokens per delta; deltas received together are merged)",
+    )
     report.note(
         "concurrent",
         f"CPU busy during the direct-read baseline: backend "

@@ -111,6 +111,13 @@ async def _cpu(ctx: Ctx, backend: Service, server: Service) -> None:
         f"backend {served.cpu_percent('backend'):.0f}%, "
         f"client {served.cpu_percent('client'):.0f}% (of one core; {os.cpu_count()} cores)",
     )
+    deltas = sum(t.deltas for t in ours) or 1
+    ctx.report.note(
+        "cpu",
+        f"{our_tokens} tokens reached the client in {deltas} text deltas "
+        f"({our_tokens / deltas:.1f} tokens per delta): unpaced tokens arrive faster than one "
+        "stream is read, and those read together are merged",
+    )
     if problems:
         ctx.report.note("cpu", f"{len(problems)} failed streams, e.g. {problems[:3]}")
 

@@ -37,6 +37,7 @@ class Timing:
         total: Until the response body ended.
         first: Until the first content token (backend chunk or ChatKit text delta).
         tokens: Content tokens received.
+        deltas: Content deltas (chunks or ChatKit text deltas) they came in.
         error: Why the request failed (HTTP status, ``error`` event, exception).
         thread_id: The thread a ``threads.create`` made.
     """
@@ -44,6 +45,7 @@ class Timing:
     total: float = math.nan
     first: float = math.nan
     tokens: int = 0
+    deltas: int = 0
     error: str | None = None
     thread_id: str | None = None
 
@@ -83,6 +85,7 @@ def _count(timing: Timing, text: str | None, start: float) -> None:
     if timing.tokens == 0:
         timing.first = time.perf_counter() - start
     timing.tokens += len(text.split())
+    timing.deltas += 1
 
 
 async def backend_stream(client: aiohttp.ClientSession, base_url: str) -> Timing:
