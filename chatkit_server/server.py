@@ -296,12 +296,19 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             ),
         )
         fixer = StreamFixer(lambda kind: self.store.generate_item_id(kind, thread, context))
-        title_task = self._start_title(thread, workflow, history)
+        title_task: asyncio.Task[str] | None = None
+        wants_title = True
         finished = False
         try:
             events = stream_agent_response(agent_context, repair_run(result))
             async for event in fixer.fix(show_tool_tasks(agent_context, events)):
                 yield event
+                if wants_title:
+                    # Once the answer is under way, not before: the title's
+                    # request would compete with the answer's for the first
+                    # token (and, with many new threads at once, for the CPU).
+                    wants_title = False
+                    title_task = self._start_title(thread, workflow, history)
             finished = True
         finally:
             if not finished:
