@@ -33,6 +33,8 @@ from chatkit.types import (
     StructuredInputItem,
     SyncCustomActionResponse,
     ThreadItem,
+    ThreadItemDoneEvent,
+    ThreadItemUpdatedEvent,
     ThreadMetadata,
     ThreadsAddClientToolOutputReq,
     ThreadsAddStructuredInputReq,
@@ -303,13 +305,15 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             events = stream_agent_response(agent_context, repair_run(result))
             async for event in fixer.fix(show_tool_tasks(agent_context, events)):
                 yield event
-                if wants_title:
-                    # Once the answer is under way, not before: the title's
+                if wants_title and isinstance(event, (ThreadItemUpdatedEvent, ThreadItemDoneEvent)):
+                    # Once the answer is flowing, not before: the title's
                     # request would compete with the answer's for the first
                     # token (and, with many new threads at once, for the CPU).
                     wants_title = False
                     title_task = self._start_title(thread, workflow, history)
             finished = True
+            if wants_title:  # an answer without content still names the thread
+                title_task = self._start_title(thread, workflow, history)
         finally:
             if not finished:
                 # The SDK never cancels the run on its own: without this the
