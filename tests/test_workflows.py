@@ -13,6 +13,7 @@ from agents.testing import ScriptedModel, assistant_message, function_call
 from chatkit_server.backends import BackendRegistry
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import ChatKitHTTPError, user_input
+from chatkit_server.titles import TITLE_INSTRUCTIONS
 from chatkit_server.workflows import WorkflowRegistry
 from tests.live import FakeLLM, LiveFactory
 
@@ -58,7 +59,12 @@ def workflow_settings(tmp_path: Path, live_settings: Settings, fake_llm: FakeLLM
 
 
 def _last_request(fake_llm: FakeLLM) -> tuple[str, str, dict[str, object]]:
-    request = fake_llm.backend.requests[-1]
+    """The last answer's request (a new thread's title is asked for after it)."""
+    request = next(
+        request
+        for request in reversed(fake_llm.backend.requests)
+        if request.body["messages"][0]["content"] != TITLE_INSTRUCTIONS
+    )
     return request.headers.get("x-backend", ""), str(request.body["model"]), request.body
 
 
