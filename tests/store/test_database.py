@@ -313,3 +313,21 @@ async def test_reads_make_no_trip_to_a_driver_thread(
         assert (await session.execute(sa.select(threads.c.id))).scalars().all() == ["thr_1"]
         assert await session.scalar(sa.select(sa.func.count()).select_from(threads)) == 1
     assert trips == []
+
+
+async def test_a_write_locked_out_past_the_busy_timeout_is_a_store_error(
+    sqlite_database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database_module, "DEFAULT_BUSY_TIMEOUT_MS", 200)
+    other = sqlite3.connect(tmp_path / "chatkit.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreError, match="busy"):
+            await sqlite_database.write_one(sa.insert(threads).values(_thread_row("thr_late")))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    # Nothing was written, and the next write goes through.
+    await sqlite_database.write_one(sa.insert(threads).values(_thread_row("thr_next")))
+    async with sqlite_database.read() as session:
+        assert (await session.execute(sa.select(threads.c.id))).scalars().all() == ["thr_next"]
