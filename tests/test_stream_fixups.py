@@ -6,6 +6,7 @@ so each test shows what the user would see.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
@@ -392,3 +393,64 @@ def test_the_repaired_run_is_still_the_run() -> None:
     assert run.cancelled
     with pytest.raises(ValueError, match="positive"):
         RepairedRun(cast(RunResultStreaming, run), thought_growth=0)
+
+
+class _QueuedRun(_Run):
+    """A run whose events already wait in its queue, as when the consumer fell behind."""
+
+    def __init__(self, events: Iterable[ResponseStreamEvent]):
+        super().__init__(events)
+        self._event_queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+        for event in self.events:
+            self._event_queue.put_nowait(RawResponsesStreamEvent(data=event))
+        self._event_queue.put_nowait(None)
+
+    async def stream_events(self) -> AsyncIterator[StreamEvent]:
+        while (event := await self._event_queue.get()) is not None:
+            yield event
+
+
+def _text(delta: str, seq: int, *, part: int = 0, logprobs: list[Any] | None = None) -> Any:
+    return ResponseTextDeltaEvent.model_construct(
+        type="response.output_text.delta",
+        item_id=MSG,
+        output_index=0,
+        content_index=part,
+        delta=delta,
+        logprobs=logprobs or [],
+        sequence_number=seq,
+    )
+
+
+async def test_text_deltas_waiting_together_are_passed_on_as_one() -> None:
+    added = ResponseContentPartAddedEvent.model_construct(
+        type="response.content_part.added", item_id=MSG, output_index=0, content_index=0
+    )
+    events = [
+        _text("Hel", 1),
+        _text("lo ", 2),
+        _text("there", 3),
+        added,
+        _text("!", 5, part=1),
+        _text("?", 6, part=1, logprobs=[{"token": "?"}]),
+        _text(" ok", 7, part=1),
+    ]
+
+    queued = [
+        event.data
+        async for event in RepairedRun(cast(RunResultStreaming, _QueuedRun(events))).stream_events()
+        if isinstance(event, RawResponsesStreamEvent)
+    ]
+    one_by_one = await _repaired(events)
+
+    assert [(getattr(e, "delta", None), e.sequence_number) for e in queued] == [
+        ("Hello there", 3),
+        (None, 4),  # numbered by the field filler
+        ("!", 5),
+        ("?", 6),
+        (" ok", 7),
+    ]
+    # Events that arrive one at a time pass unchanged.
+    assert [getattr(e, "delta", None) for e in one_by_one] == [
+        getattr(e, "delta", None) for e in events
+    ]
