@@ -82,6 +82,21 @@ async def test_pragmas_are_set_on_every_pooled_connection(sqlite_database: Datab
     assert engine.pool.checkedin() == 8  # type: ignore[attr-defined]
 
 
+async def test_the_loop_connection_has_the_same_settings_but_never_waits(
+    sqlite_database: Database,
+) -> None:
+    pragmas = ("journal_mode", "foreign_keys", "busy_timeout", "synchronous", "wal_autocheckpoint")
+    async with sqlite_database.read() as session:  # on the loop's connection
+        values = {name: await session.scalar(sa.text(f"PRAGMA {name}")) for name in pragmas}
+    assert values == {
+        "journal_mode": "wal",
+        "foreign_keys": 1,
+        "busy_timeout": 0,  # a lock is waited for with the loop running, not in SQLite
+        "synchronous": 1,
+        "wal_autocheckpoint": 0,  # checkpoints run off the loop
+    }
+
+
 async def test_concurrent_read_then_write_transactions_all_succeed(
     sqlite_database: Database, tmp_path: Path
 ) -> None:
