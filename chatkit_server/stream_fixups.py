@@ -160,17 +160,25 @@ class RepairedRun:
                 continue
             run = [cast(_TextDelta, cast(RawResponsesStreamEvent, event).data)]
             ended = False
+            failure: Exception | None = None
             while self._waiting():
                 try:
                     following = await anext(events)
                 except StopAsyncIteration:
                     ended = True
                     break
+                except Exception as exc:
+                    # The text received before the failure still reaches the
+                    # user (and the stored partial answer) first.
+                    failure = exc
+                    break
                 if _delta_key(following) != key:
                     ahead = following
                     break
                 run.append(cast(_TextDelta, cast(RawResponsesStreamEvent, following).data))
             yield event if len(run) == 1 else RawResponsesStreamEvent(data=_joined(run))
+            if failure is not None:
+                raise failure
             if ended:
                 return
 

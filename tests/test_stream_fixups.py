@@ -454,3 +454,25 @@ async def test_text_deltas_waiting_together_are_passed_on_as_one() -> None:
     assert [getattr(e, "delta", None) for e in one_by_one] == [
         getattr(e, "delta", None) for e in events
     ]
+
+
+async def test_queued_text_before_a_failure_is_passed_on_before_it() -> None:
+    class _FailingQueuedRun(_QueuedRun):
+        async def stream_events(self) -> AsyncIterator[StreamEvent]:
+            async for event in super().stream_events():
+                yield event
+            raise RuntimeError("backend dropped the connection")
+
+    run = RepairedRun(
+        cast(RunResultStreaming, _FailingQueuedRun([_text("Hel", 1), _text("lo", 2)]))
+    )
+    seen: list[Any] = []
+
+    async def read_all() -> None:
+        async for event in run.stream_events():
+            seen.append(event)
+
+    with pytest.raises(RuntimeError, match="dropped"):
+        await read_all()
+
+    assert [event.data.delta for event in seen] == ["Hello"]
