@@ -36,7 +36,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import anyio
@@ -108,6 +108,10 @@ class Reply:
         usage: ``(prompt_tokens, completion_tokens)``; estimated from the request if None.
         burst: Send the whole stream in one write after ``delay``, as a stream looks to a
             reader that fell behind (not with ``stall_after``).
+
+    A request's ``max_tokens`` (``max_completion_tokens``, ``max_output_tokens``) cuts the
+    tokens as a real server does, ending with finish reason ``length``, unless the reply
+    sets ``finish_reason`` or calls tools.
     """
 
     tokens: Sequence[str] = ()
@@ -192,6 +196,20 @@ class Reply:
     def content(self) -> str:
         """The answer text the tokens add up to (empty when ``empty`` is set)."""
         return "" if self.empty else "".join(self.tokens)
+
+
+_TOKEN_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _capped(reply: Reply, body: Mapping[str, Any]) -> Reply:
+    """``reply`` cut to the request's token limit, ending as a server ends it (``length``)."""
+    limits = [body[name] for name in _TOKEN_LIMITS if isinstance(body.get(name), int)]
+    if not limits or reply.finish_reason is not None or reply.status is not None:
+        return reply
+    limit = max(min(limits), 0)
+    if len(reply.tokens) <= limit or reply.tool_calls:
+        return reply
+    return replace(reply, tokens=tuple(reply.tokens[:limit]), finish_reason="length")
 
 
 @dataclass(frozen=True)
@@ -369,7 +387,7 @@ class FakeBackend:
                 receive, send
             )
             return
-        reply = self._script.popleft() if self._script else self.default
+        reply = _capped(self._script.popleft() if self._script else self.default, body)
         record = StreamRecord(scope["path"], reply, bool(body.get("stream")), time.monotonic())
         self.streams.append(record)
         if reply.status is not None:

@@ -480,3 +480,22 @@ def test_server_thread_with_the_sync_client() -> None:
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == "sync works"
     assert backend.streams[0].completed
+
+
+async def test_a_token_limit_cuts_the_reply_as_a_server_does(
+    backend: FakeBackend, client: openai.AsyncOpenAI
+) -> None:
+    backend.default = Reply.count(10)
+
+    whole = await client.chat.completions.create(model="m", messages=[])
+    cut = await client.chat.completions.create(model="m", messages=[], max_tokens=3)
+    stream = await client.responses.create(
+        model="m", input="hello", max_output_tokens=2, stream=True
+    )
+    last = [event async for event in stream][-1]
+
+    assert whole.choices[0].message.content == "".join(f"tok{i} " for i in range(10))
+    assert cut.choices[0].message.content == "tok0 tok1 tok2 "
+    assert cut.choices[0].finish_reason == "length"
+    assert last.type == "response.incomplete"
+    assert last.response.output_text == "tok0 tok1 "
