@@ -229,7 +229,6 @@ class _LoopConnection:
             extra_pragmas=("PRAGMA wal_autocheckpoint = 0",),
         )
         self.engine = engine.execution_options(**{_BEGIN_OPTION: "NONE"})
-        self.writes = 0
 
     def run(
         self,
@@ -311,6 +310,7 @@ class Database:
         if url.get_driver_name() == "aiosqlite" and not _is_sqlite_memory(url):
             self._loop = _LoopConnection(url)
         self._checkpoint: asyncio.Task[None] | None = None
+        self._writes_since_checkpoint = 0
 
     @classmethod
     def connect(
@@ -412,14 +412,14 @@ class Database:
                 rows = await self._run_inline(statement, parameters, _rows)
             except (sa.exc.SQLAlchemyError, OSError) as exc:
                 raise _translate(exc) from exc
-            self._checkpoint_now_and_then(self._loop)
+            self._checkpoint_now_and_then()
             return rows
 
-    def _checkpoint_now_and_then(self, loop: _LoopConnection) -> None:
-        loop.writes += 1
-        if loop.writes < CHECKPOINT_EVERY or self._checkpoint is not None:
+    def _checkpoint_now_and_then(self) -> None:
+        self._writes_since_checkpoint += 1
+        if self._writes_since_checkpoint < CHECKPOINT_EVERY or self._checkpoint is not None:
             return
-        loop.writes = 0
+        self._writes_since_checkpoint = 0
         self._checkpoint = asyncio.get_running_loop().create_task(self._run_checkpoint())
 
     async def _run_checkpoint(self) -> None:
