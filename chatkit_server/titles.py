@@ -51,12 +51,16 @@ def _shorten(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _title_agent(model: Any) -> Agent[Any]:
-    # Built once per model: a new agent per thread cost the SDK a fresh
-    # identity computation on every run.
+def _title_agent_template(model: Any) -> Agent[Any]:
     return Agent(
         name="title", instructions=TITLE_INSTRUCTIONS, model=model, model_settings=_TITLE_SETTINGS
     )
+
+
+def _title_agent(model: Any) -> Agent[Any]:
+    # A copy per run, as for workflows (WorkflowRegistry.agent): the SDK
+    # checks every live run of one Agent object against all the others.
+    return _title_agent_template(model).clone()
 
 
 async def make_title(model: Any, message: str, *, tracing: bool) -> str:
