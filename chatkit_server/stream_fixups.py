@@ -232,11 +232,10 @@ def _delta_key(event: StreamEvent) -> tuple[Any, ...] | None:
     data = event.data
     if not isinstance(data, _TEXT_DELTAS) or getattr(data, "logprobs", None):
         return None
-    part = (
-        data.summary_index
-        if isinstance(data, ResponseReasoningSummaryTextDeltaEvent)
-        else (data.content_index)
-    )
+    if isinstance(data, ResponseReasoningSummaryTextDeltaEvent):
+        part = data.summary_index
+    else:
+        part = data.content_index
     return (data.type, data.item_id, data.output_index, part)
 
 
