@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Final, TypeVar, get_args
+from typing import Any, Final, Self, TypeVar, get_args
 
 import pydantic
 from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel
@@ -25,6 +25,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import ResponseStreamEvent
 
 from .coalesce import CoalescingSSEDecoder
+from .direct import NOT_SENT, DirectChat
 from .settings import LLMApi, Settings
 
 __all__ = ["DEFAULT_BACKEND", "Backend", "BackendConfig", "BackendRegistry", "LeanAsyncOpenAI"]
@@ -53,6 +54,12 @@ def _send_untransformed(kwargs: dict[str, Any], field: str, empty: Any) -> None:
 
 class _LeanCompletions(AsyncCompletions):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
+        client = self._client
+        direct = getattr(client, "direct", None)
+        if direct is not None and not args:
+            answer = await direct.create(client, kwargs)
+            if answer is not NOT_SENT:
+                return answer
         _send_untransformed(kwargs, "messages", [])
         return await super().create(*args, **kwargs)
 
@@ -147,6 +154,17 @@ class LeanAsyncOpenAI(AsyncOpenAI):
     (:mod:`chatkit_server.coalesce`), so a server that falls behind catches up.
     """
 
+    direct: DirectChat | None = None
+    """Sends Chat Completions requests itself (:mod:`chatkit_server.direct`); shared by copies."""
+
+    def copy(self, *args: Any, **kwargs: Any) -> Self:
+        """The client's copy (``with_options``), sharing the direct sender."""
+        clone: Self = super().copy(*args, **kwargs)
+        clone.direct = self.direct
+        return clone
+
+    with_options = copy
+
     def _make_sse_decoder(self) -> CoalescingSSEDecoder:
         return CoalescingSSEDecoder()
 
@@ -200,7 +218,8 @@ class Backend:
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
-        self.client: AsyncOpenAI | None = None
+        self.client: LeanAsyncOpenAI | None = None
+        self.direct: DirectChat | None = None
         self._models: dict[str, Model] = {}
         if config.base_url is not None:
             # The client's own connection limit (1000) is far above what one
@@ -226,6 +245,8 @@ class Backend:
                 # a fifth of the server's CPU (measured by bench/).
                 http_client=DefaultAioHttpClient(timeout=timeout),
             )
+            self.direct = DirectChat()
+            self.client.direct = self.direct
 
     @property
     def configured(self) -> bool:
@@ -254,6 +275,8 @@ class Backend:
     async def aclose(self) -> None:
         """Close the HTTP client and its connections."""
         if self.client is not None:
+            if self.direct is not None:
+                await self.direct.aclose()
             await self.client.close()
 
 

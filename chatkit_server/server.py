@@ -23,6 +23,7 @@ from chatkit.actions import Action
 from chatkit.agents import AgentContext, stream_agent_response
 from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
 from chatkit.types import (
+    AssistantMessageContentPartTextDelta,
     AttachmentsDeleteReq,
     AudioInput,
     ChatKitReq,
@@ -33,6 +34,8 @@ from chatkit.types import (
     StructuredInputItem,
     SyncCustomActionResponse,
     ThreadItem,
+    ThreadItemDoneEvent,
+    ThreadItemUpdatedEvent,
     ThreadMetadata,
     ThreadsAddClientToolOutputReq,
     ThreadsAddStructuredInputReq,
@@ -105,6 +108,13 @@ def _describe_validation_error(exc: ValidationError) -> str:
         location = ".".join(str(part) for part in error["loc"])
         problems.append(f"{location}: {error['msg']}" if location else error["msg"])
     return "Invalid request: " + "; ".join(problems)
+
+
+def _answer_flows(event: ThreadStreamEvent) -> bool:
+    """Whether the answer's text (or a finished item) is reaching the user."""
+    if isinstance(event, ThreadItemUpdatedEvent):
+        return isinstance(event.update, AssistantMessageContentPartTextDelta)
+    return isinstance(event, ThreadItemDoneEvent)
 
 
 class ChatKitApp(ChatKitServer[RequestContext]):
@@ -296,13 +306,22 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             ),
         )
         fixer = StreamFixer(lambda kind: self.store.generate_item_id(kind, thread, context))
-        title_task = self._start_title(thread, workflow, history)
+        title_task: asyncio.Task[str] | None = None
+        wants_title = True
         finished = False
         try:
             events = stream_agent_response(agent_context, repair_run(result))
             async for event in fixer.fix(show_tool_tasks(agent_context, events)):
                 yield event
+                if wants_title and _answer_flows(event):
+                    # Once the answer is flowing, not before: the title's
+                    # request would compete with the answer's for the first
+                    # token (and, with many new threads at once, for the CPU).
+                    wants_title = False
+                    title_task = self._start_title(thread, workflow, history)
             finished = True
+            if wants_title:  # an answer without content still names the thread
+                title_task = self._start_title(thread, workflow, history)
         finally:
             if not finished:
                 # The SDK never cancels the run on its own: without this the

@@ -95,14 +95,28 @@ async def test_titles_can_be_turned_off(
     assert _title_requests(fake_llm) == 0
 
 
+async def test_the_title_is_asked_for_once_the_answer_is_under_way(
+    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    # The title's request must not compete with the answer's for its first token.
+    fake_llm.backend.script(Reply.text("Bread is easy.", first_byte_delay=0.3))
+    fake_llm.backend.default = Reply.text("Bread baking basics")
+    async with start_live(live_settings.with_changes(titles=True)) as live:
+        await live.client.create_thread("How do I bake bread?")
+
+    answer, title = fake_llm.backend.requests[-2:]
+    assert title.body["messages"][0]["content"] == TITLE_INSTRUCTIONS
+    assert title.received_at - answer.received_at >= 0.3
+
+
 async def test_a_first_answer_without_content_still_names_the_thread(
     start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
 ) -> None:
-    # Both the answer and the title come back empty.
-    fake_llm.backend.default = Reply(empty=True)
+    fake_llm.backend.script(Reply(empty=True))
+    fake_llm.backend.default = Reply.text("Bread baking basics")
     async with start_live(live_settings.with_changes(titles=True)) as live:
         turn = await live.client.create_thread("How do I bake bread?")
         stored = await live.store.load_thread(turn.thread_id, LOCAL)
 
     assert turn.errors
-    assert stored.title == "How do I bake bread?"
+    assert stored.title == "Bread baking basics"

@@ -142,6 +142,10 @@ def chat_plan(reply: Reply, model: str, body: dict[str, Any]) -> Plan:
     plan.paced = deltas(reply.reasoning_field, reasoning, False) + deltas("content", tokens, True)
     if plan.drop:
         return plan
+    if reply.error_event is not None:
+        error = {"message": reply.error_event, "type": "server_error", "code": None}
+        plan.tail = b"data: %s\n\n" % _j({"error": error}).encode()
+        return plan
     finish_end = b',"logprobs":null,"finish_reason":%s}]}\n\n' % _j(reply.finish).encode()
     tool_deltas = [_j(delta).encode() for delta in chat_deltas(calls, reply.tool_call_shape)]
     if tool_deltas and reply.tool_call_shape == "ollama":

@@ -85,6 +85,9 @@ class Reply:
         error_message: Message of that error (a default names the status).
         drop_after: Abort the connection after this many content tokens, with no finish
             chunk and no ``[DONE]`` (non-streaming: after half the JSON body).
+        error_event: Chat Completions stream: after the content, an OpenAI-style
+            ``{"error": ...}`` event with this message ends the stream instead of the
+            finish chunk (as vLLM and LiteLLM report a failure mid-stream).
         stall_after: Stop sending for ``stall_seconds`` after this many content tokens.
         stall_seconds: Length of that stall.
         empty: Send the role chunk, then ``finish_reason`` with no content at all.
@@ -120,6 +123,7 @@ class Reply:
     status: int | None = None
     error_message: str | None = None
     drop_after: int | None = None
+    error_event: str | None = None
     stall_after: int | None = None
     stall_seconds: float = 0.0
     empty: bool = False
