@@ -182,7 +182,9 @@ class CoalescingSSEDecoder(SSEDecoder):
         lines = _LineSplitter()
         try:
             async for chunk in iterator:
-                events = [sse for line in lines.feed(chunk) if (sse := self._line(line))]
+                events = self._plain_events(chunk, lines)
+                if events is None:
+                    events = [sse for line in lines.feed(chunk) if (sse := self._line(line))]
                 for sse in merge_text_deltas(events):
                     yield sse
             for line in lines.finish():
@@ -194,12 +196,44 @@ class CoalescingSSEDecoder(SSEDecoder):
     def _line(self, line: bytes) -> ServerSentEvent | None:
         return self.decode(line.decode("utf-8"))
 
+    def _plain_events(self, chunk: bytes, lines: _LineSplitter) -> list[ServerSentEvent] | None:
+        """The events of a read made only of whole ``data: ...`` events, else ``None``.
+
+        That is how every OpenAI-compatible server streams Chat Completions,
+        one event per token; decoding them line by line through the generic
+        decoder was a fifth of the server's CPU with 500 streams (measured by
+        bench/). Anything else (CR line ends, comments, other fields,
+        several data lines, an event split across reads, an id to carry on)
+        takes the generic path, which then decodes the whole read.
+        """
+        if (
+            lines.pending
+            or self._data
+            or self._event is not None
+            or self._last_event_id is not None
+            or self._retry is not None
+            or not chunk.endswith(b"\n\n")
+            or b"\r" in chunk
+        ):
+            return None
+        events = []
+        for part in chunk[:-2].split(b"\n\n"):
+            if not part.startswith(b"data: ") or b"\n" in part:
+                return None
+            events.append(ServerSentEvent(data=part[6:].decode("utf-8")))
+        return events
+
 
 class _LineSplitter:
     """Split a byte stream into lines ended by CR, LF or CRLF, across reads."""
 
     def __init__(self) -> None:
         self._pending = b""
+
+    @property
+    def pending(self) -> bool:
+        """Whether part of a line is waiting for the next read."""
+        return bool(self._pending)
 
     def feed(self, chunk: bytes) -> Iterator[bytes]:
         data = self._pending + chunk if self._pending else chunk

@@ -127,9 +127,10 @@ class DirectChat:
         Raises:
             openai.APIError: As the client would raise it.
         """
-        body = _body(client, kwargs)
-        if body is None:
+        encoded = _encode(client, kwargs)
+        if encoded is None:
             return NOT_SENT
+        data, stream = encoded
         prepared = self._prepare(client)
         headers = dict(prepared.headers)
         for name, value in (kwargs.get("extra_headers") or {}).items():
@@ -137,8 +138,7 @@ class DirectChat:
                 headers[name] = value
             else:  # Omit(): the caller removes a default header
                 headers.pop(name, None)
-        stream = body.get("stream") is True
-        response = await self._send(client, prepared, headers, body)
+        response = await self._send(client, prepared, headers, data)
         if stream:
             return DirectStream(client, response)
         return await _whole_completion(client, response)
@@ -148,11 +148,10 @@ class DirectChat:
         client: LeanAsyncOpenAI,
         prepared: _Prepared,
         headers: dict[str, str],
-        body: dict[str, Any],
+        data: bytes,
     ) -> aiohttp.ClientResponse:
         """POST the body, retrying as the client does; a response with status < 400."""
         url = prepared.url
-        data = json.dumps(body, separators=(",", ":")).encode()
         session = self._session_now()
         retries = client.max_retries
         for attempt in range(retries + 1):
@@ -205,8 +204,8 @@ class _Prepared(NamedTuple):
 _OPTIONS: Final = FinalRequestOptions.construct(method="post", url="/chat/completions")
 
 
-def _body(client: LeanAsyncOpenAI, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The JSON body the client would send, or ``None`` when the client must send it."""
+def _encode(client: LeanAsyncOpenAI, kwargs: Mapping[str, Any]) -> tuple[bytes, bool] | None:
+    """The JSON body the client would send and whether it streams; ``None``: the client sends it."""
     if kwargs.get("extra_query") or client._custom_query:
         return None
     if not isinstance(kwargs.get("timeout", NotGiven()), NotGiven):
@@ -225,10 +224,10 @@ def _body(client: LeanAsyncOpenAI, kwargs: Mapping[str, Any]) -> dict[str, Any] 
     try:
         # Only plain JSON goes this way; anything else (a model, a file) gets
         # the client's own conversion.
-        json.dumps(body)
+        data = json.dumps(body, separators=(",", ":")).encode()
     except (TypeError, ValueError):
         return None
-    return body
+    return data, body.get("stream") is True
 
 
 def _request(url: str) -> httpx2.Request:

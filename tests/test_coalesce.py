@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 from chatkit.types import ThreadItemUpdatedEvent
-from openai._streaming import ServerSentEvent
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openai._streaming import ServerSentEvent, SSEDecoder
 
 from chatkit_server.coalesce import CoalescingSSEDecoder, merge_text_deltas
 from chatkit_server.settings import Settings
@@ -149,6 +151,83 @@ async def test_the_decoder_reads_crlf_split_across_reads() -> None:
         ("response.output_text.delta", '{"type": "x"}'),
         (None, "[DONE]"),
     ]
+
+
+_WIRE_EVENTS = [
+    b"data: " + json.dumps(_chunk("a")).encode() + b"\n\n",
+    b"data: " + json.dumps(_chunk("b")).encode() + b"\n\n",
+    b"data: " + json.dumps(_chunk(reasoning_content="r")).encode() + b"\n\n",
+    b"event: response.output_text.delta\ndata: " + json.dumps(_output_delta("c", 3)).encode(),
+    b": keep-alive comment\n\n",
+    b"id: 7\ndata: " + json.dumps(_chunk("d")).encode() + b"\n\n",
+    b"data: " + json.dumps(_chunk("e")).encode() + b"\r\n\r\n",
+    b"data:" + json.dumps(_chunk("f")).encode() + b"\n\n",
+    b"data: " + json.dumps(_chunk("g")).encode() + b"\r\r",
+    b"data: [DONE]\n\n",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(_WIRE_EVENTS), st.sampled_from(["join", "after", "inside"])),
+        min_size=1,
+        max_size=12,
+    )
+)
+async def test_the_decoder_reads_what_the_client_decoder_reads(
+    events: list[tuple[bytes, str]],
+) -> None:
+    """Whole plain events take a fast path; every stream still decodes as the client's would.
+
+    Each event joins the next one in the same read, ends its read, or is cut
+    inside (its halves in two reads).
+    """
+    reads: list[bytes] = []
+    current = b""
+    for event, cut in events:
+        wire = event if event.endswith((b"\n\n", b"\r\r")) else event + b"\n\n"
+        if cut == "inside":
+            reads.append(current + wire[: len(wire) // 2])
+            current = wire[len(wire) // 2 :]
+        else:
+            current += wire
+            if cut == "after":
+                reads.append(current)
+                current = b""
+    reads.append(current)
+    reads = [read for read in reads if read]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for read in reads:
+            yield read
+
+    ours = [e async for e in CoalescingSSEDecoder().aiter_bytes(chunks())]
+    theirs = [e async for e in SSEDecoder().aiter_bytes(chunks())]
+
+    def texts(decoded: list[ServerSentEvent]) -> list[tuple[Any, ...]]:
+        # Merging joins neighbouring text of one place (a merged event keeps
+        # the first one's id, which nothing reads): compare the joined text.
+        out: list[tuple[Any, ...]] = []
+        for event in decoded:
+            value = event.json() if event.data.startswith("{") else event.data
+            place: tuple[Any, ...] | None = None
+            if isinstance(value, dict) and value.get("object") == "chat.completion.chunk":
+                ((field, text),) = value["choices"][0]["delta"].items()
+                place = ("chat", event.event, field)
+            elif isinstance(value, dict) and value.get("type") == "response.output_text.delta":
+                text = value["delta"]
+                place = ("responses", event.event, value["item_id"], value["content_index"])
+            if place is not None:
+                if out and out[-1][0] == place:
+                    out[-1] = (place, out[-1][1] + text)
+                else:
+                    out.append((place, text))
+                continue
+            out.append(("other", event.event, value, event.id))
+        return out
+
+    assert texts(ours) == texts(theirs)
 
 
 async def test_the_decoder_ends_an_unterminated_last_line() -> None:
