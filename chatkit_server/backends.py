@@ -10,13 +10,16 @@ into a ten-minute spinner. Requests go through the client's aiohttp transport
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy as pycopy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Final, Self, TypeVar, get_args
+from typing import Any, Final, Self, TypeVar, cast, get_args
 
 import pydantic
-from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel
+from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel, TResponseInputItem
+from agents.models.chatcmpl_converter import Converter
+from agents.models.chatcmpl_helpers import ChatCmplHelpers
 from openai import AsyncOpenAI, DefaultAioHttpClient, Timeout
 from openai.resources.chat import AsyncChat
 from openai.resources.chat.completions import AsyncCompletions
@@ -28,7 +31,14 @@ from .coalesce import CoalescingSSEDecoder
 from .direct import NOT_SENT, DirectChat
 from .settings import LLMApi, Settings
 
-__all__ = ["DEFAULT_BACKEND", "Backend", "BackendConfig", "BackendRegistry", "LeanAsyncOpenAI"]
+__all__ = [
+    "DEFAULT_BACKEND",
+    "Backend",
+    "BackendConfig",
+    "BackendRegistry",
+    "LeanAsyncOpenAI",
+    "with_earlier_turns",
+]
 
 DEFAULT_BACKEND = "default"
 
@@ -52,9 +62,22 @@ def _send_untransformed(kwargs: dict[str, Any], field: str, empty: Any) -> None:
     kwargs[field] = empty
 
 
+def _with_earlier(earlier: list[dict[str, Any]], messages: Any) -> Any:
+    """``messages`` with ``earlier`` put after the instructions (leading system messages)."""
+    if not isinstance(messages, list):
+        return messages
+    start = 0
+    while start < len(messages) and messages[start].get("role") in ("system", "developer"):
+        start += 1
+    return [*messages[:start], *earlier, *messages[start:]]
+
+
 class _LeanCompletions(AsyncCompletions):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
         client = self._client
+        earlier = getattr(client, "earlier_messages", None)
+        if earlier:
+            kwargs["messages"] = _with_earlier(earlier, kwargs.get("messages"))
         direct = getattr(client, "direct", None)
         if direct is not None and not args:
             answer = await direct.create(client, kwargs)
@@ -157,10 +180,24 @@ class LeanAsyncOpenAI(AsyncOpenAI):
     direct: DirectChat | None = None
     """Sends Chat Completions requests itself (:mod:`chatkit_server.direct`); shared by copies."""
 
+    earlier_messages: list[dict[str, Any]] | None = None
+    """Chat messages sent before every request's own (after its instructions): see
+    :func:`with_earlier_turns`."""
+
     def copy(self, *args: Any, **kwargs: Any) -> Self:
         """The client's copy (``with_options``), sharing the direct sender."""
         clone: Self = super().copy(*args, **kwargs)
         clone.direct = self.direct
+        clone.earlier_messages = self.earlier_messages
+        return clone
+
+    def for_run(self, earlier_messages: list[dict[str, Any]]) -> Self:
+        """A cheap copy of the client for one run, sending ``earlier_messages`` first."""
+        clone = pycopy.copy(self)
+        # The resources cached on the original are bound to it.
+        for resource in ("chat", "responses"):
+            clone.__dict__.pop(resource, None)
+        clone.earlier_messages = earlier_messages
         return clone
 
     with_options = copy
@@ -321,3 +358,58 @@ class BackendRegistry:
         """Close every backend's client."""
         for backend in self._backends.values():
             await backend.aclose()
+
+
+def with_earlier_turns(
+    model: Model, items: Sequence[TResponseInputItem]
+) -> tuple[Model, list[TResponseInputItem]]:
+    """A run's model and input that send the turns before the newest one as ready messages.
+
+    The Agents SDK walks its whole input about five times before a Chat
+    Completions request leaves (two deep copies, three conversions to plain
+    JSON, then to chat messages): on a thread of 120 items that was a third
+    of the time to the first token. The turns before the newest user message
+    are converted to chat messages here, once, with the SDK's own converter,
+    and sent ahead of the SDK's messages by this run's client copy; the SDK
+    only sees the newest turn. The request is the same, message for message
+    (a user message ends every merge the converter makes, so converting at
+    that boundary changes nothing).
+
+    Only for our own Chat Completions clients with the direct sender, not for
+    OpenAI itself (the SDK checks OpenAI's input content types), and only
+    when there is an earlier turn; otherwise ``model`` and ``items`` as given.
+    """
+    if type(model) is not OpenAIChatCompletionsModel:
+        return model, list(items)
+    client = model._client
+    if (
+        not isinstance(client, LeanAsyncOpenAI)
+        or client.direct is None
+        or ChatCmplHelpers.is_openai(client)
+    ):
+        return model, list(items)
+    newest = len(items) - 1
+    while newest > 0 and not _is_user_message(items[newest]):
+        newest -= 1
+    if newest <= 0:
+        return model, list(items)
+    earlier = Converter.items_to_messages(
+        items[:newest],
+        model=model.model,
+        base_url=str(client.base_url),
+        should_replay_reasoning_content=model.should_replay_reasoning_content,
+        strict_feature_validation=model._strict_feature_validation,
+    )
+    run_model = OpenAIChatCompletionsModel(
+        model=model.model,
+        openai_client=client.for_run(cast(list[dict[str, Any]], earlier)),
+        should_replay_reasoning_content=model.should_replay_reasoning_content,
+        strict_feature_validation=model._strict_feature_validation,
+        buffer_streamed_tool_calls=model._buffer_streamed_tool_calls,
+    )
+    return run_model, list(items[newest:])
+
+
+def _is_user_message(item: TResponseInputItem) -> bool:
+    raw = cast(Mapping[str, Any], item)
+    return raw.get("role") == "user" and raw.get("type", "message") == "message"

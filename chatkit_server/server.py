@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 import anyio
-from agents import ModelSettings, RunConfig, Runner, RunResultStreaming
+from agents import Model, ModelSettings, RunConfig, Runner, RunResultStreaming
 from chatkit.actions import Action
 from chatkit.agents import AgentContext, stream_agent_response
 from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
@@ -53,6 +53,7 @@ from chatkit.types import (
 )
 from pydantic import TypeAdapter, ValidationError
 
+from .backends import with_earlier_turns
 from .context import RequestContext
 from .converter import HistoryConverter
 from .errors import RequestError, StoreError
@@ -295,8 +296,13 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         run_settings = None
         if options.tool_choice is not None:
             run_settings = ModelSettings(tool_choice=options.tool_choice.id)
+        agent = self.workflows.agent(workflow.id, model=options.model)
+        if not self.settings.tracing and isinstance(agent.model, Model):
+            # A trace records each request's whole input, so with tracing on
+            # the SDK is given all of it; otherwise earlier turns skip it.
+            agent.model, agent_input = with_earlier_turns(agent.model, agent_input)
         result = Runner.run_streamed(
-            self.workflows.agent(workflow.id, model=options.model),
+            agent,
             agent_input,
             context=agent_context,
             run_config=RunConfig(

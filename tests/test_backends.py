@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from agents import Agent, RunConfig, Runner
 from openai import DefaultAioHttpClient
 
-from chatkit_server.backends import Backend, BackendConfig, LeanAsyncOpenAI
+from chatkit_server.backends import Backend, BackendConfig, LeanAsyncOpenAI, with_earlier_turns
 from chatkit_server.testing.fake_backend import Reply
 from tests.live import FakeLLM
 
@@ -197,3 +198,57 @@ def test_a_chunk_the_validator_rejects_takes_the_lenient_path(
     assert lenient == [sloppy]
     assert parsed.choices[0].delta.content == " tok"
     assert parsed.model is None
+
+
+EARLIER_TURNS: list[Any] = [
+    {"role": "user", "content": "Weather in Paris?", "type": "message"},
+    {"role": "assistant", "content": "Let me check.", "type": "message"},
+    {
+        "type": "function_call",
+        "call_id": "call_1",
+        "name": "weather",
+        "arguments": '{"city": "Paris"}',
+    },
+    {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+    {"role": "assistant", "content": "It is sunny.", "type": "message"},
+    {"role": "user", "content": [{"type": "input_text", "text": "And Rome?"}], "type": "message"},
+    {"role": "assistant", "content": "Also sunny.", "type": "message"},
+    {"role": "user", "content": "Thanks!", "type": "message"},
+]
+
+
+async def _sent_body(model: Any, items: list[Any], fake_llm: FakeLLM) -> Any:
+    agent = Agent(name="a", instructions="Be brief.", model=model)
+    result = Runner.run_streamed(agent, items, run_config=RunConfig(tracing_disabled=True))
+    async for _event in result.stream_events():
+        pass
+    return fake_llm.backend.requests[-1].body
+
+
+async def test_earlier_turns_are_sent_as_the_sdk_would_send_them(fake_llm: FakeLLM) -> None:
+    fake_llm.backend.script(Reply.text("One."), Reply.text("Two."))
+    backend = _backend(fake_llm)
+    model = backend.model("m")
+
+    run_model, newest = with_earlier_turns(model, EARLIER_TURNS)
+    assert run_model is not model
+    assert newest == EARLIER_TURNS[-1:]
+    ours = await _sent_body(run_model, newest, fake_llm)
+    theirs = await _sent_body(model, EARLIER_TURNS, fake_llm)
+    await backend.aclose()
+
+    assert ours == theirs
+    roles = [m["role"] for m in ours["messages"]]
+    assert roles == ["system", "user", "assistant", "assistant", "tool"] + ["assistant", "user"] * 2
+    assert ours["messages"][3]["tool_calls"][0]["id"] == "call_1"
+    # The shared client is untouched: other runs send only their own messages.
+    assert backend.client is not None
+    assert backend.client.earlier_messages is None
+
+
+def test_a_single_turn_or_another_model_is_left_as_it_is(fake_llm: FakeLLM) -> None:
+    backend = _backend(fake_llm)
+    model = backend.model("m")
+    assert with_earlier_turns(model, EARLIER_TURNS[:1]) == (model, EARLIER_TURNS[:1])
+    responses = _backend(fake_llm, api="responses").model("m")
+    assert with_earlier_turns(responses, EARLIER_TURNS) == (responses, EARLIER_TURNS)
