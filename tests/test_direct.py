@@ -212,3 +212,19 @@ async def test_closing_the_stream_stops_the_backend(fake_llm: FakeLLM) -> None:
     assert record.disconnected
     assert not record.completed
     assert record.tokens_sent < 100
+
+
+async def test_copies_of_a_client_share_one_prepared_request(fake_llm: FakeLLM) -> None:
+    fake_llm.backend.script(*(Reply.text(f"{n}.") for n in range(5)))
+    backend = _backend(fake_llm.v1)
+    client = backend.client
+    assert client is not None
+    assert backend.direct is not None
+    for n in range(5):
+        run_client = client.for_run([{"role": "user", "content": f"earlier {n}"}])
+        assert await _text(await run_client.chat.completions.create(**CALL)) == f"{n}."
+    # One entry, not one per run: copies are made per run and would pile up.
+    assert len(backend.direct._prepared) == 1
+    # After the instructions, before the call's own messages.
+    assert fake_llm.backend.requests[-1].body["messages"][1]["content"] == "earlier 4"
+    await backend.aclose()
