@@ -258,6 +258,18 @@ class _LoopConnection:
         connection.commit()
         return value
 
+    def data_version(self) -> int:
+        """SQLite's ``data_version``: moves when another connection commits."""
+        connection = self._connection
+        if connection is None or connection.invalidated or connection.closed:
+            connection = self._connection = self.engine.connect()
+        # The driver's connection directly: a pragma needs no statement
+        # compilation, and this is read before every cached history.
+        dbapi = connection.connection.dbapi_connection
+        assert dbapi is not None
+        value: int = dbapi.execute("PRAGMA data_version").fetchone()[0]
+        return value
+
     def dispose(self) -> None:
         if self._connection is not None:
             self._connection.close()
@@ -342,6 +354,18 @@ class Database:
             connect_args: Extra keyword arguments for the driver's ``connect``.
         """
         return cls(create_engine(url, echo=echo, connect_args=connect_args))
+
+    @property
+    def data_version(self) -> Callable[[], int] | None:
+        """For a SQLite file: reads SQLite's count of commits by other connections.
+
+        The statements of :meth:`read` and :meth:`write_one` run on a
+        connection of their own; the count moves when any other connection
+        (a :meth:`write` transaction, another process) commits, so what was
+        read on it and kept is still current while the count stays put.
+        ``None`` for other databases.
+        """
+        return None if self._loop is None else self._loop.data_version
 
     @property
     def sync_engines(self) -> tuple[Engine, ...]:

@@ -47,6 +47,7 @@ from ..context import RequestContext
 from ..errors import InvalidCursorError, NotFoundError
 from .database import Database
 from .ids import ID_PREFIXES, new_id
+from .newest import NewestItems
 from .tables import attachments, feedback, thread_items, threads
 
 __all__ = ["DEFAULT_UPLOAD_BASE_URL", "MAX_PAGE_SIZE", "FeedbackRecord", "SQLStore", "decode_item"]
@@ -92,6 +93,11 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         self._upload_base_url = upload_base_url.rstrip("/")
         self._item_upsert = _guarded_item_upsert(database.dialect)
         self._thread_upsert = _owned_thread_upsert(database.dialect)
+        data_version = database.data_version
+        # The newest rows of recent threads, between requests (SQLite files).
+        self._newest = NewestItems(data_version) if data_version is not None else None
+        # Ids handed out for new threads, by user, until the thread is saved.
+        self._fresh: dict[str, str] = {}
 
     def set_upload_base_url(self, url: str) -> None:
         """Change the base URL of upload and preview URLs (known after start-up)."""
@@ -101,7 +107,13 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
 
     def generate_thread_id(self, context: RequestContext) -> str:
         """Return a new 128-bit, time-ordered thread id (``thr_...``)."""
-        return new_id(ID_PREFIXES["thread"])
+        thread_id = new_id(ID_PREFIXES["thread"])
+        if self._newest is not None:
+            # A thread saved under this id is new: it has no items yet.
+            self._fresh[thread_id] = context.user_id
+            if len(self._fresh) > _FRESH_IDS:
+                del self._fresh[next(iter(self._fresh))]
+        return thread_id
 
     def generate_item_id(
         self, item_type: StoreItemType, thread: ThreadMetadata, context: RequestContext
@@ -151,6 +163,8 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         )
         if not saved:
             raise _thread_not_found(thread.id)
+        if self._newest is not None and self._fresh.pop(thread.id, None) == context.user_id:
+            self._newest.created(thread.id, context.user_id)
 
     async def load_threads(
         self, limit: int, after: str | None, order: str, context: RequestContext
@@ -189,6 +203,8 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             .returning(threads.c.seq)
         )
         _forget(context, thread_id)
+        if self._newest is not None:
+            self._newest.forget(thread_id)
         async with self._db.write() as session:
             deleted = (await session.execute(statement)).scalar_one_or_none()
         if deleted is None:
@@ -218,6 +234,14 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             InvalidCursorError: ``after`` is not an item of this thread.
         """
         limit = max(1, min(limit, MAX_PAGE_SIZE))
+        newest = self._newest if after is None and order == "desc" else None
+        kept = newest.get(thread_id, context.user_id, limit) if newest is not None else None
+        if kept is not None:
+            return Page(
+                data=[decode_item(type_, data) for _id, type_, data, _seq in kept[0]],
+                has_more=kept[1],
+                after=kept[0][-1][0] if kept[0] else None,
+            )
         recent = context.recent if after is None and order == "desc" else None
         remembered = recent.newest_items.pop(thread_id, None) if recent is not None else None
         if remembered is not None and (len(remembered[0]) >= limit or not remembered[1]):
@@ -262,15 +286,29 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: No such thread for this user.
         """
+        newest = self._newest
+        if newest is not None:
+            kept = newest.get(thread_id, context.user_id, limit)
+            if kept is not None:
+                for _id, kind, data, _seq in kept[0]:
+                    yield kind, data
+                return
+            # Read what is kept in one page, then keep it.
+            page_size = max(page_size, min(limit, MAX_PAGE_SIZE))
         after: str | None = None
         remaining = limit
         recent = context.recent
         while remaining > 0:
             size = max(1, min(page_size, remaining, MAX_PAGE_SIZE))
-            rows, has_more = await self._item_rows(thread_id, after, size, "desc", context)
-            if after is None and recent is not None:
-                recent.newest_items[thread_id] = (rows, has_more)
-            for _id, kind, data in rows:
+            rows, has_more = await self._item_rows(
+                thread_id, after, size, "desc", context, _WITH_SEQ
+            )
+            if after is None:
+                if newest is not None:
+                    newest.put(thread_id, context.user_id, rows, complete=not has_more)
+                if recent is not None:
+                    recent.newest_items[thread_id] = ([row[:3] for row in rows], has_more)
+            for _id, kind, data, _seq in rows:
                 yield kind, data
             remaining -= len(rows)
             if not has_more or not rows:
@@ -278,17 +316,21 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             after = rows[-1][0]
 
     async def _item_rows(
-        self, thread_id: str, after: str | None, limit: int, order: str, context: RequestContext
-    ) -> tuple[list[tuple[str, str, str]], bool]:
+        self,
+        thread_id: str,
+        after: str | None,
+        limit: int,
+        order: str,
+        context: RequestContext,
+        columns: tuple[str, ...] = ("id", "type", "data"),
+    ) -> tuple[list[Any], bool]:
         scope = {"thread_id": thread_id, "user_id": context.user_id}
         async with self._db.read() as session:
-            rows, has_more = await _page(
-                session, thread_items, scope, after, limit, order, ("id", "type", "data")
-            )
+            rows, has_more = await _page(session, thread_items, scope, after, limit, order, columns)
             if not rows:
                 await _require_thread(session, thread_id, context)
                 await _check_cursor(session, thread_items, scope, after)
-        return [(row.id, row.type, row.data) for row in rows], has_more
+        return [tuple(row) for row in rows], has_more
 
     async def add_thread_item(
         self, thread_id: str, item: ThreadItem, context: RequestContext
@@ -338,6 +380,8 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             NotFoundError: No such thread for this user.
         """
         _forget(context, thread_id)
+        if self._newest is not None:
+            self._newest.forget(thread_id)
         async with self._db.write() as session:
             await _require_thread(session, thread_id, context)
             await session.execute(
@@ -348,6 +392,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
 
     async def _upsert_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
         _forget(context, thread_id)
+        data = item.model_dump_json()
         saved = await self._db.write_one(
             self._item_upsert,
             {
@@ -356,11 +401,15 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
                 "id": item.id,
                 "type": item.type,
                 "created_at": _column_time(item.created_at),
-                "data": item.model_dump_json(),
+                "data": data,
             },
         )
         if not saved:
             raise _thread_not_found(thread_id)
+        if self._newest is not None:
+            self._newest.written(
+                thread_id, context.user_id, (item.id, item.type, data, saved[0][0])
+            )
 
     # -- attachments -----------------------------------------------------------
 
@@ -572,6 +621,12 @@ def _owned_thread_upsert(dialect: str) -> sa.Executable:
 
 
 _THREAD_COLUMNS: Final = ("id", "user_id", "created_at", "data")
+
+
+# Columns of the newest rows kept between requests (store.newest.Row).
+_WITH_SEQ: Final = ("id", "type", "data", "seq")
+# New thread ids remembered until saved (an id is saved right after it is made).
+_FRESH_IDS: Final = 1024
 
 
 def _guarded_item_upsert(dialect: str) -> sa.Executable:

@@ -813,7 +813,11 @@ async def test_newest_items_walks_back_in_pages_and_stops_anywhere(
 
     walked = [item async for item in store.newest_items(thread.id, 10, ALICE, page_size=3)]
     assert [item.content[0].text for item in walked] == list("6543210")  # type: ignore[union-attr]
-    assert len(selects) == 3  # pages of 3, 3 and 1
+    if database.data_version is None:
+        assert len(selects) == 3  # pages of 3, 3 and 1
+    else:
+        # SQLite: read in one page, to be kept for the next request (store.newest).
+        assert len(selects) == 1
 
     capped = [item async for item in store.newest_items(thread.id, 4, ALICE, page_size=3)]
     assert len(capped) == 4
