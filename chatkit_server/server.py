@@ -274,11 +274,8 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self, thread: ThreadMetadata, options: InferenceOptions, context: RequestContext
     ) -> AsyncIterator[ThreadStreamEvent]:
         workflow = self.workflow_of(thread, context)
-        if thread.metadata.get(THREAD_WORKFLOW_KEY) != workflow.id:
-            # Remembered from the first answer on; the ChatKit server saves
-            # the thread when it sees the change.
-            thread.metadata[THREAD_WORKFLOW_KEY] = workflow.id
         if not workflow.backend.configured:
+            self._remember_workflow(thread, workflow)
             yield ErrorEvent(code="custom", message=NO_BACKEND_MESSAGE, allow_retry=False)
             return
 
@@ -335,11 +332,25 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                 result.cancel()
                 if title_task is not None:
                     title_task.cancel()
+                self._remember_workflow(thread, workflow)
         await self._record_usage(
             thread, workflow, options.model or workflow.model, result, fixer, context
         )
         if title_task is not None:
             await self._apply_title(thread, title_task)
+        self._remember_workflow(thread, workflow)
+
+    @staticmethod
+    def _remember_workflow(thread: ThreadMetadata, workflow: Workflow) -> None:
+        """Remember the thread's workflow (from its first answer on).
+
+        The ChatKit server saves a changed thread after the next event or at
+        the end of the stream: set at the end, it is saved with the new
+        thread's title, one write after the answer instead of one more
+        before its first token. A stopped answer saves it on its own
+        (:meth:`handle_stream_cancelled`).
+        """
+        thread.metadata[THREAD_WORKFLOW_KEY] = workflow.id
 
     def _start_title(
         self, thread: ThreadMetadata, workflow: Workflow, history: list[ThreadItem]
@@ -435,6 +446,11 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + CANCEL_CLEANUP_SECONDS
             await super().handle_stream_cancelled(thread, pending_items, context)
+            # The thread as it is: a stopped first answer's workflow is only
+            # remembered in memory yet (see _respond), and the ChatKit server
+            # saves a changed thread only at the end of a stream that ends.
+            self._remember_workflow(thread, self.workflow_of(thread, context))
+            await self.store.save_thread(thread, context=context)
         if scope.cancelled_caught:
             logger.error("gave up persisting the stopped answer of thread %s", thread.id)
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from agents import RunConfig, Runner
 from agents.testing import ScriptedModel, assistant_message, function_call
+from chatkit.types import ThreadCreatedEvent, ThreadItemUpdatedEvent, ThreadUpdatedEvent
 
 from chatkit_server.backends import BackendRegistry
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import ChatKitHTTPError, user_input
+from chatkit_server.testing.fake_backend import Reply
 from chatkit_server.titles import TITLE_INSTRUCTIONS
 from chatkit_server.workflows import WorkflowRegistry
-from tests.live import FakeLLM, LiveFactory
+from tests.live import LOCAL, FakeLLM, LiveFactory
 
 WORKFLOWS = """
 default_workflow = "chat"
@@ -134,6 +137,57 @@ async def test_thread_remembers_the_workflow_its_request_chose(
         assert _last_request(fake_llm)[:2] == ("beta", "large")
         await live.client.add_message(default.thread_id, "more")
         assert _last_request(fake_llm)[:2] == ("alpha", "small")
+
+
+async def test_a_new_thread_is_saved_once_more_with_its_workflow_and_title(
+    start_live: LiveFactory, workflow_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.default = Reply.text("Expert Title")
+    async with start_live(workflow_settings) as live:
+        chosen = await live.client.stream(
+            "threads.create", input=user_input("hi expert"), metadata={"workflow": "expert"}
+        )
+        stored = await live.state.store.load_thread(chosen.thread_id, LOCAL)
+
+    # The workflow is remembered at the end, with the title: one thread.updated
+    # (one write) after the answer, none before its first token.
+    updates = [e for e in chosen.events if isinstance(e, ThreadUpdatedEvent)]
+    assert len(updates) == 1
+    assert chosen.events.index(updates[0]) > max(
+        index for index, e in enumerate(chosen.events) if isinstance(e, ThreadItemUpdatedEvent)
+    )
+    assert stored.metadata["workflow"] == "expert"
+    assert stored.title == "Expert Title"
+
+
+async def test_a_stopped_first_answer_remembers_its_workflow(
+    start_live: LiveFactory, workflow_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.count(200, delay=0.02))
+    async with start_live(workflow_settings) as live:
+        thread_id = None
+        async with live.client.open_stream(
+            "threads.create", input=user_input("hi expert"), metadata={"workflow": "expert"}
+        ) as events:
+            async for event in events:
+                if isinstance(event, ThreadCreatedEvent):
+                    thread_id = event.thread.id
+                if isinstance(event, ThreadItemUpdatedEvent):
+                    break
+        assert thread_id is not None
+        await fake_llm.backend.wait_for_stream_end(timeout=5.0)
+
+        async def remembered() -> bool:
+            thread = await live.state.store.load_thread(thread_id, LOCAL)
+            return thread.metadata.get("workflow") == "expert"
+
+        with anyio.fail_after(5):
+            while not await remembered():  # noqa: ASYNC110 - the server saves in its own task
+                await anyio.sleep(0.02)
+        # The next message goes to the thread's workflow without naming it.
+        fake_llm.backend.script(Reply.text("Still the expert."))
+        await live.client.add_message(thread_id, "more")
+        assert _last_request(fake_llm)[:2] == ("beta", "large")
 
 
 async def test_unknown_workflow_is_400(
