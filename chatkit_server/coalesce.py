@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from openai._streaming import ServerSentEvent, SSEDecoder
 
-__all__ = ["CoalescingSSEDecoder", "merge_text_deltas"]
+__all__ = ["CoalescingSSEDecoder", "ParsedEvent", "merge_text_deltas"]
 
 # Delta fields of a Chat Completions chunk that carry streamed text.
 _CHAT_TEXT_FIELDS: Final = frozenset({"content", "reasoning_content", "reasoning", "refusal"})
@@ -38,8 +38,12 @@ _RESPONSE_TEXT_EVENTS: Final = {
 }
 
 
-class _ParsedEvent(ServerSentEvent):
-    """An event whose JSON is already decoded (or was built by a merge)."""
+class ParsedEvent(ServerSentEvent):
+    """An event whose JSON is already decoded (or was built by a merge).
+
+    A reader should take :meth:`json` and not look at ``data`` first: a
+    merged event's ``data`` is only encoded when asked for.
+    """
 
     def __init__(self, like: ServerSentEvent, value: dict[str, Any], data: str | None) -> None:
         super().__init__(event=like.event, data=data, id=like.id, retry=like.retry)
@@ -48,6 +52,7 @@ class _ParsedEvent(ServerSentEvent):
 
     @property
     def data(self) -> str:
+        """The event's JSON text, encoded on first use for a merged event."""
         # A merged event's text is only needed if someone reads it (a log):
         # the client itself only checks it for "[DONE]" and then calls json().
         if not self._encoded:
@@ -56,6 +61,7 @@ class _ParsedEvent(ServerSentEvent):
         return self._data
 
     def json(self) -> Any:
+        """The decoded JSON (no decoding happens here)."""
         return self._value
 
 
@@ -138,11 +144,11 @@ def merge_text_deltas(events: list[ServerSentEvent]) -> list[ServerSentEvent]:
     def flush() -> None:
         if len(run) == 1:
             sse, value = run[0]
-            out.append(_ParsedEvent(sse, value, sse.data))
+            out.append(ParsedEvent(sse, value, sse.data))
         elif run:
             assert run_key is not None
             merged = _merge([value for _, value in run], run_key)
-            out.append(_ParsedEvent(run[0][0], merged, None))
+            out.append(ParsedEvent(run[0][0], merged, None))
         run.clear()
 
     for sse in events:
@@ -159,7 +165,7 @@ def merge_text_deltas(events: list[ServerSentEvent]) -> list[ServerSentEvent]:
         if key is None or value is None:
             flush()
             run_key = None
-            out.append(sse if value is None else _ParsedEvent(sse, value, sse.data))
+            out.append(sse if value is None else ParsedEvent(sse, value, sse.data))
             continue
         if key != run_key or sse.event != run[0][0].event:
             flush()

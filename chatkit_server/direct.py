@@ -39,6 +39,8 @@ from openai._types import NotGiven, Omit
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from yarl import URL
 
+from .coalesce import ParsedEvent
+
 if TYPE_CHECKING:
     from .backends import LeanAsyncOpenAI
 
@@ -318,10 +320,14 @@ class DirectStream:
         done = False
         try:
             async for sse in client._make_sse_decoder().aiter_bytes(self._reads(url)):
-                if sse.data.startswith("[DONE]"):
+                if isinstance(sse, ParsedEvent):
+                    # Decoded JSON (a merged one has no text until asked for).
+                    data = sse.json()
+                elif sse.data.startswith("[DONE]"):
                     done = True
                     break
-                data = sse.json()
+                else:
+                    data = sse.json()
                 if isinstance(data, dict) and data.get("error"):
                     error = data["error"]
                     message = error.get("message") if isinstance(error, dict) else None
