@@ -28,7 +28,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import ResponseStreamEvent
 
 from .coalesce import CoalescingSSEDecoder
-from .direct import NOT_SENT, DirectChat
+from .direct import NOT_SENT, DirectChat, is_user_message
 from .settings import LLMApi, Settings
 
 __all__ = [
@@ -389,27 +389,27 @@ def with_earlier_turns(
     ):
         return model, list(items)
     newest = len(items) - 1
-    while newest > 0 and not _is_user_message(items[newest]):
+    while newest > 0 and not is_user_message(items[newest]):
         newest -= 1
     if newest <= 0:
         return model, list(items)
-    earlier = Converter.items_to_messages(
-        items[:newest],
-        model=model.model,
-        base_url=str(client.base_url),
-        should_replay_reasoning_content=model.should_replay_reasoning_content,
-        strict_feature_validation=model._strict_feature_validation,
-    )
+
+    def convert(part: Sequence[TResponseInputItem]) -> list[dict[str, Any]]:
+        messages = Converter.items_to_messages(
+            part,
+            model=model.model,
+            base_url=str(client.base_url),
+            should_replay_reasoning_content=model.should_replay_reasoning_content,
+            strict_feature_validation=model._strict_feature_validation,
+        )
+        return cast(list[dict[str, Any]], messages)
+
+    earlier = client.direct.earlier_turns.convert(model, items[:newest], convert)
     run_model = OpenAIChatCompletionsModel(
         model=model.model,
-        openai_client=client.for_run(cast(list[dict[str, Any]], earlier)),
+        openai_client=client.for_run(earlier),
         should_replay_reasoning_content=model.should_replay_reasoning_content,
         strict_feature_validation=model._strict_feature_validation,
         buffer_streamed_tool_calls=model._buffer_streamed_tool_calls,
     )
     return run_model, list(items[newest:])
-
-
-def _is_user_message(item: TResponseInputItem) -> bool:
-    raw = cast(Mapping[str, Any], item)
-    return raw.get("role") == "user" and raw.get("type", "message") == "message"

@@ -26,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 import aiohttp
 import httpx2
 import openai
+from agents import OpenAIChatCompletionsModel, TResponseInputItem
 from aiohttp.helpers import get_env_proxy_for_url
 from openai import Timeout
 from openai._models import FinalRequestOptions
@@ -44,7 +46,7 @@ from .coalesce import ParsedEvent
 if TYPE_CHECKING:
     from .backends import LeanAsyncOpenAI
 
-__all__ = ["NOT_SENT", "DirectChat", "DirectStream"]
+__all__ = ["NOT_SENT", "ConvertedTurns", "DirectChat", "DirectStream", "is_user_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ class DirectChat:
 
     def __init__(self, path: str = "chat/completions") -> None:
         self._path = path
+        # Earlier turns converted to chat messages (backends.with_earlier_turns).
+        self.earlier_turns = ConvertedTurns()
         self._session: aiohttp.ClientSession | None = None
         # URL, headers, timeouts and proxy by what they are made from: the
         # same for every copy of a client (one per run, see
@@ -353,3 +357,61 @@ class DirectStream:
             raise openai.APITimeoutError(request=_request(url)) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise openai.APIConnectionError(request=_request(url)) from exc
+
+
+def is_user_message(item: TResponseInputItem) -> bool:
+    """Whether an input item is a user message (where a new turn starts)."""
+    raw = cast(Mapping[str, Any], item)
+    return bool(raw.get("role") == "user" and raw.get("type", "message") == "message")
+
+
+class ConvertedTurns:
+    """The chat messages of recent conversations' earlier turns, extended turn by turn.
+
+    A conversation's next request has the same earlier turns plus one: the
+    input items of earlier turns are the very objects kept by the history
+    cache (``history.HistoryEntry.model_input``), so what was converted for
+    them is reused and only the new turn is converted. A turn starts with a
+    user message, where the converter starts afresh, so the messages are the
+    same as converting everything again.
+
+    Args:
+        size: How many conversations to keep (least recently used go first).
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        # Keyed by the first item's identity; the items are kept with their
+        # messages, so no other object can take that identity meanwhile.
+        self._kept: OrderedDict[
+            tuple[int, Any], tuple[list[TResponseInputItem], list[dict[str, Any]]]
+        ] = OrderedDict()
+
+    def convert(
+        self,
+        model: OpenAIChatCompletionsModel,
+        items: Sequence[TResponseInputItem],
+        convert: Callable[[Sequence[TResponseInputItem]], list[dict[str, Any]]],
+    ) -> list[dict[str, Any]]:
+        """``convert(items)``, reusing what an earlier call converted of the same items."""
+        key = (id(items[0]), model.model)
+        kept = self._kept.get(key)
+        messages: list[dict[str, Any]] | None = None
+        if kept is not None:
+            known, known_messages = kept
+            done = len(known)
+            if (
+                done <= len(items)
+                and all(a is b for a, b in zip(known, items, strict=False))
+                and (done == len(items) or is_user_message(items[done]))
+            ):
+                messages = (
+                    known_messages + convert(items[done:]) if done < len(items) else known_messages
+                )
+        if messages is None:
+            messages = convert(items)
+        self._kept[key] = (list(items), messages)
+        self._kept.move_to_end(key)
+        if len(self._kept) > self._size:
+            self._kept.popitem(last=False)
+        return messages

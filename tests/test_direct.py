@@ -8,10 +8,11 @@ from typing import Any
 
 import openai
 import pytest
+from agents import OpenAIChatCompletionsModel
 from openai.types.chat import ChatCompletion
 
 from chatkit_server.backends import Backend, BackendConfig
-from chatkit_server.direct import NOT_SENT, DirectStream
+from chatkit_server.direct import NOT_SENT, ConvertedTurns, DirectStream
 from chatkit_server.streaming import backend_error_message
 from chatkit_server.testing.fake_backend import Reply
 from tests.live import FakeLLM
@@ -228,3 +229,34 @@ async def test_copies_of_a_client_share_one_prepared_request(fake_llm: FakeLLM) 
     # After the instructions, before the call's own messages.
     assert fake_llm.backend.requests[-1].body["messages"][1]["content"] == "earlier 4"
     await backend.aclose()
+
+
+def test_earlier_turns_are_converted_once_and_extended_turn_by_turn() -> None:
+    from agents.models.chatcmpl_converter import Converter
+
+    model = OpenAIChatCompletionsModel(model="m", openai_client=openai.AsyncOpenAI(api_key="k"))
+    turns = ConvertedTurns()
+    seen: list[int] = []
+
+    def convert(items: Any) -> list[dict[str, Any]]:
+        seen.append(len(items))
+        return Converter.items_to_messages(items)  # type: ignore[return-value]
+
+    first: list[Any] = [
+        {"role": "user", "content": "one", "type": "message"},
+        {"role": "assistant", "content": "1", "type": "message"},
+    ]
+    second = [*first, {"role": "user", "content": "two", "type": "message"}]
+    second.append({"role": "assistant", "content": "2", "type": "message"})
+
+    assert turns.convert(model, first, convert) == Converter.items_to_messages(first)
+    assert turns.convert(model, second, convert) == Converter.items_to_messages(second)
+    assert seen == [2, 2]  # the second call converted only the new turn
+    # Equal but not the same objects (an edited or reloaded history): all again.
+    copied = [dict(item) for item in second]
+    assert turns.convert(model, copied, convert) == Converter.items_to_messages(second)
+    assert seen == [2, 2, 4]
+    # A new part that does not start with a user message: all again.
+    odd = [*copied, {"role": "assistant", "content": "more", "type": "message"}]
+    assert turns.convert(model, odd, convert) == Converter.items_to_messages(odd)
+    assert seen == [2, 2, 4, 5]
