@@ -361,28 +361,30 @@ class DirectStream:
 
 def is_user_message(item: TResponseInputItem) -> bool:
     """Whether an input item is a user message (where a new turn starts)."""
-    raw = cast(Mapping[str, Any], item)
-    return bool(raw.get("role") == "user" and raw.get("type", "message") == "message")
+    get = cast(Mapping[str, Any], item).get
+    return get("role") == "user" and get("type", "message") == "message"
 
 
 class ConvertedTurns:
-    """The chat messages of recent conversations' earlier turns, extended turn by turn.
+    """The chat messages of recent conversations' turns, each turn converted once.
 
-    A conversation's next request has the same earlier turns plus one: the
-    input items of earlier turns are the very objects kept by the history
-    cache (``history.HistoryEntry.model_input``), so what was converted for
-    them is reused and only the new turn is converted. A turn starts with a
-    user message, where the converter starts afresh, so the messages are the
-    same as converting everything again.
+    A conversation's next request repeats most of its earlier turns (a
+    window that grows at one end and may lose turns at the other), and the
+    input items of those turns are the very objects kept by the history
+    cache (``history.HistoryEntry.model_input``). So each turn (a user
+    message and what follows it) is converted on its own and kept by its
+    items' identity; a request converts only the turns not seen before. A
+    user message starts the converter afresh, so converting turn by turn
+    gives the same messages as converting everything at once.
 
     Args:
-        size: How many conversations to keep (least recently used go first).
+        size: How many turns to keep (least recently used go first).
     """
 
-    def __init__(self, size: int = 1024) -> None:
+    def __init__(self, size: int = 8192) -> None:
         self._size = size
-        # Keyed by the first item's identity; the items are kept with their
-        # messages, so no other object can take that identity meanwhile.
+        # Keyed by the turn's first item's identity; the items are kept with
+        # their messages, so no other object can take that identity meanwhile.
         self._kept: OrderedDict[
             tuple[int, Any], tuple[list[TResponseInputItem], list[dict[str, Any]]]
         ] = OrderedDict()
@@ -393,25 +395,25 @@ class ConvertedTurns:
         items: Sequence[TResponseInputItem],
         convert: Callable[[Sequence[TResponseInputItem]], list[dict[str, Any]]],
     ) -> list[dict[str, Any]]:
-        """``convert(items)``, reusing what an earlier call converted of the same items."""
-        key = (id(items[0]), model.model)
-        kept = self._kept.get(key)
-        messages: list[dict[str, Any]] | None = None
-        if kept is not None:
-            known, known_messages = kept
-            done = len(known)
+        """``convert(items)``, turn by turn, reusing turns converted before."""
+        messages: list[dict[str, Any]] = []
+        count = len(items)
+        starts = [0, *(i for i in range(1, count) if is_user_message(items[i])), count]
+        for start, end in zip(starts, starts[1:], strict=False):
+            turn = items[start:end]
+            key = (id(turn[0]), model.model)
+            kept = self._kept.get(key)
             if (
-                done <= len(items)
-                and all(a is b for a, b in zip(known, items, strict=False))
-                and (done == len(items) or is_user_message(items[done]))
+                kept is not None
+                and len(kept[0]) == len(turn)
+                and all(a is b for a, b in zip(kept[0], turn, strict=True))
             ):
-                messages = (
-                    known_messages + convert(items[done:]) if done < len(items) else known_messages
-                )
-        if messages is None:
-            messages = convert(items)
-        self._kept[key] = (list(items), messages)
-        self._kept.move_to_end(key)
-        if len(self._kept) > self._size:
-            self._kept.popitem(last=False)
+                self._kept.move_to_end(key)
+                messages.extend(kept[1])
+            else:
+                part = convert(turn)
+                self._kept[key] = (list(turn), part)
+                if len(self._kept) > self._size:
+                    self._kept.popitem(last=False)
+                messages.extend(part)
         return messages

@@ -231,7 +231,7 @@ async def test_copies_of_a_client_share_one_prepared_request(fake_llm: FakeLLM) 
     await backend.aclose()
 
 
-def test_earlier_turns_are_converted_once_and_extended_turn_by_turn() -> None:
+def test_earlier_turns_are_converted_once_each() -> None:
     from agents.models.chatcmpl_converter import Converter
 
     model = OpenAIChatCompletionsModel(model="m", openai_client=openai.AsyncOpenAI(api_key="k"))
@@ -242,21 +242,27 @@ def test_earlier_turns_are_converted_once_and_extended_turn_by_turn() -> None:
         seen.append(len(items))
         return Converter.items_to_messages(items)  # type: ignore[return-value]
 
-    first: list[Any] = [
-        {"role": "user", "content": "one", "type": "message"},
-        {"role": "assistant", "content": "1", "type": "message"},
-    ]
-    second = [*first, {"role": "user", "content": "two", "type": "message"}]
-    second.append({"role": "assistant", "content": "2", "type": "message"})
+    def turn(n: int) -> list[Any]:
+        return [
+            {"role": "user", "content": f"q{n}", "type": "message"},
+            {"type": "function_call", "call_id": f"c{n}", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": f"c{n}", "output": "x"},
+            {"role": "assistant", "content": f"a{n}", "type": "message"},
+        ]
 
-    assert turns.convert(model, first, convert) == Converter.items_to_messages(first)
-    assert turns.convert(model, second, convert) == Converter.items_to_messages(second)
-    assert seen == [2, 2]  # the second call converted only the new turn
-    # Equal but not the same objects (an edited or reloaded history): all again.
-    copied = [dict(item) for item in second]
-    assert turns.convert(model, copied, convert) == Converter.items_to_messages(second)
-    assert seen == [2, 2, 4]
-    # A new part that does not start with a user message: all again.
-    odd = [*copied, {"role": "assistant", "content": "more", "type": "message"}]
-    assert turns.convert(model, odd, convert) == Converter.items_to_messages(odd)
-    assert seen == [2, 2, 4, 5]
+    one, two, three = turn(1), turn(2), turn(3)
+    assert turns.convert(model, one, convert) == Converter.items_to_messages(one)
+    grown = one + two
+    assert turns.convert(model, grown, convert) == Converter.items_to_messages(grown)
+    assert seen == [4, 4]  # the second call converted only the new turn
+    slid = two + three  # the window lost its oldest turn and gained one
+    assert turns.convert(model, slid, convert) == Converter.items_to_messages(slid)
+    assert seen == [4, 4, 4]
+    # Equal but not the same objects (an edited or reloaded history): again.
+    copied = [dict(item) for item in slid]
+    assert turns.convert(model, copied, convert) == Converter.items_to_messages(slid)
+    assert seen == [4, 4, 4, 4, 4]
+    # A turn that grew (an answer added to it) is converted again.
+    longer = [*three, {"role": "assistant", "content": "more", "type": "message"}]
+    assert turns.convert(model, longer, convert) == Converter.items_to_messages(longer)
+    assert seen[-1] == 5
