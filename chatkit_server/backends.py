@@ -28,7 +28,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import ResponseStreamEvent
 
 from .coalesce import CoalescingSSEDecoder
-from .direct import NOT_SENT, DirectChat, is_user_message
+from .direct import NOT_SENT, DirectChat
+from .history import is_user_message
 from .settings import LLMApi, Settings
 
 __all__ = [

@@ -28,7 +28,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import aiohttp
 import httpx2
@@ -42,11 +42,12 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from yarl import URL
 
 from .coalesce import ParsedEvent
+from .history import is_user_message
 
 if TYPE_CHECKING:
     from .backends import LeanAsyncOpenAI
 
-__all__ = ["NOT_SENT", "ConvertedTurns", "DirectChat", "DirectStream", "is_user_message"]
+__all__ = ["NOT_SENT", "ConvertedTurns", "DirectChat", "DirectStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -357,12 +358,6 @@ class DirectStream:
             raise openai.APITimeoutError(request=_request(url)) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise openai.APIConnectionError(request=_request(url)) from exc
-
-
-def is_user_message(item: TResponseInputItem) -> bool:
-    """Whether an input item is a user message (where a new turn starts)."""
-    get = cast(Mapping[str, Any], item).get
-    return get("role") == "user" and get("type", "message") == "message"
 
 
 class ConvertedTurns:

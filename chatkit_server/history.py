@@ -29,6 +29,7 @@ __all__ = [
     "estimate_item_tokens",
     "estimate_tokens",
     "fit_history",
+    "is_user_message",
 ]
 
 CHARS_PER_TOKEN = 3.0
@@ -62,7 +63,8 @@ def _item_tokens(item: TResponseInputItem) -> int:
     return estimate_tokens(text) + MESSAGE_OVERHEAD_TOKENS
 
 
-def _is_user_message(item: TResponseInputItem) -> bool:
+def is_user_message(item: TResponseInputItem) -> bool:
+    """Whether a model input item is a user message (where a new turn starts)."""
     raw: Any = item
     return (
         isinstance(raw, dict)
@@ -83,7 +85,7 @@ def fit_history(
     """
     if not items:
         return []
-    last_user = max((i for i, item in enumerate(items) if _is_user_message(item)), default=0)
+    last_user = max((i for i, item in enumerate(items) if is_user_message(item)), default=0)
     used = estimate_tokens(instructions or "") + MESSAGE_OVERHEAD_TOKENS
     used += sum(_item_tokens(item) for item in items[last_user:])
     start = last_user
@@ -92,7 +94,7 @@ def fit_history(
         if used > budget:
             break
         start = index
-    while start < last_user and not _is_user_message(items[start]):
+    while start < last_user and not is_user_message(items[start]):
         start += 1
     return list(items[start:])
 
