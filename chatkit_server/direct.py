@@ -172,6 +172,7 @@ class DirectChat:
         for attempt in range(retries + 1):
             headers["x-stainless-retry-count"] = str(attempt)
             failure: openai.APIError
+            cause: BaseException | None = None
             response_headers: httpx2.Headers | None = None
             try:
                 response = await session.post(
@@ -184,7 +185,7 @@ class DirectChat:
                 )
             except TimeoutError as exc:
                 failure = openai.APITimeoutError(request=_request(url))
-                cause: BaseException = exc
+                cause = exc
             except (aiohttp.ClientError, OSError) as exc:
                 failure = openai.APIConnectionError(request=_request(url))
                 cause = exc
@@ -192,11 +193,10 @@ class DirectChat:
                 if response.status < 400:
                     return response
                 status_response = await _status_response(url, response)
-                if attempt == retries or not client._should_retry(status_response):
-                    raise client._make_status_error_from_response(status_response)
-                response_headers = status_response.headers
                 failure = client._make_status_error_from_response(status_response)
-                cause = failure
+                if attempt == retries or not client._should_retry(status_response):
+                    raise failure
+                response_headers = status_response.headers
             if attempt == retries:
                 raise failure from cause
             pause = client._calculate_retry_timeout(retries - attempt, _OPTIONS, response_headers)

@@ -180,22 +180,27 @@ async def test_a_backend_slow_to_answer_is_a_timeout(fake_llm: FakeLLM) -> None:
     assert "did not answer in time" in backend_error_message(caught.value)
 
 
-async def test_an_error_event_mid_stream_raises_api_error(fake_llm: FakeLLM) -> None:
-    fake_llm.backend.script(Reply.text("Partial answer", error_event="model crashed"))
+@pytest.mark.parametrize(
+    ("reply", "error", "message"),
+    [
+        # An error event mid-stream, as vLLM and LiteLLM send one.
+        (
+            Reply.text("Partial answer", error_event="model crashed"),
+            openai.APIError,
+            "model crashed",
+        ),
+        # A dropped connection.
+        (Reply.count(20, drop_after=3), openai.APIConnectionError, None),
+    ],
+)
+async def test_a_stream_failing_midway_raises_as_the_client_would(
+    fake_llm: FakeLLM, reply: Reply, error: type[openai.APIError], message: str | None
+) -> None:
+    fake_llm.backend.script(reply)
     backend = _backend(fake_llm.v1)
     assert backend.client is not None
     stream = await backend.client.chat.completions.create(**CALL)
-    with pytest.raises(openai.APIError, match="model crashed"):
-        await _text(stream)
-    await backend.aclose()
-
-
-async def test_a_dropped_stream_is_a_connection_error(fake_llm: FakeLLM) -> None:
-    fake_llm.backend.script(Reply.count(20, drop_after=3))
-    backend = _backend(fake_llm.v1)
-    assert backend.client is not None
-    stream = await backend.client.chat.completions.create(**CALL)
-    with pytest.raises(openai.APIConnectionError):
+    with pytest.raises(error, match=message):
         await _text(stream)
     await backend.aclose()
 

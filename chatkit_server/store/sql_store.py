@@ -234,22 +234,21 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             InvalidCursorError: ``after`` is not an item of this thread.
         """
         limit = max(1, min(limit, MAX_PAGE_SIZE))
-        newest = self._newest if after is None and order == "desc" else None
+        newest_first = after is None and order == "desc"
+        newest = self._newest if newest_first else None
         kept = newest.get(thread_id, context.user_id, limit) if newest is not None else None
         if kept is not None:
-            return Page(
-                data=[decode_item(type_, data) for _id, type_, data, _seq in kept[0]],
-                has_more=kept[1],
-                after=kept[0][-1][0] if kept[0] else None,
-            )
-        recent = context.recent if after is None and order == "desc" else None
-        remembered = recent.newest_items.pop(thread_id, None) if recent is not None else None
-        if remembered is not None and (len(remembered[0]) >= limit or not remembered[1]):
-            rows, has_more = remembered[0][:limit], remembered[1] or len(remembered[0]) > limit
+            rows, has_more = [row[:3] for row in kept[0]], kept[1]
         else:
-            rows, has_more = await self._item_rows(thread_id, after, limit, order, context)
-            if recent is not None:
-                recent.newest_items[thread_id] = (rows, has_more)
+            recent = context.recent if newest_first else None
+            remembered = recent.newest_items.pop(thread_id, None) if recent is not None else None
+            if remembered is not None and (len(remembered[0]) >= limit or not remembered[1]):
+                rows = remembered[0][:limit]
+                has_more = remembered[1] or len(remembered[0]) > limit
+            else:
+                rows, has_more = await self._item_rows(thread_id, after, limit, order, context)
+                if recent is not None:
+                    recent.newest_items[thread_id] = (rows, has_more)
         return Page(
             data=[decode_item(type_, data) for _id, type_, data in rows],
             has_more=has_more,
