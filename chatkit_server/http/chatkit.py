@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from chatkit.server import StreamingResult
 from chatkit.types import ErrorEvent
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ..context import RecentReads, RequestContext
 from ..errors import InvalidCursorError, NotFoundError, RequestError, StoreError
 from .body import read_body
 from .errors import error_response
+from .sse import BatchedStreamingResponse
 from .state import get_state
 
 __all__ = ["SSE_HEADERS", "chatkit_endpoint"]
@@ -46,7 +47,7 @@ async def chatkit_endpoint(request: Request) -> Response:
         logger.exception("unexpected failure while answering a ChatKit request")
         return error_response(500, "Internal server error.")
     if isinstance(result, StreamingResult):
-        return StreamingResponse(
+        return BatchedStreamingResponse(
             _ending_with_error_event(result), media_type="text/event-stream", headers=SSE_HEADERS
         )
     return Response(result.json, media_type="application/json")
