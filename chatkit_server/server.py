@@ -53,6 +53,7 @@ from chatkit.types import (
 )
 from pydantic import TypeAdapter, ValidationError
 
+from . import event_merge
 from .backends import with_earlier_turns
 from .context import RequestContext
 from .converter import HistoryConverter
@@ -143,6 +144,8 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.settings = settings
         self.converter = HistoryConverter()
         self.history_cache = HistoryCache(decode_item)
+        # ChatKit's own merge of run and tool events costs a task per token.
+        event_merge.install()
 
     async def handle(
         self, body: bytes, context: RequestContext

@@ -1,0 +1,149 @@
+"""The merge of run and tool events: arrival order, nothing lost, one task per stream."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+from typing import Any
+
+import chatkit.agents
+import pytest
+
+from chatkit_server import event_merge
+from chatkit_server.event_merge import merge_events
+
+
+async def from_queue(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+    """Items of ``queue`` until ``None``."""
+    while (item := await queue.get()) is not None:
+        yield item
+
+
+async def test_items_come_in_arrival_order_and_the_end_of_either_stops() -> None:
+    run: asyncio.Queue[Any] = asyncio.Queue()
+    tools: asyncio.Queue[Any] = asyncio.Queue()
+    merged = merge_events(from_queue(run), from_queue(tools))
+    got: list[Any] = []
+    for queue, item in [(run, "r1"), (tools, "t1"), (run, "r2"), (run, "r3"), (tools, "t2")]:
+        queue.put_nowait(item)
+        got.append(await anext(merged))
+    assert got == ["r1", "t1", "r2", "r3", "t2"]
+    tools.put_nowait("t3")  # fetched before the run ends: still delivered
+    await asyncio.sleep(0.01)
+    run.put_nowait(None)
+    assert [item async for item in merged] == ["t3"]
+
+
+async def test_the_other_stream_keeps_what_arrives_after_the_end() -> None:
+    # ChatKit drains its tool-event queue after the merge: an event that
+    # arrives once the run has ended must still be in that queue.
+    run: asyncio.Queue[Any] = asyncio.Queue()
+    tools: asyncio.Queue[Any] = asyncio.Queue()
+    merged = merge_events(from_queue(run), from_queue(tools))
+    run.put_nowait("r1")
+    assert await anext(merged) == "r1"
+    run.put_nowait(None)
+    with pytest.raises(StopAsyncIteration):
+        await anext(merged)
+    tools.put_nowait("late")
+    await asyncio.sleep(0.01)
+    assert tools.get_nowait() == "late"
+
+
+async def test_a_failure_comes_after_the_items_before_it_and_stops_both() -> None:
+    tools: asyncio.Queue[Any] = asyncio.Queue()
+    cancelled: list[str] = []
+
+    async def failing() -> AsyncIterator[str]:
+        yield "r1"
+        raise RuntimeError("backend dropped")
+
+    async def watched_tools() -> AsyncIterator[Any]:
+        try:
+            async for item in from_queue(tools):
+                yield item
+        except asyncio.CancelledError:
+            cancelled.append("tools")
+            raise
+
+    merged = merge_events(failing(), watched_tools())
+    assert await anext(merged) == "r1"
+    with pytest.raises(RuntimeError, match="backend dropped"):
+        await anext(merged)
+    await asyncio.sleep(0.01)
+    assert cancelled == ["tools"]
+
+
+async def test_a_stream_is_asked_for_more_only_when_the_consumer_is_back() -> None:
+    # As in ChatKit's merge: while an event is being handled, the run's
+    # events pile up in its queue, where they can be merged.
+    asked: list[int] = []
+
+    async def counted() -> AsyncIterator[int]:
+        for i in range(3):
+            asked.append(i)
+            yield i
+
+    never: asyncio.Queue[Any] = asyncio.Queue()
+    merged = merge_events(counted(), from_queue(never))
+    assert await anext(merged) == 0
+    await asyncio.sleep(0.01)  # the consumer is busy elsewhere
+    assert asked == [0]
+    assert await anext(merged) == 1
+    assert asked == [0, 1]
+    await merged.aclose()  # type: ignore[attr-defined]
+
+
+async def test_closing_early_cancels_both_fetches() -> None:
+    run: asyncio.Queue[Any] = asyncio.Queue()
+    tools: asyncio.Queue[Any] = asyncio.Queue()
+    before = asyncio.all_tasks()
+    merged = merge_events(from_queue(run), from_queue(tools))
+    run.put_nowait("r1")
+    assert await anext(merged) == "r1"
+    await merged.aclose()  # type: ignore[attr-defined]
+    await asyncio.sleep(0)
+    left = [task for task in asyncio.all_tasks() - before if not task.done()]
+    assert left == []
+
+
+async def test_one_task_per_stream_not_per_item() -> None:
+    loop = asyncio.get_running_loop()
+    created = 0
+    default = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        nonlocal created
+        created += 1
+        if default is not None:
+            return default(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    run: asyncio.Queue[Any] = asyncio.Queue()
+    tools: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def produce() -> None:
+        for i in range(200):
+            run.put_nowait(i)
+            await asyncio.sleep(0)
+        run.put_nowait(None)
+
+    producer = asyncio.create_task(produce())
+    loop.set_task_factory(counting)
+    try:
+        got = [item async for item in merge_events(from_queue(run), from_queue(tools))]
+    finally:
+        loop.set_task_factory(default)
+    await producer
+    assert got == list(range(200))
+    assert created == 2
+
+
+def test_chatkit_still_merges_through_the_name_we_replace() -> None:
+    # If an upgrade of chatkit renames its merge, install() would quietly do
+    # nothing: fail here instead.
+    source = inspect.getsource(chatkit.agents.stream_agent_response)
+    assert "_merge_generators(result.stream_events(), queue_iterator)" in source
+    event_merge.install()
+    assert chatkit.agents._merge_generators is merge_events
