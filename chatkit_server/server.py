@@ -53,7 +53,7 @@ from chatkit.types import (
 )
 from pydantic import TypeAdapter, ValidationError
 
-from . import event_merge
+from . import library_patches
 from .backends import with_earlier_turns
 from .context import RequestContext
 from .converter import HistoryConverter
@@ -144,8 +144,9 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.settings = settings
         self.converter = HistoryConverter()
         self.history_cache = HistoryCache(decode_item)
-        # ChatKit's own merge of run and tool events costs a task per token.
-        event_merge.install()
+        # ChatKit's merge of run and tool events costs a task per token, and
+        # the SDK signs every agent's configuration on every run.
+        library_patches.install()
 
     async def handle(
         self, body: bytes, context: RequestContext

@@ -1,4 +1,5 @@
-"""The merge of run and tool events: arrival order, nothing lost, one task per stream."""
+"""Library patches: the event merge (arrival order, nothing lost, one task per stream)
+and the agent identity map (same map, no signatures for unique names)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
+import agents._run_state_agent_identity as agent_identity
 import chatkit.agents
 import pytest
+from agents import Agent, handoff
 
-from chatkit_server import event_merge
-from chatkit_server.event_merge import merge_events
+from chatkit_server import library_patches
+from chatkit_server.library_patches import identity_map, merge_events
 
 
 async def from_queue(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
@@ -145,5 +148,52 @@ def test_chatkit_still_merges_through_the_name_we_replace() -> None:
     # nothing: fail here instead.
     source = inspect.getsource(chatkit.agents.stream_agent_response)
     assert "_merge_generators(result.stream_events(), queue_iterator)" in source
-    event_merge.install()
+    library_patches.install()
     assert chatkit.agents._merge_generators is merge_events
+
+
+def _graphs() -> dict[str, Agent[Any]]:
+    single = Agent(name="assistant", instructions="Be brief.")
+    billing = Agent(name="billing", instructions="Bills.")
+    support = Agent(name="support", instructions="Help.", handoffs=[billing])
+    triage = Agent(name="triage", handoffs=[support, handoff(billing)])
+    billing.handoffs = [triage]  # a cycle
+    twin_a = Agent(name="twin", instructions="first")
+    twin_b = Agent(name="twin", instructions="second")
+    twins = Agent(name="root", handoffs=[twin_b, twin_a])
+    return {"single": single, "handoffs with a cycle": triage, "shared names": twins}
+
+
+@pytest.mark.parametrize("name", ["single", "handoffs with a cycle", "shared names"])
+def test_identity_map_equals_the_sdk_s(name: str) -> None:
+    agent = _graphs()[name]
+    original = library_patches._SDK_IDENTITY_MAP(agent)
+    ours = identity_map(agent)
+    assert list(ours.items()) == list(original.items())
+
+
+def test_identity_map_signs_no_agent_when_names_are_unique(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    signed: list[str] = []
+    original = agent_identity._agent_identity_signature
+
+    def counting(agent: Agent[Any]) -> str:
+        signed.append(agent.name)
+        return original(agent)
+
+    monkeypatch.setattr(agent_identity, "_agent_identity_signature", counting)
+    identity_map(_graphs()["handoffs with a cycle"])
+    assert signed == []
+    identity_map(_graphs()["shared names"])  # the SDK's own tie-break
+    assert signed.count("twin") == 2
+
+
+def test_the_sdk_still_builds_its_keys_through_the_name_we_replace() -> None:
+    source = inspect.getsource(agent_identity._build_agent_identity_keys_by_id)
+    assert "_build_agent_identity_map(initial_agent)" in source
+    library_patches.install()
+    assert agent_identity._build_agent_identity_map is identity_map
+    agent = _graphs()["handoffs with a cycle"]
+    keys = agent_identity._build_agent_identity_keys_by_id(agent)
+    assert sorted(keys.values()) == ["billing", "support", "triage"]
