@@ -240,9 +240,7 @@ class _LoopConnection:
         consume: Callable[[sa.CursorResult[Any]], _T],
     ) -> _T | object:
         """``consume(result)`` of the statement, or ``_LOCKED`` (then nothing was done)."""
-        connection = self._connection
-        if connection is None or connection.invalidated or connection.closed:
-            connection = self._connection = self.engine.connect()
+        connection = self._open()
         try:
             result = connection.execute(statement, dict(parameters) if parameters else None)
             value = consume(result)
@@ -260,15 +258,20 @@ class _LoopConnection:
 
     def data_version(self) -> int:
         """SQLite's ``data_version``: moves when another connection commits."""
-        connection = self._connection
-        if connection is None or connection.invalidated or connection.closed:
-            connection = self._connection = self.engine.connect()
+        connection = self._open()
         # The driver's connection directly: a pragma needs no statement
         # compilation, and this is read before every cached history.
         dbapi = connection.connection.dbapi_connection
         assert dbapi is not None
         value: int = dbapi.execute("PRAGMA data_version").fetchone()[0]
         return value
+
+    def _open(self) -> Connection:
+        """The kept connection, (re)opened if it is not usable."""
+        connection = self._connection
+        if connection is None or connection.invalidated or connection.closed:
+            connection = self._connection = self.engine.connect()
+        return connection
 
     def dispose(self) -> None:
         if self._connection is not None:
