@@ -183,11 +183,8 @@ class DirectChat:
                     proxy=prepared.proxy,
                     proxy_auth=prepared.proxy_auth,
                 )
-            except TimeoutError as exc:
-                failure = openai.APITimeoutError(request=_request(url))
-                cause = exc
             except (aiohttp.ClientError, OSError) as exc:
-                failure = openai.APIConnectionError(request=_request(url))
+                failure = _transport_failure(url, exc)
                 cause = exc
             else:
                 if response.status < 400:
@@ -250,6 +247,17 @@ def _request(url: str) -> httpx2.Request:
     return httpx2.Request("POST", url)
 
 
+def _transport_failure(url: str, exc: BaseException) -> openai.APIConnectionError:
+    """The client's exception for an exchange that failed: timed out, or otherwise cut.
+
+    ``TimeoutError`` (aiohttp's own timeouts among them) is an ``OSError``, so
+    callers catch ``(aiohttp.ClientError, OSError)`` and this tells them apart.
+    """
+    if isinstance(exc, TimeoutError):
+        return openai.APITimeoutError(request=_request(url))
+    return openai.APIConnectionError(request=_request(url))
+
+
 async def _status_response(url: str, response: aiohttp.ClientResponse) -> httpx2.Response:
     """An error response as the client sees one, body read, connection released."""
     try:
@@ -272,10 +280,8 @@ async def _whole_completion(
     url = str(response.url)
     try:
         content = await response.read()
-    except TimeoutError as exc:
-        raise openai.APITimeoutError(request=_request(url)) from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise openai.APIConnectionError(request=_request(url)) from exc
+        raise _transport_failure(url, exc) from exc
     finally:
         response.release()
     try:
@@ -354,10 +360,8 @@ class DirectStream:
         try:
             async for data in self.response.content.iter_any():
                 yield data
-        except TimeoutError as exc:
-            raise openai.APITimeoutError(request=_request(url)) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise openai.APIConnectionError(request=_request(url)) from exc
+            raise _transport_failure(url, exc) from exc
 
 
 class ConvertedTurns:
