@@ -303,9 +303,10 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
                 thread_id, after, size, "desc", context, _WITH_SEQ
             )
             if after is None:
+                # Kept between requests (SQLite files), else for this request.
                 if newest is not None:
                     newest.put(thread_id, context.user_id, rows, complete=not has_more)
-                if recent is not None:
+                elif recent is not None:
                     recent.newest_items[thread_id] = ([row[:3] for row in rows], has_more)
             for _id, kind, data, _seq in rows:
                 yield kind, data
