@@ -9,7 +9,8 @@ call, and a wake-up of the reader) per frame. Here frames are collected while
 the answer produces them without waiting, and written together the moment it
 waits (for the model, or for the database) or ends. Nothing is held back: a
 frame is written before the stream next waits for anything, so the browser
-sees each one as early as before, in fewer, larger writes.
+sees each one as early as before, in fewer, larger writes. The status line
+and headers go out with the first batch.
 """
 
 from __future__ import annotations
@@ -36,16 +37,32 @@ class BatchedStreamingResponse(StreamingResponse):
     body_iterator: AsyncIterator[bytes]
 
     async def stream_response(self, send: Send) -> None:
-        """Send the headers, then the frames, each batch in one ``http.response.body``."""
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        pending: list[bytes] = []
+        """Send the headers with the first batch, then each batch in one ``http.response.body``.
 
-        async def flush() -> None:
+        The headers wait for the first frame: what a request does before
+        its first frame (a model request, for an answer) is not held up by
+        a write that tells the client nothing it can show.
+        """
+        pending: list[bytes] = []
+        started = False
+
+        async def write(more_body: bool) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": self.status_code,
+                        "headers": self.raw_headers,
+                    }
+                )
             body = b"".join(pending)
             pending.clear()
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": body, "more_body": more_body})
+
+        async def flush() -> None:
+            await write(more_body=True)
 
         frames = aiter(self.body_iterator)
         while True:
@@ -55,7 +72,7 @@ class BatchedStreamingResponse(StreamingResponse):
                 break
             pending.append(frame)
         # The last batch and the end of the body go out in one write.
-        await send({"type": "http.response.body", "body": b"".join(pending), "more_body": False})
+        await write(more_body=False)
 
 
 @types.coroutine

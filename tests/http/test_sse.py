@@ -63,6 +63,40 @@ async def test_frames_made_without_waiting_share_one_write() -> None:
     assert recorder.bodies == [(b"ab", True), (b"cd", True), (b"ef", False)]
 
 
+async def test_headers_wait_for_the_first_frame() -> None:
+    recorder = Recorder()
+    before_first: list[bool] = []
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    async def frames() -> AsyncIterator[bytes]:
+        await ready  # work before the first frame (an answer's model request)
+        before_first.append(recorder.started)
+        yield b"a"
+
+    response = BatchedStreamingResponse(frames(), media_type="text/event-stream")
+    task = asyncio.create_task(response(SCOPE, recorder.receive, recorder.send))
+    await asyncio.sleep(0.01)
+    assert not recorder.started
+    ready.set_result(None)
+    await asyncio.wait_for(task, 5)
+    assert before_first == [False]
+    assert recorder.started
+    assert recorder.bodies == [(b"a", False)]
+
+
+async def test_a_stream_without_frames_still_sends_its_headers() -> None:
+    async def frames() -> AsyncIterator[bytes]:
+        return
+        yield b""
+
+    recorder = Recorder()
+    response = BatchedStreamingResponse(frames(), media_type="text/event-stream")
+    await asyncio.wait_for(response(SCOPE, recorder.receive, recorder.send), 5)
+    assert recorder.started
+    assert recorder.bodies == [(b"", False)]
+
+
 async def test_values_and_errors_of_the_wait_reach_the_stream() -> None:
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[bytes] = loop.create_future()
