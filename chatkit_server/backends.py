@@ -10,8 +10,11 @@ into a ten-minute spinner. Requests go through the client's aiohttp transport
 
 from __future__ import annotations
 
+import asyncio
 import copy as pycopy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Final, Self, TypeVar, cast, get_args
@@ -38,6 +41,7 @@ __all__ = [
     "BackendConfig",
     "BackendRegistry",
     "LeanAsyncOpenAI",
+    "watch_requests",
     "with_earlier_turns",
 ]
 
@@ -73,8 +77,38 @@ def _with_earlier(earlier: list[dict[str, Any]], messages: Any) -> Any:
     return [*messages[:start], *earlier, *messages[start:]]
 
 
+# The future of the run being started (see watch_requests); runs inherit it.
+_REQUEST_WATCH: ContextVar[asyncio.Future[None] | None] = ContextVar(
+    "chatkit_server_request_watch", default=None
+)
+
+
+@contextmanager
+def watch_requests() -> Iterator[asyncio.Future[None]]:
+    """A future that is done when a model request is sent by a task created in the block.
+
+    Tasks copy the context they are created in, so a run started in the
+    block (``Runner.run_streamed`` creates its task at once) marks the
+    future when it first sends a request through one of our clients, by
+    either API and either sender.
+    """
+    sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    token = _REQUEST_WATCH.set(sent)
+    try:
+        yield sent
+    finally:
+        _REQUEST_WATCH.reset(token)
+
+
+def _request_sent() -> None:
+    sent = _REQUEST_WATCH.get()
+    if sent is not None and not sent.done():
+        sent.set_result(None)
+
+
 class _LeanCompletions(AsyncCompletions):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
+        _request_sent()
         client = self._client
         earlier = getattr(client, "earlier_messages", None)
         if earlier:
@@ -96,6 +130,7 @@ class _LeanChat(AsyncChat):
 
 class _LeanResponses(AsyncResponses):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
+        _request_sent()
         _send_untransformed(kwargs, "input", [])
         return await super().create(*args, **kwargs)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import replace
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -31,8 +32,12 @@ from chatkit.types import (
     ErrorEvent,
     FeedbackKind,
     InferenceOptions,
+    Page,
+    StreamingReq,
     StructuredInputItem,
     SyncCustomActionResponse,
+    Thread,
+    ThreadCreatedEvent,
     ThreadItem,
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
@@ -54,7 +59,7 @@ from chatkit.types import (
 from pydantic import TypeAdapter, ValidationError
 
 from . import library_patches
-from .backends import with_earlier_turns
+from .backends import watch_requests, with_earlier_turns
 from .context import RequestContext
 from .converter import HistoryConverter
 from .errors import RequestError, StoreError
@@ -110,6 +115,26 @@ def _describe_validation_error(exc: ValidationError) -> str:
         location = ".".join(str(part) for part in error["loc"])
         problems.append(f"{location}: {error['msg']}" if location else error["msg"])
     return "Invalid request: " + "; ".join(problems)
+
+
+@dataclass(eq=False)
+class _Answer:
+    """A started run and what finishing its answer needs."""
+
+    workflow: Workflow
+    model: str
+    history: list[ThreadItem]
+    agent_context: AgentContext[RequestContext]
+    result: RunResultStreaming
+    # Done once the run has sent its first model request.
+    sent: asyncio.Future[None]
+
+    async def request_sent(self) -> None:
+        """Wait until the model request is sent, or the run ended without sending one."""
+        task = self.result.run_loop_task
+        if task is None:
+            return
+        await asyncio.wait((self.sent, task), return_when=asyncio.FIRST_COMPLETED)
 
 
 def _answer_flows(event: ThreadStreamEvent) -> bool:
@@ -264,6 +289,88 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                 # response starts, so their errors map to a status directly.
                 pass
 
+    async def _process_streaming_impl(
+        self, request: StreamingReq, context: RequestContext
+    ) -> AsyncGenerator[ThreadStreamEvent]:
+        if not isinstance(request, ThreadsCreateReq):
+            async for event in super()._process_streaming_impl(request, context):
+                yield event
+            return
+        # ChatKit's own create stores the thread before anything else; here
+        # the model is asked first (see _answer_new_message).
+        # Naive local time, as ChatKit's own create stamps a thread.
+        now = datetime.now()  # noqa: DTZ005
+        thread = Thread(id=self.store.generate_thread_id(context), created_at=now, items=Page())
+        item = await self._build_user_message_item(request.params.input, thread, context)
+        async for event in self._answer_new_message(thread, item, context, new_thread=True):
+            yield event
+
+    async def _process_new_thread_item_respond(
+        self, thread: ThreadMetadata, item: UserMessageItem, context: RequestContext
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        async for event in self._answer_new_message(thread, item, context, new_thread=False):
+            yield event
+
+    async def _answer_new_message(
+        self,
+        thread: ThreadMetadata,
+        item: UserMessageItem,
+        context: RequestContext,
+        *,
+        new_thread: bool,
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        """Answer a new user message: the model is asked before the message is stored.
+
+        ChatKit stores the thread and the message, then starts the answer:
+        every write, and the frames that report them, stood between the
+        request and the model's first token. Here the answer starts first
+        (its history holds the new message from memory), and the thread and
+        the message are stored while the model request is on its way. Both
+        are stored before any event reaches the client, so a failed write is
+        the request's error, and the run is cancelled. A client that leaves
+        in between still finds its message stored.
+        """
+        answer = await self._start_answer(
+            thread, item.inference_options, context, newest=item, stored=not new_thread
+        )
+        try:
+            if answer is not None:
+                await answer.request_sent()
+            await self._store_new_message(thread, item, context, new_thread=new_thread)
+        except asyncio.CancelledError:
+            if answer is not None:
+                answer.result.cancel()
+            with anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + CANCEL_CLEANUP_SECONDS
+                await self._store_new_message(thread, item, context, new_thread=new_thread)
+            raise
+        except BaseException:
+            if answer is not None:
+                answer.result.cancel()
+            raise
+        if new_thread:
+            yield ThreadCreatedEvent(thread=self._to_thread_response(thread))
+        yield ThreadItemDoneEvent(item=item)
+        async for event in self._process_events(
+            thread, context, lambda: self._answer_events(thread, answer)
+        ):
+            yield event
+
+    async def _store_new_message(
+        self,
+        thread: ThreadMetadata,
+        item: UserMessageItem,
+        context: RequestContext,
+        *,
+        new_thread: bool,
+    ) -> None:
+        if new_thread:
+            await self.store.save_thread(ThreadMetadata(**thread.model_dump()), context=context)
+        # The attachments now have a thread id.
+        for attachment in item.attachments:
+            await self.store.save_attachment(attachment, context=context)
+        await self.store.add_thread_item(thread.id, item, context=context)
+
     def respond(
         self,
         thread: ThreadMetadata,
@@ -277,14 +384,30 @@ class ChatKitApp(ChatKitServer[RequestContext]):
     async def _respond(
         self, thread: ThreadMetadata, options: InferenceOptions, context: RequestContext
     ) -> AsyncIterator[ThreadStreamEvent]:
+        answer = await self._start_answer(thread, options, context)
+        async for event in self._answer_events(thread, answer):
+            yield event
+
+    async def _start_answer(
+        self,
+        thread: ThreadMetadata,
+        options: InferenceOptions,
+        context: RequestContext,
+        *,
+        newest: UserMessageItem | None = None,
+        stored: bool = True,
+    ) -> _Answer | None:
+        """Start the workflow's run on the thread's history; ``None``: no backend.
+
+        ``newest`` is a user message not stored yet, the history's newest
+        item; ``stored`` is false for a new thread, whose store is not read.
+        """
         workflow = self.workflow_of(thread, context)
         if not workflow.backend.configured:
             self._remember_workflow(thread, workflow)
-            yield ErrorEvent(code="custom", message=NO_BACKEND_MESSAGE, allow_retry=False)
-            return
-
+            return None
         budget = workflow.history_tokens or self.settings.history_tokens
-        entries = await self._history(thread, budget, context)
+        entries = await self._history(thread, budget, context, newest=newest, stored=stored)
         history = [entry.item for entry in entries]
         agent_input = fit_history(
             await self.converter.history_input(entries),
@@ -302,16 +425,36 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             # A trace records each request's whole input, so with tracing on
             # the SDK is given all of it; otherwise earlier turns skip it.
             agent.model, agent_input = with_earlier_turns(agent.model, agent_input)
-        result = Runner.run_streamed(
-            agent,
-            agent_input,
-            context=agent_context,
-            run_config=RunConfig(
-                tracing_disabled=not self.settings.tracing,
-                workflow_name=f"chatkit:{workflow.id}",
-                model_settings=run_settings,
-            ),
+        with watch_requests() as sent:
+            # The run's task is created here and inherits the watch.
+            result = Runner.run_streamed(
+                agent,
+                agent_input,
+                context=agent_context,
+                run_config=RunConfig(
+                    tracing_disabled=not self.settings.tracing,
+                    workflow_name=f"chatkit:{workflow.id}",
+                    model_settings=run_settings,
+                ),
+            )
+        return _Answer(
+            workflow=workflow,
+            model=options.model or workflow.model,
+            history=history,
+            agent_context=agent_context,
+            result=result,
+            sent=sent,
         )
+
+    async def _answer_events(
+        self, thread: ThreadMetadata, answer: _Answer | None
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        """The events of a started answer, then its usage, title and workflow are kept."""
+        if answer is None:
+            yield ErrorEvent(code="custom", message=NO_BACKEND_MESSAGE, allow_retry=False)
+            return
+        workflow, result, agent_context = answer.workflow, answer.result, answer.agent_context
+        context = agent_context.request_context
         fixer = StreamFixer(lambda kind: self.store.generate_item_id(kind, thread, context))
         title_task: asyncio.Task[str] | None = None
         wants_title = True
@@ -325,10 +468,10 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                     # request would compete with the answer's for the first
                     # token (and, with many new threads at once, for the CPU).
                     wants_title = False
-                    title_task = self._start_title(thread, workflow, history)
+                    title_task = self._start_title(thread, workflow, answer.history)
             finished = True
             if wants_title:  # an answer without content still names the thread
-                title_task = self._start_title(thread, workflow, history)
+                title_task = self._start_title(thread, workflow, answer.history)
         finally:
             if not finished:
                 # The SDK never cancels the run on its own: without this the
@@ -337,9 +480,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                 if title_task is not None:
                     title_task.cancel()
                 self._remember_workflow(thread, workflow)
-        await self._record_usage(
-            thread, workflow, options.model or workflow.model, result, fixer, context
-        )
+        await self._record_usage(thread, workflow, answer.model, result, fixer, context)
         if title_task is not None:
             await self._apply_title(thread, title_task)
         self._remember_workflow(thread, workflow)
@@ -407,26 +548,44 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             logger.exception("could not record token usage for thread %s", thread.id)
 
     async def _history(
-        self, thread: ThreadMetadata, budget: int, context: RequestContext
+        self,
+        thread: ThreadMetadata,
+        budget: int,
+        context: RequestContext,
+        *,
+        newest: UserMessageItem | None = None,
+        stored: bool = True,
     ) -> list[HistoryEntry]:
         """The newest items of the thread, oldest first.
 
         At most ``history_items``, and none past the first that exceeds the
         token ``budget``: older items would be dropped by :func:`fit_history`
         anyway, and each costs a validation and a conversion when not cached.
+        ``newest`` (not stored yet) comes after the stored items; with
+        ``stored`` false the store is not read.
         """
         entries: list[HistoryEntry] = []
         tokens = 0
         complete = True
-        newest = self.sql_store.newest_rows(thread.id, self.settings.history_items, context)
-        async with contextlib.aclosing(newest):
-            async for kind, data in newest:
-                entry = self.history_cache.entry(kind, data)
-                entries.append(entry)
-                tokens += entry.tokens
-                if tokens > budget:
-                    complete = False
-                    break
+        if newest is not None:
+            # Keyed by the JSON the store will keep, so the next turn's read
+            # finds it decoded.
+            entry = self.history_cache.entry(newest.type, newest.model_dump_json())
+            entries.append(entry)
+            tokens += entry.tokens
+        if stored and (tokens > budget or len(entries) >= self.settings.history_items):
+            complete = False
+        elif stored:
+            limit = self.settings.history_items - len(entries)
+            rows = self.sql_store.newest_rows(thread.id, limit, context)
+            async with contextlib.aclosing(rows):
+                async for kind, data in rows:
+                    entry = self.history_cache.entry(kind, data)
+                    entries.append(entry)
+                    tokens += entry.tokens
+                    if tokens > budget:
+                        complete = False
+                        break
         complete = complete and len(entries) < self.settings.history_items
         entries.reverse()
         # A cut history must not open with an answer or a tool result whose

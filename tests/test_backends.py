@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from agents import Agent, RunConfig, Runner
 from openai import DefaultAioHttpClient
 
-from chatkit_server.backends import Backend, BackendConfig, LeanAsyncOpenAI, with_earlier_turns
+from chatkit_server.backends import (
+    Backend,
+    BackendConfig,
+    LeanAsyncOpenAI,
+    watch_requests,
+    with_earlier_turns,
+)
 from chatkit_server.testing.fake_backend import Reply
 from tests.live import FakeLLM
 
@@ -252,3 +259,46 @@ def test_a_single_turn_or_another_model_is_left_as_it_is(fake_llm: FakeLLM) -> N
     assert with_earlier_turns(model, EARLIER_TURNS[:1]) == (model, EARLIER_TURNS[:1])
     responses = _backend(fake_llm, api="responses").model("m")
     assert with_earlier_turns(responses, EARLIER_TURNS) == (responses, EARLIER_TURNS)
+
+
+@pytest.mark.parametrize("api", ["chat_completions", "responses"])
+async def test_a_run_started_under_a_watch_marks_its_first_request(
+    fake_llm: FakeLLM, api: str
+) -> None:
+    fake_llm.backend.script(Reply.text("Fine."), Reply.text("Again."))
+    backend = _backend(fake_llm, api=api)
+    agent = Agent(name="a", model=backend.model("m"))
+    config = RunConfig(tracing_disabled=True)
+    try:
+        with watch_requests() as sent:
+            result = Runner.run_streamed(agent, "Hi", run_config=config)
+        assert not sent.done()
+        # Marked when the run sends its request, before any answer arrives.
+        await asyncio.wait_for(asyncio.shield(sent), 5)
+        assert not fake_llm.backend.streams or fake_llm.backend.streams[0].ended_at is None
+        async for _event in result.stream_events():
+            pass
+        assert result.final_output == "Fine."
+
+        # A run started outside the block is not watched.
+        outside = Runner.run_streamed(agent, "Hi", run_config=config)
+        async for _event in outside.stream_events():
+            pass
+        assert sent.done()
+    finally:
+        await backend.aclose()
+
+
+async def test_requests_outside_a_watch_mark_nothing(fake_llm: FakeLLM) -> None:
+    fake_llm.backend.script(Reply.text("Fine."))
+    backend = _backend(fake_llm)
+    assert backend.client is not None
+    with watch_requests() as sent:
+        pass
+    try:
+        await backend.client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Hi"}]
+        )
+    finally:
+        await backend.aclose()
+    assert not sent.done()
