@@ -13,10 +13,13 @@ streamed answer that is a task, a waiter and four callbacks per token, and as
 each token is read in a new task the SDK's ``RunResultStreaming.stream_events``
 re-registers its consumer every time. It also leaves its pending tasks behind
 when the stream is closed early (the user pressed stop), which asyncio reports
-as "Task was destroyed but it is pending". :func:`merge_events` keeps one task
-per stream for the whole answer. A stream is asked for its next item only once
-the consumer is back for more, as in ChatKit's merge, so events that pile up
-in the SDK's queue meanwhile are still merged downstream (``stream_fixups``).
+as "Task was destroyed but it is pending". :func:`merge_events` asks a stream
+for its next item in the consumer's own task and takes it at once when it is
+ready (the first token's read brings three events, which then leave in one
+write); only a step that must wait goes to that stream's one fetch task, kept
+for the whole answer. A stream is asked for its next item only once the
+consumer is back for more, as in ChatKit's merge, so events that pile up in
+the SDK's queue meanwhile are still merged downstream (``stream_fixups``).
 
 **The Agents SDK's agent identity map.** Every run builds a map of the agents
 it can reach (``agents._run_state_agent_identity._build_agent_identity_map``,
@@ -40,6 +43,8 @@ import agents._run_state_agent_identity as agent_identity
 import chatkit.agents
 from agents import Agent
 
+from .steps import Resumed
+
 __all__ = ["identity_map", "install", "merge_events"]
 
 _SDK_IDENTITY_MAP = agent_identity._build_agent_identity_map
@@ -61,41 +66,87 @@ async def merge_events(a: AsyncIterator[T1], b: AsyncIterator[T2]) -> AsyncItera
     either is raised once the items fetched before it are yielded. Closing
     or cancelling the merge cancels both fetches (an Agents SDK stream
     cancels its run when its reader is cancelled).
-    """
-    ready: asyncio.Queue[tuple[_Kind, Any, int]] = asyncio.Queue()
-    wanted = [asyncio.Event(), asyncio.Event()]
 
-    async def fetch(source: AsyncIterator[Any], index: int) -> None:
+    A stream's next item is first asked for in the consumer's own task: an
+    item that is ready (the SDK's queue holds several events after a read)
+    comes without a trip through the event loop, so a burst of events goes
+    out together. Only a step that has to wait is handed to that stream's
+    fetch task, which finishes it as an ``await`` would have.
+    """
+    # The tool events first: they are rare, and must not wait behind a
+    # run whose events keep coming.
+    sources: tuple[AsyncIterator[Any], AsyncIterator[Any]] = (b, a)
+    ready: asyncio.Queue[tuple[_Kind, Any, int]] = asyncio.Queue()
+    # busy[i]: source i's fetch task is finishing a step that had to wait.
+    busy = [False, False]
+    jobs: list[Resumed | None] = [None, None]
+    wanted = [asyncio.Event(), asyncio.Event()]
+    fetches: list[asyncio.Task[None] | None] = [None, None]
+
+    async def fetch(index: int) -> None:
         want = wanted[index]
+        while True:
+            await want.wait()
+            want.clear()
+            job, jobs[index] = jobs[index], None
+            if job is None:  # pragma: no cover - set only with a job
+                continue
+            try:
+                item = await job
+            except StopAsyncIteration:
+                ready.put_nowait((_Kind.ENDED, None, index))
+                return
+            except Exception as exc:
+                ready.put_nowait((_Kind.FAILED, exc, index))
+                return
+            ready.put_nowait((_Kind.ITEM, item, index))
+
+    def step(index: int) -> bool:
+        """Ask source ``index`` for its next item; whether it answered at once."""
+        started = sources[index].__anext__().__await__()
         try:
-            async for item in source:
-                want.clear()
-                ready.put_nowait((_Kind.ITEM, item, index))
-                # The next item is fetched when the consumer comes back for
-                # more: meanwhile the source's own queue can fill up.
-                await want.wait()
+            waiting_on = started.send(None)
+        except StopIteration as done:
+            ready.put_nowait((_Kind.ITEM, done.value, index))
+            return True
+        except StopAsyncIteration:
+            ready.put_nowait((_Kind.ENDED, None, index))
+            return True
         except Exception as exc:
             ready.put_nowait((_Kind.FAILED, exc, index))
-            return
-        ready.put_nowait((_Kind.ENDED, None, index))
+            return True
+        busy[index] = True
+        jobs[index] = Resumed(started, waiting_on)
+        task = fetches[index]
+        if task is None:
+            fetches[index] = asyncio.ensure_future(fetch(index))
+        wanted[index].set()
+        return False
 
-    fetches = [asyncio.ensure_future(fetch(a, 0)), asyncio.ensure_future(fetch(b, 1))]
     try:
         while True:
+            if ready.empty():
+                for index in (0, 1):
+                    if not busy[index] and step(index):
+                        break
             kind, value, index = await ready.get()
+            busy[index] = False
             if kind is _Kind.FAILED:
                 raise value
             if kind is _Kind.ENDED:
                 break
             yield value
-            wanted[index].set()
         while not ready.empty():  # fetched before the end: not to be lost
             kind, value, _ = ready.get_nowait()
             if kind is _Kind.ITEM:
                 yield value
     finally:
+        for job in jobs:
+            if job is not None:  # never taken up by its fetch task
+                job.cancel()
         for task in fetches:
-            task.cancel()
+            if task is not None:
+                task.cancel()
 
 
 def identity_map(initial_agent: Agent[Any]) -> dict[str, Agent[Any]]:

@@ -106,7 +106,8 @@ async def test_closing_early_cancels_both_fetches() -> None:
     run.put_nowait("r1")
     assert await anext(merged) == "r1"
     await merged.aclose()  # type: ignore[attr-defined]
-    await asyncio.sleep(0)
+    # (The loop closes an abandoned generator in a task of its own.)
+    await asyncio.sleep(0.01)
     left = [task for task in asyncio.all_tasks() - before if not task.done()]
     assert left == []
 
@@ -197,3 +198,19 @@ def test_the_sdk_still_builds_its_keys_through_the_name_we_replace() -> None:
     agent = _graphs()["handoffs with a cycle"]
     keys = agent_identity._build_agent_identity_keys_by_id(agent)
     assert sorted(keys.values()) == ["billing", "support", "triage"]
+
+
+async def test_ready_items_come_without_a_trip_through_the_loop() -> None:
+    # Three events from one read of the backend go out in one write: the
+    # merge must not wait on the loop between them.
+    run: asyncio.Queue[Any] = asyncio.Queue()
+    tools: asyncio.Queue[Any] = asyncio.Queue()
+    for item in ("added", "part", "delta"):
+        run.put_nowait(item)
+    merged = merge_events(from_queue(run), from_queue(tools))
+    loop_turns: list[str] = []
+    asyncio.get_running_loop().call_soon(loop_turns.append, "turn")
+    got = [await anext(merged) for _ in range(3)]
+    assert got == ["added", "part", "delta"]
+    assert loop_turns == []
+    await merged.aclose()  # type: ignore[attr-defined]

@@ -24,6 +24,8 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
+from ..steps import resume
+
 __all__ = ["BatchedStreamingResponse", "next_or_flush"]
 
 
@@ -106,26 +108,6 @@ def next_or_flush(
         except BaseException:
             # The write's failure is the one to report, whatever the step does.
             with contextlib.suppress(BaseException):
-                yield from _resume(step, step.throw(asyncio.CancelledError()))
+                yield from resume(step, step.throw(asyncio.CancelledError()))
             raise
-    return (yield from _resume(step, waiting_on))  # type: ignore[no-any-return]
-
-
-def _resume(step: Generator[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
-    """``yield from step`` for a ``step`` that has already yielded ``waiting_on`` (PEP 380)."""
-    while True:
-        try:
-            sent = yield waiting_on
-        except GeneratorExit:
-            step.close()
-            raise
-        except BaseException as exc:
-            try:
-                waiting_on = step.throw(exc)
-            except StopIteration as done:
-                return done.value
-        else:
-            try:
-                waiting_on = step.send(sent)
-            except StopIteration as done:
-                return done.value
+    return (yield from resume(step, waiting_on))  # type: ignore[no-any-return]
