@@ -393,19 +393,19 @@ async def test_token_usage_is_recorded_per_answer_and_thread(live: Live, fake_ll
     assert (totals.answers, totals.input_tokens, totals.output_tokens) == (2, 31, 5)
 
 
-async def test_a_message_reads_its_thread_and_newest_items_once(
+async def test_a_message_reads_neither_its_thread_nor_its_newest_items(
     live: Live, fake_llm: FakeLLM
 ) -> None:
     # The precheck and the SDK both load the thread, and the history and the
-    # SDK both read the newest items: each pair is one query per request, and
-    # on SQLite the newest items of the first turn are still known (store.newest).
+    # SDK both read the newest items: on a SQLite file the thread as saved by
+    # the first turn and that turn's items are still known (store.newest).
     fake_llm.backend.script(Reply.text("One."), Reply.text("Two."))
     first = await live.client.create_thread("Hello")
     selects = record_sql(live.state.database, only="SELECT")
     second = await live.client.add_message(first.thread_id, "Again")
 
     assert second.assistant_text == "Two."
-    assert len([s for s in selects if s.startswith("SELECT threads.data FROM threads")]) == 1
+    assert len([s for s in selects if s.startswith("SELECT threads.data FROM threads")]) == 0
     assert len([s for s in selects if "FROM thread_items" in s.split(" WHERE")[0]]) == 0
 
 

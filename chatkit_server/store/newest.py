@@ -1,4 +1,4 @@
-"""The newest items of recently answered threads, kept between requests.
+"""The newest items of recently answered threads, and the threads, kept between requests.
 
 Every answer starts by reading the thread's newest items (the history sent
 to the model): a query of up to 200 rows, about a millisecond before the
@@ -16,6 +16,11 @@ through the store's own connection keep their windows right: an added item
 is put in front (it has the newest ``seq``), a replaced one is replaced in
 place, anything else (a delete, an item older than the window) drops the
 thread's window.
+
+The thread rows themselves (the JSON of their metadata) are kept the same
+way: every message starts by loading its thread, a query of about 0.3 ms
+before the model is asked, for a row that only changed by this process's
+own saves. A save through the store puts the saved JSON here; a delete drops it.
 """
 
 from __future__ import annotations
@@ -54,13 +59,46 @@ class NewestItems:
         self._data_version = data_version
         self._capacity = threads
         self._windows: OrderedDict[tuple[str, str], _Window] = OrderedDict()
+        # (thread, user) -> the thread row's JSON.
+        self._threads: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._version: int | None = None
 
-    def _current(self) -> None:
+    def _current(self) -> bool:
+        """Drop everything if another connection committed since the last look.
+
+        Returns whether nothing was dropped. What was just read or written
+        is kept only then: a commit by another connection in between may
+        have changed it already.
+        """
         version = self._data_version()
-        if version != self._version:
-            self._windows.clear()
-            self._version = version
+        if version == self._version:
+            return True
+        self._windows.clear()
+        self._threads.clear()
+        self._version = version
+        return False
+
+    def thread(self, thread_id: str, user_id: str) -> str | None:
+        """The JSON of the user's thread, if kept."""
+        self._current()
+        key = (thread_id, user_id)
+        data = self._threads.get(key)
+        if data is not None:
+            self._threads.move_to_end(key)
+        return data
+
+    def thread_saved(self, thread_id: str, user_id: str, data: str) -> None:
+        """Keep the user's thread row as just read or written (``data``: its JSON).
+
+        Call it right after the read or write, with no await in between.
+        """
+        if not self._current():
+            return
+        key = (thread_id, user_id)
+        self._threads[key] = data
+        self._threads.move_to_end(key)
+        while len(self._threads) > self._capacity:
+            self._threads.popitem(last=False)
 
     def get(self, thread_id: str, user_id: str, limit: int) -> tuple[list[Row], bool] | None:
         """The newest ``limit`` rows and whether older ones follow; ``None``: not all kept."""
@@ -77,7 +115,8 @@ class NewestItems:
         Call it right after the read, with no await in between, so no write
         of this process falls between the read and this.
         """
-        self._current()
+        if not self._current():
+            return
         key = (thread_id, user_id)
         self._windows[key] = _Window(rows[:MAX_ROWS], complete and len(rows) <= MAX_ROWS)
         self._windows.move_to_end(key)
@@ -90,7 +129,8 @@ class NewestItems:
 
     def written(self, thread_id: str, user_id: str, row: Row) -> None:
         """An item was added or replaced through the store's own connection."""
-        self._current()
+        if not self._current():
+            return
         key = (thread_id, user_id)
         window = self._windows.get(key)
         if window is None:
@@ -111,7 +151,10 @@ class NewestItems:
         if window.complete:
             del self._windows[key]
 
-    def forget(self, thread_id: str) -> None:
-        """Drop a thread's windows (items deleted, thread deleted)."""
+    def forget(self, thread_id: str, *, thread: bool = False) -> None:
+        """Drop a thread's windows (items deleted), and with ``thread`` its row (deleted)."""
         for key in [key for key in self._windows if key[0] == thread_id]:
             del self._windows[key]
+        if thread:
+            for key in [key for key in self._threads if key[0] == thread_id]:
+                del self._threads[key]

@@ -134,12 +134,18 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             NotFoundError: No such thread for this user.
         """
         recent = context.recent
+        newest = self._newest
         data = recent.threads.pop(thread_id, None) if recent is not None else None
+        if data is None and newest is not None:
+            data = newest.thread(thread_id, context.user_id)
         if data is None:
             data = await self._owned_data(threads, thread_id, context)
             if data is None:
                 raise _thread_not_found(thread_id)
-            if recent is not None:
+            if newest is not None:
+                # Kept between requests (SQLite files), else for this request.
+                newest.thread_saved(thread_id, context.user_id, data)
+            elif recent is not None:
                 recent.threads[thread_id] = data
         return ThreadMetadata.model_validate_json(data)
 
@@ -152,19 +158,23 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             NotFoundError: The id belongs to another user's thread (nothing changes).
         """
         _forget(context, thread.id)
+        data = thread.model_dump_json(include=set(_THREAD_FIELDS))
         saved = await self._db.write_one(
             self._thread_upsert,
             {
                 "id": thread.id,
                 "user_id": context.user_id,
                 "created_at": _column_time(thread.created_at),
-                "data": thread.model_dump_json(include=set(_THREAD_FIELDS)),
+                "data": data,
             },
         )
         if not saved:
             raise _thread_not_found(thread.id)
-        if self._newest is not None and self._fresh.pop(thread.id, None) == context.user_id:
-            self._newest.created(thread.id, context.user_id)
+        newest = self._newest
+        if newest is not None:
+            newest.thread_saved(thread.id, context.user_id, data)
+            if self._fresh.pop(thread.id, None) == context.user_id:
+                newest.created(thread.id, context.user_id)
 
     async def load_threads(
         self, limit: int, after: str | None, order: str, context: RequestContext
@@ -204,7 +214,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         )
         _forget(context, thread_id)
         if self._newest is not None:
-            self._newest.forget(thread_id)
+            self._newest.forget(thread_id, thread=True)
         async with self._db.write() as session:
             deleted = (await session.execute(statement)).scalar_one_or_none()
         if deleted is None:

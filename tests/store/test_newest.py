@@ -32,6 +32,8 @@ class _Version:
 def test_rows_are_kept_per_thread_and_user_and_follow_own_writes() -> None:
     version = _Version()
     newest = NewestItems(version)
+    # As the store does: a look that misses, a read, then what it read is kept.
+    assert newest.get("t", "alice", 10) is None
     newest.put("t", "alice", [_row(2), _row(1)], complete=True)
 
     assert newest.get("t", "bob", 10) is None
@@ -51,6 +53,7 @@ def test_rows_are_kept_per_thread_and_user_and_follow_own_writes() -> None:
 
 def test_an_incomplete_window_serves_only_what_it_holds() -> None:
     newest = NewestItems(_Version())
+    assert newest.get("t", "alice", 2) is None
     newest.put("t", "alice", [_row(9), _row(8)], complete=False)
     assert newest.get("t", "alice", 2) == ([_row(9), _row(8)], True)
     assert newest.get("t", "alice", 3) is None
@@ -61,6 +64,7 @@ def test_an_incomplete_window_serves_only_what_it_holds() -> None:
 
 def test_an_untracked_change_to_a_complete_window_drops_it() -> None:
     newest = NewestItems(_Version())
+    assert newest.get("t", "alice", 10) is None
     newest.put("t", "alice", [_row(9)], complete=True)
     newest.written("t", "alice", _row(1, "msg_unknown"))  # older, yet not in a complete window
     assert newest.get("t", "alice", 10) is None
@@ -68,6 +72,7 @@ def test_an_untracked_change_to_a_complete_window_drops_it() -> None:
 
 def test_windows_are_bounded() -> None:
     newest = NewestItems(_Version(), threads=2)
+    assert newest.get("a", "u", 1) is None
     for thread in ("a", "b", "c"):
         newest.put(thread, "u", [_row(1)], complete=True)
     assert newest.get("a", "u", 1) is None
@@ -176,3 +181,66 @@ async def test_deletes_drop_what_was_kept(sqlite_store: tuple[SQLStore, Database
     await store.delete_thread(thread.id, ALICE)
     with pytest.raises(Exception, match="not found"):
         await _texts(store, thread.id)
+
+
+def test_what_was_read_while_another_connection_committed_is_not_kept() -> None:
+    version = _Version()
+    newest = NewestItems(version)
+    assert newest.get("t", "alice", 10) is None
+    version.value += 1  # another process commits between the read and the keep
+    newest.put("t", "alice", [_row(1)], complete=True)
+    assert newest.get("t", "alice", 10) is None
+    assert newest.thread("t", "alice") is None
+    version.value += 1
+    newest.thread_saved("t", "alice", '{"id": "t"}')
+    assert newest.thread("t", "alice") is None
+
+
+def test_thread_rows_are_kept_per_user_until_another_connection_commits() -> None:
+    version = _Version()
+    newest = NewestItems(version, threads=2)
+    assert newest.thread("t", "alice") is None
+    newest.thread_saved("t", "alice", '{"title": "one"}')
+    assert newest.thread("t", "alice") == '{"title": "one"}'
+    assert newest.thread("t", "bob") is None
+    newest.thread_saved("t", "alice", '{"title": "two"}')  # saved again
+    assert newest.thread("t", "alice") == '{"title": "two"}'
+    newest.forget("t")  # its items changed: the row stays
+    assert newest.thread("t", "alice") == '{"title": "two"}'
+    newest.forget("t", thread=True)  # deleted
+    assert newest.thread("t", "alice") is None
+    for thread in ("a", "b", "c"):
+        newest.thread_saved(thread, "u", "{}")
+    assert newest.thread("a", "u") is None  # bounded
+    version.value += 1
+    assert newest.thread("c", "u") is None
+
+
+async def test_a_thread_is_loaded_without_reading_after_its_save(
+    sqlite_store: tuple[SQLStore, Database, Path],
+) -> None:
+    store, database, path = sqlite_store
+    thread = await new_thread(store)
+    await store.load_thread(thread.id, ALICE)
+    thread.title = "renamed"
+    await store.save_thread(thread, ALICE)
+
+    selects = record_sql(database, only="SELECT")
+    assert (await store.load_thread(thread.id, RequestContext(user_id="alice"))).title == "renamed"
+    assert not [s for s in selects if "FROM threads" in s]
+    with pytest.raises(Exception, match="not found"):
+        await store.load_thread(thread.id, RequestContext(user_id="mallory"))
+
+    # Another process renames it: seen at once.
+    other = sqlite3.connect(path)
+    other.execute(
+        "UPDATE threads SET data = ? WHERE id = ?",
+        (thread.model_copy(update={"title": "theirs"}).model_dump_json(), thread.id),
+    )
+    other.commit()
+    other.close()
+    assert (await store.load_thread(thread.id, ALICE)).title == "theirs"
+
+    await store.delete_thread(thread.id, ALICE)
+    with pytest.raises(Exception, match="not found"):
+        await store.load_thread(thread.id, ALICE)
