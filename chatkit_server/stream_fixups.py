@@ -43,7 +43,7 @@ import functools
 import types
 import typing
 from collections.abc import AsyncIterator
-from typing import Any, Literal, cast
+from typing import Any, Final, Literal, cast
 
 from agents import RawResponsesStreamEvent, RunResultStreaming, StreamEvent
 from openai.types.responses import (
@@ -324,6 +324,14 @@ class _FieldFiller:
             if index is None:
                 index = self._output_index.get(item_id, len(self._output_index))
             self._output_index.setdefault(item_id, index)
+        elif (
+            type(data) is ResponseTextDeltaEvent
+            and getattr(data, "logprobs", None) == []
+            and None not in _text_delta_required(data)
+        ):
+            # The SDK's own text delta (one per token from Chat Completions):
+            # nothing to fill, and no nested model to walk.
+            return data
         return cast(ResponseStreamEvent, self._fill_model(data, data))
 
     def _fill_model(self, model: BaseModel, event: BaseModel) -> BaseModel:
@@ -359,6 +367,21 @@ class _FieldFiller:
             # llama-server sends one part per item, the first.
             return 0
         return [] if is_list else None
+
+
+def _text_delta_required(event: ResponseTextDeltaEvent) -> tuple[Any, ...]:
+    """The required fields of a text delta other than ``logprobs`` (``None``: left out)."""
+    # getattr: an event built leniently has no attribute for a field left out.
+    return tuple(getattr(event, name, None) for name in _TEXT_DELTA_REQUIRED)
+
+
+_TEXT_DELTA_REQUIRED: Final = (
+    "content_index",
+    "delta",
+    "item_id",
+    "output_index",
+    "sequence_number",
+)
 
 
 @functools.cache

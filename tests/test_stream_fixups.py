@@ -476,3 +476,24 @@ async def test_queued_text_before_a_failure_is_passed_on_before_it() -> None:
         await read_all()
 
     assert [event.data.delta for event in seen] == ["Hello"]
+
+
+async def test_a_text_delta_missing_a_field_is_still_filled() -> None:
+    # Built leniently, as the client builds what a backend sent: no
+    # sequence_number and no content_index, but logprobs present.
+    raw = {
+        "type": "response.output_text.delta",
+        "item_id": MSG,
+        "output_index": 0,
+        "delta": "Hi",
+        "logprobs": [],
+    }
+    event = cast(ResponseStreamEvent, construct_type(value=raw, type_=ResponseStreamEvent))
+    assert isinstance(event, ResponseTextDeltaEvent)
+
+    (repaired,) = await _repaired([event])
+
+    assert repaired is not event
+    assert isinstance(repaired, ResponseTextDeltaEvent)
+    assert (repaired.sequence_number, repaired.content_index) == (0, 0)
+    ResponseTextDeltaEvent.model_validate(repaired.model_dump())
