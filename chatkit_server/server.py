@@ -340,9 +340,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         except asyncio.CancelledError:
             if answer is not None:
                 answer.result.cancel()
-            with anyio.CancelScope(shield=True) as scope:
-                scope.deadline = anyio.current_time() + CANCEL_CLEANUP_SECONDS
-                await self._store_new_message(thread, item, context, new_thread=new_thread)
+            await self._keep_message_of_gone_client(thread, item, context, new_thread=new_thread)
             raise
         except BaseException:
             if answer is not None:
@@ -370,6 +368,28 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         for attachment in item.attachments:
             await self.store.save_attachment(attachment, context=context)
         await self.store.add_thread_item(thread.id, item, context=context)
+
+    async def _keep_message_of_gone_client(
+        self,
+        thread: ThreadMetadata,
+        item: UserMessageItem,
+        context: RequestContext,
+        *,
+        new_thread: bool,
+    ) -> None:
+        """Store a new message whose client left before it was stored (as ChatKit would have).
+
+        The request is being cancelled, so the writes run shielded, with a
+        time bound; a failure is logged, not raised over the cancellation.
+        """
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + CANCEL_CLEANUP_SECONDS
+            try:
+                await self._store_new_message(thread, item, context, new_thread=new_thread)
+            except StoreError as exc:
+                logger.error("could not store the message of a stopped request: %s", exc)
+        if scope.cancelled_caught:
+            logger.error("gave up storing the message of a stopped request in %s", thread.id)
 
     def respond(
         self,
