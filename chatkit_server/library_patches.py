@@ -101,36 +101,37 @@ async def merge_events(a: AsyncIterator[T1], b: AsyncIterator[T2]) -> AsyncItera
                 return
             ready.put_nowait((_Kind.ITEM, item, index))
 
-    def step(index: int) -> bool:
-        """Ask source ``index`` for its next item; whether it answered at once."""
+    def step(index: int) -> tuple[_Kind, Any] | None:
+        """Ask source ``index`` for its next item: the outcome, or ``None`` if it must wait."""
         started = sources[index].__anext__().__await__()
         try:
             waiting_on = started.send(None)
         except StopIteration as done:
-            ready.put_nowait((_Kind.ITEM, done.value, index))
-            return True
+            return _Kind.ITEM, done.value
         except StopAsyncIteration:
-            ready.put_nowait((_Kind.ENDED, None, index))
-            return True
+            return _Kind.ENDED, None
         except Exception as exc:
-            ready.put_nowait((_Kind.FAILED, exc, index))
-            return True
+            return _Kind.FAILED, exc
         busy[index] = True
         jobs[index] = Resumed(started, waiting_on)
-        task = fetches[index]
-        if task is None:
+        if fetches[index] is None:
             fetches[index] = asyncio.ensure_future(fetch(index))
         wanted[index].set()
-        return False
+        return None
 
     try:
         while True:
+            outcome: tuple[_Kind, Any] | None = None
             if ready.empty():
                 for index in (0, 1):
-                    if not busy[index] and step(index):
+                    if not busy[index] and (outcome := step(index)) is not None:
                         break
-            kind, value, index = await ready.get()
-            busy[index] = False
+            if outcome is not None:
+                kind, value = outcome
+            else:
+                # What a fetch task finished, in the order they finished.
+                kind, value, index = ready.get_nowait() if not ready.empty() else await ready.get()
+                busy[index] = False
             if kind is _Kind.FAILED:
                 raise value
             if kind is _Kind.ENDED:
