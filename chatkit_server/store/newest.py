@@ -47,12 +47,12 @@ class _Window:
 
 
 class NewestItems:
-    """Per (thread, user): the thread's newest rows, newest first.
+    """Per (thread, user): the thread's newest rows, newest first, and its own row.
 
     Args:
         data_version: SQLite's count of commits by other connections, read
             on the store's own connection.
-        threads: How many threads to keep (least recently used go first).
+        threads: How many threads to keep, of each kind (least recently used go first).
     """
 
     def __init__(self, data_version: Callable[[], int], *, threads: int = DEFAULT_THREADS) -> None:
