@@ -43,7 +43,7 @@ import functools
 import types
 import typing
 from collections.abc import AsyncIterator
-from typing import Any, Final, Literal, cast
+from typing import Any, Literal, cast
 
 from agents import RawResponsesStreamEvent, RunResultStreaming, StreamEvent
 from openai.types.responses import (
@@ -327,10 +327,11 @@ class _FieldFiller:
         elif (
             type(data) is ResponseTextDeltaEvent
             and getattr(data, "logprobs", None) == []
-            and None not in _text_delta_required(data)
+            and all(getattr(data, name, None) is not None for name in _required(type(data)))
         ):
             # The SDK's own text delta (one per token from Chat Completions):
-            # nothing to fill, and no nested model to walk.
+            # every required field there and no logprobs, so no nested model
+            # to walk and nothing to fill.
             return data
         return cast(ResponseStreamEvent, self._fill_model(data, data))
 
@@ -369,21 +370,6 @@ class _FieldFiller:
         return [] if is_list else None
 
 
-def _text_delta_required(event: ResponseTextDeltaEvent) -> tuple[Any, ...]:
-    """The required fields of a text delta other than ``logprobs`` (``None``: left out)."""
-    # getattr: an event built leniently has no attribute for a field left out.
-    return tuple(getattr(event, name, None) for name in _TEXT_DELTA_REQUIRED)
-
-
-_TEXT_DELTA_REQUIRED: Final = (
-    "content_index",
-    "delta",
-    "item_id",
-    "output_index",
-    "sequence_number",
-)
-
-
 @functools.cache
 def _fields(model: type[BaseModel]) -> tuple[tuple[str, bool, bool], ...]:
     """(name, required, is a list) of each field; cached, as this runs for every delta."""
@@ -395,6 +381,12 @@ def _fields(model: type[BaseModel]) -> tuple[tuple[str, bool, bool], ...]:
         )
         for name, field in model.model_fields.items()
     )
+
+
+@functools.cache
+def _required(model: type[BaseModel]) -> tuple[str, ...]:
+    """The names of the required fields of ``model`` (see :func:`_fields`)."""
+    return tuple(name for name, required, _is_list in _fields(model) if required)
 
 
 def _unwrap(annotation: Any) -> Any:
