@@ -137,6 +137,15 @@ class _Answer:
         await asyncio.wait((self.sent, task), return_when=asyncio.FIRST_COMPLETED)
 
 
+def _cleanup_scope() -> anyio.CancelScope:
+    """A scope for writes a cancelled request still owes: shielded, ended after a bound.
+
+    The client is gone, so the writes only delay the end of the request's
+    task, but they must never hang shutdown (``CANCEL_CLEANUP_SECONDS``).
+    """
+    return anyio.CancelScope(shield=True, deadline=anyio.current_time() + CANCEL_CLEANUP_SECONDS)
+
+
 def _answer_flows(event: ThreadStreamEvent) -> bool:
     """Whether the answer's text (or a finished item) is reaching the user."""
     if isinstance(event, ThreadItemUpdatedEvent):
@@ -337,14 +346,13 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             if answer is not None:
                 await answer.request_sent()
             await self._store_new_message(thread, item, context, new_thread=new_thread)
-        except asyncio.CancelledError:
+        except BaseException as exc:
             if answer is not None:
                 answer.result.cancel()
-            await self._keep_message_of_gone_client(thread, item, context, new_thread=new_thread)
-            raise
-        except BaseException:
-            if answer is not None:
-                answer.result.cancel()
+            if isinstance(exc, asyncio.CancelledError):
+                await self._keep_message_of_gone_client(
+                    thread, item, context, new_thread=new_thread
+                )
             raise
         if new_thread:
             yield ThreadCreatedEvent(thread=self._to_thread_response(thread))
@@ -382,8 +390,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         The request is being cancelled, so the writes run shielded, with a
         time bound; a failure is logged, not raised over the cancellation.
         """
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + CANCEL_CLEANUP_SECONDS
+        with _cleanup_scope() as scope:
             try:
                 await self._store_new_message(thread, item, context, new_thread=new_thread)
             except StoreError as exc:
@@ -626,8 +633,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         anyio re-cancels every later await in that task, so the base class's
         writes would never happen. They run shielded, with a time bound.
         """
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + CANCEL_CLEANUP_SECONDS
+        with _cleanup_scope() as scope:
             await super().handle_stream_cancelled(thread, pending_items, context)
             # The thread as it is: a stopped first answer's workflow is only
             # remembered in memory yet (see _respond), and the ChatKit server
