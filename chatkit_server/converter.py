@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from agents import TResponseInputItem
 from chatkit.agents import ThreadItemConverter
-from chatkit.types import Attachment, ThreadItem, UserMessageTagContent
+from chatkit.types import Attachment, ThreadItem, UserMessageItem, UserMessageTagContent
 from openai.types.responses import ResponseInputContentParam, ResponseInputTextParam
 
 from .history import HistoryEntry
@@ -68,7 +68,12 @@ class HistoryConverter(ThreadItemConverter):
         return output
 
     async def _converted(self, item: ThreadItem, *, is_last: bool) -> list[TResponseInputItem]:
-        items = await self._thread_item_to_input_item(item, is_last_message=is_last)
+        if isinstance(item, UserMessageItem) and not is_last:
+            # to_agent_input treats its last item as the newest message.
+            out = await self.user_message_to_input(item, is_last_message=False) or []
+            items = out if isinstance(out, list) else [out]
+        else:
+            items = await super().to_agent_input(item)
         return [_flatten_text_message(converted) for converted in items]
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 
 import anyio
-from agents import Model, ModelSettings, RunConfig, Runner, RunResultStreaming
+from agents import ModelSettings, RunConfig, Runner, RunResultStreaming
 from chatkit.actions import Action
 from chatkit.agents import AgentContext, stream_agent_response
 from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
@@ -32,12 +31,8 @@ from chatkit.types import (
     ErrorEvent,
     FeedbackKind,
     InferenceOptions,
-    Page,
-    StreamingReq,
     StructuredInputItem,
     SyncCustomActionResponse,
-    Thread,
-    ThreadCreatedEvent,
     ThreadItem,
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
@@ -54,12 +49,10 @@ from chatkit.types import (
     UserMessageItem,
     UserMessageTextContent,
     WidgetItem,
-    is_streaming_req,
 )
 from pydantic import TypeAdapter, ValidationError
 
-from . import library_patches
-from .backends import watch_requests, with_earlier_turns
+from . import compat
 from .context import RequestContext
 from .converter import HistoryConverter
 from .errors import RequestError, StoreError
@@ -126,24 +119,6 @@ class _Answer:
     history: list[ThreadItem]
     agent_context: AgentContext[RequestContext]
     result: RunResultStreaming
-    # Done once the run has sent its first model request.
-    sent: asyncio.Future[None]
-
-    async def request_sent(self) -> None:
-        """Wait until the model request is sent, or the run ended without sending one."""
-        task = self.result.run_loop_task
-        if task is None:
-            return
-        await asyncio.wait((self.sent, task), return_when=asyncio.FIRST_COMPLETED)
-
-
-def _cleanup_scope() -> anyio.CancelScope:
-    """A scope for writes a cancelled request still owes: shielded, ended after a bound.
-
-    The client is gone, so the writes only delay the end of the request's
-    task, but they must never hang shutdown (``CANCEL_CLEANUP_SECONDS``).
-    """
-    return anyio.CancelScope(shield=True, deadline=anyio.current_time() + CANCEL_CLEANUP_SECONDS)
 
 
 def _answer_flows(event: ThreadStreamEvent) -> bool:
@@ -178,9 +153,6 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.settings = settings
         self.converter = HistoryConverter()
         self.history_cache = HistoryCache(decode_item)
-        # ChatKit's merge of run and tool events costs a task per token, and
-        # the SDK signs every agent's configuration on every run.
-        library_patches.install()
 
     async def handle(
         self, body: bytes, context: RequestContext
@@ -194,12 +166,9 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         request = parse_request(body)
         context = self._choose_workflow(request, context)
         await self._precheck(request, context)
-        # Not self.process(): it would parse the body again with a
-        # TypeAdapter it builds per call, about 4 ms of CPU per request
-        # (measured by bench/). These two methods are what it dispatches to.
-        if is_streaming_req(request):
-            return StreamingResult(self._process_streaming(request, context))
-        return NonStreamingResult(await self._process_non_streaming(request, context))
+        # Not self.process(): it would parse the body a second time, with a
+        # validator it builds anew on every call (milliseconds of CPU).
+        return await compat.process_parsed(self, request, context)
 
     def _choose_workflow(self, request: ChatKitReq, context: RequestContext) -> RequestContext:
         """The workflow a request asks for (``metadata.workflow``), else the default.
@@ -298,106 +267,6 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                 # response starts, so their errors map to a status directly.
                 pass
 
-    async def _process_streaming_impl(
-        self, request: StreamingReq, context: RequestContext
-    ) -> AsyncGenerator[ThreadStreamEvent]:
-        if not isinstance(request, ThreadsCreateReq):
-            async for event in super()._process_streaming_impl(request, context):
-                yield event
-            return
-        # ChatKit's own create stores the thread before anything else; here
-        # the model is asked first (see _answer_new_message).
-        # Naive local time, as ChatKit's own create stamps a thread.
-        now = datetime.now()  # noqa: DTZ005
-        thread = Thread(id=self.store.generate_thread_id(context), created_at=now, items=Page())
-        item = await self._build_user_message_item(request.params.input, thread, context)
-        async for event in self._answer_new_message(thread, item, context, new_thread=True):
-            yield event
-
-    async def _process_new_thread_item_respond(
-        self, thread: ThreadMetadata, item: UserMessageItem, context: RequestContext
-    ) -> AsyncIterator[ThreadStreamEvent]:
-        async for event in self._answer_new_message(thread, item, context, new_thread=False):
-            yield event
-
-    async def _answer_new_message(
-        self,
-        thread: ThreadMetadata,
-        item: UserMessageItem,
-        context: RequestContext,
-        *,
-        new_thread: bool,
-    ) -> AsyncIterator[ThreadStreamEvent]:
-        """Answer a new user message: the model is asked before the message is stored.
-
-        ChatKit stores the thread and the message, then starts the answer:
-        every write, and the frames that report them, stood between the
-        request and the model's first token. Here the answer starts first
-        (its history holds the new message from memory), and the thread and
-        the message are stored while the model request is on its way. Both
-        are stored before any event reaches the client, so a failed write is
-        the request's error, and the run is cancelled. A client that leaves
-        in between still finds its message stored.
-        """
-        answer = await self._start_answer(
-            thread, item.inference_options, context, newest=item, stored=not new_thread
-        )
-        try:
-            if answer is not None:
-                await answer.request_sent()
-            await self._store_new_message(thread, item, context, new_thread=new_thread)
-        except BaseException as exc:
-            if answer is not None:
-                answer.result.cancel()
-            if isinstance(exc, asyncio.CancelledError):
-                await self._keep_message_of_gone_client(
-                    thread, item, context, new_thread=new_thread
-                )
-            raise
-        if new_thread:
-            yield ThreadCreatedEvent(thread=self._to_thread_response(thread))
-        yield ThreadItemDoneEvent(item=item)
-        async for event in self._process_events(
-            thread, context, lambda: self._answer_events(thread, answer)
-        ):
-            yield event
-
-    async def _store_new_message(
-        self,
-        thread: ThreadMetadata,
-        item: UserMessageItem,
-        context: RequestContext,
-        *,
-        new_thread: bool,
-    ) -> None:
-        if new_thread:
-            await self.store.save_thread(ThreadMetadata(**thread.model_dump()), context=context)
-        # The attachments now have a thread id.
-        for attachment in item.attachments:
-            await self.store.save_attachment(attachment, context=context)
-        await self.store.add_thread_item(thread.id, item, context=context)
-
-    async def _keep_message_of_gone_client(
-        self,
-        thread: ThreadMetadata,
-        item: UserMessageItem,
-        context: RequestContext,
-        *,
-        new_thread: bool,
-    ) -> None:
-        """Store a new message whose client left before it was stored (as ChatKit would have).
-
-        The request is being cancelled, so the writes run shielded, with a
-        time bound; a failure is logged, not raised over the cancellation.
-        """
-        with _cleanup_scope() as scope:
-            try:
-                await self._store_new_message(thread, item, context, new_thread=new_thread)
-            except StoreError as exc:
-                logger.error("could not store the message of a stopped request: %s", exc)
-        if scope.cancelled_caught:
-            logger.error("gave up storing the message of a stopped request in %s", thread.id)
-
     def respond(
         self,
         thread: ThreadMetadata,
@@ -416,25 +285,15 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             yield event
 
     async def _start_answer(
-        self,
-        thread: ThreadMetadata,
-        options: InferenceOptions,
-        context: RequestContext,
-        *,
-        newest: UserMessageItem | None = None,
-        stored: bool = True,
+        self, thread: ThreadMetadata, options: InferenceOptions, context: RequestContext
     ) -> _Answer | None:
-        """Start the workflow's run on the thread's history; ``None``: no backend.
-
-        ``newest`` is a user message not stored yet, the history's newest
-        item; ``stored`` is false for a new thread, whose store is not read.
-        """
+        """Start the workflow's run on the thread's history; ``None``: no backend."""
         workflow = self.workflow_of(thread, context)
         if not workflow.backend.configured:
             self._remember_workflow(thread, workflow)
             return None
         budget = workflow.history_tokens or self.settings.history_tokens
-        entries = await self._history(thread, budget, context, newest=newest, stored=stored)
+        entries = await self._history(thread, budget, context)
         history = [entry.item for entry in entries]
         agent_input = fit_history(
             await self.converter.history_input(entries),
@@ -448,29 +307,22 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         if options.tool_choice is not None:
             run_settings = ModelSettings(tool_choice=options.tool_choice.id)
         agent = self.workflows.agent(workflow.id, model=options.model)
-        if not self.settings.tracing and isinstance(agent.model, Model):
-            # A trace records each request's whole input, so with tracing on
-            # the SDK is given all of it; otherwise earlier turns skip it.
-            agent.model, agent_input = with_earlier_turns(agent.model, agent_input)
-        with watch_requests() as sent:
-            # The run's task is created here and inherits the watch.
-            result = Runner.run_streamed(
-                agent,
-                agent_input,
-                context=agent_context,
-                run_config=RunConfig(
-                    tracing_disabled=not self.settings.tracing,
-                    workflow_name=f"chatkit:{workflow.id}",
-                    model_settings=run_settings,
-                ),
-            )
+        result = Runner.run_streamed(
+            agent,
+            agent_input,
+            context=agent_context,
+            run_config=RunConfig(
+                tracing_disabled=not self.settings.tracing,
+                workflow_name=f"chatkit:{workflow.id}",
+                model_settings=run_settings,
+            ),
+        )
         return _Answer(
             workflow=workflow,
             model=options.model or workflow.model,
             history=history,
             agent_context=agent_context,
             result=result,
-            sent=sent,
         )
 
     async def _answer_events(
@@ -575,45 +427,28 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             logger.exception("could not record token usage for thread %s", thread.id)
 
     async def _history(
-        self,
-        thread: ThreadMetadata,
-        budget: int,
-        context: RequestContext,
-        *,
-        newest: UserMessageItem | None = None,
-        stored: bool = True,
+        self, thread: ThreadMetadata, budget: int, context: RequestContext
     ) -> list[HistoryEntry]:
         """The newest items of the thread, oldest first.
 
         At most ``history_items``, and none past the first that exceeds the
         token ``budget``: older items would be dropped by :func:`fit_history`
         anyway, and each costs a validation and a conversion when not cached.
-        ``newest`` (not stored yet) comes after the stored items; with
-        ``stored`` false the store is not read.
         """
         entries: list[HistoryEntry] = []
         tokens = 0
         complete = True
-        if newest is not None:
-            # Keyed by the JSON the store will keep, so the next turn's read
-            # finds it decoded.
-            entry = self.history_cache.entry(newest.type, newest.model_dump_json())
-            entries.append(entry)
-            tokens += entry.tokens
-        if stored and (tokens > budget or len(entries) >= self.settings.history_items):
-            complete = False
-        elif stored:
-            limit = self.settings.history_items - len(entries)
-            rows = self.sql_store.newest_rows(thread.id, limit, context)
-            async with contextlib.aclosing(rows):
-                async for kind, data in rows:
-                    entry = self.history_cache.entry(kind, data)
-                    entries.append(entry)
-                    tokens += entry.tokens
-                    if tokens > budget:
-                        complete = False
-                        break
-        complete = complete and len(entries) < self.settings.history_items
+        limit = self.settings.history_items
+        rows = self.sql_store.newest_rows(thread.id, limit, context)
+        async with contextlib.aclosing(rows):
+            async for kind, data in rows:
+                entry = self.history_cache.entry(kind, data)
+                entries.append(entry)
+                tokens += entry.tokens
+                if tokens > budget:
+                    complete = False
+                    break
+        complete = complete and len(entries) < limit
         entries.reverse()
         # A cut history must not open with an answer or a tool result whose
         # question was cut away: some servers reject such a conversation.
@@ -633,7 +468,10 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         anyio re-cancels every later await in that task, so the base class's
         writes would never happen. They run shielded, with a time bound.
         """
-        with _cleanup_scope() as scope:
+        # The client is gone, so the writes only delay the end of the
+        # request's task, but they must never hang shutdown.
+        deadline = anyio.current_time() + CANCEL_CLEANUP_SECONDS
+        with anyio.CancelScope(shield=True, deadline=deadline) as scope:
             await super().handle_stream_cancelled(thread, pending_items, context)
             # The thread as it is: a stopped first answer's workflow is only
             # remembered in memory yet (see _respond), and the ChatKit server

@@ -24,21 +24,14 @@ repaired first:
   but ChatKit's converter does and raises. Required fields that are ``None``
   get a default here.
 
-* **Deltas merged under load**: when the consumer of a run falls behind (many
-  streams on one process), the SDK's event queue fills up with text deltas of
-  the same part. Those already waiting are passed on as one delta, so ChatKit's
-  conversion and the SSE write run once per batch instead of once per token.
-  Nothing waits for an event that has not arrived.
-
 This layer is the narrowest that works: the openai client parses llama-server's
 events without complaint and the SDK consumes them without reading the missing
 fields (a transport hook patching SSE JSON would have to re-encode every event),
-while the reasoning mapping and the coalescing need the typed events.
+while the reasoning mapping needs the typed events.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import types
 import typing
@@ -53,7 +46,6 @@ from openai.types.responses import (
     ResponseReasoningSummaryTextDoneEvent,
     ResponseReasoningTextDeltaEvent,
     ResponseReasoningTextDoneEvent,
-    ResponseRefusalDeltaEvent,
     ResponseStreamEvent,
     ResponseTextDeltaEvent,
 )
@@ -114,7 +106,7 @@ class RepairedRun:
         """The run's events, with the raw Responses events repaired."""
         thoughts = self._thoughts
         try:
-            async for event in self._merged_deltas():
+            async for event in self.result.stream_events():
                 if not isinstance(event, RawResponsesStreamEvent):
                     for held in thoughts.flush():
                         yield RawResponsesStreamEvent(data=held)
@@ -136,51 +128,6 @@ class RepairedRun:
             raise
         for held in thoughts.flush():
             yield RawResponsesStreamEvent(data=held)
-
-    def _waiting(self) -> bool:
-        """Whether the run's next event is already queued (so taking it cannot wait)."""
-        queue = getattr(self.result, "_event_queue", None)
-        return isinstance(queue, asyncio.Queue) and not queue.empty()
-
-    async def _merged_deltas(self) -> AsyncIterator[StreamEvent]:
-        """The run's events, each run of queued text deltas of one part made one."""
-        events = self.result.stream_events().__aiter__()
-        ahead: StreamEvent | None = None
-        while True:
-            if ahead is not None:
-                event, ahead = ahead, None
-            else:
-                try:
-                    event = await anext(events)
-                except StopAsyncIteration:
-                    return
-            key = _delta_key(event)
-            if key is None or not self._waiting():
-                yield event
-                continue
-            run = [cast(_TextDelta, cast(RawResponsesStreamEvent, event).data)]
-            ended = False
-            failure: Exception | None = None
-            while self._waiting():
-                try:
-                    following = await anext(events)
-                except StopAsyncIteration:
-                    ended = True
-                    break
-                except Exception as exc:
-                    # The text received before the failure still reaches the
-                    # user (and the stored partial answer) first.
-                    failure = exc
-                    break
-                if _delta_key(following) != key:
-                    ahead = following
-                    break
-                run.append(cast(_TextDelta, cast(RawResponsesStreamEvent, following).data))
-            yield event if len(run) == 1 else RawResponsesStreamEvent(data=_joined(run))
-            if failure is not None:
-                raise failure
-            if ended:
-                return
 
     def _as_summary(self, data: ResponseStreamEvent) -> ResponseStreamEvent:
         if isinstance(data, _SUMMARY_EVENTS + _TEXT_EVENTS):
@@ -209,42 +156,6 @@ class RepairedRun:
                 sequence_number=data.sequence_number,
             )
         return data
-
-
-_TextDelta = (
-    ResponseTextDeltaEvent
-    | ResponseRefusalDeltaEvent
-    | ResponseReasoningTextDeltaEvent
-    | ResponseReasoningSummaryTextDeltaEvent
-)
-_TEXT_DELTAS = (
-    ResponseTextDeltaEvent,
-    ResponseRefusalDeltaEvent,
-    ResponseReasoningTextDeltaEvent,
-    ResponseReasoningSummaryTextDeltaEvent,
-)
-
-
-def _delta_key(event: StreamEvent) -> tuple[Any, ...] | None:
-    """Where a raw text delta's text goes, or None for any other event."""
-    if not isinstance(event, RawResponsesStreamEvent):
-        return None
-    data = event.data
-    if not isinstance(data, _TEXT_DELTAS) or getattr(data, "logprobs", None):
-        return None
-    if isinstance(data, ResponseReasoningSummaryTextDeltaEvent):
-        part = data.summary_index
-    else:
-        part = data.content_index
-    return (data.type, data.item_id, data.output_index, part)
-
-
-def _joined(run: list[_TextDelta]) -> ResponseStreamEvent:
-    """One delta with the text of ``run``, numbered as its last event."""
-    update: dict[str, Any] = {"delta": "".join(data.delta for data in run)}
-    if run[-1].sequence_number is not None:
-        update["sequence_number"] = run[-1].sequence_number
-    return cast(ResponseStreamEvent, run[0].model_copy(update=update))
 
 
 class _ThoughtCoalescer:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from starlette.types import Message
 
-from chatkit_server.http.sse import BatchedStreamingResponse, next_or_flush
+from chatkit_server.http.sse import QUEUED_FRAMES, BatchedStreamingResponse
 
 SCOPE: dict[str, Any] = {"type": "http", "asgi": {"spec_version": "2.3"}}
 
@@ -97,41 +97,6 @@ async def test_a_stream_without_frames_still_sends_its_headers() -> None:
     assert recorder.bodies == [(b"", False)]
 
 
-async def test_values_and_errors_of_the_wait_reach_the_stream() -> None:
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[bytes] = loop.create_future()
-    failure: asyncio.Future[bytes] = loop.create_future()
-    caught: list[str] = []
-
-    async def frames() -> AsyncIterator[bytes]:
-        yield b"1"
-        yield await answer
-        try:
-            await failure
-        except ValueError as exc:
-            caught.append(str(exc))
-        yield b"3"
-
-    flushed: list[bytes] = []
-    pending: list[bytes] = []
-
-    async def flush() -> None:
-        flushed.append(b"".join(pending))
-        pending.clear()
-
-    it = aiter(frames())
-    pending.append(await next_or_flush(it, pending, flush))
-    loop.call_later(0.01, answer.set_result, b"2")
-    pending.append(await next_or_flush(it, pending, flush))
-    assert flushed == [b"1"]
-    loop.call_later(0.01, failure.set_exception, ValueError("backend said no"))
-    assert await next_or_flush(it, pending, flush) == b"3"
-    assert caught == ["backend said no"]
-    assert flushed == [b"1", b"2"]
-    with pytest.raises(StopAsyncIteration):
-        await next_or_flush(it, [], flush)
-
-
 async def test_cancelling_the_stream_cancels_the_wait_inside_the_frames() -> None:
     # Stop (the client leaves) must reach the answer where it waits, so it
     # can save the partial answer and stop the backend.
@@ -163,22 +128,52 @@ async def test_cancelling_the_stream_cancels_the_wait_inside_the_frames() -> Non
 async def test_a_failed_write_cancels_the_waiting_frames_and_is_raised() -> None:
     outcome: list[str] = []
 
+    class Broken(Recorder):
+        async def send(self, message: Message) -> None:
+            if message["type"] == "http.response.body":
+                raise OSError("client went away")
+            await super().send(message)
+
     async def frames() -> AsyncIterator[bytes]:
         yield b"x"
         try:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(1)
         except asyncio.CancelledError:
             outcome.append("cancelled")
             raise
         yield b"y"
 
-    async def broken_flush() -> None:
-        raise OSError("client went away")
-
-    it = aiter(frames())
-    pending = [await next_or_flush(it, [], broken_flush)]
+    recorder = Broken()
+    response = BatchedStreamingResponse(frames(), media_type="text/event-stream")
     with pytest.raises(OSError, match="client went away"):
-        await next_or_flush(it, pending, broken_flush)
+        await asyncio.wait_for(response(SCOPE, recorder.receive, recorder.send), 5)
     assert outcome == ["cancelled"]
-    with pytest.raises(StopAsyncIteration):  # the frames ended with the cancellation
-        await anext(it)
+
+
+async def test_a_fast_answer_waits_for_a_slow_client_within_a_bound() -> None:
+    # The answer's frames queue up to QUEUED_FRAMES while the client's socket
+    # is busy; past that the answer waits instead of growing the queue.
+    produced: list[int] = []
+    release = asyncio.Event()
+
+    class Slow(Recorder):
+        async def send(self, message: Message) -> None:
+            await super().send(message)
+            await release.wait()
+
+    async def frames() -> AsyncIterator[bytes]:
+        for index in range(QUEUED_FRAMES * 3):
+            produced.append(index)
+            yield b"."
+            await asyncio.sleep(0)
+
+    recorder = Slow()
+    response = BatchedStreamingResponse(frames(), media_type="text/event-stream")
+    task = asyncio.create_task(response(SCOPE, recorder.receive, recorder.send))
+    for _ in range(QUEUED_FRAMES * 4):
+        await asyncio.sleep(0)
+    # One frame is being written, at most QUEUED_FRAMES wait, one is in hand.
+    assert len(produced) <= QUEUED_FRAMES + 2
+    release.set()
+    await asyncio.wait_for(task, 5)
+    assert b"".join(body for body, _more in recorder.bodies) == b"." * (QUEUED_FRAMES * 3)
