@@ -1,11 +1,11 @@
 """The ChatKit server: answers every protocol request, streams agent replies.
 
-Requests are parsed and checked *before* anything is streamed (trap 7): an
+Requests are parsed and checked *before* anything is streamed: an
 unknown thread, a foreign attachment or a tool output with no pending call is
 a 4xx answer, never a ``200 text/event-stream`` that dies. Replies run
 through the Agents SDK against the workflow's backend, with the stream
 fix-ups of :mod:`chatkit_server.streaming`, and stop (the client going away)
-persists the partial answer and cancels the backend generation (trap 6).
+persists the partial answer and cancels the backend generation.
 """
 
 from __future__ import annotations

@@ -5,19 +5,19 @@
 ChatKit events. :func:`repair_run` wraps a run so that those raw events are
 repaired first:
 
-* **Reasoning in either field** (trap 3): ChatKit shows only
+* **Reasoning in either field**: ChatKit shows only
   ``response.reasoning_summary_text.*`` events as a thought. The SDK emits them
   for Chat Completions ``reasoning_content`` (llama-server, DeepSeek) but turns
   ``reasoning`` (vLLM, Ollama) into ``response.reasoning_text.*`` events, which
   is also what vLLM and llama-server send on the Responses API. Reasoning text
   is mapped to summary text, unless the item already streams a summary.
-* **Linear thoughts** (trap 3): ChatKit re-sends the whole thought with every
+* **Linear thoughts**: ChatKit re-sends the whole thought with every
   summary delta, so a thought of N characters costs O(N²) bytes. Consecutive
   deltas are coalesced and only passed on once the held-back text has grown by
   :data:`THOUGHT_UPDATE_GROWTH` of what was already sent: the sizes of the
   updates grow geometrically, so all of them add up to at most
   ``(1 + 1/growth) * N`` characters.
-* **Missing fields** (trap 4): llama-server's Responses stream omits
+* **Missing fields**: llama-server's Responses stream omits
   ``sequence_number``, ``output_index``, ``content_index``, ``logprobs`` and a
   content part's ``annotations``. The openai client builds events without
   validation, so these arrive as ``None``; the SDK's run loop never reads them,

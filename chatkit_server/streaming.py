@@ -1,11 +1,11 @@
 """Fix-ups between the Agents SDK's stream and what ChatKit needs.
 
-* **Item ids** (trap 1): the SDK names every assistant message from a Chat
+* **Item ids**: the SDK names every assistant message from a Chat
   Completions backend ``__fake_id__`` and ChatKit reuses it as the item id,
   so each reply overwrites the previous one. Every backend-chosen id (of an
   assistant message or a client tool call, on either API) is replaced by a
   fresh store id, stable across the item's added, updated and done events.
-* **Empty turns** (trap 5): ``finish_reason`` is optional, so an empty or
+* **Empty turns**: ``finish_reason`` is optional, so an empty or
   truncated backend stream ends quietly. A turn that produced nothing
   visible becomes an ``error`` event.
 * **Backend failures**: a refused connection, an error status, a timeout or
@@ -176,7 +176,7 @@ class StreamFixer:
 
     def _with_new_id(self, item: ThreadItem, *, done: bool = False) -> ThreadItem:
         # Assistant message and client tool call ids always come from the backend
-        # (and collide on Chat Completions: trap 1); other items only when the SDK
+        # (and collide on Chat Completions); other items only when the SDK
         # used its fake id.
         if (
             not isinstance(item, (AssistantMessageItem, ClientToolCallItem))
