@@ -25,7 +25,6 @@ from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore
 from chatkit_server.testing.client import ChatKitHTTPError
 from chatkit_server.testing.fake_backend import Reply
-from tests.conftest import record_sql
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
 
@@ -391,22 +390,6 @@ async def test_token_usage_is_recorded_per_answer_and_thread(live: Live, fake_ll
     assert answer is not None
     assert (answer.input_tokens, answer.output_tokens, answer.model) == (20, 3, "fake-model")
     assert (totals.answers, totals.input_tokens, totals.output_tokens) == (2, 31, 5)
-
-
-async def test_a_message_reads_neither_its_thread_nor_its_newest_items(
-    live: Live, fake_llm: FakeLLM
-) -> None:
-    # The precheck and the SDK both load the thread, and the history and the
-    # SDK both read the newest items: on a SQLite file the thread as saved by
-    # the first turn and that turn's items are still known (store.newest).
-    fake_llm.backend.script(Reply.text("One."), Reply.text("Two."))
-    first = await live.client.create_thread("Hello")
-    selects = record_sql(live.state.database, only="SELECT")
-    second = await live.client.add_message(first.thread_id, "Again")
-
-    assert second.assistant_text == "Two."
-    assert len([s for s in selects if s.startswith("SELECT threads.data FROM threads")]) == 0
-    assert len([s for s in selects if "FROM thread_items" in s.split(" WHERE")[0]]) == 0
 
 
 async def test_the_model_is_asked_before_the_new_message_is_stored(
