@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import aiosqlite
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -127,7 +126,7 @@ def record_sql(database: Database, *, only: str | None = None) -> list[str]:
     """Every SQL statement ``database`` runs from now on, whitespace collapsed.
 
     Args:
-        database: The database to listen to (all of its engines).
+        database: The database to listen to.
         only: Keep only statements starting with this keyword (e.g. ``"SELECT"``).
     """
     statements: list[str] = []
@@ -137,23 +136,8 @@ def record_sql(database: Database, *, only: str | None = None) -> list[str]:
         if only is None or text.upper().startswith(only):
             statements.append(text)
 
-    for engine in database.sync_engines:
-        sa.event.listen(engine, "before_cursor_execute", record)
+    sa.event.listen(database.engine.sync_engine, "before_cursor_execute", record)
     return statements
-
-
-@pytest.fixture
-def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the functions run on aiosqlite's threads from now on, in order."""
-    seen: list[str] = []
-    original = aiosqlite.Connection._execute
-
-    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(getattr(fn, "__name__", type(fn).__name__))
-        return await original(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
-    return seen
 
 
 @pytest.fixture

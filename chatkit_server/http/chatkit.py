@@ -10,7 +10,7 @@ from chatkit.types import ErrorEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..context import RecentReads, RequestContext
+from ..context import RequestContext
 from ..errors import InvalidCursorError, NotFoundError, RequestError, StoreError
 from .body import read_body
 from .errors import error_response
@@ -31,7 +31,7 @@ async def chatkit_endpoint(request: Request) -> Response:
     state = get_state(request)
     try:
         body = await read_body(request, state.settings.max_body_bytes)
-        context = RequestContext(recent=RecentReads())
+        context = RequestContext()
         result = await state.server.handle(body, context)
     except RequestError as exc:
         return error_response(exc.status_code, exc.message, code=exc.code)

@@ -47,7 +47,6 @@ from ..context import RequestContext
 from ..errors import InvalidCursorError, NotFoundError
 from .database import Database
 from .ids import ID_PREFIXES, new_id
-from .newest import NewestItems
 from .tables import attachments, feedback, thread_items, threads
 
 __all__ = ["DEFAULT_UPLOAD_BASE_URL", "MAX_PAGE_SIZE", "FeedbackRecord", "SQLStore", "decode_item"]
@@ -93,11 +92,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         self._upload_base_url = upload_base_url.rstrip("/")
         self._item_upsert = _guarded_item_upsert(database.dialect)
         self._thread_upsert = _owned_thread_upsert(database.dialect)
-        data_version = database.data_version
-        # The newest rows of recent threads, between requests (SQLite files).
-        self._newest = NewestItems(data_version) if data_version is not None else None
-        # Ids handed out for new threads, by user, until the thread is saved.
-        self._fresh: dict[str, str] = {}
 
     def set_upload_base_url(self, url: str) -> None:
         """Change the base URL of upload and preview URLs (known after start-up)."""
@@ -107,13 +101,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
 
     def generate_thread_id(self, context: RequestContext) -> str:
         """Return a new 128-bit, time-ordered thread id (``thr_...``)."""
-        thread_id = new_id(ID_PREFIXES["thread"])
-        if self._newest is not None:
-            # A thread saved under this id is new: it has no items yet.
-            self._fresh[thread_id] = context.user_id
-            if len(self._fresh) > _FRESH_IDS:
-                del self._fresh[next(iter(self._fresh))]
-        return thread_id
+        return new_id(ID_PREFIXES["thread"])
 
     def generate_item_id(
         self, item_type: StoreItemType, thread: ThreadMetadata, context: RequestContext
@@ -133,20 +121,9 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: No such thread for this user.
         """
-        recent = context.recent
-        newest = self._newest
-        data = recent.threads.pop(thread_id, None) if recent is not None else None
-        if data is None and newest is not None:
-            data = newest.thread(thread_id, context.user_id)
+        data = await self._owned_data(threads, thread_id, context)
         if data is None:
-            data = await self._owned_data(threads, thread_id, context)
-            if data is None:
-                raise _thread_not_found(thread_id)
-            if newest is not None:
-                # Kept between requests (SQLite files), else for this request.
-                newest.thread_saved(thread_id, context.user_id, data)
-            elif recent is not None:
-                recent.threads[thread_id] = data
+            raise _thread_not_found(thread_id)
         return ThreadMetadata.model_validate_json(data)
 
     async def save_thread(self, thread: ThreadMetadata, context: RequestContext) -> None:
@@ -157,7 +134,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: The id belongs to another user's thread (nothing changes).
         """
-        _forget(context, thread.id)
         data = thread.model_dump_json(include=set(_THREAD_FIELDS))
         saved = await self._db.write_one(
             self._thread_upsert,
@@ -170,11 +146,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         )
         if not saved:
             raise _thread_not_found(thread.id)
-        newest = self._newest
-        if newest is not None:
-            newest.thread_saved(thread.id, context.user_id, data)
-            if self._fresh.pop(thread.id, None) == context.user_id:
-                newest.created(thread.id, context.user_id)
 
     async def load_threads(
         self, limit: int, after: str | None, order: str, context: RequestContext
@@ -212,9 +183,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             .where(threads.c.id == thread_id, threads.c.user_id == context.user_id)
             .returning(threads.c.seq)
         )
-        _forget(context, thread_id)
-        if self._newest is not None:
-            self._newest.forget(thread_id, thread=True)
         async with self._db.write() as session:
             deleted = (await session.execute(statement)).scalar_one_or_none()
         if deleted is None:
@@ -243,22 +211,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             NotFoundError: No such thread for this user.
             InvalidCursorError: ``after`` is not an item of this thread.
         """
-        limit = max(1, min(limit, MAX_PAGE_SIZE))
-        newest_first = after is None and order == "desc"
-        newest = self._newest if newest_first else None
-        kept = newest.get(thread_id, context.user_id, limit) if newest is not None else None
-        if kept is not None:
-            rows, has_more = [row[:3] for row in kept[0]], kept[1]
-        else:
-            recent = context.recent if newest_first else None
-            remembered = recent.newest_items.pop(thread_id, None) if recent is not None else None
-            if remembered is not None and (len(remembered[0]) >= limit or not remembered[1]):
-                rows = remembered[0][:limit]
-                has_more = remembered[1] or len(remembered[0]) > limit
-            else:
-                rows, has_more = await self._item_rows(thread_id, after, limit, order, context)
-                if recent is not None:
-                    recent.newest_items[thread_id] = (rows, has_more)
+        rows, has_more = await self._item_rows(thread_id, after, limit, order, context)
         return Page(
             data=[decode_item(type_, data) for _id, type_, data in rows],
             has_more=has_more,
@@ -272,9 +225,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
 
         For loading history until a token budget is spent: rows are fetched a
         page at a time (few round trips), but the consumer stops wherever it
-        likes and only the items it reached pay for decoding. The first page
-        is remembered like a ``load_thread_items`` page (see
-        :class:`~chatkit_server.context.RecentReads`).
+        likes and only the items it reached pay for decoding.
 
         Raises:
             NotFoundError: No such thread for this user.
@@ -295,30 +246,12 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: No such thread for this user.
         """
-        newest = self._newest
-        if newest is not None:
-            kept = newest.get(thread_id, context.user_id, limit)
-            if kept is not None:
-                for _id, kind, data, _seq in kept[0]:
-                    yield kind, data
-                return
-            # Read what is kept in one page, then keep it.
-            page_size = max(page_size, min(limit, MAX_PAGE_SIZE))
         after: str | None = None
         remaining = limit
-        recent = context.recent
         while remaining > 0:
             size = max(1, min(page_size, remaining, MAX_PAGE_SIZE))
-            rows, has_more = await self._item_rows(
-                thread_id, after, size, "desc", context, _WITH_SEQ
-            )
-            if after is None:
-                # Kept between requests (SQLite files), else for this request.
-                if newest is not None:
-                    newest.put(thread_id, context.user_id, rows, complete=not has_more)
-                elif recent is not None:
-                    recent.newest_items[thread_id] = ([row[:3] for row in rows], has_more)
-            for _id, kind, data, _seq in rows:
+            rows, has_more = await self._item_rows(thread_id, after, size, "desc", context)
+            for _id, kind, data in rows:
                 yield kind, data
             remaining -= len(rows)
             if not has_more or not rows:
@@ -332,15 +265,17 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         limit: int,
         order: str,
         context: RequestContext,
-        columns: tuple[str, ...] = ("id", "type", "data"),
-    ) -> tuple[list[Any], bool]:
+    ) -> tuple[list[tuple[str, str, str]], bool]:
+        """``(id, type, JSON)`` of a page of items, and whether more follow."""
         scope = {"thread_id": thread_id, "user_id": context.user_id}
         async with self._db.read() as session:
-            rows, has_more = await _page(session, thread_items, scope, after, limit, order, columns)
+            rows, has_more = await _page(
+                session, thread_items, scope, after, limit, order, ("id", "type", "data")
+            )
             if not rows:
                 await _require_thread(session, thread_id, context)
                 await _check_cursor(session, thread_items, scope, after)
-        return [tuple(row) for row in rows], has_more
+        return [(row.id, row.type, row.data) for row in rows], has_more
 
     async def add_thread_item(
         self, thread_id: str, item: ThreadItem, context: RequestContext
@@ -389,9 +324,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: No such thread for this user.
         """
-        _forget(context, thread_id)
-        if self._newest is not None:
-            self._newest.forget(thread_id)
         async with self._db.write() as session:
             await _require_thread(session, thread_id, context)
             await session.execute(
@@ -401,7 +333,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             )
 
     async def _upsert_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
-        _forget(context, thread_id)
         data = item.model_dump_json()
         saved = await self._db.write_one(
             self._item_upsert,
@@ -416,10 +347,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         )
         if not saved:
             raise _thread_not_found(thread_id)
-        if self._newest is not None:
-            self._newest.written(
-                thread_id, context.user_id, (item.id, item.type, data, saved[0][0])
-            )
 
     # -- attachments -----------------------------------------------------------
 
@@ -633,20 +560,14 @@ def _owned_thread_upsert(dialect: str) -> sa.Executable:
 _THREAD_COLUMNS: Final = ("id", "user_id", "created_at", "data")
 
 
-# Columns of the newest rows kept between requests (store.newest.Row).
-_WITH_SEQ: Final = ("id", "type", "data", "seq")
-# New thread ids remembered until saved (an id is saved right after it is made).
-_FRESH_IDS: Final = 1024
-
-
 def _guarded_item_upsert(dialect: str) -> sa.Executable:
     """Add or replace an item, only in a thread of ``:user_id``, in one statement.
 
     ``INSERT ... SELECT :values WHERE EXISTS (owned thread) ON CONFLICT DO
     UPDATE ... RETURNING seq``: no row back means no such thread for this
-    user. One statement instead of a check and a write is half the round
-    trips of every message and answer, and built once instead of per call
-    (SQLAlchemy spends about 0.3 ms of CPU constructing an upsert).
+    user. One statement instead of a check and a write halves the round
+    trips of every message and answer. Built once, not per call: building an
+    upsert and its cache key is more CPU than running it.
     The conflict update leaves ``seq`` alone, so a re-added item keeps its place.
     """
     columns = ("thread_id", "id", "type", "created_at", "data")
@@ -660,14 +581,9 @@ def _guarded_item_upsert(dialect: str) -> sa.Executable:
     return upsert.returning(thread_items.c.seq)
 
 
-def _forget(context: RequestContext, thread_id: str) -> None:
-    if context.recent is not None:
-        context.recent.forget(thread_id)
-
-
 # Read statements are built once, with bind parameters: building a
-# SQLAlchemy statement and computing its cache key took more CPU than SQLite
-# took to run it (about 0.4 ms per page of items, measured per request).
+# SQLAlchemy statement and computing its cache key costs more CPU than
+# SQLite takes to run a page query, on every request.
 _OWNED_THREAD: Final = sa.exists().where(
     threads.c.id == sa.bindparam("thread_id"), threads.c.user_id == sa.bindparam("user_id")
 )

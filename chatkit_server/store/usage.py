@@ -110,7 +110,8 @@ class UsageStore:
         """
         async with self._db.read() as session:
             await _require_thread(session, thread_id, context)
-            row = (await session.execute(_totals().where(usage.c.thread_id == thread_id))).one()
+            result = await session.execute(_totals().where(usage.c.thread_id == thread_id))
+            row = result.mappings().one()
         return _to_totals(row, thread_id=thread_id, user_id=context.user_id)
 
     async def report(
@@ -129,8 +130,8 @@ class UsageStore:
         if thread_id is not None:
             statement = statement.where(usage.c.thread_id == thread_id)
         async with self._db.read() as session:
-            rows = (await session.execute(statement)).all()
-        return [_to_totals(row, thread_id=row.thread_id, user_id=row.user_id) for row in rows]
+            rows = (await session.execute(statement)).mappings().all()
+        return [_to_totals(row, thread_id=row["thread_id"], user_id=row["user_id"]) for row in rows]
 
 
 def _guarded_record() -> sa.Executable:
@@ -168,13 +169,12 @@ def _totals(*group: sa.ColumnElement[str]) -> sa.Select[*tuple[Any, ...]]:
     )
 
 
-def _to_totals(row: sa.Row[Any], *, thread_id: str | None, user_id: str | None) -> UsageTotals:
-    mapping = row._mapping
+def _to_totals(row: sa.RowMapping, *, thread_id: str | None, user_id: str | None) -> UsageTotals:
     return UsageTotals(
         thread_id=thread_id,
         user_id=user_id,
-        answers=int(mapping["answers"]),
-        requests=int(mapping["requests"]),
-        input_tokens=int(mapping["input_tokens"]),
-        output_tokens=int(mapping["output_tokens"]),
+        answers=int(row["answers"]),
+        requests=int(row["requests"]),
+        input_tokens=int(row["input_tokens"]),
+        output_tokens=int(row["output_tokens"]),
     )

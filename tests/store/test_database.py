@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 
+import aiosqlite
 import anyio
 import pytest
 import sqlalchemy as sa
@@ -80,21 +81,6 @@ async def test_pragmas_are_set_on_every_pooled_connection(sqlite_database: Datab
                 "synchronous": 1,  # NORMAL
             }
     assert engine.pool.checkedin() == 8  # type: ignore[attr-defined]
-
-
-async def test_the_loop_connection_has_the_same_settings_but_never_waits(
-    sqlite_database: Database,
-) -> None:
-    pragmas = ("journal_mode", "foreign_keys", "busy_timeout", "synchronous", "wal_autocheckpoint")
-    async with sqlite_database.read() as session:  # on the loop's connection
-        values = {name: await session.scalar(sa.text(f"PRAGMA {name}")) for name in pragmas}
-    assert values == {
-        "journal_mode": "wal",
-        "foreign_keys": 1,
-        "busy_timeout": 0,  # a lock is waited for with the loop running, not in SQLite
-        "synchronous": 1,
-        "wal_autocheckpoint": 0,  # checkpoints run off the loop
-    }
 
 
 async def test_concurrent_read_then_write_transactions_all_succeed(
@@ -255,19 +241,6 @@ async def test_connect_creates_the_sqlite_directory(tmp_path: Path) -> None:
         await database.dispose()
 
 
-async def test_single_writes_make_no_trip_to_a_driver_thread(
-    sqlite_database: Database, trips: list[str]
-) -> None:
-    # Under load each trip to aiosqlite's thread waits for a busy event loop
-    # (twice) and writers queue behind each other's trips.
-    for n in range(3):
-        await sqlite_database.write_one(sa.insert(threads).values(_thread_row(f"thr_{n}")))
-
-    assert trips == []
-    async with sqlite_database.read() as session:
-        assert await session.scalar(sa.select(sa.func.count()).select_from(threads)) == 3
-
-
 async def test_a_write_blocked_by_another_process_waits_off_the_event_loop(
     sqlite_database: Database, tmp_path: Path
 ) -> None:
@@ -293,56 +266,57 @@ async def test_a_write_blocked_by_another_process_waits_off_the_event_loop(
         assert await session.scalar(sa.select(threads.c.id)) == "thr_mine"
 
 
-async def test_the_wal_is_checkpointed_off_the_loop_every_so_many_writes(
-    sqlite_database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(database_module, "CHECKPOINT_EVERY", 5)
-
-    def rows_in_main_file() -> int:
-        # The main file alone holds only what a checkpoint copied out of the WAL.
-        copy = tmp_path / "copy.db"
-        shutil.copyfile(tmp_path / "chatkit.db", copy)
-        with sqlite3.connect(copy) as conn:
-            count: int = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
-        copy.unlink()
-        return count
-
-    with sqlite3.connect(tmp_path / "chatkit.db") as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the schema, into the main file
-    for n in range(4):
-        await sqlite_database.write_one(sa.insert(threads).values(_thread_row(f"thr_{n}")))
-    assert rows_in_main_file() == 0
-    await sqlite_database.write_one(sa.insert(threads).values(_thread_row("thr_4")))
-    await sqlite_database.dispose()  # waits for the checkpoint it started
-
-    assert rows_in_main_file() == 5
-
-
-async def test_reads_make_no_trip_to_a_driver_thread(
-    sqlite_database: Database, trips: list[str]
-) -> None:
-    # A locked-out read falls back to aiosqlite like a write (same code path;
-    # see the blocked write above).
-    await sqlite_database.write_one(sa.insert(threads).values(_thread_row("thr_1")))
-    async with sqlite_database.read() as session:
-        assert (await session.execute(sa.select(threads.c.id))).scalars().all() == ["thr_1"]
-        assert await session.scalar(sa.select(sa.func.count()).select_from(threads)) == 1
-    assert trips == []
-
-
 async def test_a_write_locked_out_past_the_busy_timeout_is_a_store_error(
-    sqlite_database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(database_module, "DEFAULT_BUSY_TIMEOUT_MS", 200)
+    sqlite_database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}")
+    await sqlite_database.create_all()
     other = sqlite3.connect(tmp_path / "chatkit.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(StoreError, match="busy"):
             await sqlite_database.write_one(sa.insert(threads).values(_thread_row("thr_late")))
-    finally:
         other.execute("ROLLBACK")
+        # Nothing was written, and the next write goes through.
+        await sqlite_database.write_one(sa.insert(threads).values(_thread_row("thr_next")))
+        async with sqlite_database.read() as session:
+            ids = (await session.execute(sa.select(threads.c.id))).scalars().all()
+        assert ids == ["thr_next"]
+    finally:
         other.close()
-    # Nothing was written, and the next write goes through.
-    await sqlite_database.write_one(sa.insert(threads).values(_thread_row("thr_next")))
-    async with sqlite_database.read() as session:
-        assert (await session.execute(sa.select(threads.c.id))).scalars().all() == ["thr_next"]
+        await sqlite_database.dispose()
+
+
+async def test_sqlite_store_statements_run_off_the_event_loop_thread(
+    sqlite_database: Database,
+) -> None:
+    # Disk I/O and lock waits on the loop's thread would stall every stream.
+    seen: list[tuple[int, str]] = []
+
+    def trace(statement: str) -> None:
+        seen.append((threading.get_ident(), statement))
+
+    # The pool's one idle connection, which the store's statements below reuse.
+    async with sqlite_database.engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        driver = raw.driver_connection
+        assert isinstance(driver, aiosqlite.Connection)
+        await driver.set_trace_callback(trace)
+
+    store = SQLStore(sqlite_database)
+    alice = RequestContext(user_id="alice")
+    thread = ThreadMetadata(id="thr_traced", created_at=WHEN)
+    await store.save_thread(thread, alice)
+    item = AssistantMessageItem(id="msg_1", thread_id=thread.id, created_at=WHEN, content=[])
+    await store.add_thread_item(thread.id, item, alice)
+    assert await store.load_thread(thread.id, alice) == thread
+    assert [row async for row in store.newest_rows(thread.id, 10, alice)] == [
+        ("assistant_message", item.model_dump_json())
+    ]
+
+    statements = [statement.split()[:3] for _thread, statement in seen]
+    assert ["INSERT", "INTO", "threads"] in statements
+    assert ["INSERT", "INTO", "thread_items"] in statements
+    assert len([words for words in statements if words[0] == "SELECT"]) >= 2
+    assert threading.get_ident() not in {ident for ident, _statement in seen}

@@ -50,11 +50,11 @@ from chatkit.widgets import WidgetTemplate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatkit_server.context import RecentReads, RequestContext
+from chatkit_server.context import RequestContext
 from chatkit_server.errors import InvalidCursorError, NotFoundError, StoreError
-from chatkit_server.store import MAX_PAGE_SIZE, Database, SQLStore, new_id
+from chatkit_server.store import MAX_PAGE_SIZE, Database, SQLStore, decode_item, new_id
 from chatkit_server.store.tables import attachments, feedback, thread_items, threads
-from tests.conftest import record_sql
+from tests.conftest import DatabaseTarget, record_sql
 
 ALICE = RequestContext(user_id="alice")
 MALLORY = RequestContext(user_id="mallory")
@@ -710,100 +710,30 @@ def test_generated_ids_are_long_and_prefixed(store: SQLStore) -> None:
         assert len(value) == len(prefix) + 32
 
 
-# -- reads remembered for one request (RequestContext.recent) -------------------
+# -- reads are plain queries ------------------------------------------------------
 
 
-def _request(user_id: str = "alice") -> RequestContext:
-    return RequestContext(user_id=user_id, recent=RecentReads())
-
-
-async def test_a_request_reads_a_thread_once_for_two_loads(
-    store: SQLStore, database: Database
+async def test_reads_see_what_another_process_wrote(
+    store: SQLStore, database_target: DatabaseTarget
 ) -> None:
+    # Nothing read is kept between calls: a second handle on the same
+    # database (another worker process) changes what the next read returns.
     thread = await new_thread(store)
-    request = _request()
-    selects = record_sql(database, only="SELECT")
+    await store.add_thread_item(thread.id, message(thread.id, "one"), ALICE)
+    assert (await store.load_thread(thread.id, ALICE)).title == "hello"
+    assert len([row async for row in store.newest_rows(thread.id, 10, ALICE)]) == 1
 
-    # A SQLite file keeps its threads between requests (store.newest): one read in all.
-    kept = database.data_version is not None
-    first = await store.load_thread(thread.id, request)
-    first.title = "changed by the caller, not saved"
-    second = await store.load_thread(thread.id, request)
-    assert len(selects) == 1
-    # Served from the stored JSON, not the object the first caller changed.
-    assert second == thread
-    # Once only: the third load reads again.
-    await store.load_thread(thread.id, request)
-    assert len(selects) == (1 if kept else 2)
+    other = database_target.connect()
+    try:
+        elsewhere = SQLStore(other)
+        await elsewhere.save_thread(thread.model_copy(update={"title": "renamed"}), ALICE)
+        await elsewhere.add_thread_item(thread.id, message(thread.id, "two"), ALICE)
+    finally:
+        await other.dispose()
 
-
-async def test_a_write_drops_what_the_request_remembered(store: SQLStore) -> None:
-    thread = await new_thread(store)
-    request = _request()
-
-    await store.load_thread(thread.id, request)
-    await store.save_thread(thread.model_copy(update={"title": "renamed"}), request)
-    assert (await store.load_thread(thread.id, request)).title == "renamed"
-
-    await store.add_thread_item(thread.id, message(thread.id, "one"), request)
-    await store.load_thread_items(thread.id, None, 10, "desc", request)
-    await store.add_thread_item(thread.id, message(thread.id, "two"), request)
-    page = await store.load_thread_items(thread.id, None, 10, "desc", request)
-    assert [item.content[0].text for item in page.data] == ["two", "one"]  # type: ignore[union-attr]
-
-
-async def test_the_newest_items_are_served_once_to_a_smaller_page(
-    store: SQLStore, database: Database
-) -> None:
-    thread = await new_thread(store)
-    for number in range(5):
-        await store.add_thread_item(thread.id, message(thread.id, str(number)), ALICE)
-    request = _request()
-    selects = record_sql(database, only="SELECT")
-
-    await store.load_thread_items(thread.id, None, 40, "desc", request)
-    served = await store.load_thread_items(thread.id, None, 2, "desc", request)
-    assert len(selects) == 1
-    assert served == await store.load_thread_items(thread.id, None, 2, "desc", ALICE)
-    assert served.has_more
-
-    # Once only; a bigger page than was read, an ascending page or a page
-    # after a cursor reads again.
-    del selects[:]
-    await store.load_thread_items(thread.id, None, 3, "desc", request)
-    await store.load_thread_items(thread.id, None, 10, "desc", request)
-    await store.load_thread_items(thread.id, None, 2, "asc", request)
-    await store.load_thread_items(thread.id, served.after, 2, "desc", request)
-    assert len(selects) == 4
-
-
-async def test_a_complete_short_page_serves_any_limit(store: SQLStore, database: Database) -> None:
-    thread = await new_thread(store)
-    await store.add_thread_item(thread.id, message(thread.id), ALICE)
-    request = _request()
-    selects = record_sql(database, only="SELECT")
-
-    first = await store.load_thread_items(thread.id, None, 40, "desc", request)
-    again = await store.load_thread_items(thread.id, None, 100, "desc", request)
-    assert len(selects) == 1
-    assert again == first
-    assert not again.has_more
-
-
-async def test_contexts_without_recent_reads_always_read(
-    store: SQLStore, database: Database
-) -> None:
-    thread = await new_thread(store)
-    selects = record_sql(database, only="SELECT")
-
-    await store.load_thread(thread.id, ALICE)
-    await store.load_thread(thread.id, ALICE)
-    # (A SQLite file keeps its threads between requests: store.newest.)
-    assert len(selects) == (1 if database.data_version is not None else 2)
-    # A remembered read is per request and per user: another request reads.
-    await store.load_thread(thread.id, _request())
-    with pytest.raises(NotFoundError):
-        await store.load_thread(thread.id, _request("mallory"))
+    assert (await store.load_thread(thread.id, ALICE)).title == "renamed"
+    newest = [item async for item in store.newest_items(thread.id, 10, ALICE)]
+    assert [item.content[0].text for item in newest] == ["two", "one"]  # type: ignore[union-attr]
 
 
 async def test_newest_items_walks_back_in_pages_and_stops_anywhere(
@@ -816,25 +746,21 @@ async def test_newest_items_walks_back_in_pages_and_stops_anywhere(
 
     walked = [item async for item in store.newest_items(thread.id, 10, ALICE, page_size=3)]
     assert [item.content[0].text for item in walked] == list("6543210")  # type: ignore[union-attr]
-    if database.data_version is None:
-        assert len(selects) == 3  # pages of 3, 3 and 1
-    else:
-        # SQLite: read in one page, to be kept for the next request (store.newest).
-        assert len(selects) == 1
+    assert len(selects) == 3  # pages of 3, 3 and 1
 
     capped = [item async for item in store.newest_items(thread.id, 4, ALICE, page_size=3)]
     assert len(capped) == 4
 
-    request = _request()
-    newest = store.newest_items(thread.id, 100, request)
+    # Stopped after the first item: no further page is read.
+    del selects[:]
+    newest = store.newest_items(thread.id, 100, ALICE, page_size=3)
     first = await anext(newest)
     await newest.aclose()
     assert first.id == walked[0].id
-    # The page it read serves the SDK's look at the last two items.
-    del selects[:]
-    last_two = await store.load_thread_items(thread.id, None, 2, "desc", request)
-    assert [item.id for item in last_two.data] == [walked[0].id, walked[1].id]
-    assert selects == []
+    assert len(selects) == 1
+
+    rows = [row async for row in store.newest_rows(thread.id, 2, ALICE)]
+    assert [decode_item(*row) for row in rows] == walked[:2]
 
     with pytest.raises(NotFoundError):
         _ = [item async for item in store.newest_items(thread.id, 10, MALLORY)]
