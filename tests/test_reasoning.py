@@ -26,7 +26,7 @@ from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore
 from chatkit_server.testing.client import Turn
 from chatkit_server.testing.fake_backend import Reply
-from chatkit_server.testing.pytest_plugin import ReplayFactory
+from chatkit_server.testing.stack import ReplayFactory
 from tests.live import LOCAL, FakeLLM, LiveFactory
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hand-written"

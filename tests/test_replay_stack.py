@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chatkit_server.testing.pytest_plugin import ReplayFactory
+from chatkit_server.testing.stack import ReplayFactory
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LLAMA = FIXTURES / "llama-server"

@@ -28,7 +28,7 @@ from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore
 from chatkit_server.testing.client import ChatKitHTTPError, Turn
 from chatkit_server.testing.fake_backend import Reply, ToolCall
-from chatkit_server.testing.pytest_plugin import ReplayFactory
+from chatkit_server.testing.stack import ReplayFactory
 from chatkit_server.workflow_file import load_workflow_file
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 

@@ -6,12 +6,16 @@ Used by the pytest plugin (replay tests) and by the fixture recording script:
 
     async with run_chatkit(backend_url, tmp_path, llm_api="responses") as stack:
         turn = await stack.client.create_thread("Hello")
+
+:func:`replay_factory` is the body of the plugin's ``chatkit_replay`` fixture. It lives here,
+not in the plugin module, so that loading the plugin (in every pytest session of a project
+that installs this package) imports none of the server.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +26,17 @@ from chatkit_server.app import create_app
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import ChatKitClient
 from chatkit_server.testing.live import serve_app
+from chatkit_server.testing.replay import MatchMode, ReplayBackend, Speed
 from chatkit_server.workflow_file import load_workflow_file
 
-__all__ = ["ChatKitStack", "run_chatkit", "stack_settings"]
+__all__ = [
+    "ChatKitStack",
+    "ReplayFactory",
+    "ReplayStack",
+    "replay_factory",
+    "run_chatkit",
+    "stack_settings",
+]
 
 
 @dataclass
@@ -89,3 +101,65 @@ async def run_chatkit(
     app = create_app(settings, migrate=True)
     async with serve_app(app) as url, ChatKitClient(url) as client:
         yield ChatKitStack(url=url, app=app, settings=settings, client=client)
+
+
+@dataclass
+class ReplayStack(ChatKitStack):
+    """A :class:`ChatKitStack` whose model backend replays fixtures.
+
+    Attributes:
+        replay: The replay backend (``received``, ``mismatches``, ``unused``).
+        backend_url: Its base URL, ``.../v1``.
+    """
+
+    replay: ReplayBackend | None = None
+    backend_url: str = ""
+
+
+ReplayFactory = Callable[..., AbstractAsyncContextManager[ReplayStack]]
+
+
+def replay_factory(tmp_path: Path) -> ReplayFactory:
+    """The ``chatkit_replay`` fixture's factory; each stack gets a database under ``tmp_path``.
+
+    See :mod:`chatkit_server.testing.pytest_plugin` for how a test uses it.
+    """
+    started: list[ReplayBackend] = []
+
+    @asynccontextmanager
+    async def start(
+        fixtures: Path | str,
+        *,
+        match: MatchMode = "sequence",
+        speed: Speed = "fast",
+        check: bool = True,
+        **settings: Any,
+    ) -> AsyncIterator[ReplayStack]:
+        replay = ReplayBackend(fixtures, match=match, speed=speed)
+        if "llm_model" not in settings:
+            # The recorded requests name a model; the replayed ones must name the same.
+            models = [
+                e.request_body.get("model")
+                for e in replay.exchanges
+                if isinstance(e.request_body, dict)
+            ]
+            settings["llm_model"] = next((m for m in models if m), "model")
+        # One database per stack: a test may start several.
+        started.append(replay)
+        data_dir = tmp_path / f"chatkit-{len(started)}"
+        async with (
+            serve_app(replay.app) as backend,
+            run_chatkit(f"{backend}/v1", data_dir, **settings) as stack,
+        ):
+            yield ReplayStack(
+                url=stack.url,
+                app=stack.app,
+                settings=stack.settings,
+                client=stack.client,
+                replay=replay,
+                backend_url=f"{backend}/v1",
+            )
+        if check:
+            replay.assert_all_used()
+
+    return start

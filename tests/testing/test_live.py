@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import cast
 
+import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -98,13 +99,16 @@ async def test_lifespan_failure_raises_with_the_cause() -> None:
         raise RuntimeError("database unreachable")
         yield
 
-    started = time.monotonic()
-    with pytest.raises(ServerStartupError, match="startup failed") as caught:
-        async with serve_app(Starlette(lifespan=broken)):
+    # The failure is raised as soon as it happens, not when the startup timeout runs out:
+    # a guard shorter than that timeout fails a server that waits for it.
+    with (
+        anyio.fail_after(30),
+        pytest.raises(ServerStartupError, match="startup failed") as caught,
+    ):
+        async with serve_app(Starlette(lifespan=broken), startup_timeout=600):
             pytest.fail("should not start")
     assert isinstance(caught.value.__cause__, RuntimeError)
     assert str(caught.value.__cause__) == "database unreachable"
-    assert time.monotonic() - started < 2
 
 
 async def test_hanging_startup_times_out() -> None:
@@ -127,21 +131,24 @@ async def test_signal_handlers_are_left_alone() -> None:
 
 async def test_shutdown_with_an_endless_stream_is_bounded() -> None:
     events: list[str] = []
-    async with httpx.AsyncClient() as client:
-        async with serve_app(make_app(events), shutdown_timeout=0.3) as url:
-            request = client.build_request("GET", f"{url}/forever")
-            response = await client.send(request, stream=True)
-            # Kept referenced: a dropped generator is finalized at once and closes the
-            # connection, which would let the graceful shutdown finish early.
-            chunks = cast(AsyncGenerator[bytes, None], response.aiter_raw())
-            assert await anext(chunks) == b"tick\n"
-            exit_started = time.monotonic()
-        # Left serve_app with the response still streaming: graceful shutdown cannot
-        # finish, so open requests are cancelled after shutdown_timeout.
-        elapsed = time.monotonic() - exit_started
-        await chunks.aclose()
-        await response.aclose()
-    assert 0.3 <= elapsed < 0.3 + 2.0 + 1.0
+    # A hang guard, not a speed check: an unbounded shutdown never returns.
+    with anyio.fail_after(30):
+        async with httpx.AsyncClient() as client:
+            async with serve_app(make_app(events), shutdown_timeout=0.3) as url:
+                request = client.build_request("GET", f"{url}/forever")
+                response = await client.send(request, stream=True)
+                # Kept referenced: a dropped generator is finalized at once and closes the
+                # connection, which would let the graceful shutdown finish early.
+                chunks = cast(AsyncGenerator[bytes, None], response.aiter_raw())
+                assert await anext(chunks) == b"tick\n"
+                exit_started = time.monotonic()
+            # Left serve_app with the response still streaming: graceful shutdown cannot
+            # finish, so open requests are cancelled after shutdown_timeout.
+            elapsed = time.monotonic() - exit_started
+            await chunks.aclose()
+            await response.aclose()
+    # The grace period was given in full (a lower bound, safe under load).
+    assert elapsed >= 0.3
     assert events == ["startup", "shutdown"]
 
 

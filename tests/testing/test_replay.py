@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from openai import APIConnectionError, AsyncOpenAI
@@ -88,18 +91,54 @@ async def test_key_matching_ignores_order_and_ids(tmp_path: Path) -> None:
     ]
 
 
-async def test_realtime_keeps_the_recorded_timing_and_fast_does_not(tmp_path: Path) -> None:
-    fixtures = await _record(tmp_path, Reply.count(6, delay=0.05), texts=("a",))
-    durations = {}
-    for speed in ("fast", "realtime"):
-        replay = ReplayBackend(fixtures, speed=speed)  # type: ignore[arg-type]
+def _retimed(into: Path, last_ms: float) -> Path:
+    """A copy of the vLLM tool-call fixture, its chunks spread evenly up to ``last_ms``."""
+    shutil.copytree(VLLM_TOOLS, into)
+    [path] = into.glob("*/response.json")
+    response = json.loads(path.read_text(encoding="utf-8"))
+    count = len(response["chunks"])
+    response["chunks"] = [
+        [last_ms * (i + 1) / count, size] for i, (_, size) in enumerate(response["chunks"])
+    ]
+    path.write_text(json.dumps(response), encoding="utf-8")
+    return into
+
+
+async def test_realtime_sends_no_chunk_before_its_recorded_time(tmp_path: Path) -> None:
+    replay = ReplayBackend(_retimed(tmp_path / "fixture", last_ms=300), speed="realtime")
+    [exchange] = replay.exchanges
+    arrivals: list[tuple[float, bytes]] = []
+    async with serve_app(replay.app) as url, httpx.AsyncClient() as http:
+        started = time.monotonic()
+        async with http.stream("POST", f"{url}{exchange.path}", json=exchange.request_body) as r:
+            async for data in r.aiter_raw():
+                arrivals.append((time.monotonic() - started, data))
+    assert b"".join(data for _, data in arrivals) == exchange.body
+    # Lower bounds only (a byte may arrive late on a loaded machine, never early): the
+    # last byte of each recorded chunk came no sooner than that chunk's recorded time.
+    received = 0
+    pending = list(exchange.chunks)
+    end = 0
+    for at, data in arrivals:
+        received += len(data)
+        while pending and end + pending[0][1] <= received:
+            ms, size = pending.pop(0)
+            end += size
+            assert at >= ms / 1000 - 0.01, (at, ms)  # less a timer's slack
+    assert pending == []
+
+
+async def test_fast_ignores_the_recorded_timing(tmp_path: Path) -> None:
+    # Recorded as taking an hour: only a replay that ignores the timing can finish; the
+    # bound is a hang guard, not a speed check.
+    replay = ReplayBackend(_retimed(tmp_path / "fixture", last_ms=3_600_000), speed="fast")
+    [exchange] = replay.exchanges
+    with anyio.fail_after(30):
         async with serve_app(replay.app) as url, httpx.AsyncClient() as http:
-            started = time.monotonic()
-            resp = await http.post(f"{url}/v1/chat/completions", json=_chat("a"))
-            durations[speed] = time.monotonic() - started
-        assert resp.status_code == 200
-    assert durations["realtime"] >= 0.25
-    assert durations["fast"] < durations["realtime"] / 2
+            resp = await http.post(f"{url}{exchange.path}", json=exchange.request_body)
+    assert resp.status_code == 200
+    assert resp.content == exchange.body
+    replay.assert_all_used()
 
 
 async def test_a_truncated_fixture_cuts_the_connection() -> None:
