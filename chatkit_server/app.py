@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import agents
 from starlette.applications import Starlette
@@ -31,6 +33,33 @@ logger = logging.getLogger(__name__)
 CORS_ALLOW_HEADERS = ["authorization", "content-type", "chatkit-frame-instance-id"]
 
 
+_LoopHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
+
+def _quiet_stopped_merges(previous: _LoopHandler | None) -> _LoopHandler:
+    """A loop exception handler that does not report a stopped answer's leftover fetch.
+
+    ChatKit's ``stream_agent_response`` reads the run and the tool events in
+    a task each; when the user stops an answer, the fetch of the run's next
+    event is left behind and ends with ``StopAsyncIteration`` once the run is
+    cancelled, which asyncio would log as an error with a traceback on every
+    stop. Everything else goes to the previous handler.
+    """
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), StopAsyncIteration) and str(
+            context.get("message", "")
+        ).startswith("Task exception was never retrieved"):
+            logger.debug("a stopped answer's event fetch ended after the answer")
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    return handle
+
+
 def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Starlette:
     """Build the chatkit-server ASGI app.
 
@@ -54,6 +83,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
             await upgrade_async(url)
         database = Database.connect(url)
         backends = BackendRegistry.from_settings(settings)
+        loop = asyncio.get_running_loop()
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(_quiet_stopped_merges(previous_handler))
         try:
             workflows = WorkflowRegistry.from_settings(settings, backends)
             store = SQLStore(database)
@@ -76,6 +108,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         finally:
             await backends.aclose()
             await database.dispose()
+            loop.set_exception_handler(previous_handler)
 
     middleware = []
     if settings.cors_origins:

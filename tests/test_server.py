@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from typing import Any
 
@@ -168,7 +169,8 @@ async def _wait_for(predicate: Any, seconds: float = 5.0) -> None:
 async def test_stop_persists_partial_answer_and_stops_the_backend(
     live: Live, fake_llm: FakeLLM
 ) -> None:
-    fake_llm.backend.script(Reply.text("ready"), Reply.count(200, delay=0.02))
+    # 20 s of answer: it ends early only if stopping reaches the backend.
+    fake_llm.backend.script(Reply.text("ready"), Reply.count(1000, delay=0.02))
     turn = await live.client.create_thread("warm up")
 
     deltas = 0
@@ -191,7 +193,7 @@ async def test_stop_persists_partial_answer_and_stops_the_backend(
     record = await fake_llm.backend.wait_for_stream_end(timeout=5.0)
     assert record.disconnected
     assert not record.completed
-    assert record.tokens_sent < 100
+    assert record.tokens_sent < 1000
 
     async def partial_saved() -> bool:
         items = await _stored_items(live, turn.thread_id)
@@ -201,7 +203,7 @@ async def test_stop_persists_partial_answer_and_stops_the_backend(
     items = await _stored_items(live, turn.thread_id)
     partial = [item for item in items if isinstance(item, AssistantMessageItem)][-1]
     assert partial.content[0].text.startswith("tok0 tok1 tok2")
-    assert len(partial.content[0].text.split()) < 200
+    assert len(partial.content[0].text.split()) < 1000
 
     # The thread takes the next message, and the model sees the partial answer.
     fake_llm.backend.script(Reply.text("Fine."))
@@ -416,3 +418,27 @@ async def test_a_failed_message_write_is_an_error_event_and_keeps_the_thread(
     monkeypatch.undo()
     again = await live.client.add_message(first.thread_id, "Again")
     assert again.assistant_text == "Back."
+
+
+async def test_stopping_an_answer_logs_no_leftover_task_error(
+    live: Live, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_llm.backend.script(Reply.count(1000, delay=0.02))
+    async with live.client.open_stream(
+        "threads.create",
+        input={
+            "content": [{"type": "input_text", "text": "long one"}],
+            "attachments": [],
+            "inference_options": {},
+        },
+    ) as events:
+        async for event in events:
+            if isinstance(event, ThreadItemUpdatedEvent):
+                break
+    record = await fake_llm.backend.wait_for_stream_end(timeout=5.0)
+    assert not record.completed
+    # The leftover fetch is reported when it is collected.
+    for _ in range(20):
+        gc.collect()
+        await asyncio.sleep(0.01)
+    assert [r for r in caplog.records if "never retrieved" in r.getMessage()] == []

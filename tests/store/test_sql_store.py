@@ -97,28 +97,6 @@ async def item_ids(store: SQLStore, thread_id: str, order: str = "asc") -> list[
     return [item.id for item in page.data]
 
 
-def test_public_api_is_pinned() -> None:
-    import chatkit_server.store
-
-    assert sorted(chatkit_server.store.__all__) == [
-        "DEFAULT_UPLOAD_BASE_URL",
-        "Database",
-        "FeedbackRecord",
-        "MAX_PAGE_SIZE",
-        "SQLStore",
-        "UsageRecord",
-        "UsageStore",
-        "UsageTotals",
-        "alembic_config",
-        "current",
-        "decode_item",
-        "downgrade",
-        "new_id",
-        "upgrade",
-        "upgrade_async",
-    ]
-
-
 # -- every item kind round-trips -------------------------------------------------
 
 WIDGET = WidgetTemplate(
