@@ -136,7 +136,7 @@ def record_sql(database: Database, *, only: str | None = None) -> list[str]:
         if only is None or text.upper().startswith(only):
             statements.append(text)
 
-    sa.event.listen(database.engine.sync_engine, "before_cursor_execute", record)
+    sa.event.listen(database.sync_engine, "before_cursor_execute", record)
     return statements
 
 

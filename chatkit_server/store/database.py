@@ -1,9 +1,10 @@
-"""The async engine, its connections, and the SQLite settings that make it safe.
+"""The database handle, its connections, and the SQLite settings that make it safe.
 
-Every statement runs through SQLAlchemy's async API: asyncpg for PostgreSQL,
-aiosqlite for SQLite, whose connections each run their statements on a
-thread of their own. Disk I/O and waiting for another process's lock
-therefore never hold up the event loop and the streams it serves.
+PostgreSQL runs through SQLAlchemy's async API on asyncpg. A SQLite file runs
+on SQLAlchemy's synchronous engine, one statement per job for a worker
+thread (:mod:`.sqlite_threads`): disk I/O and waiting for another process's
+lock never hold up the event loop, and a statement costs one hand-off to its
+thread. Both give the store the same few methods (:class:`Statements`).
 
 SQLite needs four things on every connection, not once per file:
 ``journal_mode=WAL`` (readers never block the writer), ``busy_timeout`` (wait
@@ -24,35 +25,34 @@ its pool and asks for ``IMMEDIATE``.
 Reads and single-statement writes on SQLite issue no ``BEGIN`` at all: one
 statement is atomic on its own, and a write statement takes the write lock
 before it reads (waiting out ``busy_timeout``), so it cannot fail the way a
-read-then-write transaction does. Each statement through aiosqlite is a few
-hand-offs between the loop and the driver's thread; a ``BEGIN`` and a
-``COMMIT`` would be two more statements around every single-row read.
+read-then-write transaction does; a ``BEGIN`` and a ``COMMIT`` would be two
+more statements around every single-row read.
 
-SQLite has one writer at a time. This process's writers queue on an
-:class:`asyncio.Lock`, which is fair and costs nothing; left to SQLite's busy
-handler they would poll, and under load some would wait past
-``busy_timeout`` and fail with "database is locked". ``busy_timeout`` still
-covers other processes on the same file.
+SQLite has one writer at a time. This process's writers queue in order
+before they reach the writer thread; left to SQLite's busy handler they
+would poll, and under load some would wait past ``busy_timeout`` and fail
+with "database is locked". ``busy_timeout`` still covers other processes on
+the same file.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     create_async_engine,
 )
+from sqlalchemy.pool import StaticPool
 
 from ..errors import StoreError
+from .sqlite_threads import READER_THREADS, SQLiteThreads
 from .tables import metadata
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_POOL_RECYCLE",
     "DEFAULT_POOL_SIZE",
     "Database",
+    "Statements",
     "create_engine",
     "for_writes",
 ]
@@ -121,7 +122,30 @@ def for_writes(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, *, enforce_foreign_keys: bool) -> None:
+Parameters = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+"""A statement's bind parameters: one set, or one per row (executemany)."""
+
+
+class Statements(Protocol):
+    """What the store runs its statements on: an ``AsyncConnection``, or its SQLite twin."""
+
+    async def execute(
+        self, statement: sa.Executable, parameters: Parameters = None
+    ) -> sa.Result[Any]:
+        """Run a statement; its result."""
+
+    async def scalar(
+        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Any:
+        """The first column of the first row."""
+
+    async def scalars(
+        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
+    ) -> sa.ScalarResult[Any]:
+        """The first column of every row."""
+
+
+def _install_sqlite_hooks(engine: AsyncEngine | Engine, *, enforce_foreign_keys: bool) -> None:
     pragmas = (
         # busy_timeout first: switching to WAL itself needs a lock.
         f"PRAGMA busy_timeout = {DEFAULT_BUSY_TIMEOUT_MS}",
@@ -130,7 +154,9 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, enforce_foreign_keys: bool) ->
         "PRAGMA synchronous = NORMAL",
     )
 
-    @event.listens_for(engine.sync_engine, "connect")
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver would otherwise issue its own deferred BEGIN before DML
         # (and none before SELECT or DDL); the begin hook below replaces it.
@@ -142,7 +168,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, enforce_foreign_keys: bool) ->
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(_BEGIN_OPTION)
         if mode != "NONE":  # NONE: each statement commits on its own
@@ -164,29 +190,54 @@ def _ensure_sqlite_directory(url: URL) -> None:
     Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
+def _sqlite_threads(url: URL, *, echo: bool) -> SQLiteThreads:
+    """The worker threads and synchronous engine of a SQLite database (any driver named)."""
+    memory = _is_sqlite_memory(url)
+    kwargs: dict[str, Any] = {
+        "echo": echo,
+        # Connections move between the worker threads (one at a time).
+        "connect_args": {"check_same_thread": False},
+    }
+    if memory:
+        kwargs["poolclass"] = StaticPool  # every connection would be a new database
+    else:
+        kwargs.update(pool_size=READER_THREADS + 1, max_overflow=READER_THREADS)
+    engine = sa.create_engine(url.set(drivername="sqlite+pysqlite"), **kwargs)
+    _install_sqlite_hooks(engine, enforce_foreign_keys=True)
+    return SQLiteThreads(
+        engine,
+        statements=engine.execution_options(**{_BEGIN_OPTION: "NONE"}),
+        transactions=engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}),
+        single_connection=memory,
+    )
+
+
 class Database:
-    """An async engine and the connections the store works in.
+    """The database the store works in: its connections and units of work.
 
     Use :meth:`connect` to build one; call :meth:`dispose` when done (the app
     lifespan does).
 
     Attributes:
-        engine: The SQLAlchemy async engine (one pool for readers and writers).
         dialect: ``"sqlite"`` or ``"postgresql"``.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        """Wrap an engine made by :func:`create_engine`; prefer :meth:`connect`."""
-        self.engine = engine
-        self.dialect: str = engine.dialect.name
-        # Core connections, not ORM sessions: the store only runs Core
-        # statements and has no use for a session's identity map and unit
-        # of work, which it would pay for on every request.
-        self._write_engine = for_writes(engine)
-        # Reads and single writes: no BEGIN/COMMIT on SQLite (module notes).
-        self._statement_engine = engine.execution_options(**{_BEGIN_OPTION: "NONE"})
-        # This process's SQLite writers queue here (module notes).
-        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+    def __init__(self, url: str | URL, *, echo: bool = False, **engine_kwargs: Any) -> None:
+        """Prefer :meth:`connect`; ``engine_kwargs`` go to :func:`create_engine`."""
+        parsed = make_url(url)
+        _ensure_sqlite_directory(parsed)
+        self.url = parsed
+        self.dialect: str = parsed.get_backend_name()
+        self._sqlite: SQLiteThreads | None = None
+        self._engine: AsyncEngine | None = None
+        if self.dialect == "sqlite":
+            self._sqlite = _sqlite_threads(parsed, echo=echo)
+        else:
+            self._engine = create_engine(parsed, echo=echo, **engine_kwargs)
+            # Core connections, not ORM sessions: the store only runs Core
+            # statements and has no use for a session's identity map and
+            # unit of work, which it would pay for on every request.
+            self._write_engine = for_writes(self._engine)
 
     @classmethod
     def connect(
@@ -201,15 +252,23 @@ class Database:
         For a SQLite file, the file's directory is created if missing.
 
         Args:
-            url: A ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URL.
+            url: A ``sqlite+aiosqlite://`` (or ``sqlite://``) or ``postgresql+asyncpg://`` URL.
             echo: Log every SQL statement.
-            connect_args: Extra keyword arguments for the driver's ``connect``.
+            connect_args: Extra keyword arguments for the PostgreSQL driver's ``connect``.
         """
-        return cls(create_engine(url, echo=echo, connect_args=connect_args))
+        return cls(url, echo=echo, connect_args=connect_args)
+
+    @property
+    def sync_engine(self) -> Engine:
+        """The synchronous engine underneath (for event listeners)."""
+        if self._sqlite is not None:
+            return self._sqlite.engine
+        assert self._engine is not None
+        return self._engine.sync_engine
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for a unit of work that only reads.
+    async def read(self) -> AsyncIterator[Statements]:
+        """Statements for a unit of work that only reads.
 
         On SQLite each statement runs on its own, so two queries of one unit
         may see different data: the store's reads are one query each, and a
@@ -220,7 +279,12 @@ class Database:
             StoreError: The database failed (driver errors are translated).
         """
         try:
-            async with self._statement_engine.connect() as connection:
+            if self._sqlite is not None:
+                async with self._sqlite.read() as statements:
+                    yield statements
+                return
+            assert self._engine is not None
+            async with self._engine.connect() as connection:
                 yield connection
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             raise _translate(exc) from exc
@@ -237,33 +301,34 @@ class Database:
         Raises:
             StoreError: The database failed (driver errors are translated).
         """
-        if self._write_lock is None:
-            async with self._transaction(self.engine) as session:
-                return await _all_rows(session, statement, parameters)
-        async with self._write_lock, self._transaction(self._statement_engine) as session:
-            return await _all_rows(session, statement, parameters)
+        params = dict(parameters) if parameters else None
+        try:
+            if self._sqlite is not None:
+                return await self._sqlite.write_one(
+                    lambda connection: _rows(connection.execute(statement, params))
+                )
+            assert self._engine is not None
+            async with self._engine.begin() as connection:
+                return _rows(await connection.execute(statement, params))
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise _translate(exc) from exc
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for a unit of work that writes: committed on success.
+    async def write(self) -> AsyncIterator[Statements]:
+        """Statements for a unit of work that writes: committed on success.
 
         On SQLite it starts with ``BEGIN IMMEDIATE`` (see the module notes).
 
         Raises:
             StoreError: The database failed (driver errors are translated).
         """
-        if self._write_lock is None:
-            async with self._transaction(self._write_engine) as session:
-                yield session
-            return
-        async with self._write_lock, self._transaction(self._write_engine) as session:
-            yield session
-
-    @asynccontextmanager
-    async def _transaction(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         try:
+            if self._sqlite is not None:
+                async with self._sqlite.write() as statements:
+                    yield statements
+                return
             # begin(): commit when the block succeeds, roll back when it raises.
-            async with engine.begin() as connection:
+            async with self._write_engine.begin() as connection:
                 yield connection
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             raise _translate(exc) from exc
@@ -279,7 +344,7 @@ class Database:
 
     def describe(self) -> str:
         """The database URL for logs, with any password hidden."""
-        return self.engine.url.render_as_string(hide_password=True)
+        return self.url.render_as_string(hide_password=True)
 
     async def create_all(self) -> None:
         """Create the tables directly from the metadata. For tests only.
@@ -288,18 +353,22 @@ class Database:
         (:func:`chatkit_server.store.migrate.upgrade`), which also record the
         schema version.
         """
-        async with self.engine.begin() as conn:
+        if self._sqlite is not None:
+            await self._sqlite.run_write(metadata.create_all)
+            return
+        assert self._engine is not None
+        async with self._engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
 
     async def dispose(self) -> None:
-        """Close every pooled connection."""
-        await self.engine.dispose()
+        """Close every pooled connection (and stop a SQLite database's threads)."""
+        if self._sqlite is not None:
+            self._sqlite.dispose()
+        if self._engine is not None:
+            await self._engine.dispose()
 
 
-async def _all_rows(
-    session: AsyncConnection, statement: sa.Executable, parameters: Mapping[str, Any] | None
-) -> Sequence[sa.Row[Any]]:
-    result = await session.execute(statement, dict(parameters) if parameters else None)
+def _rows(result: sa.CursorResult[Any]) -> Sequence[sa.Row[Any]]:
     return result.all() if result.returns_rows else []
 
 

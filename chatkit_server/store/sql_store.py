@@ -41,11 +41,10 @@ from chatkit.types import (
 from chatkit.widgets import DynamicWidgetRoot
 from pydantic import AnyUrl, TypeAdapter
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..context import RequestContext
 from ..errors import InvalidCursorError, NotFoundError
-from .database import Database
+from .database import Database, Statements
 from .ids import ID_PREFIXES, new_id
 from .tables import attachments, feedback, thread_items, threads
 
@@ -617,7 +616,7 @@ def _owned_data_statement(table: sa.Table) -> sa.Select[tuple[str]]:
 
 
 async def _require_thread(
-    session: AsyncConnection, thread_id: str, context: RequestContext
+    session: Statements, thread_id: str, context: RequestContext
 ) -> None:
     if not await session.scalar(
         _REQUIRE_THREAD, {"thread_id": thread_id, "user_id": context.user_id}
@@ -641,7 +640,7 @@ def _page_statement(
 
 
 async def _page(
-    session: AsyncConnection,
+    session: Statements,
     table: sa.Table,
     scope: Mapping[str, str],
     after: str | None,
@@ -673,7 +672,7 @@ def _cursor_statement(table: sa.Table) -> sa.Select[tuple[bool]]:
 
 
 async def _check_cursor(
-    session: AsyncConnection, table: sa.Table, scope: Mapping[str, str], after: str | None
+    session: Statements, table: sa.Table, scope: Mapping[str, str], after: str | None
 ) -> None:
     if after is not None and not await session.scalar(
         _cursor_statement(table), {**scope, "after": after}

@@ -6,11 +6,11 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import aiosqlite
 import anyio
 import pytest
 import sqlalchemy as sa
@@ -64,22 +64,25 @@ async def _on_five_handles(
 
 
 async def test_pragmas_are_set_on_every_pooled_connection(sqlite_database: Database) -> None:
-    engine = sqlite_database.engine
-    async with AsyncExitStack() as stack:
-        # Hold several connections at once so the pool has to open new ones.
-        connections = [await stack.enter_async_context(engine.connect()) for _ in range(8)]
-        for connection in connections:
-            pragma = {
-                name: (await connection.exec_driver_sql(f"PRAGMA {name}")).scalar()
-                for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
-            }
-            assert pragma == {
-                "journal_mode": "wal",
-                "foreign_keys": 1,
-                "busy_timeout": DEFAULT_BUSY_TIMEOUT_MS,
-                "synchronous": 1,  # NORMAL
-            }
-    assert engine.pool.checkedin() == 8  # type: ignore[attr-defined]
+    engine = sqlite_database.sync_engine
+
+    def check() -> None:
+        with ExitStack() as stack:
+            # Hold several connections at once so the pool has to open new ones.
+            connections = [stack.enter_context(engine.connect()) for _ in range(8)]
+            for connection in connections:
+                pragma = {
+                    name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+                    for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+                }
+                assert pragma == {
+                    "journal_mode": "wal",
+                    "foreign_keys": 1,
+                    "busy_timeout": DEFAULT_BUSY_TIMEOUT_MS,
+                    "synchronous": 1,  # NORMAL
+                }
+
+    await asyncio.to_thread(check)
 
 
 async def test_concurrent_read_then_write_transactions_all_succeed(
@@ -290,16 +293,10 @@ async def test_sqlite_store_statements_run_off_the_event_loop_thread(
     # Disk I/O and lock waits on the loop's thread would stall every stream.
     seen: list[tuple[int, str]] = []
 
-    def trace(statement: str) -> None:
+    def trace(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         seen.append((threading.get_ident(), statement))
 
-    # The pool's one idle connection, which the store's statements below reuse.
-    async with sqlite_database.engine.connect() as connection:
-        raw = await connection.get_raw_connection()
-        driver = raw.driver_connection
-        assert isinstance(driver, aiosqlite.Connection)
-        await driver.set_trace_callback(trace)
-
+    sa.event.listen(sqlite_database.sync_engine, "before_cursor_execute", trace)
     store = SQLStore(sqlite_database)
     alice = RequestContext(user_id="alice")
     thread = ThreadMetadata(id="thr_traced", created_at=WHEN)

@@ -1,0 +1,207 @@
+"""A SQLite file's statements, run on worker threads: one hand-off per statement.
+
+SQLite's driver blocks while it reads and writes the file, so its calls must
+not run on the event loop. aiosqlite moves each call to a thread of its own,
+but SQLAlchemy's adapter makes several calls per statement (a cursor, the
+execution, the fetch, closing the cursor), each a hand-off to that thread and
+back through the loop. Here a whole statement (execute and fetch, with a
+connection taken from and returned to SQLAlchemy's pool) is one job for a
+``concurrent.futures`` thread, on SQLAlchemy's ordinary synchronous engine:
+the same statements, the same pool and events, a third of the latency, and
+one wake-up of the loop per statement instead of several
+(``bench/bench_streaming.py`` measures the time to the first token, which
+waits for a few statements).
+
+Reads run on a few threads at once (WAL lets readers run beside the writer).
+Writes run on one thread, in the order they were asked for: SQLite has one
+writer at a time anyway. A write transaction keeps its connection from
+``BEGIN IMMEDIATE`` to ``COMMIT``; if the task that owns it is cancelled or
+fails, the rollback is queued on the writer thread without waiting for it,
+so it runs before any later write and cannot be skipped by cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, Final, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+
+__all__ = ["READER_THREADS", "SQLiteThreads", "ThreadConnection"]
+
+READER_THREADS: Final = 4
+"""Threads that run reads at once (each holds a pooled connection while it runs)."""
+
+_T = TypeVar("_T")
+
+
+class ThreadConnection:
+    """What the store uses of ``AsyncConnection``, each statement a job for a thread.
+
+    Every result is fetched whole in the thread and handed back buffered,
+    so it may be read after later statements.
+
+    Args:
+        run: Runs a function of a ``Connection`` on the right thread.
+    """
+
+    def __init__(self, run: Callable[[Callable[[Connection], Any]], Any]) -> None:
+        self._run = run
+
+    async def execute(
+        self,
+        statement: sa.Executable,
+        parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    ) -> sa.Result[Any]:
+        """Run ``statement`` (once per parameter set given); its result, fetched in full."""
+        params: Any = None
+        if isinstance(parameters, Mapping):
+            params = dict(parameters)
+        elif parameters:
+            params = [dict(row) for row in parameters]
+
+        def work(connection: Connection) -> Any:
+            result = connection.execute(statement, params)
+            if not result.returns_rows:
+                result.close()
+                return _no_rows
+            return result.freeze()
+
+        frozen = await self._run(work)
+        result: sa.Result[Any] = frozen()
+        return result
+
+    async def scalar(
+        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Any:
+        """The first column of the first row of ``statement``'s result."""
+        return (await self.execute(statement, parameters)).scalar()
+
+    async def scalars(
+        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
+    ) -> sa.ScalarResult[Any]:
+        """The first column of every row of ``statement``'s result."""
+        return (await self.execute(statement, parameters)).scalars()
+
+
+class SQLiteThreads:
+    """Runs a SQLite database's units of work on threads (see the module notes).
+
+    Args:
+        engine: A synchronous engine on the database, with its connection
+            events installed; single statements on ``statements`` run
+            without ``BEGIN``, transactions on ``transactions`` start their own.
+        statements: ``engine`` as single statements use it.
+        transactions: ``engine`` as write transactions use it.
+        single_connection: The database is in memory (one connection): reads
+            run on the writer thread too.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        statements: Engine,
+        transactions: Engine,
+        single_connection: bool = False,
+    ) -> None:
+        self.engine = engine
+        self._statements = statements
+        self._transactions = transactions
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatkit-sqlite-write")
+        self._readers = (
+            self._writer
+            if single_connection
+            else ThreadPoolExecutor(READER_THREADS, thread_name_prefix="chatkit-sqlite-read")
+        )
+        # This process's writers queue here, in order, before they reach the
+        # writer thread: a transaction's statements must not interleave with
+        # another writer's on that one thread.
+        self._write_lock = asyncio.Lock()
+
+    async def _on(self, executor: ThreadPoolExecutor, function: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(executor, function)
+
+    def _statement(self, work: Callable[[Connection], _T]) -> _T:
+        with self._statements.connect() as connection:
+            return work(connection)
+
+    def _committed(self, work: Callable[[Connection], _T]) -> _T:
+        with self._statements.connect() as connection:
+            value = work(connection)
+            connection.commit()
+            return value
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[ThreadConnection]:
+        """Statements that only read, each on its own (no transaction)."""
+        yield ThreadConnection(
+            lambda work: self._on(self._readers, functools.partial(self._statement, work))
+        )
+
+    async def write_one(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` as one committed statement, queued behind this process's writers."""
+        async with self._write_lock:
+            return await self._on(self._writer, functools.partial(self._committed, work))
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[ThreadConnection]:
+        """A write transaction (``BEGIN IMMEDIATE``), committed when the block succeeds."""
+        async with self._write_lock:
+            connection = await self._on(self._writer, self._begin)
+            try:
+                yield ThreadConnection(
+                    lambda work: self._on(self._writer, functools.partial(work, connection))
+                )
+            except BaseException:
+                # Queued, not awaited: it runs before any later write even
+                # when this task is being cancelled.
+                self._writer.submit(_end, connection, commit=False)
+                raise
+            await self._on(self._writer, functools.partial(_end, connection, commit=True))
+
+    def _begin(self) -> Connection:
+        connection = self._transactions.connect()
+        try:
+            connection.begin()
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    async def run_write(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` on the writer thread in a transaction of its own (e.g. DDL)."""
+
+        def transaction() -> _T:
+            with self._transactions.begin() as connection:
+                return work(connection)
+
+        async with self._write_lock:
+            return await self._on(self._writer, transaction)
+
+    def dispose(self) -> None:
+        """Wait for the threads to finish their jobs, then close every connection."""
+        self._readers.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
+        self.engine.dispose()
+
+
+def _no_rows() -> sa.Result[Any]:
+    """The result of a statement that returns no rows (what a frozen one would give)."""
+    return IteratorResult(SimpleResultMetaData([]), iter(()))
+
+
+def _end(connection: Connection, *, commit: bool) -> None:
+    try:
+        if commit:
+            connection.commit()
+        else:
+            connection.rollback()
+    finally:
+        connection.close()
