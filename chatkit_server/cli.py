@@ -16,8 +16,8 @@ from types import FrameType
 from typing import Any
 
 from . import __version__
-from .errors import ChatKitServerError
-from .settings import ENVIRONMENT_HELP, Settings, SettingsError
+from .errors import ChatKitServerError, DatabaseUnavailableError, MigrationError
+from .settings import ENVIRONMENT_HELP, Settings
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "main"]
 
@@ -184,9 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     try:
         settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"chatkit-server: invalid setting {exc}", file=sys.stderr)
-        return 2
+    except ChatKitServerError as exc:
+        # SettingsError and WorkflowFileError name the variable or the file
+        # and key themselves.
+        return _operator_error(str(exc))
     _configure_logging(settings.log_level)
     try:
         if args.command == "migrate":
@@ -202,12 +203,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             migrate=not args.no_migrate,
             workers=args.workers,
         )
+    except DatabaseUnavailableError as exc:
+        return _operator_error(f"{_database_setting(settings)}: {exc}")
+    except MigrationError as exc:
+        where = f"--downgrade {args.downgrade}" if args.command == "migrate" else "migrations"
+        return _operator_error(f"{where}: {exc}")
     except ChatKitServerError as exc:
         print(f"chatkit-server: {exc}", file=sys.stderr)
         return 1
     except NotImplementedError as exc:
-        print(f"chatkit-server: {exc}", file=sys.stderr)
-        return 2
+        return _operator_error(str(exc))
+
+
+def _operator_error(message: str) -> int:
+    """Print an operator's mistake as the one line the README promises; exit status 2."""
+    print(f"chatkit-server: {message}", file=sys.stderr)
+    return 2
+
+
+def _database_setting(settings: Settings) -> str:
+    """The variable that chose the database, for error messages."""
+    return "CHATKIT_DATABASE_URL" if settings.database_url else "CHATKIT_DATA_DIR"
+
+
+def _check_database(settings: Settings, *, migrate: bool) -> None:
+    """Fail fast, in one line, on a database that cannot serve.
+
+    Raises:
+        DatabaseUnavailableError: It cannot be reached, or (when it will not be
+            migrated) it has no schema yet.
+    """
+    from .store import current
+
+    if current(settings.resolved_database_url) is None and not migrate:
+        raise DatabaseUnavailableError(
+            "the database has no schema yet: run 'chatkit-server migrate' first"
+        )
 
 
 def _configure_logging(level: str) -> None:
@@ -227,7 +258,7 @@ def _migrate(settings: Settings, *, downgrade_to: str | None) -> int:
     from .store import current, downgrade, upgrade
 
     url = settings.resolved_database_url
-    before = current(url)
+    before = current(url)  # also the connection check, before anything changes
     if downgrade_to is not None:
         downgrade(url, downgrade_to)
     else:
@@ -243,6 +274,8 @@ def _usage(
     import json
 
     from .store import Database, UsageStore
+
+    _check_database(settings, migrate=False)
 
     async def report() -> list[dict[str, object]]:
         database = Database.connect(settings.resolved_database_url)
@@ -282,6 +315,9 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: 
     from .app import create_app
     from .store import upgrade
 
+    # Before the local model starts or anything is logged: an unreachable
+    # database is then the one line of output.
+    _check_database(settings, migrate=migrate)
     try:
         with _sigterm_unwinds(), contextlib.ExitStack() as resources:
             if migrate:

@@ -297,6 +297,12 @@ def _import_tool(path: Path, key: str, target: str) -> FunctionTool:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise WorkflowFileError(path, key, f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        # The module exists but fails while importing (a syntax error, a
+        # failing top-level statement): still the file's line to fix.
+        raise WorkflowFileError(
+            path, key, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     obj: Any = getattr(module, attribute, None)
     if isinstance(obj, FunctionTool):
         return obj
