@@ -361,3 +361,43 @@ def _postgres_reachable() -> bool:
 def test_serve_without_migrating_refuses_an_empty_database(tmp_path: Path) -> None:
     result = _run(tmp_path, "serve", "--no-migrate", CHATKIT_LOCAL_MODEL="off")
     _assert_one_line(result, "CHATKIT_DATA_DIR: ", "no schema yet", "chatkit-server migrate")
+
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_example_workflows_file_starts_as_its_header_says(tmp_path: Path) -> None:
+    import shlex
+
+    example = _REPO / "examples" / "workflows.toml"
+    commands = [
+        line.lstrip("#").strip()
+        for line in example.read_text().splitlines()
+        if line.startswith("#") and "chatkit-server serve" in line
+    ]
+    assert len(commands) == 1, commands
+    *assignments, program, command = shlex.split(commands[0])
+    assert (program, command) == (".venv/bin/chatkit-server", "serve")
+    header_env = dict(assignment.split("=", 1) for assignment in assignments)
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)],
+        env=_env(tmp_path, **header_env),
+        cwd=_REPO,  # "from the repository's root"
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        try:
+            _wait_healthy(port, timeout=30)
+        except AssertionError:
+            process.kill()
+            raise AssertionError(process.communicate()[0]) from None
+        workflows = httpx.get(f"http://127.0.0.1:{port}/chatkit/workflows", timeout=5).json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    listed = json.dumps(workflows)
+    assert '"assistant"' in listed
+    assert '"analyst"' in listed
