@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
@@ -97,9 +98,27 @@ def parse_request(body: bytes) -> ChatKitReq:
         RequestError: 400 for malformed JSON, an unknown type or invalid params.
     """
     try:
-        return _REQUEST_ADAPTER.validate_json(body)
+        request = _REQUEST_ADAPTER.validate_json(body)
     except ValidationError as exc:
         raise RequestError(400, _describe_validation_error(exc)) from None
+    if b'"metadata"' in body:  # the second parse only when it can matter
+        _refuse_metadata_in_params(body)
+    return request
+
+
+def _refuse_metadata_in_params(body: bytes) -> None:
+    """Refuse ``params.metadata``: no request type has one, so it would be ignored.
+
+    A front end that puts ``metadata.workflow`` there would otherwise get the
+    default workflow without a word.
+    """
+    params = json.loads(body).get("params")
+    if isinstance(params, dict) and "metadata" in params:
+        raise RequestError(
+            400,
+            "'metadata' goes at the top level of the request, next to 'type' and 'params', "
+            'not inside \'params\': {"type": ..., "metadata": {"workflow": ...}, "params": ...}.',
+        )
 
 
 def _describe_validation_error(exc: ValidationError) -> str:
