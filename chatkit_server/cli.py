@@ -329,7 +329,7 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: 
             # process) and builds its own app, database pool and backend clients.
             local_model = {
                 name: getattr(served, name)
-                for name in ("llm_base_url", "llm_model")
+                for name in ("llm_base_url", "llm_model", "llm_context_tokens")
                 if getattr(served, name) != getattr(settings, name)
             }
             settings = served
@@ -450,7 +450,7 @@ def _with_local_model(settings: Settings, resources: contextlib.ExitStack) -> Se
         return settings
     if settings.local_model == "off":
         return settings
-    from .local_model import LocalModelServer, LocalModelUnavailable
+    from .local_model import DEFAULT_CTX_SIZE, LocalModelServer, LocalModelUnavailable
 
     try:
         local = LocalModelServer(log_path=settings.data_dir / LOCAL_MODEL_LOG)
@@ -464,7 +464,11 @@ def _with_local_model(settings: Settings, resources: contextlib.ExitStack) -> Se
         "use a real model, or CHATKIT_LOCAL_MODEL=off to not start this one."
     )
     resources.enter_context(local)
-    return settings.with_changes(llm_base_url=local.base_url, llm_model=local.model_name)
+    return settings.with_changes(
+        llm_base_url=local.base_url,
+        llm_model=local.model_name,
+        llm_context_tokens=settings.llm_context_tokens or DEFAULT_CTX_SIZE,
+    )
 
 
 class _Terminated(BaseException):

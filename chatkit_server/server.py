@@ -452,7 +452,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         if not workflow.backend.configured:
             self._remember_workflow(thread, workflow)
             return None
-        budget = workflow.history_tokens or self.settings.history_tokens
+        budget = workflow.history_budget(self.settings.history_tokens)
         entries = await self._history(thread, budget, context, newest=newest, stored=stored)
         history = [entry.item for entry in entries]
         agent_input = fit_history(

@@ -51,6 +51,9 @@ DEFAULT_HISTORY_ITEMS = 200
 # Fits SmolLM2 with llama-server's default 4k context and room for an answer.
 DEFAULT_HISTORY_TOKENS = 3000
 DEFAULT_SHUTDOWN_GRACE = 5.0
+# Smaller than any chat model's context: a typo such as 40 instead of 4096
+# would leave no room for a message.
+MIN_CONTEXT_TOKENS = 256
 
 ENVIRONMENT_HELP = """\
 environment:
@@ -73,6 +76,8 @@ environment:
   CHATKIT_MAX_BODY_BYTES      largest accepted request body in bytes (default 4194304)
   CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
   CHATKIT_HISTORY_TOKENS      token budget for instructions + history (default 3000)
+  CHATKIT_LLM_CONTEXT_TOKENS  context size of the backend's model, in tokens: history is cut to
+                              fit it with room for the answer (default: not known)
   CHATKIT_TRACING             1 to enable Agents SDK tracing (off: it uploads chat content)
   CHATKIT_TITLES              0 to stop naming new threads with a model-written title (default 1)
   CHATKIT_LOG_LEVEL           debug, info (default), warning or error
@@ -100,6 +105,7 @@ class Settings:
     llm_read_timeout: float = DEFAULT_READ_TIMEOUT
     llm_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     llm_max_retries: int = DEFAULT_MAX_RETRIES
+    llm_context_tokens: int | None = None
     workflows_path: Path | None = None
     workflows_file: WorkflowFile | None = None
     local_model: LocalModelMode = "auto"
@@ -205,6 +211,9 @@ class Settings:
                 env, "CHATKIT_LLM_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT
             ),
             llm_max_retries=_int(env, "CHATKIT_LLM_MAX_RETRIES", DEFAULT_MAX_RETRIES, minimum=0),
+            llm_context_tokens=_optional_int(
+                env, "CHATKIT_LLM_CONTEXT_TOKENS", minimum=MIN_CONTEXT_TOKENS
+            ),
             workflows_path=workflows_path,
             workflows_file=workflows_file,
             local_model=local_model,  # type: ignore[arg-type]  # checked above
@@ -263,6 +272,12 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> in
     if value < minimum:
         raise SettingsError(name, f"expected at least {minimum}, got {raw!r}")
     return value
+
+
+def _optional_int(env: Mapping[str, str], name: str, *, minimum: int) -> int | None:
+    if not env.get(name, "").strip():
+        return None
+    return _int(env, name, 0, minimum=minimum)
 
 
 def _bool(env: Mapping[str, str], name: str, *, default: bool) -> bool:
