@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 
 import agents
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from .backends import BackendRegistry
 from .http.chatkit import chatkit_endpoint
+from .http.errors import http_exception_response, internal_error_response
 from .http.health import healthz
 from .http.state import AppState
 from .http.workflows import list_workflows
@@ -93,4 +95,13 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         Route("/chatkit/workflows", list_workflows, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        # Every error body is JSON, Starlette's own 404/405 and 500 included.
+        exception_handlers={
+            HTTPException: http_exception_response,
+            Exception: internal_error_response,
+        },
+    )
