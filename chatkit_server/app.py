@@ -19,6 +19,7 @@ from .http.errors import http_exception_response, internal_error_response
 from .http.health import healthz
 from .http.state import AppState
 from .http.workflows import list_workflows
+from .local_model import no_backend_message
 from .server import ChatKitApp
 from .settings import Settings
 from .store import Database, SQLStore, UsageStore, upgrade_async
@@ -70,8 +71,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
             )
             if not any(workflow.backend.configured for workflow in workflows):
                 logger.warning(
-                    "no model backend configured: set CHATKIT_LLM_BASE_URL to an "
-                    "OpenAI-compatible server; until then every answer is an error"
+                    "%s Until then every answer is an error.", no_backend_message(settings)
                 )
             logger.info("chatkit-server ready (database: %s)", database.describe())
             yield

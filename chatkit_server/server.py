@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -65,6 +66,7 @@ from .context import RequestContext
 from .converter import HistoryConverter
 from .errors import RequestError, StoreError
 from .history import HistoryCache, HistoryEntry, fit_history
+from .local_model import no_backend_message
 from .settings import Settings
 from .store import SQLStore, UsageRecord, UsageStore, decode_item
 from .stream_fixups import repair_run
@@ -82,11 +84,6 @@ logger = logging.getLogger(__name__)
 CANCEL_CLEANUP_SECONDS = 5.0
 # Key in a thread's (server-side, never sent) metadata naming its workflow.
 THREAD_WORKFLOW_KEY = "workflow"
-NO_BACKEND_MESSAGE = (
-    "No model backend is configured. Set CHATKIT_LLM_BASE_URL to an OpenAI-compatible "
-    "server (for example http://127.0.0.1:8080/v1) and restart chatkit-server, or install "
-    "the bundled local model with scripts/install-local-model."
-)
 
 _REQUEST_ADAPTER: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
 
@@ -200,6 +197,14 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         # ChatKit's merge of run and tool events costs a task per token, and
         # the SDK signs every agent's configuration on every run.
         library_patches.install()
+
+    @functools.cached_property
+    def no_backend_message(self) -> str:
+        """The error every answer gets while no backend is configured: what to do about it.
+
+        Worked out on first use: it looks for the bundled local model's files.
+        """
+        return no_backend_message(self.settings)
 
     async def handle(
         self, body: bytes, context: RequestContext
@@ -497,7 +502,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
     ) -> AsyncIterator[ThreadStreamEvent]:
         """The events of a started answer, then its usage, title and workflow are kept."""
         if answer is None:
-            yield ErrorEvent(code="custom", message=NO_BACKEND_MESSAGE, allow_retry=False)
+            yield ErrorEvent(code="custom", message=self.no_backend_message, allow_retry=False)
             return
         workflow, result, agent_context = answer.workflow, answer.result, answer.agent_context
         context = agent_context.request_context
