@@ -17,7 +17,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ChatKitServerError, DatabaseUnavailableError, MigrationError
-from .settings import ENVIRONMENT_HELP, Settings
+from .settings import DATABASE_VARIABLES, ENVIRONMENT_HELP, Settings, environment_help
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "main"]
 
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = _command(
         commands,
         "serve",
+        environment=ENVIRONMENT_HELP,
         help="run the server (applies database migrations first)",
         description="Run the HTTP server. The database schema is upgraded before it starts.",
     )
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = _command(
         commands,
         "migrate",
+        environment=_DATABASE_HELP,
         help="upgrade the database schema and exit",
         description="Upgrade (or, given a revision, move) the database schema, then exit.",
     )
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage = _command(
         commands,
         "usage",
+        environment=_DATABASE_HELP,
         help="print token usage per thread",
         description="Print the token usage recorded for each thread, biggest first.",
     )
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     record = _command(
         commands,
         "record",
+        environment=_TEST_TOOL_HELP,
         help="run a recording proxy in front of an OpenAI-compatible server",
         description=(
             "Forward every request to --upstream and save it with its (streamed) response, "
@@ -120,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = _command(
         commands,
         "replay",
+        environment=_TEST_TOOL_HELP,
         help="serve recorded fixtures as an OpenAI-compatible server",
         description=(
             "Answer OpenAI-compatible requests from a fixture directory written by 'record'. "
@@ -140,15 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(commands: Any, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
-    """A subcommand whose --help ends with the environment variables."""
+_DATABASE_HELP = environment_help(
+    DATABASE_VARIABLES,
+    heading="environment (the other CHATKIT_* settings are checked too: chatkit-server --help):",
+)
+_TEST_TOOL_HELP = "environment: none (record and replay read no CHATKIT_* variables)\n"
+
+
+def _command(
+    commands: Any, name: str, *, help: str, description: str, environment: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with the environment variables it uses."""
     parser: argparse.ArgumentParser = commands.add_parser(
         name,
         help=help,
         # The raw formatter keeps the environment table's layout, so the
         # description is wrapped here.
         description=textwrap.fill(description, 78),
-        epilog=ENVIRONMENT_HELP,
+        epilog=environment,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser

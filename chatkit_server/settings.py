@@ -22,11 +22,13 @@ __all__ = [
     "DEFAULT_LLM_MODEL",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_READ_TIMEOUT",
+    "DATABASE_VARIABLES",
     "ENVIRONMENT_HELP",
     "LLMApi",
     "LocalModelMode",
     "Settings",
     "SettingsError",
+    "environment_help",
 ]
 
 LLMApi = Literal["chat_completions", "responses"]
@@ -71,7 +73,6 @@ environment:
   CHATKIT_WORKFLOWS           path of the workflows file (default: one workflow, "default")
   CHATKIT_LOCAL_MODEL         auto (default): with no backend configured, serve runs the bundled
                               SmolLM2 model on llama-server (extra "local"); off: never
-  CHATKIT_ADMIN_KEY           bearer key for the /v1 REST API; turns authentication on
   CHATKIT_CORS_ORIGINS        comma-separated origins allowed to call the server from a browser
   CHATKIT_MAX_BODY_BYTES      largest accepted request body in bytes (default 4194304)
   CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
@@ -82,6 +83,29 @@ environment:
   CHATKIT_TITLES              0 to stop naming new threads with a model-written title (default 1)
   CHATKIT_LOG_LEVEL           debug, info (default), warning or error
 """
+
+
+# What `migrate` and `usage` use (they still validate every setting).
+DATABASE_VARIABLES = ("CHATKIT_DATA_DIR", "CHATKIT_DATABASE_URL", "CHATKIT_LOG_LEVEL")
+
+
+def environment_help(names: tuple[str, ...], *, heading: str = "environment:") -> str:
+    """The rows of :data:`ENVIRONMENT_HELP` for ``names`` only, under ``heading``.
+
+    A subcommand's ``--help`` lists only the variables it uses.
+
+    Args:
+        names: Variables to keep, in the table's order.
+        heading: The first line.
+    """
+    rows: list[list[str]] = []
+    for line in ENVIRONMENT_HELP.splitlines()[1:]:
+        if line.startswith("  CHATKIT_"):
+            rows.append([line])
+        else:  # a description's continuation line
+            rows[-1].append(line)
+    kept = [line for row in rows if row[0].split()[0] in names for line in row]
+    return "\n".join([heading, *kept]) + "\n"
 
 
 class SettingsError(ChatKitServerError):
@@ -109,6 +133,8 @@ class Settings:
     workflows_path: Path | None = None
     workflows_file: WorkflowFile | None = None
     local_model: LocalModelMode = "auto"
+    # Read but not used, and not documented: the REST API it will protect does
+    # not exist yet, and a documented key that guards nothing is a false promise.
     admin_key: str | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES

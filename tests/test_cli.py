@@ -401,3 +401,38 @@ def test_the_example_workflows_file_starts_as_its_header_says(tmp_path: Path) ->
     listed = json.dumps(workflows)
     assert '"assistant"' in listed
     assert '"analyst"' in listed
+
+
+def _help(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*args, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("command", "listed", "not_listed"),
+    [
+        (["serve"], ["CHATKIT_LLM_BASE_URL", "CHATKIT_DATABASE_URL"], []),
+        (["migrate"], ["CHATKIT_DATABASE_URL", "CHATKIT_DATA_DIR"], ["CHATKIT_LLM_BASE_URL"]),
+        (["usage"], ["CHATKIT_DATABASE_URL"], ["CHATKIT_WORKFLOWS", "CHATKIT_TITLES"]),
+        (["record"], [], ["CHATKIT_DATABASE_URL", "CHATKIT_LLM_API_KEY"]),
+        (["replay"], [], ["CHATKIT_DATA_DIR", "CHATKIT_LLM_MODEL"]),
+    ],
+)
+def test_each_command_lists_only_the_environment_it_uses(
+    capsys: pytest.CaptureFixture[str], command: list[str], listed: list[str], not_listed: list[str]
+) -> None:
+    out = _help(capsys, *command)
+    for name in listed:
+        assert f"  {name} " in out
+    for name in not_listed:
+        assert name not in out
+
+
+def test_the_admin_key_is_not_promised_until_the_rest_api_exists(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert "CHATKIT_ADMIN_KEY" not in (_REPO / "README.md").read_text()
+    assert "CHATKIT_ADMIN_KEY" not in _help(capsys)
+    assert "CHATKIT_ADMIN_KEY" not in _help(capsys, "serve")
