@@ -10,15 +10,18 @@ from typing import Any
 
 import agents
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from .backends import BackendRegistry
 from .http.chatkit import chatkit_endpoint
+from .http.errors import http_exception_response, internal_error_response
 from .http.health import healthz
 from .http.state import AppState
 from .http.workflows import list_workflows
+from .local_model import no_backend_message
 from .server import ChatKitApp
 from .settings import Settings
 from .store import Database, SQLStore, UsageStore, upgrade_async
@@ -100,8 +103,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
             )
             if not any(workflow.backend.configured for workflow in workflows):
                 logger.warning(
-                    "no model backend configured: set CHATKIT_LLM_BASE_URL to an "
-                    "OpenAI-compatible server; until then every answer is an error"
+                    "%s Until then every answer is an error.", no_backend_message(settings)
                 )
             logger.info("chatkit-server ready (database: %s)", database.describe())
             yield
@@ -126,4 +128,13 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         Route("/chatkit/workflows", list_workflows, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        # Every error body is JSON, Starlette's own 404/405 and 500 included.
+        exception_handlers={
+            HTTPException: http_exception_response,
+            Exception: internal_error_response,
+        },
+    )

@@ -16,8 +16,8 @@ from types import FrameType
 from typing import Any
 
 from . import __version__
-from .errors import ChatKitServerError
-from .settings import ENVIRONMENT_HELP, Settings, SettingsError
+from .errors import ChatKitServerError, DatabaseUnavailableError, MigrationError
+from .settings import DATABASE_VARIABLES, ENVIRONMENT_HELP, Settings, environment_help
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "main"]
 
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = _command(
         commands,
         "serve",
+        environment=ENVIRONMENT_HELP,
         help="run the server (applies database migrations first)",
         description="Run the HTTP server. The database schema is upgraded before it starts.",
     )
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = _command(
         commands,
         "migrate",
+        environment=_DATABASE_HELP,
         help="upgrade the database schema and exit",
         description="Upgrade (or, given a revision, move) the database schema, then exit.",
     )
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage = _command(
         commands,
         "usage",
+        environment=_DATABASE_HELP,
         help="print token usage per thread",
         description="Print the token usage recorded for each thread, biggest first.",
     )
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     record = _command(
         commands,
         "record",
+        environment=_TEST_TOOL_HELP,
         help="run a recording proxy in front of an OpenAI-compatible server",
         description=(
             "Forward every request to --upstream and save it with its (streamed) response, "
@@ -120,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = _command(
         commands,
         "replay",
+        environment=_TEST_TOOL_HELP,
         help="serve recorded fixtures as an OpenAI-compatible server",
         description=(
             "Answer OpenAI-compatible requests from a fixture directory written by 'record'. "
@@ -140,15 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(commands: Any, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
-    """A subcommand whose --help ends with the environment variables."""
+_DATABASE_HELP = environment_help(
+    DATABASE_VARIABLES,
+    heading="environment (the other CHATKIT_* settings are checked too: chatkit-server --help):",
+)
+_TEST_TOOL_HELP = "environment: none (record and replay read no CHATKIT_* variables)\n"
+
+
+def _command(
+    commands: Any, name: str, *, help: str, description: str, environment: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with the environment variables it uses."""
     parser: argparse.ArgumentParser = commands.add_parser(
         name,
         help=help,
         # The raw formatter keeps the environment table's layout, so the
         # description is wrapped here.
         description=textwrap.fill(description, 78),
-        epilog=ENVIRONMENT_HELP,
+        epilog=environment,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser
@@ -184,9 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     try:
         settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"chatkit-server: invalid setting {exc}", file=sys.stderr)
-        return 2
+    except ChatKitServerError as exc:
+        # SettingsError and WorkflowFileError name the variable or the file
+        # and key themselves.
+        return _operator_error(str(exc))
     _configure_logging(settings.log_level)
     try:
         if args.command == "migrate":
@@ -202,12 +217,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             migrate=not args.no_migrate,
             workers=args.workers,
         )
+    except DatabaseUnavailableError as exc:
+        return _operator_error(f"{_database_setting(settings)}: {exc}")
+    except MigrationError as exc:
+        where = f"--downgrade {args.downgrade}" if args.command == "migrate" else "migrations"
+        return _operator_error(f"{where}: {exc}")
     except ChatKitServerError as exc:
         print(f"chatkit-server: {exc}", file=sys.stderr)
         return 1
     except NotImplementedError as exc:
-        print(f"chatkit-server: {exc}", file=sys.stderr)
-        return 2
+        return _operator_error(str(exc))
+
+
+def _operator_error(message: str) -> int:
+    """Print an operator's mistake as the one line the README promises; exit status 2."""
+    print(f"chatkit-server: {message}", file=sys.stderr)
+    return 2
+
+
+def _database_setting(settings: Settings) -> str:
+    """The variable that chose the database, for error messages."""
+    return "CHATKIT_DATABASE_URL" if settings.database_url else "CHATKIT_DATA_DIR"
+
+
+def _check_database(settings: Settings, *, migrate: bool) -> None:
+    """Fail fast, in one line, on a database that cannot serve.
+
+    Raises:
+        DatabaseUnavailableError: It cannot be reached, or (when it will not be
+            migrated) it has no schema yet.
+    """
+    from .store import current
+
+    if current(settings.resolved_database_url) is None and not migrate:
+        raise DatabaseUnavailableError(
+            "the database has no schema yet: run 'chatkit-server migrate' first"
+        )
 
 
 def _configure_logging(level: str) -> None:
@@ -227,7 +272,7 @@ def _migrate(settings: Settings, *, downgrade_to: str | None) -> int:
     from .store import current, downgrade, upgrade
 
     url = settings.resolved_database_url
-    before = current(url)
+    before = current(url)  # also the connection check, before anything changes
     if downgrade_to is not None:
         downgrade(url, downgrade_to)
     else:
@@ -243,6 +288,8 @@ def _usage(
     import json
 
     from .store import Database, UsageStore
+
+    _check_database(settings, migrate=False)
 
     async def report() -> list[dict[str, object]]:
         database = Database.connect(settings.resolved_database_url)
@@ -282,6 +329,9 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: 
     from .app import create_app
     from .store import upgrade
 
+    # Before the local model starts or anything is logged: an unreachable
+    # database is then the one line of output.
+    _check_database(settings, migrate=migrate)
     try:
         with _sigterm_unwinds(), contextlib.ExitStack() as resources:
             if migrate:
@@ -293,7 +343,7 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: 
             # process) and builds its own app, database pool and backend clients.
             local_model = {
                 name: getattr(served, name)
-                for name in ("llm_base_url", "llm_model")
+                for name in ("llm_base_url", "llm_model", "llm_context_tokens")
                 if getattr(served, name) != getattr(settings, name)
             }
             settings = served
@@ -414,7 +464,7 @@ def _with_local_model(settings: Settings, resources: contextlib.ExitStack) -> Se
         return settings
     if settings.local_model == "off":
         return settings
-    from .local_model import LocalModelServer, LocalModelUnavailable
+    from .local_model import DEFAULT_CTX_SIZE, LocalModelServer, LocalModelUnavailable
 
     try:
         local = LocalModelServer(log_path=settings.data_dir / LOCAL_MODEL_LOG)
@@ -428,7 +478,11 @@ def _with_local_model(settings: Settings, resources: contextlib.ExitStack) -> Se
         "use a real model, or CHATKIT_LOCAL_MODEL=off to not start this one."
     )
     resources.enter_context(local)
-    return settings.with_changes(llm_base_url=local.base_url, llm_model=local.model_name)
+    return settings.with_changes(
+        llm_base_url=local.base_url,
+        llm_model=local.model_name,
+        llm_context_tokens=settings.llm_context_tokens or DEFAULT_CTX_SIZE,
+    )
 
 
 class _Terminated(BaseException):

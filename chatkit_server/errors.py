@@ -9,6 +9,8 @@
      +-- StoreError               the store could not complete an operation
      |    +-- NotFoundError       missing, or owned by someone else (indistinguishable)
      |    +-- InvalidCursorError  a pagination cursor does not name an item of the listing
+     |    +-- DatabaseUnavailableError  the database cannot be reached or opened
+     |    +-- MigrationError      the schema cannot be moved to the revision asked for
      +-- RequestError             a client request cannot be served; carries an HTTP status
 """
 
@@ -18,7 +20,9 @@ from chatkit.store import NotFoundError as ChatKitNotFoundError
 
 __all__ = [
     "ChatKitServerError",
+    "DatabaseUnavailableError",
     "InvalidCursorError",
+    "MigrationError",
     "NotFoundError",
     "RequestError",
     "StoreError",
@@ -43,6 +47,18 @@ class NotFoundError(StoreError, ChatKitNotFoundError):
 
 class InvalidCursorError(StoreError):
     """A pagination ``after`` cursor does not name an entry of the listing."""
+
+
+class DatabaseUnavailableError(StoreError):
+    """The database cannot be reached or opened (refused, unknown, denied).
+
+    The message is for the operator: the database URL (without its password)
+    and the driver's reason.
+    """
+
+
+class MigrationError(StoreError):
+    """The schema cannot be moved to the revision asked for (e.g. an unknown one)."""
 
 
 class RequestError(ChatKitServerError):

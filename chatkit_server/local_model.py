@@ -40,6 +40,7 @@ from typing import IO
 import httpx
 
 from .errors import ChatKitServerError
+from .settings import Settings
 
 __all__ = [
     "DEFAULT_CTX_SIZE",
@@ -53,6 +54,8 @@ __all__ = [
     "LocalModelUnavailable",
     "find_llama_server",
     "find_model",
+    "is_installed",
+    "no_backend_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +84,50 @@ INSTALL_HINT = (
     "or point chatkit-server at your own model server instead: "
     "CHATKIT_LLM_BASE_URL=http://HOST:PORT/v1"
 )
+
+
+def is_installed() -> bool:
+    """Whether the ``local`` extra (llama-server and the SmolLM2 model) is installed."""
+    try:
+        find_llama_server()
+        find_model()
+    except LocalModelUnavailable:
+        return False
+    return True
+
+
+def no_backend_message(settings: Settings) -> str:
+    """What to do when no workflow has a model backend, for this server's case.
+
+    The advice differs: installing the bundled model does not help when it is
+    installed and ``CHATKIT_LOCAL_MODEL=off`` (or a workflows file, or running
+    without ``serve``) is why it did not start.
+
+    Args:
+        settings: The server's settings.
+    """
+    set_url = (
+        "No model backend is configured. Set CHATKIT_LLM_BASE_URL to an OpenAI-compatible "
+        "server (for example http://127.0.0.1:8080/v1) and restart chatkit-server"
+    )
+    if settings.local_model == "off":
+        if is_installed():
+            return (
+                f"{set_url}, or remove CHATKIT_LOCAL_MODEL=off, which keeps the installed "
+                "bundled local model from starting."
+            )
+        return f"{set_url} (CHATKIT_LOCAL_MODEL=off: the bundled local model is not used)."
+    if not is_installed():
+        return f"{set_url}, or install the bundled local model with scripts/install-local-model."
+    if settings.workflows_path is not None:
+        return (
+            f"{set_url}: the workflows file's workflows on the default backend use it "
+            "(the bundled local model runs only without a workflows file)."
+        )
+    return (
+        f"{set_url}, or start it with 'chatkit-server serve', which runs the installed "
+        "bundled local model."
+    )
 
 
 class LocalModelError(ChatKitServerError):

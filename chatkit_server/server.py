@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -57,6 +59,7 @@ from .context import RequestContext
 from .converter import HistoryConverter
 from .errors import RequestError, StoreError
 from .history import HistoryCache, HistoryEntry, fit_history
+from .local_model import no_backend_message
 from .settings import Settings
 from .store import SQLStore, UsageRecord, UsageStore, decode_item
 from .stream_fixups import repair_run
@@ -74,11 +77,6 @@ logger = logging.getLogger(__name__)
 CANCEL_CLEANUP_SECONDS = 5.0
 # Key in a thread's (server-side, never sent) metadata naming its workflow.
 THREAD_WORKFLOW_KEY = "workflow"
-NO_BACKEND_MESSAGE = (
-    "No model backend is configured. Set CHATKIT_LLM_BASE_URL to an OpenAI-compatible "
-    "server (for example http://127.0.0.1:8080/v1) and restart chatkit-server, or install "
-    "the bundled local model with scripts/install-local-model."
-)
 
 _REQUEST_ADAPTER: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
 
@@ -90,9 +88,27 @@ def parse_request(body: bytes) -> ChatKitReq:
         RequestError: 400 for malformed JSON, an unknown type or invalid params.
     """
     try:
-        return _REQUEST_ADAPTER.validate_json(body)
+        request = _REQUEST_ADAPTER.validate_json(body)
     except ValidationError as exc:
         raise RequestError(400, _describe_validation_error(exc)) from None
+    if b'"metadata"' in body:  # the second parse only when it can matter
+        _refuse_metadata_in_params(body)
+    return request
+
+
+def _refuse_metadata_in_params(body: bytes) -> None:
+    """Refuse ``params.metadata``: no request type has one, so it would be ignored.
+
+    A front end that puts ``metadata.workflow`` there would otherwise get the
+    default workflow without a word.
+    """
+    params = json.loads(body).get("params")
+    if isinstance(params, dict) and "metadata" in params:
+        raise RequestError(
+            400,
+            "'metadata' goes at the top level of the request, next to 'type' and 'params', "
+            'not inside \'params\': {"type": ..., "metadata": {"workflow": ...}, "params": ...}.',
+        )
 
 
 def _describe_validation_error(exc: ValidationError) -> str:
@@ -153,6 +169,14 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.settings = settings
         self.converter = HistoryConverter()
         self.history_cache = HistoryCache(decode_item)
+
+    @functools.cached_property
+    def no_backend_message(self) -> str:
+        """The error every answer gets while no backend is configured: what to do about it.
+
+        Worked out on first use: it looks for the bundled local model's files.
+        """
+        return no_backend_message(self.settings)
 
     async def handle(
         self, body: bytes, context: RequestContext
@@ -292,7 +316,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         if not workflow.backend.configured:
             self._remember_workflow(thread, workflow)
             return None
-        budget = workflow.history_tokens or self.settings.history_tokens
+        budget = workflow.history_budget(self.settings.history_tokens)
         entries = await self._history(thread, budget, context)
         history = [entry.item for entry in entries]
         agent_input = fit_history(
@@ -330,7 +354,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
     ) -> AsyncIterator[ThreadStreamEvent]:
         """The events of a started answer, then its usage, title and workflow are kept."""
         if answer is None:
-            yield ErrorEvent(code="custom", message=NO_BACKEND_MESSAGE, allow_retry=False)
+            yield ErrorEvent(code="custom", message=self.no_backend_message, allow_retry=False)
             return
         workflow, result, agent_context = answer.workflow, answer.result, answer.agent_context
         context = agent_context.request_context

@@ -22,11 +22,13 @@ __all__ = [
     "DEFAULT_LLM_MODEL",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_READ_TIMEOUT",
+    "DATABASE_VARIABLES",
     "ENVIRONMENT_HELP",
     "LLMApi",
     "LocalModelMode",
     "Settings",
     "SettingsError",
+    "environment_help",
 ]
 
 LLMApi = Literal["chat_completions", "responses"]
@@ -51,6 +53,9 @@ DEFAULT_HISTORY_ITEMS = 200
 # Fits SmolLM2 with llama-server's default 4k context and room for an answer.
 DEFAULT_HISTORY_TOKENS = 3000
 DEFAULT_SHUTDOWN_GRACE = 5.0
+# Smaller than any chat model's context: a typo such as 40 instead of 4096
+# would leave no room for a message.
+MIN_CONTEXT_TOKENS = 256
 
 ENVIRONMENT_HELP = """\
 environment:
@@ -68,15 +73,39 @@ environment:
   CHATKIT_WORKFLOWS           path of the workflows file (default: one workflow, "default")
   CHATKIT_LOCAL_MODEL         auto (default): with no backend configured, serve runs the bundled
                               SmolLM2 model on llama-server (extra "local"); off: never
-  CHATKIT_ADMIN_KEY           bearer key for the /v1 REST API; turns authentication on
   CHATKIT_CORS_ORIGINS        comma-separated origins allowed to call the server from a browser
   CHATKIT_MAX_BODY_BYTES      largest accepted request body in bytes (default 4194304)
   CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
   CHATKIT_HISTORY_TOKENS      token budget for instructions + history (default 3000)
+  CHATKIT_LLM_CONTEXT_TOKENS  context size of the backend's model, in tokens: history is cut to
+                              fit it with room for the answer (default: not known)
   CHATKIT_TRACING             1 to enable Agents SDK tracing (off: it uploads chat content)
   CHATKIT_TITLES              0 to stop naming new threads with a model-written title (default 1)
   CHATKIT_LOG_LEVEL           debug, info (default), warning or error
 """
+
+
+# What `migrate` and `usage` use (they still validate every setting).
+DATABASE_VARIABLES = ("CHATKIT_DATA_DIR", "CHATKIT_DATABASE_URL", "CHATKIT_LOG_LEVEL")
+
+
+def environment_help(names: tuple[str, ...], *, heading: str = "environment:") -> str:
+    """The rows of :data:`ENVIRONMENT_HELP` for ``names`` only, under ``heading``.
+
+    A subcommand's ``--help`` lists only the variables it uses.
+
+    Args:
+        names: Variables to keep, in the table's order.
+        heading: The first line.
+    """
+    rows: list[list[str]] = []
+    for line in ENVIRONMENT_HELP.splitlines()[1:]:
+        if line.startswith("  CHATKIT_"):
+            rows.append([line])
+        else:  # a description's continuation line
+            rows[-1].append(line)
+    kept = [line for row in rows if row[0].split()[0] in names for line in row]
+    return "\n".join([heading, *kept]) + "\n"
 
 
 class SettingsError(ChatKitServerError):
@@ -100,9 +129,12 @@ class Settings:
     llm_read_timeout: float = DEFAULT_READ_TIMEOUT
     llm_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     llm_max_retries: int = DEFAULT_MAX_RETRIES
+    llm_context_tokens: int | None = None
     workflows_path: Path | None = None
     workflows_file: WorkflowFile | None = None
     local_model: LocalModelMode = "auto"
+    # Read but not used, and not documented: the REST API it will protect does
+    # not exist yet, and a documented key that guards nothing is a false promise.
     admin_key: str | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -205,6 +237,9 @@ class Settings:
                 env, "CHATKIT_LLM_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT
             ),
             llm_max_retries=_int(env, "CHATKIT_LLM_MAX_RETRIES", DEFAULT_MAX_RETRIES, minimum=0),
+            llm_context_tokens=_optional_int(
+                env, "CHATKIT_LLM_CONTEXT_TOKENS", minimum=MIN_CONTEXT_TOKENS
+            ),
             workflows_path=workflows_path,
             workflows_file=workflows_file,
             local_model=local_model,  # type: ignore[arg-type]  # checked above
@@ -263,6 +298,12 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> in
     if value < minimum:
         raise SettingsError(name, f"expected at least {minimum}, got {raw!r}")
     return value
+
+
+def _optional_int(env: Mapping[str, str], name: str, *, minimum: int) -> int | None:
+    if not env.get(name, "").strip():
+        return None
+    return _int(env, name, 0, minimum=minimum)
 
 
 def _bool(env: Mapping[str, str], name: str, *, default: bool) -> bool:

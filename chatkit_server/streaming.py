@@ -17,8 +17,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Literal
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Literal
 
 import openai
 from agents.exceptions import AgentsException
@@ -71,7 +72,9 @@ def backend_error_message(exc: BaseException, *, mid_answer: bool = False) -> st
     if isinstance(exc, openai.APIConnectionError) and not mid_answer:
         return "The model backend could not be reached. Please try again later."
     if isinstance(exc, openai.APIStatusError):
-        return f"The model backend answered with an error (HTTP {exc.status_code})."
+        return _context_overflow_message(exc) or (
+            f"The model backend answered with an error (HTTP {exc.status_code})."
+        )
     if isinstance(exc, openai.APIError):
         return "The model backend stopped in the middle of the answer. Please try again."
     if isinstance(exc, StoreError):
@@ -79,6 +82,48 @@ def backend_error_message(exc: BaseException, *, mid_answer: bool = False) -> st
     if isinstance(exc, AgentsException):
         return "The model's answer could not be processed. Please try again."
     return "An error occurred while generating the answer."
+
+
+# How the common servers say that a request does not fit the model's context:
+# llama-server "the request exceeds the available context size" (type
+# exceed_context_size_error), vLLM and OpenAI "maximum context length is N
+# tokens" (OpenAI's code context_length_exceeded).
+_CONTEXT_OVERFLOW = re.compile(
+    r"context size|context length|context window|context_length_exceeded|exceed_context_size"
+)
+_CONTEXT_TOKENS = re.compile(r"maximum context length is (\d+)")
+_REQUESTED_TOKENS = re.compile(r"(?:requested|resulted in|has|have) (\d+)(?: input)? tokens")
+
+
+def _context_overflow_message(exc: openai.APIStatusError) -> str | None:
+    """The user-facing sentence for a message too long for the model, else None.
+
+    Reads the error body the backend sent (not ``str(exc)``, which may carry
+    more than the client should see); only its numbers reach the message.
+    """
+    body = exc.body
+    fields: Mapping[str, Any] = body if isinstance(body, Mapping) else {}
+    detail = str(fields.get("message") or (body if isinstance(body, str) else ""))
+    marks = (
+        f"{detail} {fields.get('code') or exc.code or ''} {fields.get('type') or exc.type or ''}"
+    )
+    if not _CONTEXT_OVERFLOW.search(marks.lower()):
+        return None
+    # llama-server sends the numbers as fields; vLLM and OpenAI in the sentence.
+    tokens, context = fields.get("n_prompt_tokens"), fields.get("n_ctx")
+    if not isinstance(context, int) and (match := _CONTEXT_TOKENS.search(detail)):
+        context = int(match.group(1))
+    if not isinstance(tokens, int) and (match := _REQUESTED_TOKENS.search(detail)):
+        tokens = int(match.group(1))
+    size = ""
+    if isinstance(tokens, int) and isinstance(context, int):
+        size = f" ({tokens} tokens; the model reads at most {context})"
+    elif isinstance(context, int):
+        size = f" (the model reads at most {context} tokens)"
+    return (
+        f"The message is too long for the model{size}. "
+        "Please send a shorter message, or start a new thread."
+    )
 
 
 def _refused(exc: BaseException) -> bool:

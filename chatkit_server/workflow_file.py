@@ -12,6 +12,7 @@ operator can find it without reading a traceback. Example::
     api_key_env = "LOCAL_LLM_KEY"     # or api_key = "..."; neither for local servers
     read_timeout = 60
     headers = { "X-Team" = "support" }
+    context_tokens = 8192             # the model's context: history is cut to fit it
 
     [workflows.assistant]
     backend = "local"
@@ -90,6 +91,8 @@ class BackendSpec(_Spec):
     connect_timeout: float = Field(default=5.0, gt=0)
     max_retries: int = Field(default=0, ge=0, le=10)
     headers: dict[str, str] = Field(default_factory=dict)
+    # The model's context size, when known: the history budget stays inside it.
+    context_tokens: int | None = Field(default=None, ge=256)
 
     @field_validator("base_url")
     @classmethod
@@ -297,6 +300,12 @@ def _import_tool(path: Path, key: str, target: str) -> FunctionTool:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise WorkflowFileError(path, key, f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        # The module exists but fails while importing (a syntax error, a
+        # failing top-level statement): still the file's line to fix.
+        raise WorkflowFileError(
+            path, key, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     obj: Any = getattr(module, attribute, None)
     if isinstance(obj, FunctionTool):
         return obj

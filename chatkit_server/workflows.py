@@ -22,10 +22,19 @@ from .settings import Settings
 from .tool_tasks import show_progress
 from .workflow_file import StarterPrompt, WorkflowSpec
 
-__all__ = ["DEFAULT_INSTRUCTIONS", "DEFAULT_WORKFLOW", "Workflow", "WorkflowRegistry"]
+__all__ = [
+    "ANSWER_RESERVE_FRACTION",
+    "DEFAULT_INSTRUCTIONS",
+    "DEFAULT_WORKFLOW",
+    "Workflow",
+    "WorkflowRegistry",
+]
 
 DEFAULT_WORKFLOW = "default"
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant. Answer clearly and concisely."
+# Share of a model's context kept free for the answer when the workflow sets no
+# max_tokens: a quarter (1024 of llama-server's default 4096).
+ANSWER_RESERVE_FRACTION = 0.25
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +54,7 @@ class Workflow:
     starter_prompts: tuple[StarterPrompt, ...] = ()
     history_tokens: int | None = None
     title_model: str | None = None
+    context_tokens: int | None = None
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -55,6 +65,27 @@ class Workflow:
     def tool_names(self) -> frozenset[str]:
         """Names of the workflow's tools, server-side and client."""
         return frozenset(tool.name for tool in (*self.tools, *self.client_tools))
+
+    def history_budget(self, default: int) -> int:
+        """Tokens the instructions and history may take in a request to this workflow's model.
+
+        The workflow's ``history_tokens`` (else ``default``), but never more than
+        its backend's context (when known) less room for the answer: the
+        workflow's ``max_tokens``, else :data:`ANSWER_RESERVE_FRACTION` of it.
+        A budget over the context would have the backend refuse every long
+        thread.
+
+        Args:
+            default: The server-wide budget (``CHATKIT_HISTORY_TOKENS``).
+        """
+        budget = self.history_tokens or default
+        if self.context_tokens is None:
+            return budget
+        reserve = self.model_settings.max_tokens or int(
+            self.context_tokens * ANSWER_RESERVE_FRACTION
+        )
+        # At least one token: the newest message is always sent, whatever the budget.
+        return max(1, min(budget, self.context_tokens - reserve))
 
     def build_agent(self) -> Agent[Any]:
         """A new Agents SDK agent for this workflow (without handoffs).
@@ -130,10 +161,20 @@ class WorkflowRegistry:
                 id=DEFAULT_WORKFLOW,
                 backend=backends.get(DEFAULT_BACKEND),
                 model=settings.llm_model,
+                context_tokens=settings.llm_context_tokens,
             )
             return cls([default])
         workflows = [
-            _from_spec(workflow_id, spec, backends.get(spec.backend), file.tools[workflow_id])
+            _from_spec(
+                workflow_id,
+                spec,
+                backends.get(spec.backend),
+                file.tools[workflow_id],
+                # A file's workflow may run on the CHATKIT_LLM_* backend ("default").
+                context_tokens=spec_backend.context_tokens
+                if (spec_backend := file.backends.get(spec.backend))
+                else settings.llm_context_tokens,
+            )
             for workflow_id, spec in file.workflows.items()
         ]
         handoffs = {workflow_id: spec.handoffs for workflow_id, spec in file.workflows.items()}
@@ -175,7 +216,12 @@ class WorkflowRegistry:
 
 
 def _from_spec(
-    workflow_id: str, spec: WorkflowSpec, backend: Backend, tools: tuple[FunctionTool, ...]
+    workflow_id: str,
+    spec: WorkflowSpec,
+    backend: Backend,
+    tools: tuple[FunctionTool, ...],
+    *,
+    context_tokens: int | None,
 ) -> Workflow:
     settings = ModelSettings(**spec.model_settings.model_dump(exclude_none=True))
     return Workflow(
@@ -194,4 +240,5 @@ def _from_spec(
         starter_prompts=tuple(spec.starter_prompts),
         history_tokens=spec.history_tokens,
         title_model=spec.title_model,
+        context_tokens=context_tokens,
     )

@@ -20,6 +20,7 @@ import pytest
 from chatkit_server.cli import build_parser, main
 from chatkit_server.testing.fake_backend import FakeBackend, Reply
 from chatkit_server.testing.live import ServerThread
+from tests.conftest import POSTGRES_URL, REQUIRE_POSTGRES
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -261,3 +262,177 @@ def test_the_server_process_collects_garbage_cheaply() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+# An operator's mistake is one line on stderr and exit status 2, never a traceback.
+_BAD_WORKFLOW_FILES = {
+    "toml syntax": ("x = [\n", "not valid TOML"),
+    "missing backend": (
+        '[workflows.a]\nbackend = "gpu"\nmodel = "m"\n',
+        "workflows.a.backend: no backend 'gpu'",
+    ),
+    "tool that does not import": (
+        '[workflows.a]\nmodel = "m"\ntools = ["no_such_module.tools:fn"]\n',
+        "workflows.a.tools[0]: cannot import 'no_such_module.tools'",
+    ),
+    "tool that is not a function": (
+        '[workflows.a]\nmodel = "m"\ntools = ["json.decoder:nope"]\n',
+        "workflows.a.tools[0]: 'json.decoder:nope' is not a function",
+    ),
+}
+
+
+def _assert_one_line(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("chatkit-server: "), lines[0]
+    for text in expected:
+        assert text in lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_WORKFLOW_FILES))
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_a_workflows_file_mistake_is_one_line(tmp_path: Path, case: str, command: str) -> None:
+    text, expected = _BAD_WORKFLOW_FILES[case]
+    path = tmp_path / "workflows.toml"
+    path.write_text(text)
+    result = _run(tmp_path, command, CHATKIT_WORKFLOWS=str(path), CHATKIT_LOCAL_MODEL="off")
+    _assert_one_line(result, f"{path}: ", expected)
+
+
+def test_a_tool_module_that_raises_on_import_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "broken_tools.py").write_text("raise RuntimeError('missing API token')\n")
+    path = tmp_path / "workflows.toml"
+    path.write_text('[workflows.a]\nmodel = "m"\ntools = ["broken_tools:lookup"]\n')
+    result = _run(
+        tmp_path, "migrate", CHATKIT_WORKFLOWS=str(path), PYTHONPATH=_pythonpath(tmp_path)
+    )
+    _assert_one_line(
+        result, "tools[0]: cannot import 'broken_tools': RuntimeError: missing API token"
+    )
+
+
+def _pythonpath(*extra: Path) -> str:
+    return os.pathsep.join([*map(str, extra), *sys.path])
+
+
+def test_an_unknown_downgrade_revision_is_one_line(tmp_path: Path) -> None:
+    result = _run(tmp_path, "migrate", "--downgrade", "nonsense")
+    _assert_one_line(result, "--downgrade nonsense: ", "'nonsense'", "known: ", "base")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["serve"], ["serve", "--no-migrate"], ["usage"]])
+def test_a_refused_database_connection_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    url = f"postgresql+asyncpg://postgres:secret@127.0.0.1:{_closed_port()}/test"
+    result = _run(tmp_path, *command, CHATKIT_DATABASE_URL=url, CHATKIT_LOCAL_MODEL="off")
+    _assert_one_line(result, "CHATKIT_DATABASE_URL: ", "connection refused")
+    assert "secret" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["serve"], ["serve", "--no-migrate"]])
+def test_a_missing_postgres_database_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    if not _postgres_reachable() and not REQUIRE_POSTGRES:
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}")
+    url = POSTGRES_URL.rsplit("/", 1)[0] + "/chatkit_does_not_exist"
+    result = _run(tmp_path, *command, CHATKIT_DATABASE_URL=url, CHATKIT_LOCAL_MODEL="off")
+    _assert_one_line(
+        result, "CHATKIT_DATABASE_URL: ", 'database "chatkit_does_not_exist" does not exist'
+    )
+
+
+def _postgres_reachable() -> bool:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(POSTGRES_URL)
+    try:
+        socket.create_connection((url.host or "127.0.0.1", url.port or 5432), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_serve_without_migrating_refuses_an_empty_database(tmp_path: Path) -> None:
+    result = _run(tmp_path, "serve", "--no-migrate", CHATKIT_LOCAL_MODEL="off")
+    _assert_one_line(result, "CHATKIT_DATA_DIR: ", "no schema yet", "chatkit-server migrate")
+
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_example_workflows_file_starts_as_its_header_says(tmp_path: Path) -> None:
+    import shlex
+
+    example = _REPO / "examples" / "workflows.toml"
+    commands = [
+        line.lstrip("#").strip()
+        for line in example.read_text().splitlines()
+        if line.startswith("#") and "chatkit-server serve" in line
+    ]
+    assert len(commands) == 1, commands
+    *assignments, program, command = shlex.split(commands[0])
+    assert (program, command) == (".venv/bin/chatkit-server", "serve")
+    header_env = dict(assignment.split("=", 1) for assignment in assignments)
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)],
+        env=_env(tmp_path, **header_env),
+        cwd=_REPO,  # "from the repository's root"
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        try:
+            _wait_healthy(port, timeout=30)
+        except AssertionError:
+            process.kill()
+            raise AssertionError(process.communicate()[0]) from None
+        workflows = httpx.get(f"http://127.0.0.1:{port}/chatkit/workflows", timeout=5).json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    listed = json.dumps(workflows)
+    assert '"assistant"' in listed
+    assert '"analyst"' in listed
+
+
+def _help(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*args, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("command", "listed", "not_listed"),
+    [
+        (["serve"], ["CHATKIT_LLM_BASE_URL", "CHATKIT_DATABASE_URL"], []),
+        (["migrate"], ["CHATKIT_DATABASE_URL", "CHATKIT_DATA_DIR"], ["CHATKIT_LLM_BASE_URL"]),
+        (["usage"], ["CHATKIT_DATABASE_URL"], ["CHATKIT_WORKFLOWS", "CHATKIT_TITLES"]),
+        (["record"], [], ["CHATKIT_DATABASE_URL", "CHATKIT_LLM_API_KEY"]),
+        (["replay"], [], ["CHATKIT_DATA_DIR", "CHATKIT_LLM_MODEL"]),
+    ],
+)
+def test_each_command_lists_only_the_environment_it_uses(
+    capsys: pytest.CaptureFixture[str], command: list[str], listed: list[str], not_listed: list[str]
+) -> None:
+    out = _help(capsys, *command)
+    for name in listed:
+        assert f"  {name} " in out
+    for name in not_listed:
+        assert name not in out
+
+
+def test_the_admin_key_is_not_promised_until_the_rest_api_exists(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert "CHATKIT_ADMIN_KEY" not in (_REPO / "README.md").read_text()
+    assert "CHATKIT_ADMIN_KEY" not in _help(capsys)
+    assert "CHATKIT_ADMIN_KEY" not in _help(capsys, "serve")

@@ -483,3 +483,51 @@ def test_serve_runs_the_bundled_model_and_stops_it_on_sigterm(
     assert "stopped the bundled llama-server" in output
     assert not llama.is_running()
     assert (tmp_path / "data" / cli.LOCAL_MODEL_LOG).stat().st_size > 0
+
+
+# --- what the no-backend error advises ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("installed", "changes", "says", "not_says"),
+    [
+        (True, {"local_model": "off"}, "remove CHATKIT_LOCAL_MODEL=off", "install-local-model"),
+        (False, {"local_model": "off"}, "CHATKIT_LOCAL_MODEL=off", "install-local-model"),
+        (False, {}, "install the bundled local model", "CHATKIT_LOCAL_MODEL"),
+        (True, {}, "'chatkit-server serve'", "install-local-model"),
+        (
+            True,
+            {"workflows_path": Path("w.toml")},
+            "without a workflows file",
+            "install-local-model",
+        ),
+    ],
+)
+def test_the_no_backend_message_fits_the_case(
+    monkeypatch: pytest.MonkeyPatch,
+    installed: bool,
+    changes: dict[str, object],
+    says: str,
+    not_says: str,
+) -> None:
+    monkeypatch.setattr(local_model, "is_installed", lambda: installed)
+    message = local_model.no_backend_message(Settings().with_changes(**changes))
+    assert message.startswith("No model backend is configured. Set CHATKIT_LLM_BASE_URL")
+    assert says in message
+    assert not_says not in message
+
+
+def test_is_installed_needs_both_pieces(nothing_installed: None) -> None:
+    assert not local_model.is_installed()
+
+
+async def test_an_answer_with_the_model_installed_but_off_says_why(
+    monkeypatch: pytest.MonkeyPatch, start_live: LiveFactory, live_settings: Settings
+) -> None:
+    monkeypatch.setattr(local_model, "is_installed", lambda: True)
+    settings = live_settings.with_changes(llm_base_url=None, local_model="off")
+    async with start_live(settings) as live:
+        turn = await live.client.create_thread("hi")
+    message = turn.errors[0].message or ""
+    assert "remove CHATKIT_LOCAL_MODEL=off" in message
+    assert "install-local-model" not in message

@@ -254,3 +254,18 @@ async def test_workflows_endpoint_describes_the_composer(
         "starter_prompts": [{"label": "Time", "prompt": "What time is it?"}],
     }
     assert expert["id"] == "expert"
+
+
+async def test_metadata_inside_params_is_refused_saying_where_it_goes(
+    start_live: LiveFactory, workflow_settings: Settings
+) -> None:
+    async with start_live(workflow_settings) as live:
+        body = {
+            "type": "threads.create",
+            "params": {"input": user_input("hi"), "metadata": {"workflow": "expert"}},
+        }
+        response = await live.client.post_raw(json.dumps(body))
+        assert response.status_code == 400
+        message = response.json()["error"]["message"]
+        assert "'metadata' goes at the top level of the request" in message
+        assert (await live.client.call("threads.list"))["data"] == []

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+from collections.abc import Mapping
 
-__all__ = ["error_response"]
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+__all__ = ["error_response", "http_exception_response", "internal_error_response"]
 
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     409: "conflict_error",
     413: "request_too_large",
     501: "not_implemented_error",
 }
 
 
-def error_response(status_code: int, message: str, *, code: str | None = None) -> JSONResponse:
+def error_response(
+    status_code: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     """A JSON error body ``{"error": {"type", "code", "message"}}`` with ``status_code``.
 
     ``message`` must be written for the client: never pass ``str(exc)`` of an
@@ -27,4 +38,33 @@ def error_response(status_code: int, message: str, *, code: str | None = None) -
     return JSONResponse(
         {"error": {"type": error_type, "code": code or error_type, "message": message}},
         status_code=status_code,
+        headers=headers,
     )
+
+
+async def http_exception_response(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no such route, method not allowed) as JSON.
+
+    Installed as the app's ``HTTPException`` handler, so that every error a
+    client sees has the same shape, not Starlette's plain-text default.
+    """
+    assert isinstance(exc, HTTPException)  # registered for HTTPException only
+    if exc.status_code == 405:
+        # Sorted: Starlette keeps a route's methods in a set, in no stable order.
+        allow = exc.headers.get("Allow", "") if exc.headers else ""
+        allowed = " or ".join(sorted(method.strip() for method in allow.split(",")))
+        message = f"{request.method} is not allowed on {request.url.path}; use {allowed}."
+        code = "method_not_allowed"
+    elif exc.status_code == 404:
+        message, code = f"No such path: {request.url.path}.", "not_found"
+    else:
+        message, code = exc.detail, None
+    return error_response(exc.status_code, message, code=code, headers=exc.headers)
+
+
+async def internal_error_response(request: Request, exc: Exception) -> Response:
+    """A failure no route caught: JSON 500, never ``str(exc)`` (it may hold secrets).
+
+    Starlette logs the traceback and re-raises after this answer is sent.
+    """
+    return error_response(500, "Internal server error.")

@@ -5,6 +5,11 @@ directory; the wheel ships the same directory as
 ``chatkit_server/_migrations``. :func:`alembic_config` finds either, so no
 ``alembic.ini`` is needed at run time.
 
+An unreachable or missing database raises
+:class:`~chatkit_server.errors.DatabaseUnavailableError`, an unknown revision
+:class:`~chatkit_server.errors.MigrationError`: both carry a one-line message
+for the operator, so the command line need not show a traceback.
+
 Progress is logged (logger ``chatkit_server.migrate``), never printed, and
 the application's logging configuration is left alone.
 
@@ -16,9 +21,11 @@ them where no loop is running (the CLI); async code uses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +33,12 @@ import anyio.to_thread
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import Connection
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 
+from ..errors import DatabaseUnavailableError, MigrationError
 from .database import create_engine
 
 __all__ = [
@@ -89,10 +100,15 @@ def upgrade(
         url: The database URL.
         revision: An Alembic revision, ``"head"`` or a relative one (``"+1"``).
         connect_args: Extra keyword arguments for the driver's ``connect``.
+
+    Raises:
+        DatabaseUnavailableError: The database cannot be reached or opened.
+        MigrationError: ``revision`` is unknown, or the schema cannot move to it.
     """
     _check_no_running_loop("upgrade")
-    with _ALEMBIC_LOCK:
-        command.upgrade(alembic_config(url, connect_args=connect_args), revision)
+    config = alembic_config(url, connect_args=connect_args)
+    with _ALEMBIC_LOCK, _operator_errors(config):
+        command.upgrade(config, revision)
 
 
 def downgrade(url: str, revision: str, *, connect_args: Mapping[str, Any] | None = None) -> None:
@@ -104,10 +120,15 @@ def downgrade(url: str, revision: str, *, connect_args: Mapping[str, Any] | None
         url: The database URL.
         revision: An Alembic revision, ``"base"`` or a relative one (``"-1"``).
         connect_args: Extra keyword arguments for the driver's ``connect``.
+
+    Raises:
+        DatabaseUnavailableError: The database cannot be reached or opened.
+        MigrationError: ``revision`` is unknown, or the schema cannot move to it.
     """
     _check_no_running_loop("downgrade")
-    with _ALEMBIC_LOCK:
-        command.downgrade(alembic_config(url, connect_args=connect_args), revision)
+    config = alembic_config(url, connect_args=connect_args)
+    with _ALEMBIC_LOCK, _operator_errors(config):
+        command.downgrade(config, revision)
 
 
 def current(url: str, *, connect_args: Mapping[str, Any] | None = None) -> str | None:
@@ -118,9 +139,13 @@ def current(url: str, *, connect_args: Mapping[str, Any] | None = None) -> str |
     Args:
         url: The database URL.
         connect_args: Extra keyword arguments for the driver's ``connect``.
+
+    Raises:
+        DatabaseUnavailableError: The database cannot be reached or opened.
     """
     _check_no_running_loop("current")
-    return asyncio.run(_current(url, connect_args))
+    with _operator_errors(alembic_config(url, connect_args=connect_args)):
+        return asyncio.run(_current(url, connect_args))
 
 
 async def upgrade_async(
@@ -136,6 +161,40 @@ async def upgrade_async(
     await anyio.to_thread.run_sync(
         functools.partial(upgrade, url, revision, connect_args=connect_args)
     )
+
+
+@contextlib.contextmanager
+def _operator_errors(config: Config) -> Iterator[None]:
+    """Turn the driver's and Alembic's failures into one-line errors.
+
+    A refused connection, an unknown database or a bad revision is the
+    operator's to fix, and a traceback hides the one line that says how.
+    """
+    url = make_url(config.attributes["url"]).render_as_string(hide_password=True)
+    try:
+        yield
+    except DBAPIError as exc:
+        # The driver's own sentence, e.g. 'database "chat" does not exist'.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseUnavailableError(f"cannot use {url}: {reason}") from None
+    except OSError as exc:
+        raise DatabaseUnavailableError(f"cannot connect to {url}: {_os_reason(exc)}") from None
+    except CommandError as exc:
+        message = str(exc)
+        if "locate revision" in message:
+            known = ", ".join(
+                s.revision for s in ScriptDirectory.from_config(config).walk_revisions()
+            )
+            message = f"{message} (known: {known}, base, head, or relative such as -1)"
+        raise MigrationError(message) from None
+
+
+def _os_reason(exc: OSError) -> str:
+    # "connection refused" rather than the event loop's "Connect call failed
+    # ('127.0.0.1', 5432)"; name lookups carry a negative errno and their own text.
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno).lower()
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _check_no_running_loop(name: str) -> None:

@@ -162,6 +162,31 @@ async def test_transcribe_without_backend_is_501(live: Live) -> None:
     }
     response = await live.client.post_raw(json.dumps(body))
     assert response.status_code == 501
+    assert response.json()["error"]["type"] == "not_implemented_error"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "message"),
+    [
+        ("GET", "/chatkit", 405, "GET is not allowed on /chatkit; use POST."),
+        ("DELETE", "/healthz", 405, "DELETE is not allowed on /healthz; use GET or HEAD."),
+        ("GET", "/no/such/path", 404, "No such path: /no/such/path."),
+        ("POST", "/v1/chatkit/threads", 404, "No such path: /v1/chatkit/threads."),
+    ],
+)
+async def test_routing_errors_are_json_too(
+    live: Live, method: str, path: str, status: int, message: str
+) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.request(method, live.url + path)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == {"type", "code", "message"}
+    assert error["message"].startswith(message)
+    if status == 405:
+        assert error["code"] == "method_not_allowed"
+        assert "POST" in response.headers["allow"] or "GET" in response.headers["allow"]
 
 
 async def test_healthz(live: Live) -> None:
@@ -256,3 +281,22 @@ async def test_requests_are_parsed_once(live: Live, monkeypatch: pytest.MonkeyPa
 
     assert turn.assistant_messages
     assert [t["id"] for t in listed["data"]] == [turn.thread_id]
+
+
+def test_a_failure_outside_the_chatkit_route_is_json_500_without_details() -> None:
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.testclient import TestClient
+
+    from chatkit_server.app import create_app
+
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("password=hunter2")
+
+    app = create_app(Settings())
+    app.add_route("/boom", boom)
+    # Not entered as a context manager: no lifespan, no database needed.
+    response = TestClient(app, raise_server_exceptions=False).get("/boom")
+    assert response.status_code == 500
+    assert response.json()["error"]["message"] == "Internal server error."
+    assert "hunter2" not in response.text
