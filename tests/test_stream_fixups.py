@@ -422,62 +422,6 @@ def _text(delta: str, seq: int, *, part: int = 0, logprobs: list[Any] | None = N
     )
 
 
-async def test_text_deltas_waiting_together_are_passed_on_as_one() -> None:
-    added = ResponseContentPartAddedEvent.model_construct(
-        type="response.content_part.added", item_id=MSG, output_index=0, content_index=0
-    )
-    events = [
-        _text("Hel", 1),
-        _text("lo ", 2),
-        _text("there", 3),
-        added,
-        _text("!", 5, part=1),
-        _text("?", 6, part=1, logprobs=[{"token": "?"}]),
-        _text(" ok", 7, part=1),
-    ]
-
-    queued = [
-        event.data
-        async for event in RepairedRun(cast(RunResultStreaming, _QueuedRun(events))).stream_events()
-        if isinstance(event, RawResponsesStreamEvent)
-    ]
-    one_by_one = await _repaired(events)
-
-    assert [(getattr(e, "delta", None), e.sequence_number) for e in queued] == [
-        ("Hello there", 3),
-        (None, 4),  # numbered by the field filler
-        ("!", 5),
-        ("?", 6),
-        (" ok", 7),
-    ]
-    # Events that arrive one at a time pass unchanged.
-    assert [getattr(e, "delta", None) for e in one_by_one] == [
-        getattr(e, "delta", None) for e in events
-    ]
-
-
-async def test_queued_text_before_a_failure_is_passed_on_before_it() -> None:
-    class _FailingQueuedRun(_QueuedRun):
-        async def stream_events(self) -> AsyncIterator[StreamEvent]:
-            async for event in super().stream_events():
-                yield event
-            raise RuntimeError("backend dropped the connection")
-
-    run = RepairedRun(
-        cast(RunResultStreaming, _FailingQueuedRun([_text("Hel", 1), _text("lo", 2)]))
-    )
-    seen: list[Any] = []
-
-    async def read_all() -> None:
-        async for event in run.stream_events():
-            seen.append(event)
-
-    with pytest.raises(RuntimeError, match="dropped"):
-        await read_all()
-
-    assert [event.data.delta for event in seen] == ["Hello"]
-
-
 async def test_a_text_delta_missing_a_field_is_still_filled() -> None:
     # Built leniently, as the client builds what a backend sent: no
     # sequence_number and no content_index, but logprobs present.

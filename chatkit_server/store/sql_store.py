@@ -615,9 +615,7 @@ def _owned_data_statement(table: sa.Table) -> sa.Select[tuple[str]]:
     )
 
 
-async def _require_thread(
-    session: Statements, thread_id: str, context: RequestContext
-) -> None:
+async def _require_thread(session: Statements, thread_id: str, context: RequestContext) -> None:
     if not await session.scalar(
         _REQUIRE_THREAD, {"thread_id": thread_id, "user_id": context.user_id}
     ):
