@@ -1,304 +1,315 @@
-"""Backends: clients with explicit timeouts that send history without re-transforming it."""
+"""Backends: one client per server, with explicit timeouts, and the models on it."""
 
 from __future__ import annotations
 
-import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
-from agents import Agent, RunConfig, Runner
+from agents import (
+    Agent,
+    OpenAIChatCompletionsModel,
+    OpenAIResponsesModel,
+    RunConfig,
+    Runner,
+)
 from openai import DefaultAioHttpClient
 
-from chatkit_server.backends import (
-    Backend,
-    BackendConfig,
-    LeanAsyncOpenAI,
-    watch_requests,
-    with_earlier_turns,
-)
+from chatkit_server.backends import DEFAULT_BACKEND, Backend, BackendConfig, BackendRegistry
+from chatkit_server.llm.client import BackendClient
+from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply
+from chatkit_server.workflow_file import load_workflow_file
 from tests.live import FakeLLM
 
-HISTORY = [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello!"},
-    {"role": "user", "content": "Again"},
-]
+
+def _config(fake_llm: FakeLLM, **changes: Any) -> BackendConfig:
+    options: dict[str, Any] = {
+        "name": "t",
+        "base_url": fake_llm.v1,
+        "api_key": "k",
+        "read_timeout": 7.0,
+        "connect_timeout": 3.0,
+        "max_retries": 0,
+    }
+    return BackendConfig(**{**options, **changes})
 
 
-def _backend(fake_llm: FakeLLM, api: str = "chat_completions") -> Backend:
-    return Backend(
-        BackendConfig(
-            name="t",
-            base_url=fake_llm.v1,
-            api_key="k",
-            api=api,  # type: ignore[arg-type]
-            read_timeout=7.0,
-            connect_timeout=3.0,
-            max_retries=0,
-        )
-    )
+def test_the_client_has_explicit_timeouts_and_retries(fake_llm: FakeLLM) -> None:
+    client = Backend(_config(fake_llm, max_retries=2)).client
 
-
-def test_client_has_explicit_timeouts_and_no_retries(fake_llm: FakeLLM) -> None:
-    client = _backend(fake_llm).client
-    assert isinstance(client, LeanAsyncOpenAI)
-    assert client.max_retries == 0
+    assert isinstance(client, BackendClient)
+    assert client.max_retries == 2
+    assert str(client.base_url).rstrip("/") == fake_llm.v1
+    assert client.api_key == "k"
     timeout: Any = client.timeout
     assert (timeout.read, timeout.connect) == (7.0, 3.0)
-    # aiohttp counts connecting in the pool timeout: never shorter than reading.
+    # aiohttp counts connecting in the pool timeout: never shorter than either.
     assert timeout.pool == 7.0
     assert isinstance(client._client, DefaultAioHttpClient)
 
 
-async def test_history_reaches_the_backend_without_the_client_transform(
-    fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import openai.resources.chat.completions.completions as completions
+def test_the_pool_timeout_covers_a_longer_connect_timeout(fake_llm: FakeLLM) -> None:
+    client = Backend(_config(fake_llm, read_timeout=2.0, connect_timeout=9.0)).client
 
-    transformed: list[Any] = []
-    original = completions.async_maybe_transform
+    assert client is not None
+    assert client.timeout.pool == 9.0  # type: ignore[union-attr]
 
-    async def spy(data: Any, *args: Any, **kwargs: Any) -> Any:
-        transformed.append(data)
-        return await original(data, *args, **kwargs)
 
-    monkeypatch.setattr(completions, "async_maybe_transform", spy)
-    fake_llm.backend.script(Reply.text("Fine."))
-    backend = _backend(fake_llm)
+async def test_a_silent_backend_times_out_at_the_read_timeout(fake_llm: FakeLLM) -> None:
+    fake_llm.backend.script(Reply.text("Late.", first_byte_delay=3.0))
+    backend = Backend(_config(fake_llm, read_timeout=0.3))
     assert backend.client is not None
-    # The calls the direct sender leaves to the client (chatkit_server.direct).
-    backend.client.direct = None
 
-    stream = await backend.client.chat.completions.create(
-        model="m",
-        messages=HISTORY,
-        stream=True,
-        extra_body={"top_k": 5},  # type: ignore[arg-type]
-    )
-    text = "".join(
-        [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
-    )
-    await backend.aclose()
-
-    assert text == "Fine."
-    assert transformed[0]["messages"] == []
-    received = fake_llm.backend.requests[-1].body
-    assert received["messages"] == HISTORY
-    assert received["top_k"] == 5
-
-
-async def test_responses_input_is_sent_as_given(fake_llm: FakeLLM) -> None:
-    fake_llm.backend.script(Reply.text("Fine."))
-    backend = _backend(fake_llm, "responses")
-    assert backend.client is not None
-    items = [{"role": "user", "content": "Hi", "type": "message"}]
-
-    response = await backend.client.responses.create(model="m", input=items)  # type: ignore[arg-type]
-    await backend.aclose()
-
-    assert response.output_text == "Fine."
-    assert fake_llm.backend.requests[-1].body["input"] == items
-
-
-CHUNK = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion.chunk",
-    "created": 1700000000,
-    "model": "m",
-    "choices": [
-        {
-            "index": 0,
-            "delta": {"role": "assistant", "content": " tok", "reasoning_content": "hm"},
-            "finish_reason": None,
-        }
-    ],
-}
-COMPLETION = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion",
-    "created": 1,
-    "model": "m",
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "A title"},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }
-    ],
-    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-}
-TEXT_DELTA = {
-    "type": "response.output_text.delta",
-    "item_id": "msg_1",
-    "output_index": 0,
-    "content_index": 0,
-    "delta": " tok",
-    "sequence_number": 5,
-    "logprobs": [],
-}
-
-
-def _lenient_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    import openai._base_client as base_client
-
-    calls: list[Any] = []
-    original = base_client.construct_type
-
-    def spy(*, type_: Any, value: Any) -> Any:
-        calls.append(value)
-        return original(type_=type_, value=value)
-
-    monkeypatch.setattr(base_client, "construct_type", spy)
-    return calls
-
-
-@pytest.mark.parametrize(
-    ("data", "cast_to"),
-    [(CHUNK, "chunk"), (TEXT_DELTA, "event"), (COMPLETION, "completion")],
-    ids=["chat-completions-chunk", "responses-event", "whole-completion"],
-)
-def test_stream_chunks_are_validated_not_constructed(
-    monkeypatch: pytest.MonkeyPatch, data: dict[str, Any], cast_to: str
-) -> None:
-    from openai._models import construct_type
-    from openai.types.chat import ChatCompletion, ChatCompletionChunk
-    from openai.types.responses import ResponseStreamEvent
-
-    targets = {"chunk": ChatCompletionChunk, "event": ResponseStreamEvent}
-    target: Any = targets.get(cast_to, ChatCompletion)
-    lenient = _lenient_path_calls(monkeypatch)
-    client = LeanAsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k")
-
-    parsed: Any = client._process_response_data(data=data, cast_to=target, response=None)  # type: ignore[arg-type]
-
-    # The slow lenient builder is skipped, and the object is the one it builds.
-    assert lenient == []
-    constructed = construct_type(type_=target, value=data)
-    assert type(parsed) is type(constructed)
-    assert parsed.model_dump(exclude_none=True) == constructed.model_dump(exclude_none=True)
-    if cast_to == "chunk":
-        delta = parsed.choices[0].delta
-        assert delta.reasoning_content == "hm"  # extra fields kept
-        # Fields some servers send read as None instead of raising inside pydantic.
-        assert (delta.reasoning, delta.thinking_blocks, delta.annotations) == (None, None, None)
-
-
-def test_a_chunk_the_validator_rejects_takes_the_lenient_path(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from openai.types.chat import ChatCompletionChunk
-
-    lenient = _lenient_path_calls(monkeypatch)
-    client = LeanAsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k")
-    # Some servers leave out fields the schema requires (here: created, model).
-    sloppy = {"id": "x", "object": "chat.completion.chunk", "choices": CHUNK["choices"]}
-
-    parsed: Any = client._process_response_data(
-        data=sloppy,
-        cast_to=ChatCompletionChunk,
-        response=None,  # type: ignore[arg-type]
-    )
-
-    assert lenient == [sloppy]
-    assert parsed.choices[0].delta.content == " tok"
-    assert parsed.model is None
-
-
-EARLIER_TURNS: list[Any] = [
-    {"role": "user", "content": "Weather in Paris?", "type": "message"},
-    {"role": "assistant", "content": "Let me check.", "type": "message"},
-    {
-        "type": "function_call",
-        "call_id": "call_1",
-        "name": "weather",
-        "arguments": '{"city": "Paris"}',
-    },
-    {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
-    {"role": "assistant", "content": "It is sunny.", "type": "message"},
-    {"role": "user", "content": [{"type": "input_text", "text": "And Rome?"}], "type": "message"},
-    {"role": "assistant", "content": "Also sunny.", "type": "message"},
-    {"role": "user", "content": "Thanks!", "type": "message"},
-]
-
-
-async def _sent_body(model: Any, items: list[Any], fake_llm: FakeLLM) -> Any:
-    agent = Agent(name="a", instructions="Be brief.", model=model)
-    result = Runner.run_streamed(agent, items, run_config=RunConfig(tracing_disabled=True))
-    async for _event in result.stream_events():
-        pass
-    return fake_llm.backend.requests[-1].body
-
-
-async def test_earlier_turns_are_sent_as_the_sdk_would_send_them(fake_llm: FakeLLM) -> None:
-    fake_llm.backend.script(Reply.text("One."), Reply.text("Two."))
-    backend = _backend(fake_llm)
-    model = backend.model("m")
-
-    run_model, newest = with_earlier_turns(model, EARLIER_TURNS)
-    assert run_model is not model
-    assert newest == EARLIER_TURNS[-1:]
-    ours = await _sent_body(run_model, newest, fake_llm)
-    theirs = await _sent_body(model, EARLIER_TURNS, fake_llm)
-    await backend.aclose()
-
-    assert ours == theirs
-    roles = [m["role"] for m in ours["messages"]]
-    assert roles == ["system", "user", "assistant", "assistant", "tool"] + ["assistant", "user"] * 2
-    assert ours["messages"][3]["tool_calls"][0]["id"] == "call_1"
-    # The shared client is untouched: other runs send only their own messages.
-    assert backend.client is not None
-    assert backend.client.earlier_messages is None
-
-
-def test_a_single_turn_or_another_model_is_left_as_it_is(fake_llm: FakeLLM) -> None:
-    backend = _backend(fake_llm)
-    model = backend.model("m")
-    assert with_earlier_turns(model, EARLIER_TURNS[:1]) == (model, EARLIER_TURNS[:1])
-    responses = _backend(fake_llm, api="responses").model("m")
-    assert with_earlier_turns(responses, EARLIER_TURNS) == (responses, EARLIER_TURNS)
-
-
-@pytest.mark.parametrize("api", ["chat_completions", "responses"])
-async def test_a_run_started_under_a_watch_marks_its_first_request(
-    fake_llm: FakeLLM, api: str
-) -> None:
-    fake_llm.backend.script(Reply.text("Fine."), Reply.text("Again."))
-    backend = _backend(fake_llm, api=api)
-    agent = Agent(name="a", model=backend.model("m"))
-    config = RunConfig(tracing_disabled=True)
+    started = time.monotonic()
     try:
-        with watch_requests() as sent:
-            result = Runner.run_streamed(agent, "Hi", run_config=config)
-        assert not sent.done()
-        # Marked when the run sends its request, before any answer arrives.
-        await asyncio.wait_for(asyncio.shield(sent), 5)
-        assert not fake_llm.backend.streams or fake_llm.backend.streams[0].ended_at is None
-        async for _event in result.stream_events():
-            pass
-        assert result.final_output == "Fine."
-
-        # A run started outside the block is not watched.
-        outside = Runner.run_streamed(agent, "Hi", run_config=config)
-        async for _event in outside.stream_events():
-            pass
-        assert sent.done()
+        with pytest.raises(openai.APITimeoutError):
+            await backend.client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "Hi"}], stream=True
+            )
     finally:
         await backend.aclose()
 
+    assert time.monotonic() - started < 2.0
+    assert len(fake_llm.backend.requests) == 1  # no retry
 
-async def test_requests_outside_a_watch_mark_nothing(fake_llm: FakeLLM) -> None:
+
+async def test_failed_requests_are_retried_as_configured(fake_llm: FakeLLM) -> None:
+    fake_llm.backend.script(Reply(status=503), Reply.text("Recovered."), Reply(status=503))
+    retrying = Backend(_config(fake_llm, max_retries=1))
+    single = Backend(_config(fake_llm, max_retries=0))
+    assert retrying.client is not None
+    assert single.client is not None
+    messages: Any = [{"role": "user", "content": "Hi"}]
+
+    try:
+        answer = await retrying.client.chat.completions.create(model="m", messages=messages)
+        with pytest.raises(openai.InternalServerError):
+            await single.client.chat.completions.create(model="m", messages=messages)
+    finally:
+        await retrying.aclose()
+        await single.aclose()
+
+    assert answer.choices[0].message.content == "Recovered."
+    assert len(fake_llm.backend.requests) == 3
+
+
+async def test_configured_headers_reach_the_backend(fake_llm: FakeLLM) -> None:
     fake_llm.backend.script(Reply.text("Fine."))
-    backend = _backend(fake_llm)
+    backend = Backend(_config(fake_llm, headers={"X-Team": "support"}))
     assert backend.client is not None
-    with watch_requests() as sent:
-        pass
+
     try:
         await backend.client.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "Hi"}]
         )
     finally:
         await backend.aclose()
-    assert not sent.done()
+
+    headers = fake_llm.backend.requests[-1].headers
+    assert headers["x-team"] == "support"
+    assert headers["authorization"] == "Bearer k"
+
+
+async def test_a_backend_without_a_base_url_has_no_client() -> None:
+    backend = Backend(BackendConfig(name="none", base_url=None, api_key="k"))
+
+    assert backend.client is None
+    assert not backend.configured
+    with pytest.raises(RuntimeError, match="'none' has no base URL"):
+        backend.model("m")
+    await backend.aclose()
+
+
+@pytest.mark.parametrize(
+    ("api", "cls"),
+    [("chat_completions", OpenAIChatCompletionsModel), ("responses", OpenAIResponsesModel)],
+)
+async def test_models_are_made_once_per_name_for_the_configured_api(
+    fake_llm: FakeLLM, api: str, cls: type[Any]
+) -> None:
+    backend = Backend(_config(fake_llm, api=api))
+
+    try:
+        model = backend.model("m")
+        assert backend.configured
+        assert isinstance(model, cls)
+        assert model.model == "m"
+        assert model._client is backend.client
+        assert backend.model("m") is model
+        other = backend.model("n")
+        assert other is not model
+        assert other.model == "n"  # type: ignore[attr-defined]
+        assert backend.model("n") is other
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize("api", ["chat_completions", "responses"])
+async def test_a_model_answers_an_agent_through_its_backend(fake_llm: FakeLLM, api: str) -> None:
+    fake_llm.backend.script(Reply.text("Fine, thanks."))
+    backend = Backend(_config(fake_llm, api=api))
+    agent = Agent(name="a", instructions="Be brief.", model=backend.model("fake"))
+
+    try:
+        result = Runner.run_streamed(agent, "Hi", run_config=RunConfig(tracing_disabled=True))
+        async for _event in result.stream_events():
+            pass
+    finally:
+        await backend.aclose()
+
+    assert result.final_output == "Fine, thanks."
+    request = fake_llm.backend.requests[-1]
+    paths = {"chat_completions": "/v1/chat/completions", "responses": "/v1/responses"}
+    assert request.path == paths[api]
+    assert request.body["model"] == "fake"
+    assert request.body["stream"] is True
+
+
+async def test_aclose_closes_the_client(fake_llm: FakeLLM) -> None:
+    backend = Backend(_config(fake_llm))
+    assert backend.client is not None
+
+    await backend.aclose()
+
+    assert backend.client.is_closed()
+
+
+def test_the_default_backend_comes_from_the_settings(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        llm_base_url="http://127.0.0.1:8080/v1",
+        llm_api_key="secret",
+        llm_api="responses",
+        llm_read_timeout=12.0,
+        llm_connect_timeout=4.0,
+        llm_max_retries=3,
+    )
+
+    config = BackendConfig.from_settings(settings)
+
+    assert config == BackendConfig(
+        name=DEFAULT_BACKEND,
+        base_url="http://127.0.0.1:8080/v1",
+        api_key="secret",
+        api="responses",
+        read_timeout=12.0,
+        connect_timeout=4.0,
+        max_retries=3,
+    )
+
+
+async def test_a_registry_from_settings_alone_has_the_default_backend(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, llm_base_url="http://127.0.0.1:8080/v1")
+    registry = BackendRegistry.from_settings(settings)
+
+    try:
+        default = registry.get(DEFAULT_BACKEND)
+        assert default.config == BackendConfig.from_settings(settings)
+        assert default.configured
+        with pytest.raises(KeyError):
+            registry.get("other")
+    finally:
+        await registry.aclose()
+
+
+async def test_a_registry_without_a_base_url_has_an_unconfigured_default(tmp_path: Path) -> None:
+    registry = BackendRegistry.from_settings(Settings(data_dir=tmp_path))
+
+    assert not registry.get(DEFAULT_BACKEND).configured
+    await registry.aclose()
+
+
+WORKFLOWS = """
+[backends.local]
+base_url = "http://127.0.0.1:8080/v1/"
+api = "responses"
+api_key_env = "LOCAL_KEY"
+read_timeout = 30
+connect_timeout = 2
+max_retries = 1
+headers = { "X-Team" = "support" }
+
+[backends.keyless]
+base_url = "http://127.0.0.1:8081/v1"
+
+[workflows.assistant]
+backend = "local"
+model = "m"
+"""
+
+
+async def test_a_registry_has_the_backends_of_the_workflows_file(tmp_path: Path) -> None:
+    path = tmp_path / "workflows.toml"
+    path.write_text(WORKFLOWS, encoding="utf-8")
+    settings = Settings(
+        data_dir=tmp_path,
+        llm_base_url="http://127.0.0.1:9000/v1",
+        llm_api_key="env-key",
+        workflows_file=load_workflow_file(path, {"LOCAL_KEY": "local-key"}),
+    )
+    registry = BackendRegistry.from_settings(settings)
+
+    try:
+        local, keyless = registry.get("local"), registry.get("keyless")
+        default = registry.get(DEFAULT_BACKEND)
+    finally:
+        await registry.aclose()
+
+    assert local.config == BackendConfig(
+        name="local",
+        base_url="http://127.0.0.1:8080/v1",
+        api_key="local-key",
+        api="responses",
+        read_timeout=30.0,
+        connect_timeout=2.0,
+        max_retries=1,
+        headers={"X-Team": "support"},
+    )
+    assert local.client is not None
+    assert local.client.default_headers["X-Team"] == "support"
+    # A backend without a key of its own sends the environment's.
+    assert keyless.config.api_key == "env-key"
+    assert keyless.config.api == "chat_completions"
+    assert default.config.base_url == "http://127.0.0.1:9000/v1"
+
+
+async def test_a_default_backend_in_the_file_replaces_the_environments(tmp_path: Path) -> None:
+    path = tmp_path / "workflows.toml"
+    path.write_text(
+        '[backends.default]\nbase_url = "http://127.0.0.1:7000/v1"\napi_key = "file-key"\n'
+        '[workflows.a]\nmodel = "m"\n',
+        encoding="utf-8",
+    )
+    settings = Settings(
+        data_dir=tmp_path,
+        llm_base_url="http://127.0.0.1:9000/v1",
+        workflows_file=load_workflow_file(path, {}),
+    )
+    registry = BackendRegistry.from_settings(settings)
+
+    try:
+        default = registry.get(DEFAULT_BACKEND)
+    finally:
+        await registry.aclose()
+
+    assert default.config.base_url == "http://127.0.0.1:7000/v1"
+    assert default.config.api_key == "file-key"
+
+
+async def test_registry_aclose_closes_every_client(tmp_path: Path) -> None:
+    path = tmp_path / "workflows.toml"
+    path.write_text(WORKFLOWS, encoding="utf-8")
+    settings = Settings(
+        data_dir=tmp_path,
+        llm_base_url="http://127.0.0.1:9000/v1",
+        workflows_file=load_workflow_file(path, {"LOCAL_KEY": "x"}),
+    )
+    registry = BackendRegistry.from_settings(settings)
+    clients = [registry.get(name).client for name in (DEFAULT_BACKEND, "local", "keyless")]
+
+    await registry.aclose()
+
+    assert all(client is not None and client.is_closed() for client in clients)
