@@ -44,9 +44,11 @@ from .wire import (
     response_event_class,
 )
 
-__all__ = ["BackendClient", "ChunkStream"]
+__all__ = ["DRAIN_LIMIT", "BackendClient", "ChunkStream"]
 
 _ERROR_MESSAGE = "An error occurred during streaming"
+DRAIN_LIMIT = 64 * 1024
+"""Bytes after ``[DONE]`` read to keep the connection for the next request."""
 
 
 def _untransformed(kwargs: dict[str, Any], field: str) -> dict[str, Any]:
@@ -108,12 +110,16 @@ class ChunkStream:
 
     async def _chunks(self) -> AsyncIterator[Any]:
         decoder = SSEDecoder()
+        reads = self._reads()
         try:
-            async for chunk in self._reads():
+            async for chunk in reads:
                 values, done = _values(decoder.feed(chunk))
                 for value in values:
                     yield self._chunk(value)
                 if done:
+                    # The rest of the body (normally nothing) is read, so the
+                    # connection goes back to the pool instead of being closed.
+                    await _drain(reads)
                     return
             values, _done = _values(decoder.finish())
             for value in values:
@@ -147,6 +153,16 @@ class ChunkStream:
             await self._close()
 
     close = aclose
+
+
+async def _drain(reads: AsyncIterator[bytes], limit: int = DRAIN_LIMIT) -> None:
+    """Read what follows ``[DONE]``, up to ``limit`` bytes (more: the connection is dropped)."""
+    seen = 0
+    with contextlib.suppress(openai.APIError):
+        async for chunk in reads:
+            seen += len(chunk)
+            if seen > limit:
+                return
 
 
 def _values(events: list[ServerSentEvent]) -> tuple[list[Any], bool]:

@@ -89,7 +89,10 @@ class SSEDecoder:
     Lines end with CR, LF or CRLF, even when a read splits them; ``:`` starts
     a comment; an empty line ends an event; an event without data is
     dropped. ``id`` and ``retry`` are accepted and ignored (a model stream is
-    never resumed).
+    never resumed). One difference: a last event that the body ends without
+    its empty line is still passed on (:meth:`finish`), not dropped, so an
+    answer cut off in the middle of an event is reported as broken rather
+    than ending quietly.
     """
 
     def __init__(self) -> None:

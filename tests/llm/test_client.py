@@ -16,7 +16,7 @@ from openai import AsyncOpenAI, DefaultAioHttpClient, Timeout
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import ResponseCompletedEvent, ResponseTextDeltaEvent
 
-from chatkit_server.llm.client import BackendClient, ChunkStream
+from chatkit_server.llm.client import DRAIN_LIMIT, BackendClient, ChunkStream
 from chatkit_server.llm.wire import build_model
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply, ToolCall
@@ -110,7 +110,17 @@ async def test_a_stream_ends_at_done_and_closes() -> None:
     chunks = await _all(stream)
 
     assert _contents(chunks) == ["a", "b"]
-    assert body.taken == 2  # nothing is read after [DONE]
+    # What follows [DONE] is read (so the connection can be reused), never parsed.
+    assert body.taken == 3
+    assert body.closed == 1
+
+
+async def test_a_long_body_after_done_is_not_read_to_its_end() -> None:
+    tail = [b"x" * DRAIN_LIMIT, b"x" * DRAIN_LIMIT, b"never read"]
+    stream, body = _stream([_sse(_chunk("a")) + _sse("[DONE]"), *tail])
+
+    assert _contents(await _all(stream)) == ["a"]
+    assert body.taken == 3
     assert body.closed == 1
 
 
