@@ -15,17 +15,17 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from .backends import BackendRegistry
-from .http.chatkit import chatkit_endpoint
-from .http.errors import http_exception_response, internal_error_response
-from .http.health import healthz
-from .http.state import AppState
-from .http.workflows import list_workflows
-from .local_model import no_backend_message
-from .server import ChatKitApp
-from .settings import Settings
-from .store import Database, SQLStore, UsageStore, upgrade_async
-from .workflows import WorkflowRegistry
+from chatkit_server.http.chatkit import chatkit_endpoint
+from chatkit_server.http.errors import http_exception_response, internal_error_response
+from chatkit_server.http.health import healthz
+from chatkit_server.http.state import AppState
+from chatkit_server.http.workflows import list_workflows
+from chatkit_server.llm.backends import BackendRegistry
+from chatkit_server.llm.local_model import no_backend_message
+from chatkit_server.protocol.server import ChatKitApp
+from chatkit_server.settings import Settings
+from chatkit_server.store import Database, SQLStore, UsageStore, upgrade_async
+from chatkit_server.workflows.registry import WorkflowRegistry
 
 __all__ = ["CORS_ALLOW_HEADERS", "create_app"]
 

@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
-from . import __version__
-from .errors import ChatKitServerError, DatabaseUnavailableError, MigrationError
-from .settings import DATABASE_VARIABLES, ENVIRONMENT_HELP, Settings, environment_help
+from chatkit_server import __version__
+from chatkit_server.errors import ChatKitServerError, DatabaseUnavailableError, MigrationError
+from chatkit_server.settings import DATABASE_VARIABLES, ENVIRONMENT_HELP, Settings, environment_help
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "main"]
 
@@ -247,7 +247,7 @@ def _check_database(settings: Settings, *, migrate: bool) -> None:
         DatabaseUnavailableError: It cannot be reached, or (when it will not be
             migrated) it has no schema yet.
     """
-    from .store import current
+    from chatkit_server.store import current
 
     if current(settings.resolved_database_url) is None and not migrate:
         raise DatabaseUnavailableError(
@@ -269,7 +269,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _migrate(settings: Settings, *, downgrade_to: str | None) -> int:
-    from .store import current, downgrade, upgrade
+    from chatkit_server.store import current, downgrade, upgrade
 
     url = settings.resolved_database_url
     before = current(url)  # also the connection check, before anything changes
@@ -287,7 +287,7 @@ def _usage(
     import asyncio
     import json
 
-    from .store import Database, UsageStore
+    from chatkit_server.store import Database, UsageStore
 
     _check_database(settings, migrate=False)
 
@@ -326,8 +326,8 @@ def _usage(
 def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: int = 1) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .store import upgrade
+    from chatkit_server.app import create_app
+    from chatkit_server.store import upgrade
 
     # Before the local model starts or anything is logged: an unreachable
     # database is then the one line of output.
@@ -409,7 +409,7 @@ def _worker_app(changes: dict[str, Any]) -> Any:
 
     A fresh interpreter: logging is set up again.
     """
-    from .app import create_app
+    from chatkit_server.app import create_app
 
     settings = Settings.from_env().with_changes(**changes)
     _configure_logging(settings.log_level)
@@ -435,9 +435,9 @@ def tune_garbage_collector() -> None:
 
 
 def _record_or_replay(args: argparse.Namespace) -> int:
-    from .testing.live import ServerThread
-    from .testing.recorder import Recorder
-    from .testing.replay import ReplayBackend
+    from chatkit_server.testing.live import ServerThread
+    from chatkit_server.testing.recorder import Recorder
+    from chatkit_server.testing.replay import ReplayBackend
 
     app: Recorder | ReplayBackend
     if args.command == "record":
@@ -464,7 +464,11 @@ def _with_local_model(settings: Settings, resources: contextlib.ExitStack) -> Se
         return settings
     if settings.local_model == "off":
         return settings
-    from .local_model import DEFAULT_CTX_SIZE, LocalModelServer, LocalModelUnavailable
+    from chatkit_server.llm.local_model import (
+        DEFAULT_CTX_SIZE,
+        LocalModelServer,
+        LocalModelUnavailable,
+    )
 
     try:
         local = LocalModelServer(log_path=settings.data_dir / LOCAL_MODEL_LOG)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from .errors import ChatKitServerError
-from .workflow_file import WorkflowFile, load_workflow_file
+from chatkit_server.errors import ChatKitServerError
+from chatkit_server.workflows.file import WorkflowFile, load_workflow_file
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",

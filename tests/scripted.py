@@ -17,7 +17,7 @@ from chatkit.types import ThreadMetadata, ThreadStreamEvent
 
 from chatkit_server.context import RequestContext
 from chatkit_server.store import Database, SQLStore
-from chatkit_server.tool_tasks import show_tool_tasks
+from chatkit_server.workflows.tool_tasks import show_tool_tasks
 
 LOCAL = RequestContext()
 

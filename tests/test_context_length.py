@@ -12,13 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from chatkit_server.backends import Backend, BackendConfig, BackendRegistry
-from chatkit_server.history import estimate_tokens
+from chatkit_server.llm.backends import Backend, BackendConfig, BackendRegistry
 from chatkit_server.settings import Settings, SettingsError
 from chatkit_server.testing.fake_backend import Reply
 from chatkit_server.testing.live import serve_app
 from chatkit_server.testing.stack import run_chatkit
-from chatkit_server.workflows import Workflow, WorkflowRegistry
+from chatkit_server.workflows.history import estimate_tokens
+from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from tests.live import FakeLLM, LiveFactory
 
 # The error bodies the common servers send for a prompt over the context.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from ..errors import RequestError
+from chatkit_server.errors import RequestError
 
 __all__ = ["read_body"]
 

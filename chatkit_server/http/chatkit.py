@@ -10,12 +10,12 @@ from chatkit.types import ErrorEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..context import RequestContext
-from ..errors import InvalidCursorError, NotFoundError, RequestError, StoreError
-from .body import read_body
-from .errors import error_response
-from .sse import BatchedStreamingResponse
-from .state import get_state
+from chatkit_server.context import RequestContext
+from chatkit_server.errors import InvalidCursorError, NotFoundError, RequestError, StoreError
+from chatkit_server.http.body import read_body
+from chatkit_server.http.errors import error_response
+from chatkit_server.http.sse import BatchedStreamingResponse
+from chatkit_server.http.state import get_state
 
 __all__ = ["SSE_HEADERS", "chatkit_endpoint"]
 

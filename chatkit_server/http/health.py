@@ -8,7 +8,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .state import get_state
+from chatkit_server.http.state import get_state
 
 __all__ = ["HEALTH_TIMEOUT_SECONDS", "healthz"]
 

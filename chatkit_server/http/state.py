@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from ..backends import BackendRegistry
-from ..server import ChatKitApp
-from ..settings import Settings
-from ..store import Database, SQLStore
+from chatkit_server.llm.backends import BackendRegistry
+from chatkit_server.protocol.server import ChatKitApp
+from chatkit_server.settings import Settings
+from chatkit_server.store import Database, SQLStore
 
 __all__ = ["AppState", "get_state"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .state import get_state
+from chatkit_server.http.state import get_state
 
 __all__ = ["list_workflows"]
 

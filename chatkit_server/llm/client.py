@@ -36,7 +36,7 @@ from openai.resources.chat.completions import AsyncCompletions
 from openai.resources.responses import AsyncResponses
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from .wire import (
+from chatkit_server.llm.wire import (
     ServerSentEvent,
     SSEDecoder,
     build_model,

@@ -9,17 +9,17 @@
 No Starlette here: the HTTP layer calls in, never the other way round.
 """
 
-from .database import Database
-from .ids import new_id
-from .migrate import alembic_config, current, downgrade, upgrade, upgrade_async
-from .sql_store import (
+from chatkit_server.store.database import Database
+from chatkit_server.store.ids import new_id
+from chatkit_server.store.migrate import alembic_config, current, downgrade, upgrade, upgrade_async
+from chatkit_server.store.sql_store import (
     DEFAULT_UPLOAD_BASE_URL,
     MAX_PAGE_SIZE,
     FeedbackRecord,
     SQLStore,
     decode_item,
 )
-from .usage import UsageRecord, UsageStore, UsageTotals
+from chatkit_server.store.usage import UsageRecord, UsageStore, UsageTotals
 
 __all__ = [
     "DEFAULT_UPLOAD_BASE_URL",

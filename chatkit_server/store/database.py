@@ -51,9 +51,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import StaticPool
 
-from ..errors import StoreError
-from .sqlite_threads import READER_THREADS, SQLiteThreads
-from .tables import metadata
+from chatkit_server.errors import StoreError
+from chatkit_server.store.sqlite_threads import READER_THREADS, SQLiteThreads
+from chatkit_server.store.tables import metadata
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS",

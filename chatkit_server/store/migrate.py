@@ -38,8 +38,8 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 
-from ..errors import DatabaseUnavailableError, MigrationError
-from .database import create_engine
+from chatkit_server.errors import DatabaseUnavailableError, MigrationError
+from chatkit_server.store.database import create_engine
 
 __all__ = [
     "alembic_config",

@@ -42,11 +42,11 @@ from chatkit.widgets import DynamicWidgetRoot
 from pydantic import AnyUrl, TypeAdapter
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..context import RequestContext
-from ..errors import InvalidCursorError, NotFoundError
-from .database import Database, Statements
-from .ids import ID_PREFIXES, new_id
-from .tables import attachments, feedback, thread_items, threads
+from chatkit_server.context import RequestContext
+from chatkit_server.errors import InvalidCursorError, NotFoundError
+from chatkit_server.store.database import Database, Statements
+from chatkit_server.store.ids import ID_PREFIXES, new_id
+from chatkit_server.store.tables import attachments, feedback, thread_items, threads
 
 __all__ = ["DEFAULT_UPLOAD_BASE_URL", "MAX_PAGE_SIZE", "FeedbackRecord", "SQLStore", "decode_item"]
 

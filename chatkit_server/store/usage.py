@@ -8,10 +8,10 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from ..context import RequestContext
-from .database import Database
-from .sql_store import _owned_values, _require_thread, _thread_not_found
-from .tables import threads, usage
+from chatkit_server.context import RequestContext
+from chatkit_server.store.database import Database
+from chatkit_server.store.sql_store import _owned_values, _require_thread, _thread_not_found
+from chatkit_server.store.tables import threads, usage
 
 __all__ = ["UsageRecord", "UsageStore", "UsageTotals"]
 

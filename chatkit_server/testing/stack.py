@@ -27,7 +27,7 @@ from chatkit_server.settings import Settings
 from chatkit_server.testing.client import ChatKitClient
 from chatkit_server.testing.live import serve_app
 from chatkit_server.testing.replay import MatchMode, ReplayBackend, Speed
-from chatkit_server.workflow_file import load_workflow_file
+from chatkit_server.workflows.file import load_workflow_file
 
 __all__ = [
     "ChatKitStack",

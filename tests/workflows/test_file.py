@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from chatkit_server.workflow_file import WorkflowFileError, load_workflow_file
+from chatkit_server.workflows.file import WorkflowFileError, load_workflow_file
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "workflows.toml"
+EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "workflows.toml"
 
 
 def _load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]

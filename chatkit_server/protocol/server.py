@@ -4,7 +4,7 @@ Requests are parsed and checked *before* anything is streamed: an
 unknown thread, a foreign attachment or a tool output with no pending call is
 a 4xx answer, never a ``200 text/event-stream`` that dies. Replies run
 through the Agents SDK against the workflow's backend, with the stream
-fix-ups of :mod:`chatkit_server.streaming`, and stop (the client going away)
+fix-ups of :mod:`chatkit_server.protocol.events`, and stop (the client going away)
 persists the partial answer and cancels the backend generation.
 """
 
@@ -54,19 +54,19 @@ from chatkit.types import (
 )
 from pydantic import TypeAdapter, ValidationError
 
-from . import compat
-from .context import RequestContext
-from .converter import HistoryConverter
-from .errors import RequestError, StoreError
-from .history import HistoryCache, HistoryEntry, fit_history
-from .local_model import no_backend_message
-from .settings import Settings
-from .store import SQLStore, UsageRecord, UsageStore, decode_item
-from .stream_fixups import repair_run
-from .streaming import StreamFixer
-from .titles import make_title
-from .tool_tasks import show_tool_tasks
-from .workflows import Workflow, WorkflowRegistry
+from chatkit_server import compat
+from chatkit_server.context import RequestContext
+from chatkit_server.errors import RequestError, StoreError
+from chatkit_server.llm.local_model import no_backend_message
+from chatkit_server.llm.repair import repair_run
+from chatkit_server.protocol.converter import HistoryConverter
+from chatkit_server.protocol.events import StreamFixer
+from chatkit_server.settings import Settings
+from chatkit_server.store import SQLStore, UsageRecord, UsageStore, decode_item
+from chatkit_server.workflows.history import HistoryCache, HistoryEntry, fit_history
+from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
+from chatkit_server.workflows.titles import make_title
+from chatkit_server.workflows.tool_tasks import show_tool_tasks
 
 __all__ = ["CANCEL_CLEANUP_SECONDS", "ChatKitApp", "parse_request"]
 

@@ -12,12 +12,12 @@ from agents import RunConfig, Runner
 from agents.testing import ScriptedModel, assistant_message, function_call
 from chatkit.types import ThreadCreatedEvent, ThreadItemUpdatedEvent, ThreadUpdatedEvent
 
-from chatkit_server.backends import BackendRegistry
+from chatkit_server.llm.backends import BackendRegistry
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import ChatKitHTTPError, user_input
 from chatkit_server.testing.fake_backend import Reply
-from chatkit_server.titles import TITLE_INSTRUCTIONS
-from chatkit_server.workflows import WorkflowRegistry
+from chatkit_server.workflows.registry import WorkflowRegistry
+from chatkit_server.workflows.titles import TITLE_INSTRUCTIONS
 from tests.live import LOCAL, FakeLLM, LiveFactory
 
 WORKFLOWS = """

@@ -29,10 +29,10 @@ from chatkit_server.store import SQLStore
 from chatkit_server.testing.client import ChatKitHTTPError, Turn
 from chatkit_server.testing.fake_backend import Reply, ToolCall
 from chatkit_server.testing.stack import ReplayFactory
-from chatkit_server.workflow_file import load_workflow_file
+from chatkit_server.workflows.file import load_workflow_file
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hand-written"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hand-written"
 
 WORKFLOWS = """
 [backends.fake]
@@ -42,7 +42,7 @@ api = "{api}"
 [workflows.tools]
 backend = "fake"
 model = "fake-model"
-tools = ["tests.test_tool_calls:order_status", "tests.test_tool_calls:explode"]
+tools = ["tests.workflows.test_tool_calls:order_status", "tests.workflows.test_tool_calls:explode"]
 
 [[workflows.tools.client_tools]]
 name = "pick_color"

@@ -33,8 +33,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from chatkit_server import cli, local_model
-from chatkit_server.local_model import (
+from chatkit_server import cli
+from chatkit_server.llm import local_model
+from chatkit_server.llm.local_model import (
     INSTALL_HINT,
     LocalModelError,
     LocalModelServer,

@@ -22,7 +22,7 @@ from chatkit.types import (
     ThreadStreamEvent,
 )
 
-from chatkit_server.streaming import EMPTY_ANSWER_MESSAGE, StreamFixer, backend_error_message
+from chatkit_server.protocol.events import EMPTY_ANSWER_MESSAGE, StreamFixer, backend_error_message
 
 NOW = datetime(2026, 1, 1)
 

@@ -1,6 +1,6 @@
 """Client tools: functions the model calls and the browser runs.
 
-A workflow declares them in its ``client_tools`` (see :mod:`chatkit_server.workflow_file`).
+A workflow declares them in its ``client_tools`` (see :mod:`chatkit_server.workflows.file`).
 When the model calls one, the run stops and the answer ends with a pending
 ``ClientToolCallItem``; the ChatKit front end runs the tool (its ``onClientTool``
 handler) and sends ``threads.add_client_tool_output``, which completes the stored call

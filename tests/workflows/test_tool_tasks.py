@@ -25,7 +25,7 @@ from chatkit.types import (
 )
 
 from chatkit_server.context import RequestContext
-from chatkit_server.tool_tasks import (
+from chatkit_server.workflows.tool_tasks import (
     ToolProgress,
     show_progress,
     show_tool_tasks,

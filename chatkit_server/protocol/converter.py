@@ -19,7 +19,7 @@ from chatkit.agents import ThreadItemConverter
 from chatkit.types import Attachment, ThreadItem, UserMessageItem, UserMessageTagContent
 from openai.types.responses import ResponseInputContentParam, ResponseInputTextParam
 
-from .history import HistoryEntry
+from chatkit_server.workflows.history import HistoryEntry
 
 __all__ = ["HistoryConverter"]
 

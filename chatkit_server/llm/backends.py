@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel
 from openai import DefaultAioHttpClient, Timeout
 
-from .llm.client import BackendClient
-from .settings import LLMApi, Settings
+from chatkit_server.llm.client import BackendClient
+from chatkit_server.settings import LLMApi, Settings
 
 __all__ = ["DEFAULT_BACKEND", "Backend", "BackendConfig", "BackendRegistry"]
 

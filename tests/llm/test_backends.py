@@ -17,11 +17,11 @@ from agents import (
 )
 from openai import DefaultAioHttpClient
 
-from chatkit_server.backends import DEFAULT_BACKEND, Backend, BackendConfig, BackendRegistry
+from chatkit_server.llm.backends import DEFAULT_BACKEND, Backend, BackendConfig, BackendRegistry
 from chatkit_server.llm.client import BackendClient
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply
-from chatkit_server.workflow_file import load_workflow_file
+from chatkit_server.workflows.file import load_workflow_file
 from tests.live import FakeLLM
 
 

@@ -12,13 +12,13 @@ from agents.testing import ScriptedModel, assistant_message, function_call
 from chatkit.agents import AgentContext
 from chatkit.types import ClientToolCallItem, ThreadItemDoneEvent, ThreadStreamEvent
 
-from chatkit_server.client_tools import (
+from chatkit_server.context import RequestContext
+from chatkit_server.workflows.client_tools import (
     PendingClientToolCall,
     client_tool,
     stop_at_client_tools,
 )
-from chatkit_server.context import RequestContext
-from chatkit_server.tool_tasks import show_progress
+from chatkit_server.workflows.tool_tasks import show_progress
 from tests.scripted import chatkit_context, chatkit_events
 
 SCHEMA = {"type": "object", "properties": {"hint": {"type": "string"}}}

@@ -46,7 +46,7 @@ from openai.types.responses import (
 )
 from openai.types.responses.response_reasoning_item import Content, Summary
 
-from chatkit_server.stream_fixups import RepairedRun, repair_run
+from chatkit_server.llm.repair import RepairedRun, repair_run
 
 NOW = datetime(2026, 1, 1)
 RS, MSG = "rs_1", "msg_backend"

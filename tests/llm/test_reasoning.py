@@ -29,7 +29,7 @@ from chatkit_server.testing.fake_backend import Reply
 from chatkit_server.testing.stack import ReplayFactory
 from tests.live import LOCAL, FakeLLM, LiveFactory
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hand-written"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hand-written"
 
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     # llama-server and DeepSeek on Chat Completions.

@@ -39,8 +39,8 @@ from typing import IO
 
 import httpx
 
-from .errors import ChatKitServerError
-from .settings import Settings
+from chatkit_server.errors import ChatKitServerError
+from chatkit_server.settings import Settings
 
 __all__ = [
     "DEFAULT_CTX_SIZE",

@@ -63,7 +63,7 @@ from chatkit.types import (
 )
 from pydantic import BaseModel, Field
 
-from .client_tools import PendingClientToolCall
+from chatkit_server.workflows.client_tools import PendingClientToolCall
 
 __all__ = [
     "ERROR_DETAIL_CHARS",

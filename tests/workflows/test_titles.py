@@ -7,7 +7,7 @@ from chatkit.types import ThreadUpdatedEvent
 
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply
-from chatkit_server.titles import (
+from chatkit_server.workflows.titles import (
     MAX_TITLE_CHARS,
     TITLE_INSTRUCTIONS,
     clean_title,

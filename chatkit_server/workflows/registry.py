@@ -3,8 +3,8 @@
 Without a workflows file there is exactly one workflow, ``default``, built
 from the ``CHATKIT_LLM_*`` settings. With one, every workflow of the file,
 its tools and its handoffs to other workflows. Function tools run on the
-server and show as tasks while they run (:mod:`chatkit_server.tool_tasks`);
-client tools stop the answer for the browser (:mod:`chatkit_server.client_tools`).
+server and show as tasks while they run (:mod:`chatkit_server.workflows.tool_tasks`);
+client tools stop the answer for the browser (:mod:`chatkit_server.workflows.client_tools`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 
 from agents import Agent, FunctionTool, ModelSettings
 
-from .backends import DEFAULT_BACKEND, Backend, BackendRegistry
-from .client_tools import client_tool, stop_at_client_tools
-from .settings import Settings
-from .tool_tasks import show_progress
-from .workflow_file import StarterPrompt, WorkflowSpec
+from chatkit_server.llm.backends import DEFAULT_BACKEND, Backend, BackendRegistry
+from chatkit_server.settings import Settings
+from chatkit_server.workflows.client_tools import client_tool, stop_at_client_tools
+from chatkit_server.workflows.file import StarterPrompt, WorkflowSpec
+from chatkit_server.workflows.tool_tasks import show_progress
 
 __all__ = [
     "ANSWER_RESERVE_FRACTION",

@@ -44,7 +44,7 @@ from chatkit.types import (
     WorkflowItem,
 )
 
-from .errors import StoreError
+from chatkit_server.errors import StoreError
 
 __all__ = [
     "EMPTY_ANSWER_MESSAGE",

@@ -15,13 +15,13 @@ from chatkit.types import (
     UserMessageTextContent,
 )
 
-from chatkit_server.history import (
+from chatkit_server.settings import Settings
+from chatkit_server.testing.fake_backend import Reply
+from chatkit_server.workflows.history import (
     MESSAGE_OVERHEAD_TOKENS,
     estimate_tokens,
     fit_history,
 )
-from chatkit_server.settings import Settings
-from chatkit_server.testing.fake_backend import Reply
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
 

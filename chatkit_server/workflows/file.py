@@ -48,7 +48,7 @@ from typing import Any, Literal
 from agents import FunctionTool, function_tool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ChatKitServerError
+from chatkit_server.errors import ChatKitServerError
 
 __all__ = [
     "BackendSpec",

@@ -18,7 +18,7 @@ from chatkit.types import (
     UserMessageTextContent,
 )
 
-from chatkit_server.converter import HistoryConverter
+from chatkit_server.protocol.converter import HistoryConverter
 
 NOW = datetime(2026, 1, 2, 3, 4, 5)
 

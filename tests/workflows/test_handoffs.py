@@ -14,7 +14,7 @@ import pytest
 
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply
-from chatkit_server.workflow_file import load_workflow_file
+from chatkit_server.workflows.file import load_workflow_file
 from tests.live import FakeLLM, LiveFactory
 
 WORKFLOWS = """
