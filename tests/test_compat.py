@@ -22,7 +22,7 @@ from chatkit.types import (
 
 from chatkit_server.compat import process_parsed
 from chatkit_server.context import RequestContext
-from chatkit_server.protocol.server import parse_request
+from chatkit_server.protocol.checks import parse_request
 from chatkit_server.store import Database, SQLStore
 
 CONTEXT = RequestContext()

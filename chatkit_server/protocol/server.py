@@ -1,11 +1,10 @@
 """The ChatKit server: answers every protocol request, streams agent replies.
 
-Requests are parsed and checked *before* anything is streamed: an
-unknown thread, a foreign attachment or a tool output with no pending call is
-a 4xx answer, never a ``200 text/event-stream`` that dies. Replies run
-through the Agents SDK against the workflow's backend, with the stream
-fix-ups of :mod:`chatkit_server.protocol.events`, and stop (the client going away)
-persists the partial answer and cancels the backend generation.
+Requests are parsed and checked first (:mod:`chatkit_server.protocol.checks`),
+so that what cannot be served is a 4xx answer, never a stream that dies.
+Replies run through the Agents SDK against the workflow's backend, with the
+events rewritten by :mod:`chatkit_server.protocol.events`; stop (the client
+going away) persists the partial answer and cancels the backend generation.
 """
 
 from __future__ import annotations
@@ -13,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -26,39 +24,33 @@ from chatkit.agents import AgentContext, stream_agent_response
 from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
 from chatkit.types import (
     AssistantMessageContentPartTextDelta,
-    AttachmentsDeleteReq,
     AudioInput,
-    ChatKitReq,
-    ClientToolCallItem,
     ErrorEvent,
     FeedbackKind,
     InferenceOptions,
-    StructuredInputItem,
     SyncCustomActionResponse,
     ThreadItem,
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
-    ThreadsAddClientToolOutputReq,
-    ThreadsAddStructuredInputReq,
-    ThreadsAddUserMessageReq,
-    ThreadsCreateReq,
-    ThreadsCustomActionReq,
-    ThreadsRetryAfterItemReq,
-    ThreadsSyncCustomActionReq,
     ThreadStreamEvent,
     TranscriptionResult,
     UserMessageItem,
     UserMessageTextContent,
     WidgetItem,
 )
-from pydantic import TypeAdapter, ValidationError
 
 from chatkit_server import compat
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import RequestError, StoreError
 from chatkit_server.llm.local_model import no_backend_message
 from chatkit_server.llm.repair import repair_run
+from chatkit_server.protocol.checks import (
+    THREAD_WORKFLOW_KEY,
+    RequestChecks,
+    parse_request,
+    workflow_of,
+)
 from chatkit_server.protocol.converter import HistoryConverter
 from chatkit_server.protocol.events import StreamFixer
 from chatkit_server.settings import Settings
@@ -68,62 +60,13 @@ from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from chatkit_server.workflows.titles import make_title
 from chatkit_server.workflows.tool_tasks import show_tool_tasks
 
-__all__ = ["CANCEL_CLEANUP_SECONDS", "ChatKitApp", "parse_request"]
+__all__ = ["CANCEL_CLEANUP_SECONDS", "ChatKitApp"]
 
 logger = logging.getLogger(__name__)
 
 # Upper bound for persisting a stopped answer: the client is gone, so this
 # only delays the end of the request task, but it must never hang shutdown.
 CANCEL_CLEANUP_SECONDS = 5.0
-# Key in a thread's (server-side, never sent) metadata naming its workflow.
-THREAD_WORKFLOW_KEY = "workflow"
-
-_REQUEST_ADAPTER: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
-
-
-def parse_request(body: bytes) -> ChatKitReq:
-    """Parse and validate a ChatKit request body.
-
-    Raises:
-        RequestError: 400 for malformed JSON, an unknown type or invalid params.
-    """
-    try:
-        request = _REQUEST_ADAPTER.validate_json(body)
-    except ValidationError as exc:
-        raise RequestError(400, _describe_validation_error(exc)) from None
-    if b'"metadata"' in body:  # the second parse only when it can matter
-        _refuse_metadata_in_params(body)
-    return request
-
-
-def _refuse_metadata_in_params(body: bytes) -> None:
-    """Refuse ``params.metadata``: no request type has one, so it would be ignored.
-
-    A front end that puts ``metadata.workflow`` there would otherwise get the
-    default workflow without a word.
-    """
-    params = json.loads(body).get("params")
-    if isinstance(params, dict) and "metadata" in params:
-        raise RequestError(
-            400,
-            "'metadata' goes at the top level of the request, next to 'type' and 'params', "
-            'not inside \'params\': {"type": ..., "metadata": {"workflow": ...}, "params": ...}.',
-        )
-
-
-def _describe_validation_error(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors(include_url=False, include_input=False)[:5]:
-        if error["type"] == "json_invalid":
-            return "The request body is not valid JSON."
-        if error["type"] == "union_tag_invalid":
-            tags = error.get("ctx", {}).get("expected_tags", "")
-            return f"Unknown request type; expected one of {tags}."
-        if error["type"] == "union_tag_not_found":
-            return "The request has no 'type' field."
-        location = ".".join(str(part) for part in error["loc"])
-        problems.append(f"{location}: {error['msg']}" if location else error["msg"])
-    return "Invalid request: " + "; ".join(problems)
 
 
 @dataclass(eq=False)
@@ -167,6 +110,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.usage = usage
         self.workflows = workflows
         self.settings = settings
+        self.checks = RequestChecks(store=store, workflows=workflows)
         self.converter = HistoryConverter()
         self.history_cache = HistoryCache(decode_item)
 
@@ -188,108 +132,15 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             NotFoundError: It names a thread, item or attachment the user does not have.
         """
         request = parse_request(body)
-        context = self._choose_workflow(request, context)
-        await self._precheck(request, context)
+        context = self.checks.choose_workflow(request, context)
+        await self.checks.check(request, context)
         # Not self.process(): it would parse the body a second time, with a
         # validator it builds anew on every call (milliseconds of CPU).
         return await compat.process_parsed(self, request, context)
 
-    def _choose_workflow(self, request: ChatKitReq, context: RequestContext) -> RequestContext:
-        """The workflow a request asks for (``metadata.workflow``), else the default.
-
-        Only a new thread takes it: an existing thread keeps the workflow it
-        was created with.
-        """
-        requested = request.metadata.get("workflow")
-        if requested is None:
-            if context.workflow_id in self.workflows:
-                return context
-            return replace(context, workflow_id=self.workflows.default)
-        if not isinstance(requested, str) or requested not in self.workflows:
-            available = ", ".join(sorted(workflow.id for workflow in self.workflows))
-            raise RequestError(400, f"Unknown workflow {requested!r}; available: {available}.")
-        return replace(context, workflow_id=requested)
-
     def workflow_of(self, thread: ThreadMetadata, context: RequestContext) -> Workflow:
         """The workflow that answers a thread: the one it remembers, else the request's."""
-        remembered = thread.metadata.get(THREAD_WORKFLOW_KEY)
-        if isinstance(remembered, str) and remembered in self.workflows:
-            return self.workflows.get(remembered)
-        return self.workflows.get(context.workflow_id)
-
-    def _check_inference_options(self, workflow: Workflow, options: InferenceOptions) -> None:
-        if options.model is not None and options.model not in workflow.models:
-            raise RequestError(
-                400,
-                f"Model {options.model!r} is not available in workflow {workflow.id!r}; "
-                f"choose one of: {', '.join(workflow.models)}.",
-            )
-        if options.tool_choice is not None and options.tool_choice.id not in workflow.tool_names:
-            raise RequestError(
-                400,
-                f"Workflow {workflow.id!r} has no tool {options.tool_choice.id!r}.",
-            )
-
-    async def _precheck(self, request: ChatKitReq, context: RequestContext) -> None:
-        store = self.sql_store
-        match request:
-            case ThreadsCreateReq():
-                self._check_inference_options(
-                    self.workflows.get(context.workflow_id),
-                    request.params.input.inference_options,
-                )
-                for attachment_id in request.params.input.attachments:
-                    await store.load_attachment(attachment_id, context)
-            case ThreadsAddUserMessageReq():
-                thread = await store.load_thread(request.params.thread_id, context)
-                self._check_inference_options(
-                    self.workflow_of(thread, context), request.params.input.inference_options
-                )
-                for attachment_id in request.params.input.attachments:
-                    await store.load_attachment(attachment_id, context)
-            case ThreadsAddClientToolOutputReq():
-                await store.load_thread(request.params.thread_id, context)
-                last = await store.load_thread_items(
-                    request.params.thread_id, None, 1, "desc", context
-                )
-                if not (
-                    last.data
-                    and isinstance(last.data[0], ClientToolCallItem)
-                    and last.data[0].status == "pending"
-                ):
-                    raise RequestError(
-                        409, "The thread has no pending client tool call to complete."
-                    )
-            case ThreadsAddStructuredInputReq():
-                await store.load_thread(request.params.thread_id, context)
-                item = await store.load_item(
-                    request.params.thread_id, request.params.item_id, context
-                )
-                if not isinstance(item, StructuredInputItem) or item.status != "pending":
-                    raise RequestError(409, "That item is not a pending structured input.")
-            case ThreadsRetryAfterItemReq():
-                await store.load_thread(request.params.thread_id, context)
-                item = await store.load_item(
-                    request.params.thread_id, request.params.item_id, context
-                )
-                if not isinstance(item, UserMessageItem):
-                    raise RequestError(400, "Only a user message can be retried.")
-            case ThreadsCustomActionReq() | ThreadsSyncCustomActionReq():
-                await store.load_thread(request.params.thread_id, context)
-                if request.params.item_id is not None:
-                    item = await store.load_item(
-                        request.params.thread_id, request.params.item_id, context
-                    )
-                    if not isinstance(item, WidgetItem):
-                        raise RequestError(400, "Actions can only be sent from a widget item.")
-            case AttachmentsDeleteReq():
-                # The store's delete is idempotent; the client still deserves
-                # to hear that the id was never theirs.
-                await store.load_attachment(request.params.attachment_id, context)
-            case _:
-                # Non-streaming requests are answered in full before the
-                # response starts, so their errors map to a status directly.
-                pass
+        return workflow_of(self.workflows, thread, context)
 
     def respond(
         self,

@@ -1,0 +1,210 @@
+"""Request checks: everything that can fail is decided before an answer starts.
+
+Once ``200 text/event-stream`` is sent, a failure can only be an ``error``
+event in a stream the browser already shows. So the request is parsed here,
+its workflow chosen, and the threads, items and attachments it names are
+loaded for the requesting user (someone else's look the same as missing):
+an unknown thread is a 404, a tool output with nothing pending a 409, an
+unknown model a 400, all before anything is streamed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from chatkit.types import (
+    AttachmentsDeleteReq,
+    ChatKitReq,
+    ClientToolCallItem,
+    InferenceOptions,
+    StructuredInputItem,
+    ThreadMetadata,
+    ThreadsAddClientToolOutputReq,
+    ThreadsAddStructuredInputReq,
+    ThreadsAddUserMessageReq,
+    ThreadsCreateReq,
+    ThreadsCustomActionReq,
+    ThreadsRetryAfterItemReq,
+    ThreadsSyncCustomActionReq,
+    UserMessageItem,
+    WidgetItem,
+)
+from pydantic import TypeAdapter, ValidationError
+
+from chatkit_server.context import RequestContext
+from chatkit_server.errors import RequestError
+from chatkit_server.store import SQLStore
+from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
+
+__all__ = ["THREAD_WORKFLOW_KEY", "RequestChecks", "parse_request", "workflow_of"]
+
+THREAD_WORKFLOW_KEY = "workflow"
+"""Key in a thread's (server-side, never sent) metadata naming its workflow."""
+
+_REQUEST_ADAPTER: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
+
+
+def parse_request(body: bytes) -> ChatKitReq:
+    """Parse and validate a ChatKit request body.
+
+    Raises:
+        RequestError: 400 for malformed JSON, an unknown type or invalid params.
+    """
+    try:
+        request = _REQUEST_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        raise RequestError(400, _describe_validation_error(exc)) from None
+    if b'"metadata"' in body:  # the second parse only when it can matter
+        _refuse_metadata_in_params(body)
+    return request
+
+
+def _refuse_metadata_in_params(body: bytes) -> None:
+    """Refuse ``params.metadata``: no request type has one, so it would be ignored.
+
+    A front end that puts ``metadata.workflow`` there would otherwise get the
+    default workflow without a word.
+    """
+    params = json.loads(body).get("params")
+    if isinstance(params, dict) and "metadata" in params:
+        raise RequestError(
+            400,
+            "'metadata' goes at the top level of the request, next to 'type' and 'params', "
+            'not inside \'params\': {"type": ..., "metadata": {"workflow": ...}, "params": ...}.',
+        )
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        if error["type"] == "json_invalid":
+            return "The request body is not valid JSON."
+        if error["type"] == "union_tag_invalid":
+            tags = error.get("ctx", {}).get("expected_tags", "")
+            return f"Unknown request type; expected one of {tags}."
+        if error["type"] == "union_tag_not_found":
+            return "The request has no 'type' field."
+        location = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{location}: {error['msg']}" if location else error["msg"])
+    return "Invalid request: " + "; ".join(problems)
+
+
+def workflow_of(
+    workflows: WorkflowRegistry, thread: ThreadMetadata, context: RequestContext
+) -> Workflow:
+    """The workflow that answers a thread: the one it remembers, else the request's."""
+    remembered = thread.metadata.get(THREAD_WORKFLOW_KEY)
+    if isinstance(remembered, str) and remembered in workflows:
+        return workflows.get(remembered)
+    return workflows.get(context.workflow_id)
+
+
+class RequestChecks:
+    """The checks of every request type, against the store and the workflows.
+
+    Args:
+        store: Where the named threads, items and attachments are looked up.
+        workflows: The workflows a request may ask for.
+    """
+
+    def __init__(self, *, store: SQLStore, workflows: WorkflowRegistry) -> None:
+        self.store = store
+        self.workflows = workflows
+
+    def choose_workflow(self, request: ChatKitReq, context: RequestContext) -> RequestContext:
+        """The workflow a request asks for (``metadata.workflow``), else the default.
+
+        Only a new thread takes it: an existing thread keeps the workflow it
+        was created with.
+        """
+        requested = request.metadata.get("workflow")
+        if requested is None:
+            if context.workflow_id in self.workflows:
+                return context
+            return replace(context, workflow_id=self.workflows.default)
+        if not isinstance(requested, str) or requested not in self.workflows:
+            available = ", ".join(sorted(workflow.id for workflow in self.workflows))
+            raise RequestError(400, f"Unknown workflow {requested!r}; available: {available}.")
+        return replace(context, workflow_id=requested)
+
+    def _check_inference_options(self, workflow: Workflow, options: InferenceOptions) -> None:
+        if options.model is not None and options.model not in workflow.models:
+            raise RequestError(
+                400,
+                f"Model {options.model!r} is not available in workflow {workflow.id!r}; "
+                f"choose one of: {', '.join(workflow.models)}.",
+            )
+        if options.tool_choice is not None and options.tool_choice.id not in workflow.tool_names:
+            raise RequestError(
+                400,
+                f"Workflow {workflow.id!r} has no tool {options.tool_choice.id!r}.",
+            )
+
+    async def check(self, request: ChatKitReq, context: RequestContext) -> None:
+        """Check everything about ``request`` that can fail before its answer starts.
+
+        Raises:
+            RequestError: The request cannot be served as asked (4xx).
+            NotFoundError: It names a thread, item or attachment the user does not have.
+        """
+        store = self.store
+        match request:
+            case ThreadsCreateReq():
+                self._check_inference_options(
+                    self.workflows.get(context.workflow_id),
+                    request.params.input.inference_options,
+                )
+                for attachment_id in request.params.input.attachments:
+                    await store.load_attachment(attachment_id, context)
+            case ThreadsAddUserMessageReq():
+                thread = await store.load_thread(request.params.thread_id, context)
+                self._check_inference_options(
+                    workflow_of(self.workflows, thread, context),
+                    request.params.input.inference_options,
+                )
+                for attachment_id in request.params.input.attachments:
+                    await store.load_attachment(attachment_id, context)
+            case ThreadsAddClientToolOutputReq():
+                await store.load_thread(request.params.thread_id, context)
+                last = await store.load_thread_items(
+                    request.params.thread_id, None, 1, "desc", context
+                )
+                if not (
+                    last.data
+                    and isinstance(last.data[0], ClientToolCallItem)
+                    and last.data[0].status == "pending"
+                ):
+                    raise RequestError(
+                        409, "The thread has no pending client tool call to complete."
+                    )
+            case ThreadsAddStructuredInputReq():
+                await store.load_thread(request.params.thread_id, context)
+                item = await store.load_item(
+                    request.params.thread_id, request.params.item_id, context
+                )
+                if not isinstance(item, StructuredInputItem) or item.status != "pending":
+                    raise RequestError(409, "That item is not a pending structured input.")
+            case ThreadsRetryAfterItemReq():
+                await store.load_thread(request.params.thread_id, context)
+                item = await store.load_item(
+                    request.params.thread_id, request.params.item_id, context
+                )
+                if not isinstance(item, UserMessageItem):
+                    raise RequestError(400, "Only a user message can be retried.")
+            case ThreadsCustomActionReq() | ThreadsSyncCustomActionReq():
+                await store.load_thread(request.params.thread_id, context)
+                if request.params.item_id is not None:
+                    item = await store.load_item(
+                        request.params.thread_id, request.params.item_id, context
+                    )
+                    if not isinstance(item, WidgetItem):
+                        raise RequestError(400, "Actions can only be sent from a widget item.")
+            case AttachmentsDeleteReq():
+                # The store's delete is idempotent; the client still deserves
+                # to hear that the id was never theirs.
+                await store.load_attachment(request.params.attachment_id, context)
+            case _:
+                # Non-streaming requests are answered in full before the
+                # response starts, so their errors map to a status directly.
+                pass
