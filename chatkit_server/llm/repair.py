@@ -32,6 +32,7 @@ while the reasoning mapping needs the typed events.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import types
 import typing
@@ -46,6 +47,7 @@ from openai.types.responses import (
     ResponseReasoningSummaryTextDoneEvent,
     ResponseReasoningTextDeltaEvent,
     ResponseReasoningTextDoneEvent,
+    ResponseRefusalDeltaEvent,
     ResponseStreamEvent,
     ResponseTextDeltaEvent,
 )
@@ -106,7 +108,7 @@ class RepairedRun:
         """The run's events, with the raw Responses events repaired."""
         thoughts = self._thoughts
         try:
-            async for event in self.result.stream_events():
+            async for event in self._merged_deltas():
                 if not isinstance(event, RawResponsesStreamEvent):
                     for held in thoughts.flush():
                         yield RawResponsesStreamEvent(data=held)
@@ -128,6 +130,44 @@ class RepairedRun:
             raise
         for held in thoughts.flush():
             yield RawResponsesStreamEvent(data=held)
+
+    async def _merged_deltas(self) -> AsyncIterator[StreamEvent]:
+        """The run's events, each run of text deltas of one part that waited together made one.
+
+        A task takes the run's events as they come; each time the consumer is
+        back, it gets everything taken meanwhile, neighbouring text deltas
+        merged. Nothing waits for an event that has not arrived.
+        """
+        queue: asyncio.Queue[tuple[StreamEvent | None, Exception | None]] = asyncio.Queue()
+
+        async def take() -> None:
+            try:
+                async for event in self.result.stream_events():
+                    queue.put_nowait((event, None))
+            except Exception as exc:
+                queue.put_nowait((None, exc))
+                return
+            queue.put_nowait((None, None))
+
+        taker = asyncio.ensure_future(take())
+        try:
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                events = [event for event, _failure in batch if event is not None]
+                for event in _merge_deltas(events):
+                    yield event
+                if batch[-1][0] is None:
+                    if batch[-1][1] is not None:
+                        raise batch[-1][1]
+                    return
+        finally:
+            # Cancelling the taker cancels its read of the run (the SDK then
+            # stops the run); it is not awaited, so a consumer that is being
+            # cancelled is not held up.
+            taker.cancel()
+            taker.add_done_callback(_retrieve)
 
     def _as_summary(self, data: ResponseStreamEvent) -> ResponseStreamEvent:
         if isinstance(data, _SUMMARY_EVENTS + _TEXT_EVENTS):
@@ -156,6 +196,67 @@ class RepairedRun:
                 sequence_number=data.sequence_number,
             )
         return data
+
+
+_TEXT_DELTAS = (
+    ResponseTextDeltaEvent,
+    ResponseRefusalDeltaEvent,
+    ResponseReasoningTextDeltaEvent,
+    ResponseReasoningSummaryTextDeltaEvent,
+)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    # A failure after the consumer left has no one to go to.
+    if not task.cancelled():
+        task.exception()
+
+
+def _delta_key(event: StreamEvent) -> tuple[Any, ...] | None:
+    """Where a raw text delta's text goes, or None for any other event."""
+    if not isinstance(event, RawResponsesStreamEvent):
+        return None
+    data = event.data
+    if not isinstance(data, _TEXT_DELTAS) or getattr(data, "logprobs", None):
+        return None
+    if isinstance(data, ResponseReasoningSummaryTextDeltaEvent):
+        part = data.summary_index
+    else:
+        part = data.content_index
+    return (type(data), data.item_id, data.output_index, part)
+
+
+def _merge_deltas(events: list[StreamEvent]) -> list[StreamEvent]:
+    """``events`` with each run of neighbouring text deltas of one part made one."""
+    if len(events) < 2:
+        return events
+    out: list[StreamEvent] = []
+    run: list[Any] = []
+    run_key: tuple[Any, ...] | None = None
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(RawResponsesStreamEvent(data=run[0]))
+        elif run:
+            update: dict[str, Any] = {"delta": "".join(data.delta for data in run)}
+            if run[-1].sequence_number is not None:
+                update["sequence_number"] = run[-1].sequence_number
+            out.append(RawResponsesStreamEvent(data=run[0].model_copy(update=update)))
+        run.clear()
+
+    for event in events:
+        key = _delta_key(event)
+        if key is not None and key == run_key:
+            run.append(cast(RawResponsesStreamEvent, event).data)
+            continue
+        flush()
+        run_key = key
+        if key is None:
+            out.append(event)
+        else:
+            run.append(cast(RawResponsesStreamEvent, event).data)
+    flush()
+    return out
 
 
 class _ThoughtCoalescer:

@@ -120,10 +120,11 @@ class SQLiteThreads:
             if single_connection
             else ThreadPoolExecutor(READER_THREADS, thread_name_prefix="chatkit-sqlite-read")
         )
-        # This process's writers queue here, in order, before they reach the
-        # writer thread: a transaction's statements must not interleave with
-        # another writer's on that one thread.
-        self._write_lock = asyncio.Lock()
+        # Held while a write transaction is open: its statements are sent to
+        # the writer thread one by one, and no other write may come between
+        # them there (it would wait on the transaction's lock, on the very
+        # thread the transaction needs).
+        self._transaction_lock = asyncio.Lock()
 
     async def _on(self, executor: ThreadPoolExecutor, function: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(executor, function)
@@ -146,14 +147,25 @@ class SQLiteThreads:
         )
 
     async def write_one(self, work: Callable[[Connection], _T]) -> _T:
-        """Run ``work`` as one committed statement, queued behind this process's writers."""
-        async with self._write_lock:
-            return await self._on(self._writer, functools.partial(self._committed, work))
+        """Run ``work`` as one committed statement, queued behind this process's writers.
+
+        It goes to the writer thread at once, unless a transaction is open:
+        the thread runs what it is given in order, so consecutive writes do
+        not each wait for the event loop to hand over a lock (with hundreds
+        of streams, a turn of the loop takes a while).
+        """
+        job = functools.partial(self._committed, work)
+        if not self._transaction_lock.locked():
+            return await self._on(self._writer, job)
+        async with self._transaction_lock:
+            # Queued on the thread before the lock goes to the next writer.
+            pending = asyncio.get_running_loop().run_in_executor(self._writer, job)
+        return await pending
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[ThreadConnection]:
         """A write transaction (``BEGIN IMMEDIATE``), committed when the block succeeds."""
-        async with self._write_lock:
+        async with self._transaction_lock:
             connection = await self._on(self._writer, self._begin)
             try:
                 yield ThreadConnection(
@@ -182,7 +194,7 @@ class SQLiteThreads:
             with self._transactions.begin() as connection:
                 return work(connection)
 
-        async with self._write_lock:
+        async with self._transaction_lock:
             return await self._on(self._writer, transaction)
 
     def dispose(self) -> None:

@@ -7,6 +7,7 @@ so each test shows what the user would see.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
@@ -62,6 +63,8 @@ class _Run:
     async def stream_events(self) -> AsyncIterator[StreamEvent]:
         for event in self.events:
             yield RawResponsesStreamEvent(data=event)
+            # One event at a time, as a backend streams while the server keeps up.
+            await asyncio.sleep(0)
         if self.error is not None:
             raise self.error
 
@@ -395,19 +398,14 @@ def test_the_repaired_run_is_still_the_run() -> None:
         RepairedRun(cast(RunResultStreaming, run), thought_growth=0)
 
 
-class _QueuedRun(_Run):
-    """A run whose events already wait in its queue, as when the consumer fell behind."""
-
-    def __init__(self, events: Iterable[ResponseStreamEvent]):
-        super().__init__(events)
-        self._event_queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
-        for event in self.events:
-            self._event_queue.put_nowait(RawResponsesStreamEvent(data=event))
-        self._event_queue.put_nowait(None)
+class _BurstRun(_Run):
+    """A run whose events all arrive at once, as when the consumer fell behind."""
 
     async def stream_events(self) -> AsyncIterator[StreamEvent]:
-        while (event := await self._event_queue.get()) is not None:
-            yield event
+        for event in self.events:
+            yield RawResponsesStreamEvent(data=event)
+        if self.error is not None:
+            raise self.error
 
 
 def _text(delta: str, seq: int, *, part: int = 0, logprobs: list[Any] | None = None) -> Any:
@@ -441,3 +439,63 @@ async def test_a_text_delta_missing_a_field_is_still_filled() -> None:
     assert isinstance(repaired, ResponseTextDeltaEvent)
     assert (repaired.sequence_number, repaired.content_index) == (0, 0)
     ResponseTextDeltaEvent.model_validate(repaired.model_dump())
+
+
+async def test_text_deltas_that_arrive_together_are_passed_on_as_one() -> None:
+    events = [
+        _text("a", 1),
+        _text("b", 2),
+        _text("c", 3, part=1),
+        _text("d", 4, part=1),
+        _text("e", 5, logprobs=[{"token": "e"}]),
+        _text("f", 6),
+    ]
+    run = RepairedRun(cast(RunResultStreaming, _BurstRun(events)))
+    out = [event.data async for event in run.stream_events()]
+
+    assert [(data.delta, data.content_index, data.sequence_number) for data in out] == [
+        ("ab", 0, 2),
+        ("cd", 1, 4),
+        ("e", 0, 5),  # logprobs belong to their own token
+        ("f", 0, 6),
+    ]
+
+
+async def test_text_deltas_arriving_one_by_one_pass_one_by_one() -> None:
+    run = RepairedRun(_run([_text("a", 1), _text("b", 2), _text("c", 3)]))
+    out = [event.data.delta async for event in run.stream_events()]
+    assert out == ["a", "b", "c"]
+
+
+async def test_text_that_arrived_before_a_failure_comes_before_it() -> None:
+    failure = RuntimeError("backend dropped")
+    run = RepairedRun(cast(RunResultStreaming, _BurstRun([_text("a", 1), _text("b", 2)], failure)))
+    seen: list[str] = []
+
+    async def read() -> None:
+        async for event in run.stream_events():
+            seen.append(event.data.delta)
+
+    with pytest.raises(RuntimeError, match="backend dropped"):
+        await read()
+    assert seen == ["ab"]
+
+
+async def test_leaving_early_stops_reading_the_run() -> None:
+    reading: list[str] = []
+
+    class Endless(_Run):
+        async def stream_events(self) -> AsyncIterator[StreamEvent]:
+            try:
+                while True:
+                    yield RawResponsesStreamEvent(data=_text("x", 1))
+                    await asyncio.sleep(0.001)
+            finally:
+                reading.append("stopped")
+
+    events = RepairedRun(cast(RunResultStreaming, Endless([]))).stream_events()
+    async with contextlib.aclosing(events):
+        await anext(events)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert reading == ["stopped"]
