@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from chatkit.server import StreamingResult
 from chatkit.types import ErrorEvent
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from chatkit_server.context import RequestContext
@@ -39,6 +39,10 @@ async def chatkit_endpoint(request: Request) -> Response:
         return error_response(404, "No such thread, item or attachment.", code="not_found")
     except InvalidCursorError:
         return error_response(400, "The 'after' cursor does not name an entry of this list.")
+    except ClientDisconnect:
+        # The client left while sending its request: nobody reads the answer.
+        logger.info("client disconnected before its request body was read")
+        return Response(status_code=400)
     except StoreError:
         logger.exception("store failure while answering a ChatKit request")
         return error_response(503, "The database is unavailable. Please try again.")

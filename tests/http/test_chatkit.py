@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import httpx
 import pytest
@@ -300,3 +302,27 @@ def test_a_failure_outside_the_chatkit_route_is_json_500_without_details() -> No
     assert response.status_code == 500
     assert response.json()["error"]["message"] == "Internal server error."
     assert "hunter2" not in response.text
+
+
+async def test_a_client_leaving_mid_body_is_no_error(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatkit_server")
+    host, port = live.url.removeprefix("http://").split(":")
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /chatkit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b'{"type": "thr'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.close()
+    await writer.wait_closed()
+    # The server noticed (it logs the disconnect) and is still well.
+    for _ in range(100):
+        if any("disconnected" in record.getMessage() for record in caplog.records):
+            break
+        await asyncio.sleep(0.02)
+    assert any("disconnected" in record.getMessage() for record in caplog.records)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert (await live.client.call("threads.list"))["data"] == []
