@@ -11,9 +11,8 @@ through the client's public API:
   ``messages`` (Chat Completions) and ``input`` (Responses) travel in
   ``extra_body``, which the client sends untouched.
 * **Streamed answers are parsed here** (``with_streaming_response``, then
-  :mod:`chatkit_server.llm.wire`): text deltas that arrive together are merged
-  and each chunk is validated instead of built by the client's lenient,
-  pure-Python constructor. The stream behaves as the client's own
+  :mod:`chatkit_server.llm.wire`): each chunk is validated instead of built by
+  the client's lenient, pure-Python constructor. The stream behaves as the client's own
   ``AsyncStream``: it ends at ``[DONE]``, an ``error`` payload raises
   :class:`openai.APIError`, and a timeout or a dropped connection raises
   :class:`openai.APITimeoutError` or :class:`openai.APIConnectionError`.
@@ -40,7 +39,6 @@ from chatkit_server.llm.wire import (
     ServerSentEvent,
     SSEDecoder,
     build_model,
-    merge_text_deltas,
     response_event_class,
 )
 
@@ -166,19 +164,19 @@ async def _drain(reads: AsyncIterator[bytes], limit: int = DRAIN_LIMIT) -> None:
 
 
 def _values(events: list[ServerSentEvent]) -> tuple[list[Any], bool]:
-    """The decoded events up to ``[DONE]`` (text deltas merged), and whether it came.
+    """The decoded events up to ``[DONE]``, and whether it came.
 
     An event whose data is not JSON is kept as its text.
     """
     values: list[Any] = []
     for event in events:
         if event.data.startswith("[DONE]"):
-            return merge_text_deltas(values), True
+            return values, True
         try:
             values.append(json.loads(event.data))
         except ValueError:
             values.append(event.data)
-    return merge_text_deltas(values), False
+    return values, False
 
 
 async def _open_stream(

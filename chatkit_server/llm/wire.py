@@ -5,14 +5,6 @@ JSON object per token. This module turns the bytes of such a body into the
 ``openai`` package's own types (:class:`~openai.types.chat.ChatCompletionChunk`
 or a Responses stream event), which is what the Agents SDK reads.
 
-It is the one place where text deltas are merged. When the server falls
-behind (hundreds of streams on one process), a single network read holds
-several events of the same stream; each would otherwise make its own trip
-through the SDK, ChatKit and an SSE write. Neighbouring plain text deltas of
-one read (same choice or item, same part) are passed on as one. Nothing
-waits for data that has not arrived, so no delta is delayed: while the
-server keeps up, each read holds one event and nothing changes.
-
 Chunks are built with pydantic's validator, which is an order of magnitude
 cheaper than the lenient constructor the ``openai`` client uses for every
 streamed chunk (``bench/bench_streaming.py`` measures the server's CPU per
@@ -33,22 +25,10 @@ __all__ = [
     "SSEDecoder",
     "ServerSentEvent",
     "build_model",
-    "merge_text_deltas",
     "response_event_class",
 ]
 
 _M = TypeVar("_M", bound=pydantic.BaseModel)
-
-# Delta fields of a Chat Completions chunk that carry streamed text.
-_CHAT_TEXT_FIELDS: Final = frozenset({"content", "reasoning_content", "reasoning", "refusal"})
-
-# Responses text delta events and the fields that say where their text goes.
-_RESPONSE_TEXT_EVENTS: Final = {
-    "response.output_text.delta": ("item_id", "output_index", "content_index"),
-    "response.refusal.delta": ("item_id", "output_index", "content_index"),
-    "response.reasoning_text.delta": ("item_id", "output_index", "content_index"),
-    "response.reasoning_summary_text.delta": ("item_id", "output_index", "summary_index"),
-}
 
 PROVIDER_DELTA_FIELDS: Final = (
     "audio",
@@ -163,91 +143,6 @@ def _plain_events(chunk: bytes) -> list[ServerSentEvent] | None:
             return None
         events.append(ServerSentEvent(part[6:].decode("utf-8")))
     return events
-
-
-def _chat_key(value: dict[str, Any]) -> tuple[Any, ...] | None:
-    """Where a Chat Completions chunk's text goes, or None when it is not plain text."""
-    if value.get("object") != "chat.completion.chunk" or value.get("usage") is not None:
-        return None
-    choices = value.get("choices")
-    if not isinstance(choices, list) or len(choices) != 1:
-        return None
-    choice = choices[0]
-    if not isinstance(choice, dict):
-        return None
-    if choice.get("finish_reason") is not None or choice.get("logprobs") is not None:
-        return None
-    delta = choice.get("delta")
-    if not isinstance(delta, dict):
-        return None
-    text_field = None
-    for name, field_value in delta.items():
-        if field_value is None or name == "role":
-            continue
-        if text_field is None and name in _CHAT_TEXT_FIELDS and isinstance(field_value, str):
-            text_field = name
-            continue
-        return None
-    if text_field is None:
-        return None
-    return ("chat", value.get("id"), value.get("model"), choice.get("index"), text_field)
-
-
-def _response_key(value: dict[str, Any]) -> tuple[Any, ...] | None:
-    """Where a Responses text delta event goes, or None for any other event."""
-    kind = value.get("type")
-    where = _RESPONSE_TEXT_EVENTS.get(kind) if isinstance(kind, str) else None
-    if where is None or not isinstance(value.get("delta"), str) or value.get("logprobs"):
-        return None
-    return (kind, *(value.get(name) for name in where))
-
-
-def _merged(run: list[dict[str, Any]], key: tuple[Any, ...]) -> dict[str, Any]:
-    """One event carrying the text of every event of ``run``, in order."""
-    first = run[0]
-    if key[0] == "chat":
-        field = key[-1]
-        text = "".join(value["choices"][0]["delta"][field] for value in run)
-        choice = dict(first["choices"][0])
-        choice["delta"] = {**choice["delta"], field: text}
-        return {**first, "choices": [choice]}
-    # Numbered as the last one, so later events still follow in sequence.
-    merged = {**first, "delta": "".join(value["delta"] for value in run)}
-    if "sequence_number" in run[-1]:
-        merged["sequence_number"] = run[-1]["sequence_number"]
-    return merged
-
-
-def merge_text_deltas(values: list[Any]) -> list[Any]:
-    """``values`` (decoded events) with each run of neighbouring text deltas made one.
-
-    Only plain text deltas merge (Chat Completions ``content``, reasoning and
-    refusal text; Responses output text, reasoning and refusal deltas), and
-    only with neighbours of the same choice or item and part. Tool calls,
-    finish reasons, usage, logprobs and anything else pass as they came.
-    """
-    if len(values) < 2:
-        return values
-    out: list[Any] = []
-    run: list[dict[str, Any]] = []
-    run_key: tuple[Any, ...] | None = None
-    for value in values:
-        key = None
-        if isinstance(value, dict):
-            key = _chat_key(value) or _response_key(value)
-        if key is not None and key == run_key:
-            run.append(value)
-            continue
-        if run:
-            out.append(run[0] if len(run) == 1 else _merged(run, run_key or ()))
-        if key is None:
-            run, run_key = [], None
-            out.append(value)
-        else:
-            run, run_key = [value], key
-    if run:
-        out.append(run[0] if len(run) == 1 else _merged(run, run_key or ()))
-    return out
 
 
 def build_model(cls: type[_M], data: dict[str, Any]) -> _M:
