@@ -121,11 +121,14 @@ class HistoryEntry:
 class HistoryCache:
     """Decoded items and their model input, by stored JSON, across requests.
 
-    Every turn of a conversation sends the whole history again, so each turn
-    decoded and converted every earlier item anew: about 2 ms of a turn's
-    time to first token on a 100-item thread (measured by bench/). An item
-    stored with the same JSON is the same item, so the work is kept, for the
-    :data:`HISTORY_CACHE_SIZE` most recently used items.
+    The server's one read cache. Every turn of a conversation sends the whole
+    history again, so each turn would decode and convert every earlier item
+    anew. An item stored with the same JSON is the same item, so the work is
+    kept, for the :data:`HISTORY_CACHE_SIZE` most recently used items; being
+    keyed by what is stored, it can never be stale and needs no invalidation,
+    whichever process wrote the rows. Measured with ``bench/bench_streaming.py
+    --only ttft`` (50 turns on one thread): the first text delta came 8.4 ms
+    after the backend's first chunk with it, 10.2 ms without.
 
     Args:
         decode: Builds an item from its type and stored JSON.
