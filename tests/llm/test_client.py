@@ -21,6 +21,7 @@ from chatkit_server.llm.wire import build_model
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply, ToolCall
 from tests.live import LOCAL, FakeLLM, LiveFactory
+from tests.llm.chunks import chat_chunk as _chunk
 
 HISTORY = [
     {"role": "system", "content": "Be brief."},
@@ -28,18 +29,6 @@ HISTORY = [
     {"role": "assistant", "content": "Hello!"},
     {"role": "user", "content": "Again"},
 ]
-
-
-def _chunk(content: str | None = None, **delta: Any) -> dict[str, Any]:
-    if content is not None:
-        delta["content"] = content
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
-    }
 
 
 def _sse(value: Any) -> bytes:
@@ -338,19 +327,25 @@ async def test_history_reaches_the_backend_without_the_client_transform(
     assert received["stream"] is True
 
 
-async def test_a_whole_completion_is_validated(
-    fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def lenient(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What the openai client's lenient constructor is asked to build from now on."""
+    import openai._base_client as base_client
     import openai._models as models
 
-    lenient: list[Any] = []
+    calls: list[Any] = []
     original = models.construct_type
 
     def spy(**kwargs: Any) -> Any:
-        lenient.append(kwargs)
+        calls.append(kwargs)
         return original(**kwargs)
 
     monkeypatch.setattr(models, "construct_type", spy)
+    monkeypatch.setattr(base_client, "construct_type", spy)
+    return calls
+
+
+async def test_a_whole_completion_is_validated(fake_llm: FakeLLM, lenient: list[Any]) -> None:
     fake_llm.backend.script(Reply.text("A title", usage=(3, 2)))
     client = _client(fake_llm)
 
@@ -388,20 +383,8 @@ async def test_responses_input_is_sent_as_given(fake_llm: FakeLLM) -> None:
 
 
 async def test_streamed_chunks_are_validated_not_constructed(
-    fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+    fake_llm: FakeLLM, lenient: list[Any]
 ) -> None:
-    import openai._base_client as base_client
-    import openai._models as models
-
-    lenient: list[Any] = []
-    original = models.construct_type
-
-    def spy(**kwargs: Any) -> Any:
-        lenient.append(kwargs)
-        return original(**kwargs)
-
-    monkeypatch.setattr(models, "construct_type", spy)
-    monkeypatch.setattr(base_client, "construct_type", spy)
     fake_llm.backend.script(Reply.text("One two three", reasoning=["hm"]), Reply.text("Four"))
     client = _client(fake_llm)
 

@@ -27,18 +27,7 @@ from chatkit_server.llm.wire import (
     build_model,
     response_event_class,
 )
-
-
-def _chunk(content: str | None = None, **delta: Any) -> dict[str, Any]:
-    if content is not None:
-        delta["content"] = content
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
-    }
+from tests.llm.chunks import chat_chunk as _chunk
 
 
 def _text(value: dict[str, Any]) -> str:
