@@ -23,7 +23,7 @@ from chatkit.types import (
 from chatkit_server.errors import StoreError
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore
-from chatkit_server.testing.client import ChatKitHTTPError
+from chatkit_server.testing.client import ChatKitHTTPError, user_input
 from chatkit_server.testing.fake_backend import Reply
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
@@ -177,11 +177,7 @@ async def test_stop_persists_partial_answer_and_stops_the_backend(
     async with live.client.open_stream(
         "threads.add_user_message",
         thread_id=turn.thread_id,
-        input={
-            "content": [{"type": "input_text", "text": "long one"}],
-            "attachments": [],
-            "inference_options": {},
-        },
+        input=user_input("long one"),
     ) as events:
         async for event in events:
             if isinstance(event, ThreadItemUpdatedEvent):
@@ -426,11 +422,7 @@ async def test_stopping_an_answer_logs_no_leftover_task_error(
     fake_llm.backend.script(Reply.count(1000, delay=0.02))
     async with live.client.open_stream(
         "threads.create",
-        input={
-            "content": [{"type": "input_text", "text": "long one"}],
-            "attachments": [],
-            "inference_options": {},
-        },
+        input=user_input("long one"),
     ) as events:
         async for event in events:
             if isinstance(event, ThreadItemUpdatedEvent):
