@@ -430,7 +430,7 @@ async def test_stopping_an_answer_logs_no_leftover_task_error(
     record = await fake_llm.backend.wait_for_stream_end(timeout=5.0)
     assert not record.completed
     # The leftover fetch is reported when it is collected.
-    for _ in range(20):
+    for _ in range(3):
         gc.collect()
         await asyncio.sleep(0.01)
     assert [r for r in caplog.records if "never retrieved" in r.getMessage()] == []
