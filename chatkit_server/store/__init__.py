@@ -14,11 +14,11 @@ from chatkit_server.store.ids import new_id
 from chatkit_server.store.migrate import alembic_config, current, downgrade, upgrade, upgrade_async
 from chatkit_server.store.sql_store import (
     DEFAULT_UPLOAD_BASE_URL,
-    MAX_PAGE_SIZE,
     FeedbackRecord,
     SQLStore,
     decode_item,
 )
+from chatkit_server.store.statements import MAX_PAGE_SIZE
 from chatkit_server.store.usage import UsageRecord, UsageStore, UsageTotals
 
 __all__ = [

@@ -17,9 +17,8 @@ Semantics the ChatKit base server relies on:
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -43,14 +42,23 @@ from pydantic import AnyUrl, TypeAdapter
 from sqlalchemy.dialects import postgresql, sqlite
 
 from chatkit_server.context import RequestContext
-from chatkit_server.errors import InvalidCursorError, NotFoundError
-from chatkit_server.store.database import Database, Statements
+from chatkit_server.errors import NotFoundError
+from chatkit_server.store.database import Database
 from chatkit_server.store.ids import ID_PREFIXES, new_id
+from chatkit_server.store.statements import (
+    MAX_PAGE_SIZE,
+    check_cursor,
+    guarded_item_upsert,
+    owned_data_statement,
+    owned_thread_upsert,
+    page,
+    require_thread,
+    thread_not_found,
+)
 from chatkit_server.store.tables import attachments, feedback, thread_items, threads
 
-__all__ = ["DEFAULT_UPLOAD_BASE_URL", "MAX_PAGE_SIZE", "FeedbackRecord", "SQLStore", "decode_item"]
+__all__ = ["DEFAULT_UPLOAD_BASE_URL", "FeedbackRecord", "SQLStore", "decode_item"]
 
-MAX_PAGE_SIZE: Final = 200
 DEFAULT_UPLOAD_BASE_URL: Final = "http://127.0.0.1:8000"
 
 # Building a TypeAdapter for these unions costs milliseconds; do it once.
@@ -89,8 +97,8 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """
         self._db = database
         self._upload_base_url = upload_base_url.rstrip("/")
-        self._item_upsert = _guarded_item_upsert(database.dialect)
-        self._thread_upsert = _owned_thread_upsert(database.dialect)
+        self._item_upsert = guarded_item_upsert(database.dialect)
+        self._thread_upsert = owned_thread_upsert(database.dialect)
 
     def set_upload_base_url(self, url: str) -> None:
         """Change the base URL of upload and preview URLs (known after start-up)."""
@@ -122,7 +130,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """
         data = await self._owned_data(threads, thread_id, context)
         if data is None:
-            raise _thread_not_found(thread_id)
+            raise thread_not_found(thread_id)
         return ThreadMetadata.model_validate_json(data)
 
     async def save_thread(self, thread: ThreadMetadata, context: RequestContext) -> None:
@@ -144,7 +152,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             },
         )
         if not saved:
-            raise _thread_not_found(thread.id)
+            raise thread_not_found(thread.id)
 
     async def load_threads(
         self, limit: int, after: str | None, order: str, context: RequestContext
@@ -162,9 +170,9 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """
         scope = {"user_id": context.user_id}
         async with self._db.read() as session:
-            rows, has_more = await _page(session, threads, scope, after, limit, order)
+            rows, has_more = await page(session, threads, scope, after, limit, order)
             if not rows:
-                await _check_cursor(session, threads, scope, after)
+                await check_cursor(session, threads, scope, after)
         return Page(
             data=[ThreadMetadata.model_validate_json(row.data) for row in rows],
             has_more=has_more,
@@ -185,7 +193,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         async with self._db.write() as session:
             deleted = (await session.execute(statement)).scalar_one_or_none()
         if deleted is None:
-            raise _thread_not_found(thread_id)
+            raise thread_not_found(thread_id)
 
     # -- items -----------------------------------------------------------------
 
@@ -268,12 +276,12 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """``(id, type, JSON)`` of a page of items, and whether more follow."""
         scope = {"thread_id": thread_id, "user_id": context.user_id}
         async with self._db.read() as session:
-            rows, has_more = await _page(
+            rows, has_more = await page(
                 session, thread_items, scope, after, limit, order, ("id", "type", "data")
             )
             if not rows:
-                await _require_thread(session, thread_id, context)
-                await _check_cursor(session, thread_items, scope, after)
+                await require_thread(session, thread_id, context)
+                await check_cursor(session, thread_items, scope, after)
         return [(row.id, row.type, row.data) for row in rows], has_more
 
     async def add_thread_item(
@@ -324,7 +332,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             NotFoundError: No such thread for this user.
         """
         async with self._db.write() as session:
-            await _require_thread(session, thread_id, context)
+            await require_thread(session, thread_id, context)
             await session.execute(
                 sa.delete(thread_items).where(
                     thread_items.c.thread_id == thread_id, thread_items.c.id == item_id
@@ -345,7 +353,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             },
         )
         if not saved:
-            raise _thread_not_found(thread_id)
+            raise thread_not_found(thread_id)
 
     # -- attachments -----------------------------------------------------------
 
@@ -403,7 +411,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         ).returning(attachments.c.id)
         async with self._db.write() as session:
             if attachment.thread_id is not None:
-                await _require_thread(session, attachment.thread_id, context)
+                await require_thread(session, attachment.thread_id, context)
             saved = (await session.execute(statement)).scalar_one_or_none()
         if saved is None:
             raise _attachment_not_found(attachment.id)
@@ -455,7 +463,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         wanted = list(dict.fromkeys(item_ids))
         now = _utc_now()
         async with self._db.write() as session:
-            await _require_thread(session, thread_id, context)
+            await require_thread(session, thread_id, context)
             if not wanted:
                 return
             found = set(
@@ -494,7 +502,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             .order_by(feedback.c.seq)
         )
         async with self._db.read() as session:
-            await _require_thread(session, thread_id, context)
+            await require_thread(session, thread_id, context)
             rows = (await session.execute(statement)).all()
         return [
             FeedbackRecord(
@@ -511,7 +519,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """The stored JSON of the caller's row ``row_id`` of ``table``, if any."""
         async with self._db.read() as session:
             data: str | None = await session.scalar(
-                _owned_data_statement(table), {"row_id": row_id, "user_id": context.user_id}
+                owned_data_statement(table), {"row_id": row_id, "user_id": context.user_id}
             )
         return data
 
@@ -539,145 +547,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         )
 
 
-def _owned_thread_upsert(dialect: str) -> sa.Executable:
-    """Insert a thread, or update it if ``:user_id`` owns it; ``RETURNING seq``.
-
-    A conflicting row of another user fails the ``WHERE`` and returns no row:
-    that is how a foreign id is detected. Built once, like the item upsert.
-    """
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(threads).values(
-        {name: sa.bindparam(name, type_=threads.c[name].type) for name in _THREAD_COLUMNS}
-    )
-    upsert = insert.on_conflict_do_update(
-        index_elements=["id"],
-        set_={name: insert.excluded[name] for name in ("created_at", "data")},
-        where=threads.c.user_id == sa.bindparam("user_id"),
-    )
-    return upsert.returning(threads.c.seq)
-
-
-_THREAD_COLUMNS: Final = ("id", "user_id", "created_at", "data")
-
-
-def _guarded_item_upsert(dialect: str) -> sa.Executable:
-    """Add or replace an item, only in a thread of ``:user_id``, in one statement.
-
-    ``INSERT ... SELECT :values WHERE EXISTS (owned thread) ON CONFLICT DO
-    UPDATE ... RETURNING seq``: no row back means no such thread for this
-    user. One statement instead of a check and a write halves the round
-    trips of every message and answer. Built once, not per call: building an
-    upsert and its cache key is more CPU than running it.
-    The conflict update leaves ``seq`` alone, so a re-added item keeps its place.
-    """
-    columns = ("thread_id", "id", "type", "created_at", "data")
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(thread_items)
-    upsert = insert.from_select(
-        columns, _owned_values(thread_items, columns)
-    ).on_conflict_do_update(
-        index_elements=["thread_id", "id"],
-        set_={name: insert.excluded[name] for name in ("type", "created_at", "data")},
-    )
-    return upsert.returning(thread_items.c.seq)
-
-
-# Read statements are built once, with bind parameters: building a
-# SQLAlchemy statement and computing its cache key costs more CPU than
-# SQLite takes to run a page query, on every request.
-_OWNED_THREAD: Final = sa.exists().where(
-    threads.c.id == sa.bindparam("thread_id"), threads.c.user_id == sa.bindparam("user_id")
-)
-_REQUIRE_THREAD: Final = sa.select(_OWNED_THREAD)
-# What a listing of each table is scoped to; the parameters come from the caller.
-_SCOPES: Final[Mapping[str, sa.ColumnElement[bool]]] = {
-    "threads": threads.c.user_id == sa.bindparam("user_id"),
-    "thread_items": sa.and_(
-        thread_items.c.thread_id == sa.bindparam("thread_id"),
-        _OWNED_THREAD,  # ownership rides along in the same statement
-    ),
-}
-
-
-def _owned_values(table: sa.Table, columns: Sequence[str]) -> sa.Select[Any]:
-    """``SELECT :column, ... WHERE`` the thread ``:thread_id`` belongs to ``:user_id``.
-
-    The source of an ``INSERT ... SELECT`` that writes nothing (and returns
-    no row) for another user's or a missing thread.
-    """
-    return sa.select(*(sa.bindparam(name, type_=table.c[name].type) for name in columns)).where(
-        _OWNED_THREAD
-    )
-
-
-@functools.cache
-def _owned_data_statement(table: sa.Table) -> sa.Select[tuple[str]]:
-    return sa.select(table.c.data).where(
-        table.c.id == sa.bindparam("row_id"), table.c.user_id == sa.bindparam("user_id")
-    )
-
-
-async def _require_thread(session: Statements, thread_id: str, context: RequestContext) -> None:
-    if not await session.scalar(
-        _REQUIRE_THREAD, {"thread_id": thread_id, "user_id": context.user_id}
-    ):
-        raise _thread_not_found(thread_id)
-
-
-@functools.cache
-def _page_statement(
-    table: sa.Table, columns: tuple[str, ...], descending: bool, with_cursor: bool
-) -> sa.Select[Any]:
-    scope = _SCOPES[table.name]
-    seq = table.c.seq
-    statement = sa.select(*(table.c[name] for name in columns)).where(scope)
-    if with_cursor:
-        # Found by its unique key within the same scope (SQL NULL if unknown).
-        cursor = sa.select(seq).where(scope, table.c.id == sa.bindparam("after")).scalar_subquery()
-        statement = statement.where(seq < cursor if descending else seq > cursor)
-    order = seq.desc() if descending else seq.asc()
-    return statement.order_by(order).limit(sa.bindparam("limit", type_=sa.Integer))
-
-
-async def _page(
-    session: Statements,
-    table: sa.Table,
-    scope: Mapping[str, str],
-    after: str | None,
-    limit: int,
-    order: str,
-    columns: Sequence[str] = ("id", "data"),
-) -> tuple[Sequence[sa.Row[Any]], bool]:
-    """Keyset pagination over ``seq`` within the table's scope: no OFFSET, no COUNT.
-
-    One statement: the cursor's ``seq`` and the ownership check are
-    subqueries, so a page costs a single round trip. An unknown cursor or a
-    failed ownership check yields no rows; the caller tells those apart from
-    a genuinely empty page only when it gets one.
-    """
-    if order not in ("asc", "desc"):
-        raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
-    limit = max(1, min(limit, MAX_PAGE_SIZE))
-    statement = _page_statement(table, tuple(columns), order == "desc", after is not None)
-    parameters: dict[str, Any] = {**scope, "limit": limit + 1}
-    if after is not None:
-        parameters["after"] = after
-    rows = (await session.execute(statement, parameters)).all()
-    return rows[:limit], len(rows) > limit
-
-
-@functools.cache
-def _cursor_statement(table: sa.Table) -> sa.Select[tuple[bool]]:
-    return sa.select(sa.exists().where(_SCOPES[table.name], table.c.id == sa.bindparam("after")))
-
-
-async def _check_cursor(
-    session: Statements, table: sa.Table, scope: Mapping[str, str], after: str | None
-) -> None:
-    if after is not None and not await session.scalar(
-        _cursor_statement(table), {**scope, "after": after}
-    ):
-        raise InvalidCursorError(f"Cursor {after} does not name an entry of this listing")
-
-
 def decode_item(kind: str, data: str) -> ThreadItem:
     """The item stored as ``data`` (JSON) with type ``kind``."""
     if kind != "widget":
@@ -700,10 +569,6 @@ def _column_time(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value
     return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def _thread_not_found(thread_id: str) -> NotFoundError:
-    return NotFoundError(f"Thread {thread_id} not found")
 
 
 def _attachment_not_found(attachment_id: str) -> NotFoundError:

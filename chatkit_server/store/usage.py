@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from chatkit_server.context import RequestContext
 from chatkit_server.store.database import Database
-from chatkit_server.store.sql_store import _owned_values, _require_thread, _thread_not_found
+from chatkit_server.store.statements import owned_values, require_thread, thread_not_found
 from chatkit_server.store.tables import threads, usage
 
 __all__ = ["UsageRecord", "UsageStore", "UsageTotals"]
@@ -72,7 +72,7 @@ class UsageStore:
             },
         )
         if not recorded:
-            raise _thread_not_found(thread_id)
+            raise thread_not_found(thread_id)
 
     async def for_item(
         self, thread_id: str, item_id: str, context: RequestContext
@@ -83,7 +83,7 @@ class UsageStore:
             NotFoundError: No such thread for this user.
         """
         async with self._db.read() as session:
-            await _require_thread(session, thread_id, context)
+            await require_thread(session, thread_id, context)
             row = (
                 await session.execute(
                     sa.select(usage).where(
@@ -109,7 +109,7 @@ class UsageStore:
             NotFoundError: No such thread for this user.
         """
         async with self._db.read() as session:
-            await _require_thread(session, thread_id, context)
+            await require_thread(session, thread_id, context)
             result = await session.execute(_totals().where(usage.c.thread_id == thread_id))
             row = result.mappings().one()
         return _to_totals(row, thread_id=thread_id, user_id=context.user_id)
@@ -148,7 +148,7 @@ def _guarded_record() -> sa.Executable:
         "created_at",
     )
     return (
-        sa.insert(usage).from_select(columns, _owned_values(usage, columns)).returning(usage.c.seq)
+        sa.insert(usage).from_select(columns, owned_values(usage, columns)).returning(usage.c.seq)
     )
 
 
