@@ -149,7 +149,7 @@ class RepairedRun:
         back, it gets everything taken meanwhile, neighbouring text deltas
         merged. Nothing waits for an event that has not arrived.
         """
-        queue: asyncio.Queue[tuple[StreamEvent | None, Exception | None]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[StreamEvent | None, BaseException | None]] = asyncio.Queue()
 
         async def take() -> None:
             try:
@@ -158,6 +158,10 @@ class RepairedRun:
             except Exception as exc:
                 queue.put_nowait((None, exc))
                 return
+            except BaseException as exc:
+                # Cancelled from inside the run: the consumer must not wait forever.
+                queue.put_nowait((None, exc))
+                raise
             queue.put_nowait((None, None))
 
         taker = asyncio.ensure_future(take())

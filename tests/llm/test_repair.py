@@ -499,3 +499,17 @@ async def test_leaving_early_stops_reading_the_run() -> None:
     for _ in range(10):
         await asyncio.sleep(0)
     assert reading == ["stopped"]
+
+
+async def test_a_run_cancelled_from_inside_does_not_leave_the_consumer_waiting() -> None:
+    class Cancelled(_Run):
+        async def stream_events(self) -> AsyncIterator[StreamEvent]:
+            yield RawResponsesStreamEvent(data=_text("a", 1))
+            await asyncio.sleep(0)
+            raise asyncio.CancelledError
+
+    events = RepairedRun(cast(RunResultStreaming, Cancelled([]))).stream_events()
+    seen = [await anext(events)]
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(anext(events), 5)
+    assert [event.data.delta for event in seen] == ["a"]
