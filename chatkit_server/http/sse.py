@@ -18,7 +18,8 @@ nothing it can show.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import Final
 
 import anyio
@@ -40,7 +41,7 @@ class BatchedStreamingResponse(StreamingResponse):
     before the response ends.
     """
 
-    body_iterator: AsyncIterator[bytes]
+    body_iterator: AsyncGenerator[bytes, None]
 
     async def stream_response(self, send: Send) -> None:
         """Run the body in a producer task; send what it queued, batch by batch."""
@@ -48,8 +49,11 @@ class BatchedStreamingResponse(StreamingResponse):
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUED_FRAMES)
 
         async def produce() -> None:
-            async for frame in self.body_iterator:
-                await queue.put(frame)
+            # Closed here, not left to the garbage collector, when the
+            # producer is cancelled while it waits for room in the queue.
+            async with contextlib.aclosing(self.body_iterator) as frames:
+                async for frame in frames:
+                    await queue.put(frame)
             await queue.put(None)
 
         started = False

@@ -177,3 +177,32 @@ async def test_a_fast_answer_waits_for_a_slow_client_within_a_bound() -> None:
     release.set()
     await asyncio.wait_for(task, 5)
     assert b"".join(body for body, _more in recorder.bodies) == b"." * (QUEUED_FRAMES * 3)
+
+
+async def test_a_cancelled_response_closes_frames_waiting_for_room() -> None:
+    # The answer is ahead of a stuck client, waiting for room in the queue,
+    # when the client goes: its cleanup (saving the partial answer) must run.
+    closed: list[str] = []
+    stuck = asyncio.Event()
+
+    class Stuck(Recorder):
+        async def send(self, message: Message) -> None:
+            await super().send(message)
+            await stuck.wait()
+
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"."
+        finally:
+            closed.append("closed")
+
+    recorder = Stuck()
+    response = BatchedStreamingResponse(frames(), media_type="text/event-stream")
+    task = asyncio.create_task(response(SCOPE, recorder.receive, recorder.send))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed == ["closed"]
