@@ -5,9 +5,9 @@ retries and error types), over its aiohttp transport. Two things differ, both
 through the client's public API:
 
 * **The body is sent as built.** The client walks every request body
-  through a type-directed transform before sending it; for a conversation
-  that costs tens of milliseconds before the first byte leaves (measured:
-  35 ms for 80 messages). The Agents SDK builds plain JSON already, so
+  through a type-directed transform before sending it, message by message:
+  for a long conversation, tens of milliseconds before the first byte
+  leaves. The Agents SDK builds plain JSON already, so
   ``messages`` (Chat Completions) and ``input`` (Responses) travel in
   ``extra_body``, which the client sends untouched.
 * **Streamed answers are parsed here** (``with_streaming_response``, then

@@ -7,7 +7,7 @@ execution, the fetch, closing the cursor), each a hand-off to that thread and
 back through the loop. Here a whole statement (execute and fetch, with a
 connection taken from and returned to SQLAlchemy's pool) is one job for a
 ``concurrent.futures`` thread, on SQLAlchemy's ordinary synchronous engine:
-the same statements, the same pool and events, a third of the latency, and
+the same statements, the same pool and events, a fraction of the latency, and
 one wake-up of the loop per statement instead of several
 (``bench/bench_streaming.py`` measures the time to the first token, which
 waits for a few statements).
