@@ -114,6 +114,7 @@ class SQLiteThreads:
         self.engine = engine
         self._statements = statements
         self._transactions = transactions
+        self._single_connection = single_connection
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatkit-sqlite-write")
         self._readers = (
             self._writer
@@ -142,9 +143,25 @@ class SQLiteThreads:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[ThreadConnection]:
         """Statements that only read, each on its own (no transaction)."""
+        if self._single_connection:
+            # The one connection may be inside a write transaction, which a
+            # read would join (and end, when the pool resets it): wait for it.
+            yield ThreadConnection(
+                lambda work: self._after_transaction(functools.partial(self._statement, work))
+            )
+            return
         yield ThreadConnection(
             lambda work: self._on(self._readers, functools.partial(self._statement, work))
         )
+
+    async def _after_transaction(self, job: Callable[[], _T]) -> _T:
+        """Run ``job`` on the writer thread, after any open transaction."""
+        if not self._transaction_lock.locked():
+            return await self._on(self._writer, job)
+        async with self._transaction_lock:
+            # Queued on the thread before the lock goes to the next writer.
+            pending = asyncio.get_running_loop().run_in_executor(self._writer, job)
+        return await pending
 
     async def write_one(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` as one committed statement, queued behind this process's writers.
@@ -154,13 +171,7 @@ class SQLiteThreads:
         not each wait for the event loop to hand over a lock (with hundreds
         of streams, a turn of the loop takes a while).
         """
-        job = functools.partial(self._committed, work)
-        if not self._transaction_lock.locked():
-            return await self._on(self._writer, job)
-        async with self._transaction_lock:
-            # Queued on the thread before the lock goes to the next writer.
-            pending = asyncio.get_running_loop().run_in_executor(self._writer, job)
-        return await pending
+        return await self._after_transaction(functools.partial(self._committed, work))
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[ThreadConnection]:

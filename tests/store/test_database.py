@@ -313,3 +313,30 @@ async def test_sqlite_store_statements_run_off_the_event_loop_thread(
     assert ["INSERT", "INTO", "thread_items"] in statements
     assert len([words for words in statements if words[0] == "SELECT"]) >= 2
     assert threading.get_ident() not in {ident for ident, _statement in seen}
+
+
+async def test_an_in_memory_database_reads_beside_an_open_transaction() -> None:
+    # One connection for everything: a read must neither join nor end the
+    # transaction that is open on it.
+    database = Database.connect("sqlite+aiosqlite://")
+    await database.create_all()
+    try:
+        async with database.write() as session:
+            await session.execute(sa.insert(threads).values(_thread_row("thr_1")))
+
+            async def count() -> int:
+                async with database.read() as reader:
+                    value: int = await reader.scalar(
+                        sa.select(sa.func.count()).select_from(threads)
+                    )
+                return value
+
+            reading = asyncio.create_task(count())
+            await asyncio.sleep(0.05)
+            await session.execute(sa.insert(threads).values(_thread_row("thr_2")))
+        assert await reading == 2
+        async with database.read() as session:
+            ids = (await session.execute(sa.select(threads.c.id))).scalars().all()
+        assert sorted(ids) == ["thr_1", "thr_2"]
+    finally:
+        await database.dispose()
