@@ -34,6 +34,7 @@ from openai.resources.chat import AsyncChat
 from openai.resources.chat.completions import AsyncCompletions
 from openai.resources.responses import AsyncResponses
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response
 
 from chatkit_server.llm.wire import (
     ServerSentEvent,
@@ -191,42 +192,45 @@ async def _open_stream(
     return ChunkStream(response, build, close)
 
 
-class _Completions:
-    """``chat.completions`` with ``create`` as described in the module notes."""
+class _Endpoint:
+    """``chat.completions`` or ``responses``, with ``create`` as described in the module notes.
 
-    def __init__(self, client: AsyncOpenAI) -> None:
-        self._plain = AsyncCompletions(client)
+    Only ``create`` is offered: for the Responses API the Agents SDK then
+    streams through it too (and reports no request id for streamed calls).
+
+    Args:
+        resource: The client's own resource, which sends the requests.
+        field: The body field the Agents SDK builds as plain JSON.
+        chunk: Builds one streamed chunk.
+        whole: The type of a whole (not streamed) answer.
+    """
+
+    def __init__(
+        self,
+        resource: AsyncCompletions | AsyncResponses,
+        field: str,
+        chunk: Callable[[dict[str, Any]], pydantic.BaseModel],
+        whole: type[pydantic.BaseModel],
+    ) -> None:
+        self._resource = resource
+        self._field = field
+        self._chunk = chunk
+        self._whole = whole
 
     async def create(self, **kwargs: Any) -> Any:
-        kwargs = _untransformed(kwargs, "messages")
+        kwargs = _untransformed(kwargs, self._field)
         if kwargs.get("stream"):
-            opener = self._plain.with_streaming_response.create(**kwargs)
-            return await _open_stream(opener, _chat_chunk)
-        raw = await self._plain.with_raw_response.create(**kwargs)
-        return build_model(ChatCompletion, raw.http_response.json())
+            opener = self._resource.with_streaming_response.create(**kwargs)
+            return await _open_stream(opener, self._chunk)
+        raw = await self._resource.with_raw_response.create(**kwargs)
+        return build_model(self._whole, raw.http_response.json())
 
 
 class _Chat:
     def __init__(self, client: AsyncOpenAI) -> None:
-        self.completions = _Completions(client)
-
-
-class _Responses:
-    """``responses`` with ``create`` as described in the module notes.
-
-    It offers ``create`` only: the Agents SDK then streams through it (and
-    reports no request id for streamed calls).
-    """
-
-    def __init__(self, client: AsyncOpenAI) -> None:
-        self._plain = AsyncResponses(client)
-
-    async def create(self, **kwargs: Any) -> Any:
-        kwargs = _untransformed(kwargs, "input")
-        if kwargs.get("stream"):
-            opener = self._plain.with_streaming_response.create(**kwargs)
-            return await _open_stream(opener, _response_event)
-        return await self._plain.create(**kwargs)
+        self.completions = _Endpoint(
+            AsyncCompletions(client), "messages", _chat_chunk, ChatCompletion
+        )
 
 
 class BackendClient(AsyncOpenAI):
@@ -240,4 +244,6 @@ class BackendClient(AsyncOpenAI):
     @cached_property
     def responses(self) -> AsyncResponses:
         """The Responses API: ``input`` sent as built, streams parsed here."""
-        return cast(AsyncResponses, _Responses(self))
+        return cast(
+            AsyncResponses, _Endpoint(AsyncResponses(self), "input", _response_event, Response)
+        )
