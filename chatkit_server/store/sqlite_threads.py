@@ -114,10 +114,10 @@ class SQLiteThreads:
         self.engine = engine
         self._statements = statements
         self._transactions = transactions
-        self._single_connection = single_connection
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatkit-sqlite-write")
+        # None: the one connection is the writer's, and reads queue there too.
         self._readers = (
-            self._writer
+            None
             if single_connection
             else ThreadPoolExecutor(READER_THREADS, thread_name_prefix="chatkit-sqlite-read")
         )
@@ -143,7 +143,8 @@ class SQLiteThreads:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[ThreadConnection]:
         """Statements that only read, each on its own (no transaction)."""
-        if self._single_connection:
+        readers = self._readers
+        if readers is None:
             # The one connection may be inside a write transaction, which a
             # read would join (and end, when the pool resets it): wait for it.
             yield ThreadConnection(
@@ -151,7 +152,7 @@ class SQLiteThreads:
             )
             return
         yield ThreadConnection(
-            lambda work: self._on(self._readers, functools.partial(self._statement, work))
+            lambda work: self._on(readers, functools.partial(self._statement, work))
         )
 
     async def _after_transaction(self, job: Callable[[], _T]) -> _T:
@@ -210,7 +211,8 @@ class SQLiteThreads:
 
     def dispose(self) -> None:
         """Wait for the threads to finish their jobs, then close every connection."""
-        self._readers.shutdown(wait=True)
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
         self._writer.shutdown(wait=True)
         self.engine.dispose()
 
