@@ -23,7 +23,8 @@ repaired first:
   validation, so these arrive as ``None``; the SDK's run loop never reads them,
   but ChatKit's converter does and raises. Required fields that are ``None``
   get a default here.
-* **Deltas merged under load** (the one place text deltas are merged): the
+* **Deltas merged under load** (the one place text deltas are merged for
+  speed; the thought throttle above holds reasoning back for bytes): the
   SDK reads the backend in a task of its own and queues every event, so when
   the server falls behind (hundreds of streams on one process) the backlog
   forms in that queue. A task takes the events as they come; each time the
