@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from chatkit_server.errors import StoreError
+from chatkit_server.http.auth import Authenticator
 from chatkit_server.http.chatkit import chatkit_endpoint
 from chatkit_server.http.errors import http_exception_response, internal_error_response
 from chatkit_server.http.health import healthz
@@ -25,6 +28,8 @@ from chatkit_server.llm.local_model import no_backend_message
 from chatkit_server.protocol.server import ChatKitApp
 from chatkit_server.settings import Settings
 from chatkit_server.store import Database, SQLStore, UsageStore, upgrade_async
+from chatkit_server.store.gate import LEASE_SECONDS, RequestGate
+from chatkit_server.store.sessions import SessionStore, secret_key
 from chatkit_server.workflows.registry import WorkflowRegistry
 
 __all__ = ["CORS_ALLOW_HEADERS", "create_app"]
@@ -63,6 +68,29 @@ def _quiet_stopped_merges(previous: _LoopHandler | None) -> _LoopHandler:
     return handle
 
 
+# Leases are renewed well before they run out: a renewal may be late by a
+# busy database's round trip without the lease lapsing mid-answer.
+_RENEW_EVERY = LEASE_SECONDS / 4
+_SWEEP_EVERY = 60.0
+
+
+async def _upkeep(gate: RequestGate, sessions: SessionStore | None) -> None:
+    """Renew this process's thread leases; sweep old counts, leases and sessions."""
+    since_sweep = _SWEEP_EVERY  # sweep once at start-up
+    while True:
+        try:
+            await gate.renew()
+            if since_sweep >= _SWEEP_EVERY:
+                since_sweep = 0.0
+                await gate.sweep()
+                if sessions is not None:
+                    await sessions.sweep()
+        except StoreError as exc:
+            logger.warning("database upkeep failed (%s); trying again shortly", exc)
+        await asyncio.sleep(_RENEW_EVERY)
+        since_sweep += _RENEW_EVERY
+
+
 def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Starlette:
     """Build the chatkit-server ASGI app.
 
@@ -93,20 +121,45 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
             workflows = WorkflowRegistry.from_settings(settings, backends)
             store = SQLStore(database)
             usage = UsageStore(database)
-            server = ChatKitApp(store=store, usage=usage, workflows=workflows, settings=settings)
+            gate = RequestGate(database)
+            sessions = (
+                SessionStore(database, key=secret_key(settings.admin_key))
+                if settings.admin_key is not None
+                else None
+            )
+            server = ChatKitApp(
+                store=store, usage=usage, workflows=workflows, settings=settings, gate=gate
+            )
+            auth = Authenticator(settings, sessions)
             app.state.chatkit = AppState(
                 settings=settings,
                 database=database,
                 store=store,
                 backends=backends,
                 server=server,
+                auth=auth,
+                gate=gate,
+                sessions=sessions,
             )
+            upkeep = asyncio.create_task(_upkeep(gate, sessions), name="chatkit-upkeep")
+            if auth.enabled:
+                logger.info("sign-in required on /chatkit: %s", ", ".join(auth.modes))
+            else:
+                logger.info(
+                    "sign-in is off: everyone who can reach this server is one user "
+                    "(set CHATKIT_ADMIN_KEY, CHATKIT_JWT_SECRET or CHATKIT_TRUSTED_USER_HEADER)"
+                )
             if not any(workflow.backend.configured for workflow in workflows):
                 logger.warning(
                     "%s Until then every answer is an error.", no_backend_message(settings)
                 )
             logger.info("chatkit-server ready (database: %s)", database.describe())
-            yield
+            try:
+                yield
+            finally:
+                upkeep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upkeep
         finally:
             await backends.aclose()
             await database.dispose()

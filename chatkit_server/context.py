@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
-__all__ = ["LOCAL_USER", "RequestContext"]
+__all__ = ["LOCAL_USER", "RequestContext", "SessionLimits", "StateValue"]
 
-# With authentication off the server has exactly one user: everyone who can
-# reach it shares the same threads.
+# With sign-in off the server has exactly one user: everyone who can reach
+# it shares the same threads.
 LOCAL_USER = "local"
+
+StateValue = str | int | float | bool
+"""A workflow state variable's value (primitives only, as in hosted ChatKit)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionLimits:
+    """What a session's ``chatkit_configuration`` allows; the defaults allow everything.
+
+    Attributes:
+        titles: Whether new threads are named by a model-written title.
+        uploads: Whether attachments may be created.
+        max_file_bytes: Largest attachment, in bytes (``None``: the server's limit).
+        max_files: Most attachments the session may create (``None``: no limit).
+        history: Whether earlier threads are listed.
+        recent_threads: Most threads a listing shows, newest first (``None``: all).
+    """
+
+    titles: bool = True
+    uploads: bool = True
+    max_file_bytes: int | None = None
+    max_files: int | None = None
+    history: bool = True
+    recent_threads: int | None = None
+
+
+_EMPTY: Mapping[str, StateValue] = MappingProxyType({})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -17,8 +46,27 @@ class RequestContext:
 
     Every store query is scoped by ``user_id``: a thread owned by another user
     behaves exactly like a thread that does not exist.
+
+    Attributes:
+        user_id: The signed-in user (``local`` with sign-in off).
+        workflow_id: The workflow a new thread gets.
+        session_id: The session whose client secret signed the request.
+        state_variables: The session's workflow state, for instructions and tools.
+        limits: The session's configuration, enforced by the server.
+        rate_subject: Whose requests the rate limit counts (``None``: not counted).
+        rate_limit: Requests per minute allowed to ``rate_subject``.
+        tracing: Whether the session lets its answers be traced (the server
+            traces only when ``CHATKIT_TRACING`` is on as well).
+        new_thread_id: The id ``threads.create`` gives its thread (chosen
+            before the request runs, to lease the thread from its start).
     """
 
     user_id: str = LOCAL_USER
     workflow_id: str = "default"
     session_id: str | None = None
+    state_variables: Mapping[str, StateValue] = field(default_factory=lambda: _EMPTY)
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    rate_subject: str | None = None
+    rate_limit: int | None = None
+    tracing: bool = True
+    new_thread_id: str | None = None

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from chatkit.store import NotFoundError as ChatKitNotFoundError
 
 __all__ = [
@@ -64,8 +66,16 @@ class MigrationError(StoreError):
 class RequestError(ChatKitServerError):
     """A client request that cannot be served, with the HTTP status to answer."""
 
-    def __init__(self, status_code: int, message: str, *, code: str = "invalid_request") -> None:
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        code: str = "invalid_request",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
         self.code = code
+        self.headers = dict(headers or {})

@@ -7,11 +7,15 @@ variable and what it expects, so a typo fails at start-up, not mid-request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from chatkit_server.errors import ChatKitServerError
 from chatkit_server.workflows.file import WorkflowFile, load_workflow_file
@@ -53,6 +57,15 @@ DEFAULT_HISTORY_ITEMS = 200
 # Fits SmolLM2 with llama-server's default 4k context and room for an answer.
 DEFAULT_HISTORY_TOKENS = 3000
 DEFAULT_SHUTDOWN_GRACE = 5.0
+# Hosted ChatKit's defaults for a session: 10 minutes, 10 requests a minute.
+DEFAULT_SESSION_SECONDS = 600
+DEFAULT_SESSION_RATE_LIMIT = 10
+# Signed-in users without a session (JWT, proxy header): a person typing and
+# clicking, with room for retries.
+DEFAULT_USER_RATE_LIMIT = 60
+# Clock skew tolerated on a JWT's exp/nbf/iat.
+DEFAULT_JWT_LEEWAY = 30.0
+
 # Smaller than any chat model's context: a typo such as 40 instead of 4096
 # would leave no room for a message.
 MIN_CONTEXT_TOKENS = 256
@@ -73,6 +86,17 @@ environment:
   CHATKIT_WORKFLOWS           path of the workflows file (default: one workflow, "default")
   CHATKIT_LOCAL_MODEL         auto (default): with no backend configured, serve runs the bundled
                               SmolLM2 model on llama-server (extra "local"); off: never
+  CHATKIT_ADMIN_KEY           bearer key of the REST API under /v1/chatkit, which mints sessions;
+                              /chatkit then accepts their client secrets
+  CHATKIT_JWT_SECRET          HS256 secret: /chatkit accepts JWTs signed with it (user = sub)
+  CHATKIT_JWT_PUBLIC_KEY      path of a PEM public key (RSA: RS256, EC: ES256) for JWTs instead
+  CHATKIT_JWT_AUDIENCE        required "aud" of accepted JWTs (default: not checked)
+  CHATKIT_JWT_ISSUER          required "iss" of accepted JWTs (default: not checked)
+  CHATKIT_TRUSTED_USER_HEADER header naming the signed-in user, set by a reverse proxy, e.g.
+                              X-Forwarded-User (needs CHATKIT_TRUSTED_PROXIES)
+  CHATKIT_TRUSTED_PROXIES     comma-separated addresses or networks allowed to set that header
+  CHATKIT_RATE_LIMIT          requests a minute for a JWT or proxy user (default 60; 0: none);
+                              a session has its own limit
   CHATKIT_CORS_ORIGINS        comma-separated origins allowed to call the server from a browser
   CHATKIT_MAX_BODY_BYTES      largest accepted request body in bytes (default 4194304)
   CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
@@ -133,9 +157,15 @@ class Settings:
     workflows_path: Path | None = None
     workflows_file: WorkflowFile | None = None
     local_model: LocalModelMode = "auto"
-    # Read but not used, and not documented: the REST API it will protect does
-    # not exist yet, and a documented key that guards nothing is a false promise.
     admin_key: str | None = None
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None  # the PEM text, read at start-up
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = DEFAULT_JWT_LEEWAY
+    trusted_user_header: str | None = None
+    trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
+    user_rate_limit: int = DEFAULT_USER_RATE_LIMIT
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     history_items: int = DEFAULT_HISTORY_ITEMS
@@ -153,9 +183,21 @@ class Settings:
         return f"sqlite+aiosqlite:///{(self.data_dir / 'chatkit.db').as_posix()}"
 
     @property
+    def sign_in_modes(self) -> tuple[str, ...]:
+        """The sign-in modes that are on: ``sessions``, ``jwt``, ``proxy``."""
+        modes = []
+        if self.admin_key is not None:
+            modes.append("sessions")
+        if self.jwt_secret is not None or self.jwt_public_key is not None:
+            modes.append("jwt")
+        if self.trusted_user_header is not None:
+            modes.append("proxy")
+        return tuple(modes)
+
+    @property
     def auth_enabled(self) -> bool:
-        """Whether requests must authenticate (an admin key is configured)."""
-        return self.admin_key is not None
+        """Whether ``/chatkit`` requires a credential (some sign-in mode is on)."""
+        return bool(self.sign_in_modes)
 
     def with_changes(self, **changes: object) -> Settings:
         """Return a copy with some fields replaced (settings stay immutable)."""
@@ -225,6 +267,21 @@ class Settings:
             if origin.strip()
         )
 
+        trusted_header = get("CHATKIT_TRUSTED_USER_HEADER")
+        trusted_proxies = _networks(get("CHATKIT_TRUSTED_PROXIES"))
+        if trusted_header is not None and not trusted_proxies:
+            raise SettingsError(
+                "CHATKIT_TRUSTED_PROXIES",
+                "CHATKIT_TRUSTED_USER_HEADER is set, so name the proxy addresses allowed to "
+                "set it, e.g. 127.0.0.1 or 10.0.0.0/8",
+            )
+        if trusted_proxies and trusted_header is None:
+            raise SettingsError(
+                "CHATKIT_TRUSTED_USER_HEADER",
+                "CHATKIT_TRUSTED_PROXIES is set, so name the header the proxy sets, "
+                "e.g. X-Forwarded-User",
+            )
+
         return cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -243,7 +300,14 @@ class Settings:
             workflows_path=workflows_path,
             workflows_file=workflows_file,
             local_model=local_model,  # type: ignore[arg-type]  # checked above
-            admin_key=get("CHATKIT_ADMIN_KEY"),
+            admin_key=_admin_key(get("CHATKIT_ADMIN_KEY")),
+            jwt_secret=_jwt_secret(get("CHATKIT_JWT_SECRET")),
+            jwt_public_key=_pem_file(get("CHATKIT_JWT_PUBLIC_KEY")),
+            jwt_audience=get("CHATKIT_JWT_AUDIENCE"),
+            jwt_issuer=get("CHATKIT_JWT_ISSUER"),
+            trusted_user_header=trusted_header,
+            trusted_proxies=trusted_proxies,
+            user_rate_limit=_int(env, "CHATKIT_RATE_LIMIT", DEFAULT_USER_RATE_LIMIT, minimum=0),
             cors_origins=origins,
             max_body_bytes=_int(
                 env, "CHATKIT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024
@@ -254,6 +318,78 @@ class Settings:
             titles=_bool(env, "CHATKIT_TITLES", default=True),
             log_level=log_level,
         )
+
+
+# Short secrets can be guessed offline from a token signed with them (HS256)
+# or online against the REST API.
+_MIN_SECRET_LENGTH = 32
+
+
+def _admin_key(value: str | None) -> str | None:
+    if value is not None and len(value) < _MIN_SECRET_LENGTH:
+        raise SettingsError(
+            "CHATKIT_ADMIN_KEY",
+            f"expected at least {_MIN_SECRET_LENGTH} characters; make one with "
+            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+        )
+    return value
+
+
+def _jwt_secret(value: str | None) -> str | None:
+    if value is not None and len(value.encode()) < _MIN_SECRET_LENGTH:
+        raise SettingsError(
+            "CHATKIT_JWT_SECRET",
+            f"expected at least {_MIN_SECRET_LENGTH} bytes (RFC 7518 asks for 256 bits for HS256)",
+        )
+    return value
+
+
+def _pem_file(path: str | None) -> str | None:
+    """The text of the PEM public key file at ``path``."""
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SettingsError(
+            "CHATKIT_JWT_PUBLIC_KEY", f"cannot read {path}: {exc.strerror or exc}"
+        ) from None
+    except UnicodeDecodeError:
+        text = ""
+    try:
+        key = serialization.load_pem_public_key(text.encode())
+    except ValueError:
+        raise SettingsError(
+            "CHATKIT_JWT_PUBLIC_KEY",
+            f"{path} is not a PEM public key (expected a '-----BEGIN PUBLIC KEY-----' block)",
+        ) from None
+    if not (
+        isinstance(key, rsa.RSAPublicKey)
+        or (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1))
+    ):
+        raise SettingsError(
+            "CHATKIT_JWT_PUBLIC_KEY",
+            f"{path} holds a key JWTs cannot use here; expected an RSA public key (RS256) "
+            "or an EC P-256 one (ES256)",
+        )
+    return text
+
+
+def _networks(value: str | None) -> tuple[str, ...]:
+    """Comma-separated addresses or networks, each checked and normalised."""
+    networks = []
+    for part in (value or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise SettingsError(
+                "CHATKIT_TRUSTED_PROXIES",
+                f"{part!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8)",
+            ) from None
+    return tuple(networks)
 
 
 def _normalise_database_url(url: str) -> str:

@@ -542,11 +542,3 @@ def test_each_command_lists_only_the_environment_it_uses(
         assert f"  {name} " in out
     for name in not_listed:
         assert name not in out
-
-
-def test_the_admin_key_is_not_promised_until_the_rest_api_exists(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    assert "CHATKIT_ADMIN_KEY" not in (_REPO / "README.md").read_text()
-    assert "CHATKIT_ADMIN_KEY" not in _help(capsys)
-    assert "CHATKIT_ADMIN_KEY" not in _help(capsys, "serve")

@@ -30,7 +30,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
             "CHATKIT_LLM_TIMEOUT": "2.5",
             "CHATKIT_LLM_MAX_RETRIES": "3",
             "CHATKIT_WORKFLOWS": str(workflows),
-            "CHATKIT_ADMIN_KEY": "sekret",
+            "CHATKIT_ADMIN_KEY": "k" * 32,
             "CHATKIT_CORS_ORIGINS": "http://a.test, http://b.test,",
             "CHATKIT_TRACING": "yes",
         }

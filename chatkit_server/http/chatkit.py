@@ -10,7 +10,6 @@ from chatkit.types import ErrorEvent
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from chatkit_server.context import RequestContext
 from chatkit_server.errors import InvalidCursorError, NotFoundError, RequestError, StoreError
 from chatkit_server.http.body import read_body
 from chatkit_server.http.errors import error_response
@@ -30,11 +29,12 @@ async def chatkit_endpoint(request: Request) -> Response:
     """Answer one ChatKit protocol request (JSON, or an SSE stream)."""
     state = get_state(request)
     try:
+        # Who is asking comes first: nothing is read or stored for a stranger.
+        context = await state.auth.authenticate(request)
         body = await read_body(request, state.settings.max_body_bytes)
-        context = RequestContext()
         result = await state.server.handle(body, context)
     except RequestError as exc:
-        return error_response(exc.status_code, exc.message, code=exc.code)
+        return error_response(exc.status_code, exc.message, code=exc.code, headers=exc.headers)
     except NotFoundError:
         return error_response(404, "No such thread, item or attachment.", code="not_found")
     except InvalidCursorError:

@@ -6,10 +6,13 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from chatkit_server.http.auth import Authenticator
 from chatkit_server.llm.backends import BackendRegistry
 from chatkit_server.protocol.server import ChatKitApp
 from chatkit_server.settings import Settings
 from chatkit_server.store import Database, SQLStore
+from chatkit_server.store.gate import RequestGate
+from chatkit_server.store.sessions import SessionStore
 
 __all__ = ["AppState", "get_state"]
 
@@ -23,6 +26,9 @@ class AppState:
     store: SQLStore
     backends: BackendRegistry
     server: ChatKitApp
+    auth: Authenticator
+    gate: RequestGate
+    sessions: SessionStore | None
 
 
 def get_state(request: Request) -> AppState:

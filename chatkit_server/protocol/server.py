@@ -45,6 +45,7 @@ from chatkit_server.context import RequestContext
 from chatkit_server.errors import RequestError, StoreError
 from chatkit_server.llm.local_model import no_backend_message
 from chatkit_server.llm.repair import repair_run
+from chatkit_server.protocol.admission import admit, release, releasing
 from chatkit_server.protocol.checks import (
     THREAD_WORKFLOW_KEY,
     RequestChecks,
@@ -55,6 +56,7 @@ from chatkit_server.protocol.converter import HistoryConverter
 from chatkit_server.protocol.events import StreamFixer
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore, UsageRecord, UsageStore, decode_item
+from chatkit_server.store.gate import RequestGate
 from chatkit_server.workflows.history import HistoryCache, HistoryEntry, fit_history
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from chatkit_server.workflows.titles import make_title
@@ -95,6 +97,8 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         usage: Where token usage of each answer is recorded.
         workflows: The workflows that can answer.
         settings: Server settings (history size, tracing).
+        gate: Rate limits and thread leases (a new one on the store's database
+            when omitted).
     """
 
     def __init__(
@@ -104,8 +108,10 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         usage: UsageStore,
         workflows: WorkflowRegistry,
         settings: Settings,
+        gate: RequestGate | None = None,
     ) -> None:
         super().__init__(store=store, attachment_store=store)
+        self.gate = gate or RequestGate(store.database)
         self.sql_store = store
         self.usage = usage
         self.workflows = workflows
@@ -128,15 +134,25 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         """Check a request completely, then process it.
 
         Raises:
-            RequestError: The request is malformed or cannot be served.
+            RequestError: The request is malformed or cannot be served (400),
+                over the rate limit (429), or on a thread that is answering (409).
             NotFoundError: It names a thread, item or attachment the user does not have.
         """
         request = parse_request(body)
         context = self.checks.choose_workflow(request, context)
-        await self.checks.check(request, context)
-        # Not self.process(): it would parse the body a second time, with a
-        # validator it builds anew on every call (milliseconds of CPU).
-        return await compat.process_parsed(self, request, context)
+        context, lease = await admit(self.gate, request, context)
+        try:
+            await self.checks.check(request, context)
+            # Not self.process(): it would parse the body a second time, with a
+            # validator it builds anew on every call (milliseconds of CPU).
+            result = await compat.process_parsed(self, request, context)
+        except BaseException:
+            if lease is not None:
+                await release(self.gate, lease)
+            raise
+        if lease is not None and isinstance(result, StreamingResult):
+            return StreamingResult(releasing(result.json_events, self.gate, lease))
+        return result
 
     def workflow_of(self, thread: ThreadMetadata, context: RequestContext) -> Workflow:
         """The workflow that answers a thread: the one it remembers, else the request's."""
@@ -187,7 +203,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             agent_input,
             context=agent_context,
             run_config=RunConfig(
-                tracing_disabled=not self.settings.tracing,
+                tracing_disabled=not (self.settings.tracing and context.tracing),
                 workflow_name=f"chatkit:{workflow.id}",
                 model_settings=run_settings,
             ),
@@ -222,10 +238,10 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                     # request would compete with the answer's for the first
                     # token (and, with many new threads at once, for the CPU).
                     wants_title = False
-                    title_task = self._start_title(thread, workflow, answer.history)
+                    title_task = self._start_title(thread, workflow, answer.history, context)
             finished = True
             if wants_title:  # an answer without content still names the thread
-                title_task = self._start_title(thread, workflow, answer.history)
+                title_task = self._start_title(thread, workflow, answer.history, context)
         finally:
             if not finished:
                 # The SDK never cancels the run on its own: without this the
@@ -252,10 +268,14 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         thread.metadata[THREAD_WORKFLOW_KEY] = workflow.id
 
     def _start_title(
-        self, thread: ThreadMetadata, workflow: Workflow, history: list[ThreadItem]
+        self,
+        thread: ThreadMetadata,
+        workflow: Workflow,
+        history: list[ThreadItem],
+        context: RequestContext,
     ) -> asyncio.Task[str] | None:
         """Start writing a title alongside the first answer of an untitled thread."""
-        if not self.settings.titles or thread.title:
+        if not self.settings.titles or not context.limits.titles or thread.title:
             return None
         users = [item for item in history if isinstance(item, UserMessageItem)]
         if len(users) != 1:
@@ -264,7 +284,9 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             part.text for part in users[0].content if isinstance(part, UserMessageTextContent)
         )
         model = workflow.backend.model(workflow.title_model or workflow.model)
-        return asyncio.create_task(make_title(model, text, tracing=self.settings.tracing))
+        return asyncio.create_task(
+            make_title(model, text, tracing=self.settings.tracing and context.tracing)
+        )
 
     async def _apply_title(self, thread: ThreadMetadata, task: asyncio.Task[str]) -> None:
         # The answer is complete; wait a bounded time for the title so a slow

@@ -37,10 +37,10 @@ the same file.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -121,6 +121,8 @@ def for_writes(engine: AsyncEngine) -> AsyncEngine:
     """
     return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
 
+
+_T = TypeVar("_T")
 
 Parameters = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 """A statement's bind parameters: one set, or one per row (executemany)."""
@@ -330,6 +332,24 @@ class Database:
             # begin(): commit when the block succeeds, roll back when it raises.
             async with self._write_engine.begin() as connection:
                 yield connection
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise _translate(exc) from exc
+
+    async def run_write(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` (synchronous statements) in one write transaction.
+
+        On SQLite that is one hand-off to the writer thread for all of
+        ``work``'s statements; on PostgreSQL each statement is still a round
+        trip of its own (one statement is the way to spend one).
+
+        Raises:
+            StoreError: The database failed (driver errors are translated).
+        """
+        try:
+            if self._sqlite is not None:
+                return await self._sqlite.run_write(work)
+            async with self._write_engine.begin() as connection:
+                return await connection.run_sync(work)
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             raise _translate(exc) from exc
 

@@ -100,6 +100,11 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         self._item_upsert = guarded_item_upsert(database.dialect)
         self._thread_upsert = owned_thread_upsert(database.dialect)
 
+    @property
+    def database(self) -> Database:
+        """The database the store keeps everything in."""
+        return self._db
+
     def set_upload_base_url(self, url: str) -> None:
         """Change the base URL of upload and preview URLs (known after start-up)."""
         self._upload_base_url = url.rstrip("/")
@@ -107,8 +112,11 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
     # -- ids -------------------------------------------------------------------
 
     def generate_thread_id(self, context: RequestContext) -> str:
-        """Return a new 128-bit, time-ordered thread id (``thr_...``)."""
-        return new_id(ID_PREFIXES["thread"])
+        """Return a new 128-bit, time-ordered thread id (``thr_...``).
+
+        The id admission chose for the request's new thread, if it chose one.
+        """
+        return context.new_thread_id or new_id(ID_PREFIXES["thread"])
 
     def generate_item_id(
         self, item_type: StoreItemType, thread: ThreadMetadata, context: RequestContext

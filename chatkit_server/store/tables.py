@@ -27,7 +27,10 @@ __all__ = [
     "attachments",
     "feedback",
     "metadata",
+    "rate_counts",
+    "sessions",
     "thread_items",
+    "thread_leases",
     "threads",
     "usage",
 ]
@@ -138,4 +141,47 @@ usage = sa.Table(
     sa.Index("ix_usage_thread_id_seq", "thread_id", "seq"),
     sa.Index("ix_usage_user_id_seq", "user_id", "seq"),
     sqlite_autoincrement=True,
+)
+
+# Sessions minted by the REST API. Only a keyed hash of the client secret is
+# kept: a copy of the database does not sign anyone in. Times are Unix
+# seconds, as the REST API reports them.
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(ID_LENGTH), primary_key=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_id", sa.String(_USER_LENGTH), nullable=False),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", sa.BigInteger(), nullable=False),
+    sa.Column("cancelled_at", sa.BigInteger(), nullable=True),
+    # workflow, rate limit and chatkit_configuration as the REST API resolved them
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Index("ix_sessions_expires_at", "expires_at"),
+)
+
+# Requests counted per rate-limit key (a session, a user) and clock minute,
+# in the database so that every worker process and replica counts together.
+rate_counts = sa.Table(
+    "rate_counts",
+    metadata,
+    sa.Column("subject", sa.String(_USER_LENGTH + 16), nullable=False),
+    sa.Column("minute", sa.BigInteger(), nullable=False),
+    sa.Column("count", sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint("subject", "minute"),
+)
+
+# One answer at a time per thread, across processes: a lease that its holder
+# renews while the answer streams and deletes at its end. A crashed holder's
+# lease runs out by itself. No foreign key: a new thread's lease is taken
+# before the thread row is written.
+thread_leases = sa.Table(
+    "thread_leases",
+    metadata,
+    sa.Column("thread_id", sa.String(ID_LENGTH), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("token", sa.String(64), nullable=False),
+    # Unix milliseconds
+    sa.Column("expires_at", sa.BigInteger(), nullable=False),
+    sa.Index("ix_thread_leases_holder", "holder"),
 )

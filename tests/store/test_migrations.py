@@ -22,7 +22,7 @@ from chatkit_server.store.database import create_engine
 from chatkit_server.store.tables import metadata
 from tests.conftest import DatabaseTarget
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 async def _in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -86,6 +86,8 @@ async def test_upgrade_logs_and_leaves_app_logging_alone(
     assert messages == [
         "upgraded empty -> 0001: Initial schema: threads, thread items, attachments and feedback.",
         "upgraded 0001 -> 0002: Token usage per answer.",
+        "upgraded 0002 -> 0003: Sign-in: sessions, rate-limit counts and per-thread answer "
+        "leases.",
     ]
     assert capsys.readouterr().out == ""
     assert not app_logger.disabled

@@ -1,0 +1,144 @@
+"""Admission: the rate limit and one answer per thread, before anything runs.
+
+Every request that writes counts against its user's or session's limit
+(reads do not: opening the history panel must not use up a user's
+messages). A request that starts an answer takes its thread's lease; a
+second answer on a thread that is still answering gets a 409 before any
+stream starts, in every worker process and replica (the lease is a row).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
+from typing import Final
+
+import anyio
+from chatkit.types import (
+    ChatKitReq,
+    ItemsListReq,
+    ThreadsAddClientToolOutputReq,
+    ThreadsAddStructuredInputReq,
+    ThreadsAddUserMessageReq,
+    ThreadsCreateReq,
+    ThreadsCustomActionReq,
+    ThreadsGetByIdReq,
+    ThreadsListReq,
+    ThreadsRetryAfterItemReq,
+)
+
+from chatkit_server.context import RequestContext
+from chatkit_server.errors import RequestError, StoreError
+from chatkit_server.store.gate import LEASE_SECONDS, Lease, RequestGate
+from chatkit_server.store.ids import ID_PREFIXES, new_id
+from chatkit_server.store.statements import thread_not_found
+
+__all__ = ["RELEASE_SECONDS", "admit", "release", "releasing"]
+
+logger = logging.getLogger(__name__)
+
+# Reads: not counted against the rate limit.
+_READS: Final = (ThreadsGetByIdReq, ThreadsListReq, ItemsListReq)
+
+_ANSWERS_ON_THREAD: Final = (
+    ThreadsAddUserMessageReq,
+    ThreadsAddClientToolOutputReq,
+    ThreadsAddStructuredInputReq,
+    ThreadsRetryAfterItemReq,
+    ThreadsCustomActionReq,
+)
+
+# A lease held by an answer that is sending its last events is released a
+# moment later: a client that sends its next request on the last event
+# (before the response ends) waits this long rather than get a 409.
+_BUSY_RETRIES: Final = (0.05, 0.1, 0.2)
+
+RELEASE_SECONDS: Final = 5.0
+"""Upper bound for releasing a lease after its answer ends (the client may be gone)."""
+
+
+async def admit(
+    gate: RequestGate, request: ChatKitReq, context: RequestContext
+) -> tuple[RequestContext, Lease | None]:
+    """Count ``request`` and lease its thread if it starts an answer.
+
+    Returns:
+        The context (with the id of a thread ``threads.create`` will make)
+        and the lease, which the caller must release.
+
+    Raises:
+        RequestError: 429 over the rate limit, 409 the thread is answering.
+        NotFoundError: The thread does not exist for this user.
+    """
+    subject = None if isinstance(request, _READS) else context.rate_subject
+    thread_id: str | None = None
+    new_thread = isinstance(request, ThreadsCreateReq)
+    if new_thread:
+        thread_id = new_id(ID_PREFIXES["thread"])
+        context = replace(context, new_thread_id=thread_id)
+    elif isinstance(request, _ANSWERS_ON_THREAD):
+        thread_id = request.params.thread_id
+    if subject is None and thread_id is None:
+        return context, None
+    admission = await gate.admit(
+        subject=subject,
+        limit=context.rate_limit,
+        thread_id=thread_id,
+        user_id=context.user_id,
+        new_thread=new_thread,
+    )
+    if (
+        subject is not None
+        and context.rate_limit is not None
+        and admission.count > context.rate_limit
+    ):
+        raise RequestError(
+            429,
+            f"Rate limit reached: {context.rate_limit} requests a minute. "
+            f"Try again in {admission.retry_after} s.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(admission.retry_after)},
+        )
+    if thread_id is None or admission.lease is not None:
+        return context, admission.lease
+    if not await gate.thread_exists(thread_id, context.user_id):
+        raise thread_not_found(thread_id)
+    for delay in _BUSY_RETRIES:
+        await anyio.sleep(delay)
+        lease = await gate.lease_again(thread_id, context.user_id)
+        if lease is not None:
+            return context, lease
+    raise RequestError(
+        409,
+        "This thread is still answering; wait for the answer to finish (or stop it) first.",
+        code="thread_busy",
+    )
+
+
+async def releasing(
+    events: AsyncIterator[bytes], gate: RequestGate, lease: Lease
+) -> AsyncGenerator[bytes, None]:
+    """``events``, then the lease released: before the response ends, whatever ends it."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        await release(gate, lease)
+
+
+async def release(gate: RequestGate, lease: Lease) -> None:
+    """Release ``lease``, even in a cancelled task, within :data:`RELEASE_SECONDS`.
+
+    A failure is logged, not raised: the lease then runs out by itself.
+    """
+    with anyio.CancelScope(shield=True, deadline=anyio.current_time() + RELEASE_SECONDS):
+        try:
+            await gate.release(lease)
+        except StoreError as exc:
+            logger.warning(
+                "could not release the answer lease of thread %s (%s); it runs out in %d s",
+                lease.thread_id,
+                exc,
+                LEASE_SECONDS,
+            )

@@ -1,0 +1,293 @@
+"""Admission of a request: its rate-limit count and its thread's answer lease.
+
+Both live in the database, so every worker process and every replica on one
+database enforce one limit and one answer per thread:
+
+- **rate counts**: one row per subject (a session, a user) and clock minute,
+  incremented by an upsert that returns the new count;
+- **answer leases**: one row per thread that is answering, held by a
+  process (``holder``) for one request (``token``) until ``expires_at``.
+  The holder renews its leases while they stream (:meth:`RequestGate.renew`)
+  and deletes each when its answer ends; a crashed holder's leases run out
+  within :data:`LEASE_SECONDS`, so no thread stays locked.
+
+Admission costs one round trip: on PostgreSQL a single statement (the count
+and the lease as data-modifying CTEs), on SQLite both statements in one
+transaction on the writer thread. A request over its limit takes no lease.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from chatkit_server.store.database import Database
+from chatkit_server.store.statements import OWNED_THREAD, REQUIRE_THREAD
+from chatkit_server.store.tables import rate_counts, thread_leases
+
+__all__ = ["LEASE_SECONDS", "Admission", "Lease", "RequestGate"]
+
+LEASE_SECONDS: Final = 20.0
+"""How long a lease lasts without renewal: the longest a crash can lock a thread."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to answer on one thread, until released."""
+
+    thread_id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admission:
+    """What the gate decided about a request.
+
+    Attributes:
+        count: The subject's requests this minute, this one included (0: not counted).
+        retry_after: Seconds until the minute ends (for ``Retry-After``).
+        lease: The thread's lease, when one was asked for and taken.
+    """
+
+    count: int = 0
+    retry_after: int = 0
+    lease: Lease | None = None
+
+
+class RequestGate:
+    """Counts requests and leases threads, for one process.
+
+    Args:
+        database: Where counts and leases live.
+        holder: This process's name on its leases (unique per process).
+    """
+
+    def __init__(self, database: Database, *, holder: str | None = None) -> None:
+        self._db = database
+        self.holder = holder or secrets.token_hex(8)
+        self._held = 0
+        dialect = database.dialect
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        count = insert(rate_counts).values(
+            subject=sa.bindparam("subject"), minute=sa.bindparam("minute"), count=1
+        )
+        self._count = count.on_conflict_do_update(
+            index_elements=["subject", "minute"],
+            set_={"count": rate_counts.c.count + 1},
+        ).returning(rate_counts.c.count)
+        self._pg_admit = _postgres_admit() if dialect == "postgresql" else None
+        self._lease_existing = _lease_statement(dialect, existing=True)
+        self._lease_new = _lease_statement(dialect, existing=False)
+
+    @property
+    def held(self) -> int:
+        """How many leases this process holds now."""
+        return self._held
+
+    async def admit(
+        self,
+        *,
+        subject: str | None,
+        limit: int | None,
+        thread_id: str | None = None,
+        user_id: str = "",
+        new_thread: bool = False,
+    ) -> Admission:
+        """Count the request against ``subject`` and lease ``thread_id``, in one round trip.
+
+        Args:
+            subject: Whose requests are counted (``None``: not counted).
+            limit: The subject's requests per minute; no lease is taken past it.
+            thread_id: The thread to lease (``None``: no lease).
+            user_id: The thread's owner: another user's thread is never leased.
+            new_thread: The thread is being created (it has no row yet).
+
+        Returns:
+            The count and, if taken, the lease. No lease for a thread that
+            does not exist for ``user_id``, that is leased already, or when
+            the count is over ``limit``: the caller tells these apart.
+        """
+        now = time.time()
+        minute = int(now // 60)
+        token = secrets.token_hex(16)
+        parameters: dict[str, Any] = {
+            "subject": subject or "",
+            "minute": minute,
+            "limit": limit if limit is not None and subject is not None else 2**31 - 1,
+            "thread_id": thread_id or "",
+            "user_id": user_id,
+            "holder": self.holder,
+            "token": token,
+            "now": _millis(now),
+            "expires_at": _millis(now + LEASE_SECONDS),
+        }
+        retry_after = max(1, (minute + 1) * 60 - int(now))
+        lease_statement = self._lease_existing if not new_thread else self._lease_new
+        if self._pg_admit is not None and subject is not None and thread_id is not None:
+            row: Any = (await self._db.write_one(self._pg_admit[new_thread], parameters))[0]
+            count, taken = int(row[0]), row[1]  # (Row.count is tuple.count)
+        else:
+
+            def work(connection: Connection) -> tuple[int, Any]:
+                counted = 0
+                if subject is not None:
+                    counted = int(connection.execute(self._count, parameters).scalar_one())
+                    if counted > parameters["limit"]:
+                        return counted, None
+                if thread_id is None:
+                    return counted, None
+                return counted, connection.execute(lease_statement, parameters).scalar()
+
+            if self._db.dialect == "sqlite":
+                count, taken = await self._db.run_write(work)
+            else:
+                count, taken = await self._postgres_single(
+                    subject, thread_id, lease_statement, parameters
+                )
+        lease = None
+        if taken is not None:
+            lease = Lease(thread_id or "", token)
+            self._held += 1
+        return Admission(count=count, retry_after=retry_after, lease=lease)
+
+    async def _postgres_single(
+        self,
+        subject: str | None,
+        thread_id: str | None,
+        lease_statement: sa.Executable,
+        parameters: dict[str, Any],
+    ) -> tuple[int, Any]:
+        """One statement of the two (only a count, or only a lease)."""
+        if subject is not None:
+            rows = await self._db.write_one(self._count, parameters)
+            return int(rows[0][0]), None
+        if thread_id is not None:
+            rows = await self._db.write_one(lease_statement, parameters)
+            return 0, rows[0][0] if rows else None
+        return 0, None
+
+    async def thread_exists(self, thread_id: str, user_id: str) -> bool:
+        """Whether ``user_id`` has the thread (to tell a missing thread from a busy one)."""
+        async with self._db.read() as session:
+            return bool(
+                await session.scalar(REQUIRE_THREAD, {"thread_id": thread_id, "user_id": user_id})
+            )
+
+    async def lease_again(self, thread_id: str, user_id: str) -> Lease | None:
+        """Try once more for a thread's lease (no counting): a finishing answer may free it."""
+        token = secrets.token_hex(16)
+        now = time.time()
+        rows = await self._db.write_one(
+            self._lease_existing,
+            {
+                "thread_id": thread_id,
+                "user_id": user_id,
+                "holder": self.holder,
+                "token": token,
+                "now": _millis(now),
+                "expires_at": _millis(now + LEASE_SECONDS),
+            },
+        )
+        if not rows:
+            return None
+        self._held += 1
+        return Lease(thread_id, token)
+
+    async def release(self, lease: Lease) -> None:
+        """End an answer's lease (only this request's: a token names it)."""
+        self._held = max(0, self._held - 1)
+        await self._db.write_one(
+            sa.delete(thread_leases).where(
+                thread_leases.c.thread_id == lease.thread_id,
+                thread_leases.c.token == lease.token,
+            )
+        )
+
+    async def renew(self) -> None:
+        """Extend every lease this process holds by :data:`LEASE_SECONDS` from now."""
+        if self._held == 0:
+            return
+        await self._db.write_one(
+            sa.update(thread_leases)
+            .where(thread_leases.c.holder == self.holder)
+            .values(expires_at=_millis(time.time() + LEASE_SECONDS))
+        )
+
+    async def sweep(self) -> None:
+        """Delete counts of past minutes and leases that ran out."""
+        now = time.time()
+        async with self._db.write() as session:
+            await session.execute(
+                sa.delete(rate_counts).where(rate_counts.c.minute < int(now // 60) - 1)
+            )
+            await session.execute(
+                sa.delete(thread_leases).where(thread_leases.c.expires_at < _millis(now))
+            )
+
+
+def _millis(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+_LEASE_VALUES: Final = ("thread_id", "holder", "token", "expires_at")
+
+
+def _lease_statement(dialect: str, *, existing: bool) -> sa.Executable:
+    """Take a thread's lease unless a live one is held; ``RETURNING token``.
+
+    For an existing thread the owner check rides along (``WHERE EXISTS``);
+    a new thread has no row yet, and its id was just made by the server.
+    """
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(thread_leases)
+    # SQLite needs a WHERE on an INSERT ... SELECT ... ON CONFLICT (its parser
+    # would read ON as a join otherwise).
+    source: Any = sa.select(*(sa.bindparam(name) for name in _LEASE_VALUES)).where(
+        OWNED_THREAD if existing else sa.true()
+    )
+    upsert = insert.from_select(_LEASE_VALUES, source).on_conflict_do_update(
+        index_elements=["thread_id"],
+        set_={name: insert.excluded[name] for name in ("holder", "token", "expires_at")},
+        where=thread_leases.c.expires_at < sa.bindparam("now"),
+    )
+    return upsert.returning(thread_leases.c.token)
+
+
+def _postgres_admit() -> dict[bool, sa.TextClause]:
+    """The count and the lease in one PostgreSQL statement (two data-modifying CTEs).
+
+    The lease is taken only if the new count is within the limit. Keyed by
+    ``new_thread``.
+    """
+    owned = (
+        "EXISTS (SELECT 1 FROM threads WHERE threads.id = :thread_id"
+        " AND threads.user_id = :user_id)"
+    )
+    statements = {}
+    for new_thread in (False, True):
+        condition = "TRUE" if new_thread else owned
+        statements[new_thread] = sa.text(
+            f"""
+            WITH counted AS (
+                INSERT INTO rate_counts (subject, minute, count) VALUES (:subject, :minute, 1)
+                ON CONFLICT (subject, minute) DO UPDATE SET count = rate_counts.count + 1
+                RETURNING count
+            ), leased AS (
+                INSERT INTO thread_leases (thread_id, holder, token, expires_at)
+                SELECT :thread_id, :holder, :token, :expires_at
+                WHERE {condition} AND (SELECT count FROM counted) <= :limit
+                ON CONFLICT (thread_id) DO UPDATE
+                SET holder = excluded.holder, token = excluded.token,
+                    expires_at = excluded.expires_at
+                WHERE thread_leases.expires_at < :now
+                RETURNING token
+            )
+            SELECT (SELECT count FROM counted) AS count, (SELECT token FROM leased) AS token
+            """
+        )
+    return statements
