@@ -25,6 +25,8 @@ class SessionLimits:
         uploads: Whether attachments may be created.
         max_file_bytes: Largest attachment, in bytes (``None``: the server's limit).
         max_files: Most attachments the session may create (``None``: no limit).
+        files_since: When the session began (Unix seconds): attachments the
+            user created from then on count towards ``max_files``.
         history: Whether earlier threads are listed.
         recent_threads: Most threads a listing shows, newest first (``None``: all).
     """
@@ -33,6 +35,7 @@ class SessionLimits:
     uploads: bool = True
     max_file_bytes: int | None = None
     max_files: int | None = None
+    files_since: int | None = None
     history: bool = True
     recent_threads: int | None = None
 

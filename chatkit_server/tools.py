@@ -3,6 +3,9 @@
 Example, in a workflows file::
 
     tools = ["chatkit_server.tools:current_time"]
+
+A tool of your own that needs the session's workflow state variables takes
+the run context first and reads them with :func:`state_variables`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["current_time"]
+from chatkit_server.workflows.state import state_variables
+
+__all__ = ["current_time", "state_variables"]
 
 
 def current_time(timezone: str = "UTC") -> str:

@@ -14,6 +14,7 @@ import json
 from dataclasses import replace
 
 from chatkit.types import (
+    AttachmentsCreateReq,
     AttachmentsDeleteReq,
     ChatKitReq,
     ClientToolCallItem,
@@ -119,6 +120,15 @@ class RequestChecks:
         was created with.
         """
         requested = request.metadata.get("workflow")
+        if context.session_id is not None:
+            # A session is minted for one workflow: the front end cannot pick another.
+            if requested is not None and requested != context.workflow_id:
+                raise RequestError(
+                    400,
+                    f"This session is for workflow {context.workflow_id!r}, "
+                    f"not {requested!r}; mint a session for the other workflow.",
+                )
+            return context
         if requested is None:
             if context.workflow_id in self.workflows:
                 return context
@@ -140,6 +150,29 @@ class RequestChecks:
                 400,
                 f"Workflow {workflow.id!r} has no tool {options.tool_choice.id!r}.",
             )
+
+    async def _check_upload(self, size: int, context: RequestContext) -> None:
+        """A session's ``file_upload`` configuration: on, size, number of files."""
+        limits = context.limits
+        if not limits.uploads:
+            raise RequestError(
+                403, "File uploads are turned off for this session.", code="uploads_disabled"
+            )
+        if limits.max_file_bytes is not None and size > limits.max_file_bytes:
+            raise RequestError(
+                413,
+                f"The file is larger than this session allows "
+                f"({limits.max_file_bytes // (1024 * 1024)} MB).",
+                code="too_large",
+            )
+        if limits.max_files is not None and limits.files_since is not None:
+            made = await self.store.count_attachments(since=limits.files_since, context=context)
+            if made >= limits.max_files:
+                raise RequestError(
+                    403,
+                    f"This session may upload at most {limits.max_files} files.",
+                    code="too_many_files",
+                )
 
     async def check(self, request: ChatKitReq, context: RequestContext) -> None:
         """Check everything about ``request`` that can fail before its answer starts.
@@ -200,6 +233,8 @@ class RequestChecks:
                     )
                     if not isinstance(item, WidgetItem):
                         raise RequestError(400, "Actions can only be sent from a widget item.")
+            case AttachmentsCreateReq():
+                await self._check_upload(request.params.size, context)
             case AttachmentsDeleteReq():
                 # The store's delete is idempotent; the client still deserves
                 # to hear that the id was never theirs.

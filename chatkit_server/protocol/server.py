@@ -59,6 +59,7 @@ from chatkit_server.store import SQLStore, UsageRecord, UsageStore, decode_item
 from chatkit_server.store.gate import RequestGate
 from chatkit_server.workflows.history import HistoryCache, HistoryEntry, fit_history
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
+from chatkit_server.workflows.state import render
 from chatkit_server.workflows.titles import make_title
 from chatkit_server.workflows.tool_tasks import show_tool_tasks
 
@@ -189,7 +190,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         agent_input = fit_history(
             await self.converter.history_input(entries),
             budget=budget,
-            instructions=workflow.instructions,
+            instructions=render(workflow.instructions, context.state_variables),
         )
         agent_context = AgentContext[RequestContext](
             thread=thread, store=self.store, request_context=context

@@ -264,9 +264,10 @@ def _postgres_admit() -> dict[bool, sa.TextClause]:
     The lease is taken only if the new count is within the limit. Keyed by
     ``new_thread``.
     """
+    # Typed: asyncpg refuses a parameter it sees with two inferred types.
     owned = (
-        "EXISTS (SELECT 1 FROM threads WHERE threads.id = :thread_id"
-        " AND threads.user_id = :user_id)"
+        "EXISTS (SELECT 1 FROM threads WHERE threads.id = CAST(:thread_id AS VARCHAR)"
+        " AND threads.user_id = CAST(:user_id AS VARCHAR))"
     )
     statements = {}
     for new_thread in (False, True):
@@ -274,17 +275,19 @@ def _postgres_admit() -> dict[bool, sa.TextClause]:
         statements[new_thread] = sa.text(
             f"""
             WITH counted AS (
-                INSERT INTO rate_counts (subject, minute, count) VALUES (:subject, :minute, 1)
+                INSERT INTO rate_counts (subject, minute, count)
+                VALUES (CAST(:subject AS VARCHAR), CAST(:minute AS BIGINT), 1)
                 ON CONFLICT (subject, minute) DO UPDATE SET count = rate_counts.count + 1
                 RETURNING count
             ), leased AS (
                 INSERT INTO thread_leases (thread_id, holder, token, expires_at)
-                SELECT :thread_id, :holder, :token, :expires_at
-                WHERE {condition} AND (SELECT count FROM counted) <= :limit
+                SELECT CAST(:thread_id AS VARCHAR), CAST(:holder AS VARCHAR),
+                       CAST(:token AS VARCHAR), CAST(:expires_at AS BIGINT)
+                WHERE {condition} AND (SELECT count FROM counted) <= CAST(:limit AS INTEGER)
                 ON CONFLICT (thread_id) DO UPDATE
                 SET holder = excluded.holder, token = excluded.token,
                     expires_at = excluded.expires_at
-                WHERE thread_leases.expires_at < :now
+                WHERE thread_leases.expires_at < CAST(:now AS BIGINT)
                 RETURNING token
             )
             SELECT (SELECT count FROM counted) AS count, (SELECT token FROM leased) AS token

@@ -116,6 +116,7 @@ class SessionRecord:
             uploads=bool(upload.get("enabled", False)),
             max_file_bytes=None if max_mb is None else int(max_mb) * 1024 * 1024,
             max_files=upload.get("max_files"),
+            files_since=self.created_at,
             history=bool(history.get("enabled", True)),
             recent_threads=history.get("recent_threads"),
         )
@@ -244,11 +245,10 @@ class SessionStore:
     async def sweep(self) -> int:
         """Delete sessions that ended more than a day ago; return how many."""
         cutoff = int(time.time()) - RETENTION_SECONDS
-        async with self._db.write() as session:
-            result = await session.execute(
-                sa.delete(sessions).where(sessions.c.expires_at < cutoff)
-            )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        rows = await self._db.write_one(
+            sa.delete(sessions).where(sessions.c.expires_at < cutoff).returning(sessions.c.id)
+        )
+        return len(rows)
 
 
 def _record(row: sa.Row[Any]) -> SessionRecord:

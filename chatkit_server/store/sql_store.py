@@ -43,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import NotFoundError
-from chatkit_server.store.database import Database
+from chatkit_server.store.database import Database, Statements
 from chatkit_server.store.ids import ID_PREFIXES, new_id
 from chatkit_server.store.statements import (
     MAX_PAGE_SIZE,
@@ -167,6 +167,9 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
     ) -> Page[ThreadMetadata]:
         """Load a page of the caller's threads.
 
+        A session's ``history`` configuration narrows the listing: nothing
+        when history is off, only the ``recent_threads`` newest when set.
+
         Args:
             limit: Page size, clamped to ``1..MAX_PAGE_SIZE``.
             after: Id of the last thread of the previous page (exclusive).
@@ -176,11 +179,29 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             InvalidCursorError: ``after`` is not one of the caller's threads.
         """
+        limits = context.limits
+        if not limits.history or limits.recent_threads == 0:
+            return Page(data=[], has_more=False, after=None)
         scope = {"user_id": context.user_id}
         async with self._db.read() as session:
-            rows, has_more = await page(session, threads, scope, after, limit, order)
+            oldest: int | None = None
+            start = after
+            if limits.recent_threads is not None:
+                oldest, before_oldest = await _recent_bound(
+                    session, context.user_id, limits.recent_threads
+                )
+                if order == "asc" and after is None:
+                    start = before_oldest
+            rows, has_more = await page(
+                session, threads, scope, start, limit, order, ("id", "data", "seq")
+            )
             if not rows:
                 await check_cursor(session, threads, scope, after)
+        if oldest is not None:
+            kept = [row for row in rows if row.seq >= oldest]
+            if order == "desc":
+                has_more = has_more and len(kept) == len(rows) and kept[-1].seq > oldest
+            rows = kept
         return Page(
             data=[ThreadMetadata.model_validate_json(row.data) for row in rows],
             has_more=has_more,
@@ -450,6 +471,15 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
                 )
             )
 
+    async def count_attachments(self, *, since: int, context: RequestContext) -> int:
+        """How many attachments the caller has created since ``since`` (Unix seconds)."""
+        statement = sa.select(sa.func.count()).where(
+            attachments.c.user_id == context.user_id,
+            attachments.c.created_at >= datetime.fromtimestamp(since, UTC).replace(tzinfo=None),
+        )
+        async with self._db.read() as session:
+            return int(await session.scalar(statement) or 0)
+
     # -- feedback --------------------------------------------------------------
 
     async def add_feedback(
@@ -566,6 +596,27 @@ def decode_item(kind: str, data: str) -> ThreadItem:
     raw = json.loads(data)
     raw["widget"] = DynamicWidgetRoot.model_validate(raw["widget"])
     return WidgetItem.model_validate(raw)
+
+
+async def _recent_bound(session: Statements, user_id: str, recent: int) -> tuple[int, str | None]:
+    """The ``seq`` of the user's ``recent``-th newest thread, and the id of the one before it.
+
+    Threads older than the first are out of a listing limited to the
+    ``recent`` newest; the second is where an oldest-first listing starts
+    after (``None``: there is no older thread).
+    """
+    rows = (
+        await session.execute(
+            sa.select(threads.c.seq, threads.c.id)
+            .where(threads.c.user_id == user_id)
+            .order_by(threads.c.seq.desc())
+            .limit(2)
+            .offset(max(0, recent - 1))
+        )
+    ).all()
+    if not rows:
+        return 0, None
+    return rows[0].seq, rows[1].id if len(rows) > 1 else None
 
 
 def _utc_now() -> datetime:

@@ -20,6 +20,7 @@ from chatkit_server.llm.backends import DEFAULT_BACKEND, Backend, BackendRegistr
 from chatkit_server.settings import Settings
 from chatkit_server.workflows.client_tools import client_tool, stop_at_client_tools
 from chatkit_server.workflows.file import StarterPrompt, WorkflowSpec
+from chatkit_server.workflows.state import instructions_for
 from chatkit_server.workflows.tool_tasks import show_progress
 
 __all__ = [
@@ -99,7 +100,7 @@ class Workflow:
             settings = settings.resolve(ModelSettings(include_usage=True))
         return Agent(
             name=self.id,
-            instructions=self.instructions,
+            instructions=instructions_for(self.instructions),
             handoff_description=self.handoff_description,
             model=self.backend.model(self.model),
             model_settings=settings,
