@@ -153,3 +153,31 @@ async def sqlite_database(tmp_path: Path) -> AsyncIterator[Database]:
     await database.create_all()
     yield database
     await database.dispose()
+
+
+@pytest.fixture
+async def postgres_database_url() -> AsyncIterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test.
+
+    For servers in other processes, which take only a URL: a database of
+    their own keeps concurrent runs apart as the per-test schemas do.
+    """
+    if _postgres_failure:
+        _skip_or_fail_postgres(_postgres_failure[0])
+    name = f"chatkit_test_{secrets.token_hex(6)}"
+    admin = create_async_engine(
+        POSTGRES_URL, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={"timeout": 5}
+    )
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        await admin.dispose()
+        _postgres_failure.append(f"{type(exc).__name__}: {exc}")
+        _skip_or_fail_postgres(_postgres_failure[0])
+    try:
+        yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
