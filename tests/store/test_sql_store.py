@@ -50,7 +50,7 @@ from chatkit.widgets import WidgetTemplate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatkit_server.context import RequestContext
+from chatkit_server.context import RequestContext, SessionLimits
 from chatkit_server.errors import InvalidCursorError, NotFoundError, StoreError
 from chatkit_server.store import MAX_PAGE_SIZE, Database, SQLStore, decode_item, new_id
 from chatkit_server.store.tables import attachments, feedback, thread_items, threads
@@ -742,3 +742,50 @@ async def test_newest_items_walks_back_in_pages_and_stops_anywhere(
 
     with pytest.raises(NotFoundError):
         _ = [item async for item in store.newest_items(thread.id, 10, MALLORY)]
+
+
+# -- a session's history and upload limits -------------------------------------
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+@pytest.mark.parametrize("recent", [1, 3, 10])
+async def test_recent_threads_pages_only_the_newest(
+    store: SQLStore, order: str, recent: int
+) -> None:
+    made = [(await new_thread(store)).id for _ in range(5)]
+    await new_thread(store, MALLORY)  # another user's threads never count
+    limited = RequestContext(user_id="alice", limits=SessionLimits(recent_threads=recent))
+
+    seen: list[str] = []
+    after = None
+    while True:
+        page = await store.load_threads(2, after, order, limited)
+        seen += [thread.id for thread in page.data]
+        if not page.has_more:
+            break
+        after = page.after
+
+    newest = made[-recent:]
+    assert seen == (newest[::-1] if order == "desc" else newest)
+
+
+async def test_history_off_lists_nothing(store: SQLStore) -> None:
+    await new_thread(store)
+    for limits in (SessionLimits(history=False), SessionLimits(recent_threads=0)):
+        page = await store.load_threads(
+            10, None, "desc", RequestContext(user_id="alice", limits=limits)
+        )
+        assert page.data == []
+        assert not page.has_more
+
+
+async def test_count_attachments_counts_the_users_since_a_time(store: SQLStore) -> None:
+    start = int(datetime.now(UTC).timestamp()) - 1
+    for name in ("a.txt", "b.txt"):
+        attachment = await store.create_attachment(
+            AttachmentCreateParams(name=name, size=1, mime_type="text/plain"), ALICE
+        )
+        await store.save_attachment(attachment, ALICE)
+    assert await store.count_attachments(since=start, context=ALICE) == 2
+    assert await store.count_attachments(since=start + 3600, context=ALICE) == 0
+    assert await store.count_attachments(since=start, context=MALLORY) == 0
