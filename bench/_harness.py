@@ -161,23 +161,32 @@ def start_backend(*, tokens: int, delay: float, workdir: Path) -> Service:
 
 
 def start_server(
-    *, backend_url: str | None, database_url: str, workdir: Path, workers: int = 1
+    *,
+    backend_url: str | None,
+    database_url: str,
+    workdir: Path,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
 ) -> Service:
-    """Start ``chatkit-server serve [--workers N]`` as users run it, on ``database_url``."""
+    """Start ``chatkit-server serve [--workers N]`` as users run it, on ``database_url``.
+
+    ``env``: more ``CHATKIT_*`` settings (sign-in, say).
+    """
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATKIT_")}
-    env.update(
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CHATKIT_")}
+    environment.update(
         CHATKIT_DATA_DIR=str(workdir / "data"),
         CHATKIT_DATABASE_URL=database_url,
         CHATKIT_LOG_LEVEL="warning",
     )
     if backend_url is not None:
-        env["CHATKIT_LLM_BASE_URL"] = backend_url + "/v1"
+        environment["CHATKIT_LLM_BASE_URL"] = backend_url + "/v1"
+    environment.update(env or {})
     argv = [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)]
     if workers > 1:
         argv += ["--workers", str(workers)]
     log = workdir / f"server-{port}.log"
-    service = _spawn("chatkit server", argv, env, log, f"http://{HOST}:{port}")
+    service = _spawn("chatkit server", argv, environment, log, f"http://{HOST}:{port}")
     _wait_ready(service, "/healthz")
     return service
 

@@ -38,7 +38,9 @@ TARGET_RATIO = 2.0
 
 
 @contextmanager
-def postgres_database(admin_url: str, run: Runner, report: Report) -> Iterator[str | None]:
+def postgres_database(
+    admin_url: str, run: Runner, report: Report, figure: str = "lists-postgres"
+) -> Iterator[str | None]:
     """Create a fresh database on the server of ``admin_url``; drop it on exit.
 
     Yields None (after printing why) when PostgreSQL cannot be reached, so
@@ -49,7 +51,7 @@ def postgres_database(admin_url: str, run: Runner, report: Report) -> Iterator[s
         run(_admin(admin_url, f'CREATE DATABASE "{name}"'))
     except Exception as exc:
         reason = f"PostgreSQL at {admin_url} unavailable ({type(exc).__name__}: {exc})"
-        report.skipped("lists-postgres", reason)
+        report.skipped(figure, reason)
         yield None
         return
     try:

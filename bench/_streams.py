@@ -119,16 +119,25 @@ async def backend_stream(client: aiohttp.ClientSession, base_url: str) -> Timing
 
 
 async def chatkit_stream(
-    client: aiohttp.ClientSession, server_url: str, request_type: str, params: dict[str, Any]
+    client: aiohttp.ClientSession,
+    server_url: str,
+    request_type: str,
+    params: dict[str, Any],
+    *,
+    token: str | None = None,
 ) -> Timing:
-    """Send one streaming ChatKit request and read its SSE answer to the end."""
+    """Send one streaming ChatKit request and read its SSE answer to the end.
+
+    ``token``: a bearer credential (a session's client secret).
+    """
     content = json.dumps({"type": request_type, "params": params})
     timing = Timing()
     start = time.perf_counter()
     try:
-        async with client.post(
-            f"{server_url}/chatkit", data=content, headers=CHATKIT_HEADERS
-        ) as resp:
+        headers = CHATKIT_HEADERS
+        if token is not None:
+            headers = {**headers, "authorization": f"Bearer {token}"}
+        async with client.post(f"{server_url}/chatkit", data=content, headers=headers) as resp:
             if resp.status >= 300:
                 text = await resp.text()
                 timing.error = f"HTTP {resp.status}: {text[:200]}"
@@ -149,17 +158,25 @@ async def chatkit_stream(
     return timing
 
 
-async def create_thread(client: aiohttp.ClientSession, server_url: str, text: str) -> Timing:
+async def create_thread(
+    client: aiohttp.ClientSession, server_url: str, text: str, *, token: str | None = None
+) -> Timing:
     """``threads.create`` with a text message, streamed to the end."""
-    return await chatkit_stream(client, server_url, "threads.create", {"input": user_input(text)})
+    params = {"input": user_input(text)}
+    return await chatkit_stream(client, server_url, "threads.create", params, token=token)
 
 
 async def add_message(
-    client: aiohttp.ClientSession, server_url: str, thread_id: str, text: str
+    client: aiohttp.ClientSession,
+    server_url: str,
+    thread_id: str,
+    text: str,
+    *,
+    token: str | None = None,
 ) -> Timing:
     """``threads.add_user_message`` on an existing thread, streamed to the end."""
     params = {"thread_id": thread_id, "input": user_input(text)}
-    return await chatkit_stream(client, server_url, "threads.add_user_message", params)
+    return await chatkit_stream(client, server_url, "threads.add_user_message", params, token=token)
 
 
 async def chatkit_call(

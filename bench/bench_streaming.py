@@ -33,6 +33,11 @@ Figures (``--only`` names):
   against a ``GET /healthz`` round trip. PostgreSQL is
   ``$CHATKIT_TEST_POSTGRES_URL`` or ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``;
   a fresh database is created there and dropped afterwards.
+- ``sessions-ttft``: on PostgreSQL, the extra time to the first delta with a
+  session's client secret (credential, rate count, thread lease) against a
+  server with sign-in off, turns alternating between the two.
+- ``sessions-concurrent``: 500 simultaneous answers from 500 sessions on
+  PostgreSQL: errors and p99 stream time against the ideal.
 """
 
 from __future__ import annotations
@@ -58,7 +63,16 @@ from _concurrent import fig_concurrent  # noqa: E402
 from _figures import fig_cpu, fig_stream, fig_ttft  # noqa: E402
 from _harness import Report, raise_fd_limit  # noqa: E402
 
-FIGURES = ("stream", "cpu", "ttft", "concurrent", "lists-sqlite", "lists-postgres")
+FIGURES = (
+    "stream",
+    "cpu",
+    "ttft",
+    "concurrent",
+    "lists-sqlite",
+    "lists-postgres",
+    "sessions-ttft",
+    "sessions-concurrent",
+)
 
 
 # Figure 5 lives in _lists.py, imported only when selected (it needs the store).
@@ -80,6 +94,18 @@ def fig_lists_postgres(ctx: Ctx) -> None:
         lists_figure(ctx.report, "lists-postgres", url, ctx.plan, ctx.workdir, run)
 
 
+def fig_sessions_ttft(ctx: Ctx) -> None:
+    from _sessions import fig_sessions_ttft
+
+    fig_sessions_ttft(ctx)
+
+
+def fig_sessions_concurrent(ctx: Ctx) -> None:
+    from _sessions import fig_sessions_concurrent
+
+    fig_sessions_concurrent(ctx)
+
+
 RUNNERS: dict[str, Callable[[Ctx], None]] = {
     "stream": fig_stream,
     "cpu": fig_cpu,
@@ -87,6 +113,8 @@ RUNNERS: dict[str, Callable[[Ctx], None]] = {
     "concurrent": fig_concurrent,
     "lists-sqlite": fig_lists_sqlite,
     "lists-postgres": fig_lists_postgres,
+    "sessions-ttft": fig_sessions_ttft,
+    "sessions-concurrent": fig_sessions_concurrent,
 }
 
 

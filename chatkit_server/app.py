@@ -16,7 +16,6 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from chatkit_server.errors import StoreError
 from chatkit_server.http.auth import Authenticator
 from chatkit_server.http.chatkit import chatkit_endpoint
 from chatkit_server.http.errors import http_exception_response, internal_error_response
@@ -28,8 +27,9 @@ from chatkit_server.llm.local_model import no_backend_message
 from chatkit_server.protocol.server import ChatKitApp
 from chatkit_server.settings import Settings
 from chatkit_server.store import Database, SQLStore, UsageStore, upgrade_async
-from chatkit_server.store.gate import LEASE_SECONDS, RequestGate
+from chatkit_server.store.gate import RequestGate
 from chatkit_server.store.sessions import SessionStore, secret_key
+from chatkit_server.store.upkeep import run_upkeep
 from chatkit_server.workflows.registry import WorkflowRegistry
 
 __all__ = ["CORS_ALLOW_HEADERS", "create_app"]
@@ -66,29 +66,6 @@ def _quiet_stopped_merges(previous: _LoopHandler | None) -> _LoopHandler:
             loop.default_exception_handler(context)
 
     return handle
-
-
-# Leases are renewed well before they run out: a renewal may be late by a
-# busy database's round trip without the lease lapsing mid-answer.
-_RENEW_EVERY = LEASE_SECONDS / 4
-_SWEEP_EVERY = 60.0
-
-
-async def _upkeep(gate: RequestGate, sessions: SessionStore | None) -> None:
-    """Renew this process's thread leases; sweep old counts, leases and sessions."""
-    since_sweep = _SWEEP_EVERY  # sweep once at start-up
-    while True:
-        try:
-            await gate.renew()
-            if since_sweep >= _SWEEP_EVERY:
-                since_sweep = 0.0
-                await gate.sweep()
-                if sessions is not None:
-                    await sessions.sweep()
-        except StoreError as exc:
-            logger.warning("database upkeep failed (%s); trying again shortly", exc)
-        await asyncio.sleep(_RENEW_EVERY)
-        since_sweep += _RENEW_EVERY
 
 
 def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Starlette:
@@ -141,7 +118,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
                 gate=gate,
                 sessions=sessions,
             )
-            upkeep = asyncio.create_task(_upkeep(gate, sessions), name="chatkit-upkeep")
+            upkeep = asyncio.create_task(run_upkeep(gate, sessions), name="chatkit-upkeep")
             if auth.enabled:
                 logger.info("sign-in required on /chatkit: %s", ", ".join(auth.modes))
             else:

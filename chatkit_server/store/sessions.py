@@ -8,9 +8,13 @@ browser, which sends it as a bearer token to ``/chatkit``. Here:
   so a copy of the database signs nobody in. A fast hash is right for a
   random secret: there is no dictionary to try;
 - a session is ``active`` until ``expires_at`` or until cancelled;
-- verified sessions are kept in memory for :data:`VERIFIED_TTL` seconds, so
-  most requests cost no query for their credential, and a cancel made in
-  another process takes effect within that time (at once in this one).
+- a verified session is kept in memory until it expires, so a request costs
+  no query for its credential. Cancels reach every process by polling:
+  :meth:`SessionStore.poll_cancelled` (the app runs it every
+  :data:`POLL_SECONDS`) asks once for the sessions cancelled lately and drops
+  them. A cancel takes effect at once in the process that made it, and
+  within :data:`VERIFIED_TTL` in every other: when polls fail or lag past
+  that, the memory is not trusted and each request asks the database.
 """
 
 from __future__ import annotations
@@ -44,7 +48,13 @@ SECRET_PREFIX: Final = "cks_"
 """Every client secret starts with this, so a bearer token's kind is known at a glance."""
 
 VERIFIED_TTL: Final = 1.0
-"""Seconds a verified session is trusted without asking the database again."""
+"""Longest time a cancel made in another process may go unnoticed, in seconds."""
+
+POLL_SECONDS: Final = 0.4
+"""How often the app asks for lately cancelled sessions (well inside VERIFIED_TTL)."""
+
+# Cancel times come from other machines' clocks: look back this much further.
+_CLOCK_SLACK: Final = 30
 
 # Expired and cancelled sessions are kept this long (a cancel of an expired
 # session still answers with it), then swept.
@@ -143,8 +153,12 @@ class SessionStore:
     def __init__(self, database: Database, *, key: bytes) -> None:
         self._db = database
         self._key = key
-        # hash -> (record, verified at): an LRU of recently verified sessions
-        self._verified: OrderedDict[str, tuple[SessionRecord, float]] = OrderedDict()
+        # hash -> record: an LRU of verified sessions
+        self._verified: OrderedDict[str, SessionRecord] = OrderedDict()
+        # When the last successful poll started (monotonic clock): the memory
+        # is trusted only while this is recent.
+        self._polled_at = -float("inf")
+        self._polled_since: int | None = None
 
     def _hash(self, secret: str) -> str:
         return hmac.new(self._key, secret.encode(), hashlib.sha256).hexdigest()
@@ -187,11 +201,8 @@ class SessionStore:
     async def verify(self, secret: str) -> SessionRecord | None:
         """The active session whose client secret is ``secret``, else ``None``."""
         digest = self._hash(secret)
-        now = time.monotonic()
-        cached = self._verified.get(digest)
-        if cached is not None and now - cached[1] < VERIFIED_TTL:
-            record = cached[0]
-        else:
+        record = self._verified.get(digest)
+        if record is None or time.monotonic() - self._polled_at >= VERIFIED_TTL:
             async with self._db.read() as session:
                 row = (
                     await session.execute(
@@ -202,11 +213,32 @@ class SessionStore:
                 self._verified.pop(digest, None)
                 return None
             record = _record(row)
-            self._verified[digest] = (record, now)
-            self._verified.move_to_end(digest)
+            self._verified[digest] = record
             while len(self._verified) > _CACHE_SIZE:
                 self._verified.popitem(last=False)
-        return record if record.status() == "active" else None
+        self._verified.move_to_end(digest)
+        if record.status() != "active":
+            self._verified.pop(digest, None)
+            return None
+        return record
+
+    async def poll_cancelled(self) -> None:
+        """Forget the sessions cancelled since the last poll (in any process).
+
+        One indexed query, whatever the traffic. Raises what the database
+        raises; until a poll succeeds again, :meth:`verify` asks the database.
+        """
+        started = time.monotonic()
+        now = int(time.time())
+        since = (self._polled_since if self._polled_since is not None else now) - _CLOCK_SLACK
+        async with self._db.read() as session:
+            cancelled = await session.scalars(
+                sa.select(sessions.c.secret_hash).where(sessions.c.cancelled_at >= since)
+            )
+            for digest in cancelled:
+                self._verified.pop(digest, None)
+        self._polled_since = now
+        self._polled_at = started
 
     async def get(self, session_id: str) -> SessionRecord | None:
         """The session ``session_id``, whatever its status."""

@@ -158,6 +158,8 @@ sessions = sa.Table(
     # workflow, rate limit and chatkit_configuration as the REST API resolved them
     sa.Column("data", sa.Text(), nullable=False),
     sa.Index("ix_sessions_expires_at", "expires_at"),
+    # Every process asks for the sessions cancelled lately (several times a second).
+    sa.Index("ix_sessions_cancelled_at", "cancelled_at"),
 )
 
 # Requests counted per rate-limit key (a session, a user) and clock minute,

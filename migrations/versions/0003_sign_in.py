@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("secret_hash", name=op.f("uq_sessions_secret_hash")),
     )
     op.create_index("ix_sessions_expires_at", "sessions", ["expires_at"])
+    op.create_index("ix_sessions_cancelled_at", "sessions", ["cancelled_at"])
     op.create_table(
         "rate_counts",
         sa.Column("subject", sa.String(length=271), nullable=False),
@@ -54,5 +55,6 @@ def downgrade() -> None:
     op.drop_index("ix_thread_leases_holder", table_name="thread_leases")
     op.drop_table("thread_leases")
     op.drop_table("rate_counts")
+    op.drop_index("ix_sessions_cancelled_at", table_name="sessions")
     op.drop_index("ix_sessions_expires_at", table_name="sessions")
     op.drop_table("sessions")

@@ -15,6 +15,7 @@ from chatkit_server.store.sessions import (
     secret_key,
 )
 from chatkit_server.store.tables import sessions
+from tests.conftest import record_sql
 
 KEY = secret_key("a" * 32)
 WORKFLOW = {"id": "default", "state_variables": {"plan": "pro"}, "tracing": {"enabled": True}}
@@ -117,3 +118,28 @@ async def test_sweep_deletes_only_long_ended_sessions(database: Database) -> Non
     assert await store.sweep() == 1
     assert await store.get(old_id) is None
     assert await store.get(live_id) is not None
+
+
+async def test_a_polled_memory_verifies_without_a_query(database: Database) -> None:
+    store = SessionStore(database, key=KEY)
+    _, secret = await _mint(store)
+    await store.poll_cancelled()
+    assert await store.verify(secret) is not None  # the first time asks the database
+    statements = record_sql(database)
+
+    for _ in range(5):
+        assert await store.verify(secret) is not None
+
+    assert statements == []
+
+
+async def test_a_poll_forgets_sessions_cancelled_elsewhere(database: Database) -> None:
+    here, elsewhere = SessionStore(database, key=KEY), SessionStore(database, key=KEY)
+    session_id, secret = await _mint(here)
+    await elsewhere.poll_cancelled()
+    assert await elsewhere.verify(secret) is not None
+    await here.cancel(session_id)
+
+    await elsewhere.poll_cancelled()
+
+    assert await elsewhere.verify(secret) is None

@@ -1,0 +1,187 @@
+"""Figures 6-7: what sign-in with sessions costs, on PostgreSQL.
+
+Private to ``bench/bench_streaming.py``.
+
+- ``sessions-ttft``: two servers on one fresh PostgreSQL database, one with
+  sign-in off, one with ``CHATKIT_ADMIN_KEY`` (every request carries a
+  session's client secret: credential check, rate count and thread lease).
+  Turns alternate between them, each paired with a direct backend read
+  just before it; the figure is the difference of their p50 extra time to
+  the first text delta (target: at most 1 ms).
+- ``sessions-concurrent``: 500 simultaneous answers through the sessions
+  server, each from its own session: errors and p99 against the ideal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import _streams as net
+from _common import Ctx, failures, run
+from _harness import Service, ms, percentile, services, start_backend, start_server
+from _lists import postgres_database
+
+from chatkit_server.store import Database
+from chatkit_server.store.sessions import SessionStore, secret_key
+
+ADMIN_KEY = secrets.token_urlsafe(32)
+
+
+@contextmanager
+def _servers(
+    ctx: Ctx, name: str, *, tokens: int, delay: float
+) -> Iterator[tuple[Service, Service | None, Service, str] | None]:
+    """A backend, a sign-in-off server (``None`` unless asked), a sessions server, the DB URL."""
+    workdir = ctx.workdir / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    with postgres_database(ctx.postgres_url, run, ctx.report, name) as url:
+        if url is None:
+            yield None
+            return
+        backend = start_backend(tokens=tokens, delay=delay, workdir=workdir)
+        with services(backend):
+            # One after the other: the first applies the migrations.
+            signed = start_server(
+                backend_url=backend.url,
+                database_url=url,
+                workdir=workdir,
+                workers=ctx.workers,
+                env={"CHATKIT_ADMIN_KEY": ADMIN_KEY, "CHATKIT_TITLES": "0"},
+            )
+            with services(signed):
+                plain = None
+                if name == "sessions-ttft":
+                    plain = start_server(
+                        backend_url=backend.url,
+                        database_url=url,
+                        workdir=workdir,
+                        workers=ctx.workers,
+                        env={"CHATKIT_TITLES": "0"},
+                    )
+                try:
+                    yield backend, plain, signed, url
+                finally:
+                    if plain is not None:
+                        plain.stop()
+                    for server in (signed, plain):
+                        for problem in server.log_problems() if server else ():
+                            ctx.report.note(name, f"server log: {problem}")
+
+
+async def _mint(url: str, count: int) -> list[str]:
+    """Client secrets of ``count`` sessions, each for its own user."""
+    database = Database.connect(url)
+    try:
+        store = SessionStore(database, key=secret_key(ADMIN_KEY))
+        minted = []
+        for n in range(count):
+            _, secret = await store.create(
+                user_id=f"bench-user-{n}",
+                workflow={"id": "default", "tracing": {"enabled": False}},
+                expires_in=3600,
+                rate_limit=1000,
+                configuration={"automatic_thread_titling": {"enabled": False}},
+            )
+            minted.append(secret)
+        return minted
+    finally:
+        await database.dispose()
+
+
+def fig_sessions_ttft(ctx: Ctx) -> None:
+    p = ctx.plan
+    with _servers(ctx, "sessions-ttft", tokens=p.ttft_tokens, delay=p.ttft_delay) as started:
+        if started is None:
+            return
+        backend, plain, signed, url = started
+        assert plain is not None
+        run(_ttft(ctx, backend, plain, signed, url))
+
+
+async def _ttft(ctx: Ctx, backend: Service, plain: Service, signed: Service, url: str) -> None:
+    report, turns = ctx.report, ctx.plan.ttft_turns
+    (secret,) = await _mint(url, 1)
+    async with net.client() as http:
+        off = await net.create_thread(http, plain.url, "warm up")
+        on = await net.create_thread(http, signed.url, "warm up", token=secret)
+        if off.thread_id is None or on.thread_id is None:
+            raise RuntimeError(f"threads.create failed: {off.error or on.error}")
+        extra: dict[str, list[float]] = {"off": [], "on": []}
+        served: list[net.Timing] = []
+        for turn in range(turns):
+            direct = await net.backend_stream(http, backend.url)
+            timing = await net.add_message(http, plain.url, off.thread_id, f"Turn {turn}")
+            extra["off"].append(timing.first - direct.first)
+            served.append(timing)
+            direct = await net.backend_stream(http, backend.url)
+            timing = await net.add_message(
+                http, signed.url, on.thread_id, f"Turn {turn}", token=secret
+            )
+            extra["on"].append(timing.first - direct.first)
+            served.append(timing)
+    problems = failures(served, ctx.plan.ttft_tokens)
+    off_p50, on_p50 = percentile(extra["off"], 50), percentile(extra["on"], 50)
+    report.figure(
+        "sessions-ttft",
+        f"first delta minus backend first chunk, PostgreSQL, {turns} turns each, "
+        "with a session's client secret vs sign-in off",
+        value=f"p50 {ms(on_p50)} with sessions (+{ms(on_p50 - off_p50)})",
+        baseline=f"p50 {ms(off_p50)} sign-in off",
+        ratio=on_p50 / off_p50 if off_p50 > 0 else None,
+        target="<= +1 ms p50",
+        passed=on_p50 - off_p50 <= 0.001 and not problems,
+    )
+    if problems:
+        report.note("sessions-ttft", f"{len(problems)} failed streams, e.g. {problems[:3]}")
+
+
+def fig_sessions_concurrent(ctx: Ctx) -> None:
+    p = ctx.plan
+    with _servers(ctx, "sessions-concurrent", tokens=p.conc_tokens, delay=p.conc_delay) as started:
+        if started is None:
+            return
+        backend, _, signed, url = started
+        run(_concurrent(ctx, backend, signed, url))
+
+
+async def _concurrent(ctx: Ctx, backend: Service, server: Service, url: str) -> None:
+    p, report = ctx.plan, ctx.report
+    n, ideal = p.conc_streams, p.conc_tokens * p.conc_delay
+    tokens = await _mint(url, n + 1)
+    deadline = ideal * 6 + 120
+    async with net.client(connections=max(600, n + 100), read_timeout=120.0) as http:
+        await net.create_thread(http, server.url, "warm up", token=tokens[-1])
+        async with asyncio.timeout(deadline):
+            base = await asyncio.gather(*(net.backend_stream(http, backend.url) for _ in range(n)))
+        async with asyncio.timeout(deadline):
+            ours = await asyncio.gather(
+                *(net.create_thread(http, server.url, f"Q{i}", token=tokens[i]) for i in range(n))
+            )
+    problems = failures(ours, p.conc_tokens)
+    label = f"{n} sessions x {p.conc_tokens} tokens at {1 / p.conc_delay:.0f} tok/s, PostgreSQL"
+    report.figure(
+        "sessions-concurrent",
+        f"errors, {label}",
+        value=f"{len(problems)} of {n}",
+        target="0",
+        passed=not problems,
+    )
+    if problems:
+        report.note(
+            "sessions-concurrent", f"error kinds: {sorted({x[:120] for x in problems})[:5]}"
+        )
+    done = [t.total for t in ours if not t.error]
+    direct = [t.total for t in base if not t.error]
+    p99 = percentile(done, 99)
+    report.figure(
+        "sessions-concurrent",
+        f"stream time p99, {label}",
+        value=f"{p99:.2f} s (p50 {percentile(done, 50):.2f} s)",
+        baseline=f"ideal {ideal:.2f} s (backend direct p99 {percentile(direct, 99):.2f} s)",
+        ratio=p99 / ideal,
+        target="<= 1.25x",
+        passed=p99 / ideal <= 1.25,
+    )
