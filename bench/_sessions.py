@@ -128,7 +128,7 @@ async def _ttft(ctx: Ctx, backend: Service, plain: Service, signed: Service, url
         "sessions-ttft",
         f"first delta minus backend first chunk, PostgreSQL, {turns} turns each, "
         "with a session's client secret vs sign-in off",
-        value=f"p50 {ms(on_p50)} with sessions (+{ms(on_p50 - off_p50)})",
+        value=f"p50 {ms(on_p50)} with sessions ({(on_p50 - off_p50) * 1000:+.2f} ms)",
         baseline=f"p50 {ms(off_p50)} sign-in off",
         ratio=on_p50 / off_p50 if off_p50 > 0 else None,
         target="<= +1 ms p50",

@@ -1,7 +1,8 @@
 """``GET /chatkit/workflows``: what a front end needs to set up the composer.
 
 Each workflow's id, models for the model picker, tools for the tool menu,
-greeting and starter prompts.
+greeting and starter prompts. Signed in like ``/chatkit``; a session sees
+only its own workflow.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from chatkit_server.errors import RequestError
+from chatkit_server.http.errors import error_response
 from chatkit_server.http.state import get_state
 
 __all__ = ["list_workflows"]
@@ -16,7 +19,15 @@ __all__ = ["list_workflows"]
 
 async def list_workflows(request: Request) -> Response:
     """List the server's workflows, the default first."""
-    registry = get_state(request).server.workflows
+    state = get_state(request)
+    try:
+        context = await state.auth.authenticate(request)
+    except RequestError as exc:
+        return error_response(exc.status_code, exc.message, code=exc.code, headers=exc.headers)
+    registry = state.server.workflows
+    if context.session_id is not None:
+        workflow = registry.get(context.workflow_id)
+        return JSONResponse({"default": workflow.id, "data": [workflow.describe()]})
     workflows = sorted(registry, key=lambda workflow: workflow.id != registry.default)
     return JSONResponse(
         {"default": registry.default, "data": [workflow.describe() for workflow in workflows]}

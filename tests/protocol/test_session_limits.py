@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from chatkit_server.settings import Settings
@@ -181,3 +182,15 @@ async def test_recent_threads_limits_the_listing(mint: Mint, order: str) -> None
 
     newest = made[-3:]
     assert seen == (newest[::-1] if order == "desc" else newest)
+
+
+async def test_a_session_lists_only_its_workflow(admin_live: Live, mint: Mint) -> None:
+    client = await mint(workflow={"id": "sales"})
+    async with httpx.AsyncClient() as http:
+        url = f"{admin_live.url}/chatkit/workflows"
+        response = await http.get(url, headers=client.headers)
+        anonymous = await http.get(url)
+
+    assert response.json()["default"] == "sales"
+    assert [workflow["id"] for workflow in response.json()["data"]] == ["sales"]
+    assert anonymous.status_code == 401
