@@ -244,11 +244,11 @@ class SessionStore:
     async def sweep(self) -> int:
         """Delete sessions that ended more than a day ago; return how many."""
         cutoff = int(time.time()) - RETENTION_SECONDS
-        async with self._db.write() as session:
-            result = await session.execute(
-                sa.delete(sessions).where(sessions.c.expires_at < cutoff)
-            )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        # Counted from RETURNING: the SQLite worker's results carry no rowcount.
+        deleted = await self._db.write_one(
+            sa.delete(sessions).where(sessions.c.expires_at < cutoff).returning(sessions.c.id)
+        )
+        return len(deleted)
 
 
 def _record(row: sa.Row[Any]) -> SessionRecord:
