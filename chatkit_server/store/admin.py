@@ -36,7 +36,14 @@ from chatkit_server.store.sql_store import decode_item
 from chatkit_server.store.statements import MAX_PAGE_SIZE, thread_not_found
 from chatkit_server.store.tables import feedback, thread_items, threads
 
-__all__ = ["FEEDBACK_ID_PREFIX", "AdminPage", "AdminStore", "FeedbackVote", "OwnedThread"]
+__all__ = [
+    "FEEDBACK_ID_PREFIX",
+    "AdminPage",
+    "AdminStore",
+    "FeedbackVote",
+    "Order",
+    "OwnedThread",
+]
 
 FEEDBACK_ID_PREFIX: Final = "fb_"
 """Feedback votes have no id of their own; this plus their row number names them."""
