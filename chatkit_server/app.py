@@ -20,6 +20,7 @@ from chatkit_server.http.auth import Authenticator
 from chatkit_server.http.chatkit import chatkit_endpoint
 from chatkit_server.http.errors import http_exception_response, internal_error_response
 from chatkit_server.http.health import healthz
+from chatkit_server.http.rest import rest_routes
 from chatkit_server.http.state import AppState
 from chatkit_server.http.workflows import list_workflows
 from chatkit_server.llm.backends import BackendRegistry
@@ -157,6 +158,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         Route("/chatkit", chatkit_endpoint, methods=["POST"]),
         Route("/chatkit/workflows", list_workflows, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        *rest_routes(),
     ]
     return Starlette(
         routes=routes,

@@ -111,6 +111,45 @@ async def database_target(
         await admin.dispose()
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite"),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+async def server_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database for a whole server, named by its URL alone (no tables).
+
+    A server takes no driver arguments, so PostgreSQL gets a database of its
+    own (dropped afterwards) rather than a schema on the search path.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'server' / 'chatkit.db'}"
+        return
+    name = f"test_{secrets.token_hex(6)}"
+    admin = create_async_engine(
+        POSTGRES_URL,
+        poolclass=NullPool,
+        isolation_level="AUTOCOMMIT",  # CREATE DATABASE cannot run in a transaction
+        connect_args={"timeout": 5},
+    )
+    if not _postgres_failure:
+        try:
+            async with admin.connect() as conn:
+                await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:
+            _postgres_failure.append(f"{type(exc).__name__}: {exc}")
+    if _postgres_failure:
+        await admin.dispose()
+        _skip_or_fail_postgres(_postgres_failure[0])
+    try:
+        yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
 @pytest.fixture
 async def database(database_target: DatabaseTarget) -> AsyncIterator[Database]:
     """A :class:`Database` with the tables created, disposed after the test."""

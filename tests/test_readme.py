@@ -1,12 +1,15 @@
-"""The README's record/replay walk-through and its pytest example, run as printed.
+"""The README's walk-throughs, run as printed.
 
-The recording is made the way the README says (its ``serve`` line's settings,
-in front of a recording proxy), with a fake model server standing in for
-llama-server; then the README's Python block runs under pytest against it.
+Record/replay: the recording is made the way the README says (its ``serve``
+line's settings, in front of a recording proxy), with a fake model server
+standing in for llama-server; then the README's Python block runs under
+pytest against it. REST API: its shell lines, Python script and ``curl``
+lines run in a scratch directory, on a free port instead of 8000.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -82,15 +85,19 @@ def _record(fixtures: Path, data_dir: Path) -> None:
     assert serve.returncode in (0, 130), output
 
 
-def _chat_once(url: str) -> None:
+def _wait_until_ready(url: str) -> None:
     for _ in range(300):
         try:
             httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-            break
+            return
         except httpx.HTTPError:
             import time
 
             time.sleep(0.1)
+
+
+def _chat_once(url: str, headers: dict[str, str] | None = None) -> None:
+    _wait_until_ready(url)
     body = {
         "type": "threads.create",
         "params": {
@@ -101,7 +108,7 @@ def _chat_once(url: str) -> None:
             }
         },
     }
-    with httpx.stream("POST", f"{url}/chatkit", json=body, timeout=30) as response:
+    with httpx.stream("POST", f"{url}/chatkit", json=body, headers=headers, timeout=30) as response:
         events = "".join(response.iter_text())
     assert "thread.item.done" in events
     assert '"type":"error"' not in events.replace(" ", ""), events
@@ -141,3 +148,71 @@ def test_the_readme_pytest_example_passes_on_a_recording_made_as_the_readme_says
     assert (tests / "golden" / "hello.sse").is_file()
     again = _pytest(project)
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_the_readme_rest_api_walkthrough_runs(tmp_path: Path) -> None:
+    section = _section("REST API")
+    [setup, curls] = _blocks(section, "sh")
+    [script] = _blocks(section, "python")
+    make_key, serve_line = [line for line in setup.splitlines() if not line.startswith("#")]
+    project = tmp_path / "project"
+    (project / ".venv" / "bin").mkdir(parents=True)
+    # The README's .venv/bin/chatkit-server, running this checkout's package.
+    launcher = project / ".venv" / "bin" / "chatkit-server"
+    launcher.write_text(f'#!/bin/sh\nexec {sys.executable} -m chatkit_server.cli "$@"\n')
+    launcher.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATKIT_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env["CHATKIT_DATA_DIR"] = str(tmp_path / "data")
+    subprocess.run(["bash", "-c", make_key], cwd=project, env=env, check=True, timeout=30)
+    assert len((project / ".chatkit-admin-key").read_text().strip()) >= 32
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    backend = FakeBackend()
+    with ServerThread(backend.app, log_config=None) as model_server:
+        env["CHATKIT_LLM_BASE_URL"] = f"{model_server}/v1"
+        serve = subprocess.Popen(
+            ["bash", "-c", f"{serve_line} --port {port}"],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # Ctrl+C reaches the server, not only bash
+        )
+        try:
+            _wait_until_ready(url)
+            minted = subprocess.run(
+                [sys.executable, "-c", script.replace("http://127.0.0.1:8000", url)],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert minted.returncode == 0, minted.stderr
+            secret = minted.stdout.strip()
+            _chat_once(url, headers={"authorization": f"Bearer {secret}"})
+            answers = [
+                json.loads(
+                    subprocess.run(
+                        ["bash", "-c", line.replace("http://127.0.0.1:8000", url)],
+                        cwd=project,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=30,
+                        check=True,
+                    ).stdout
+                )
+                for line in curls.splitlines()
+            ]
+        finally:
+            os.killpg(serve.pid, signal.SIGINT)  # "then Ctrl+C"
+            output, _ = serve.communicate(timeout=30)
+    assert serve.returncode in (0, 130), output
+    assert secret.startswith("cks_")
+    threads, usage = answers
+    assert [thread["user"] for thread in threads["data"]] == ["alice"]
+    assert [(row["user"], row["answers"]) for row in usage["data"]] == [("alice", 1)]

@@ -247,9 +247,11 @@ def _lease_statement(dialect: str, *, existing: bool) -> sa.Executable:
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(thread_leases)
     # SQLite needs a WHERE on an INSERT ... SELECT ... ON CONFLICT (its parser
     # would read ON as a join otherwise).
-    source: Any = sa.select(*(sa.bindparam(name) for name in _LEASE_VALUES)).where(
-        OWNED_THREAD if existing else sa.true()
-    )
+    # Typed parameters: PostgreSQL refuses one parameter read as text in the
+    # SELECT list and as varchar in the ownership check.
+    source: Any = sa.select(
+        *(sa.bindparam(name, type_=thread_leases.c[name].type) for name in _LEASE_VALUES)
+    ).where(OWNED_THREAD if existing else sa.true())
     upsert = insert.from_select(_LEASE_VALUES, source).on_conflict_do_update(
         index_elements=["thread_id"],
         set_={name: insert.excluded[name] for name in ("holder", "token", "expires_at")},
@@ -262,7 +264,9 @@ def _postgres_admit() -> dict[bool, sa.TextClause]:
     """The count and the lease in one PostgreSQL statement (two data-modifying CTEs).
 
     The lease is taken only if the new count is within the limit. Keyed by
-    ``new_thread``.
+    ``new_thread``. ``:thread_id`` is cast where it is selected: PostgreSQL
+    would read it as text there and as varchar in the ownership check, and
+    refuse the statement.
     """
     # Typed: asyncpg refuses a parameter it sees with two inferred types.
     owned = (

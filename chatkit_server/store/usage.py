@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import sqlalchemy as sa
 
@@ -115,14 +115,29 @@ class UsageStore:
         return _to_totals(row, thread_id=thread_id, user_id=context.user_id)
 
     async def report(
-        self, *, user_id: str | None = None, thread_id: str | None = None, limit: int = 100
+        self,
+        *,
+        user_id: str | None = None,
+        thread_id: str | None = None,
+        limit: int = 100,
+        by: Literal["thread", "user"] = "thread",
     ) -> list[UsageTotals]:
-        """Per-thread totals across users (an operator's view), biggest first."""
+        """Totals across users (an operator's view), biggest first.
+
+        Args:
+            user_id: Only this user's threads.
+            thread_id: Only this thread.
+            limit: Most rows returned.
+            by: One row per thread (with its owner), or per user (``thread_id``
+                is then ``None``: the row sums all of the user's threads).
+        """
+        group = (usage.c.thread_id, threads.c.user_id) if by == "thread" else (threads.c.user_id,)
         statement = (
-            _totals(usage.c.thread_id, threads.c.user_id)
+            _totals(*group)
             .join_from(usage, threads, usage.c.thread_id == threads.c.id)
-            .group_by(usage.c.thread_id, threads.c.user_id)
-            .order_by(sa.desc("total"))
+            .group_by(*group)
+            # Ties in a stable order, so that a report reads the same twice.
+            .order_by(sa.desc("total"), *group)
             .limit(limit)
         )
         if user_id is not None:
@@ -131,7 +146,9 @@ class UsageStore:
             statement = statement.where(usage.c.thread_id == thread_id)
         async with self._db.read() as session:
             rows = (await session.execute(statement)).mappings().all()
-        return [_to_totals(row, thread_id=row["thread_id"], user_id=row["user_id"]) for row in rows]
+        return [
+            _to_totals(row, thread_id=row.get("thread_id"), user_id=row["user_id"]) for row in rows
+        ]
 
 
 def _guarded_record() -> sa.Executable:

@@ -173,7 +173,8 @@ async def test_transcribe_without_backend_is_501(live: Live) -> None:
         ("GET", "/chatkit", 405, "GET is not allowed on /chatkit; use POST."),
         ("DELETE", "/healthz", 405, "DELETE is not allowed on /healthz; use GET or HEAD."),
         ("GET", "/no/such/path", 404, "No such path: /no/such/path."),
-        ("POST", "/v1/chatkit/threads", 404, "No such path: /v1/chatkit/threads."),
+        ("GET", "/v1/chatkit/nowhere", 404, "No such path: /v1/chatkit/nowhere."),
+        ("POST", "/v1/chatkit/threads", 405, "POST is not allowed on /v1/chatkit/threads; use GET"),
     ],
 )
 async def test_routing_errors_are_json_too(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
@@ -25,7 +26,7 @@ async def _thread(store: SQLStore, thread_id: str = "thr_a") -> str:
     return thread_id
 
 
-ALICE_TIME = __import__("datetime").datetime(2026, 12, 6, 12, 0, 0)
+ALICE_TIME = datetime(2026, 12, 6, 12, 0, 0)
 
 
 async def test_counts_per_subject_and_refuses_no_one(database: Database) -> None:
@@ -196,3 +197,28 @@ async def test_release_removes_only_its_own_lease(database: Database, new_thread
         subject=None, limit=None, thread_id=thread_id, user_id="alice", new_thread=new_thread
     )
     assert third.lease is None
+
+
+@pytest.mark.parametrize("subject", ["session:s1", None])
+async def test_an_existing_thread_is_leased_once_and_only_by_its_owner(
+    database: Database, store: SQLStore, subject: str | None
+) -> None:
+    await store.save_thread(
+        ThreadMetadata(id="thr_1", created_at=datetime(2026, 1, 1)), RequestContext(user_id="alice")
+    )
+    gate = RequestGate(database)
+    admit = {"subject": subject, "limit": 10, "thread_id": "thr_1"}
+
+    first = await gate.admit(**admit, user_id="alice")
+    busy = await gate.admit(**admit, user_id="alice")
+    foreign = await gate.admit(**admit, user_id="mallory")
+
+    assert first.lease is not None
+    assert busy.lease is None
+    assert foreign.lease is None
+    assert await gate.lease_again("thr_1", "alice") is None
+    await gate.release(first.lease)
+    assert await gate.lease_again("thr_1", "mallory") is None
+    assert await gate.lease_again("thr_1", "alice") is not None
+    if subject is not None:
+        assert (first.count, busy.count, foreign.count) == (1, 2, 3)

@@ -61,3 +61,23 @@ async def test_usage_is_owner_scoped_and_cascades(database: Database, store: SQL
 
     await store.delete_thread("thr_a", ALICE)
     assert await usage.report() == []
+
+
+async def test_report_per_user_sums_every_thread(database: Database, store: SQLStore) -> None:
+    usage = UsageStore(database)
+    bob = RequestContext(user_id="bob")
+    await _thread(store, "thr_a", ALICE)
+    await _thread(store, "thr_b", ALICE)
+    await _thread(store, "thr_c", bob)
+    await usage.record("thr_a", _record("msg_1", (10, 5)), ALICE)
+    await usage.record("thr_b", _record("msg_2", (1, 1)), ALICE)
+    await usage.record("thr_c", _record("msg_3", (4, 4)), bob)
+
+    report = await usage.report(by="user")
+
+    assert [(row.user_id, row.thread_id, row.answers, row.total_tokens) for row in report] == [
+        ("alice", None, 2, 17),
+        ("bob", None, 1, 8),
+    ]
+    assert [row.user_id for row in await usage.report(by="user", user_id="bob")] == ["bob"]
+    assert [row.thread_id for row in await usage.report(thread_id="thr_b")] == ["thr_b"]
