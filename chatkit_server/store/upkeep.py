@@ -58,6 +58,12 @@ async def _every(seconds: float, what: str, step: Callable[[], Awaitable[None]])
             if not failing:
                 logger.warning("database upkeep: %s failed (%s); retrying", what, exc)
             failing = True
+        except Exception:
+            # A bug, not an outage: say so with the traceback, and keep the
+            # other loops (and this one) going rather than end them quietly.
+            if not failing:
+                logger.exception("database upkeep: %s failed unexpectedly; retrying", what)
+            failing = True
         else:
             if failing:
                 logger.info("database upkeep: %s works again", what)
