@@ -19,7 +19,7 @@ from chatkit_server import __version__
 from chatkit_server.errors import ChatKitServerError, DatabaseUnavailableError, MigrationError
 from chatkit_server.settings import DATABASE_VARIABLES, ENVIRONMENT_HELP, Settings, environment_help
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "main"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "main", "uvicorn_options"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -229,6 +229,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _operator_error(str(exc))
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The ``uvicorn.Config`` options the app's settings call for.
+
+    With the trusted-proxy sign-in on, the user header is believed only from
+    the connection's own peer. uvicorn's ``proxy_headers`` (on by default,
+    trusting 127.0.0.1 or ``FORWARDED_ALLOW_IPS``) would replace that peer
+    with the address in ``X-Forwarded-For``: a proxy on 127.0.0.1 would no
+    longer be recognised, and a client allowed to forward could name a
+    trusted address. The proxy logs the client's own address anyway.
+
+    Args:
+        settings: The server's settings.
+    """
+    if "proxy" in settings.sign_in_modes:
+        return {"proxy_headers": False}
+    return {}
+
+
 def _operator_error(message: str) -> int:
     """Print an operator's mistake as the one line the README promises; exit status 2."""
     print(f"chatkit-server: {message}", file=sys.stderr)
@@ -360,6 +378,7 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: 
                 # Open answer streams get this long to finish on shutdown; then they
                 # are cancelled, which persists their partial answers.
                 timeout_graceful_shutdown=int(settings.shutdown_grace),
+                **uvicorn_options(settings),
             )
             if workers > 1:
                 return _serve_workers(config, settings)
