@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import ipaddress
 import logging
 import signal
 import sys
@@ -56,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the HTTP server. The database schema is upgraded before it starts.",
     )
     serve.add_argument(
-        "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})"
+        "--host",
+        default=DEFAULT_HOST,
+        help=(
+            f"address to bind (default {DEFAULT_HOST}); any address but loopback needs a "
+            "sign-in mode, or --allow-anonymous"
+        ),
     )
     serve.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})"
@@ -65,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-migrate",
         action="store_true",
         help="do not upgrade the database schema on start",
+    )
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help=(
+            "serve on a --host other than loopback with no sign-in mode on. Everyone who "
+            "can reach the address is then one user, who reads and writes every thread. "
+            "Without this flag serve refuses; set CHATKIT_JWT_SECRET, "
+            "CHATKIT_JWT_PUBLIC_KEY, CHATKIT_TRUSTED_USER_HEADER or CHATKIT_ADMIN_KEY "
+            "instead."
+        ),
     )
     serve.add_argument(
         "--workers",
@@ -210,6 +227,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _usage(
                 settings, user=args.user, thread=args.thread, limit=args.limit, as_json=args.json
             )
+        if not settings.auth_enabled and not _is_loopback(args.host):
+            if not args.allow_anonymous:
+                return _operator_error(
+                    f"--host {args.host}: no sign-in mode is on, so everyone who can reach "
+                    "this address would share one user and every thread; set "
+                    "CHATKIT_JWT_SECRET, CHATKIT_JWT_PUBLIC_KEY, CHATKIT_TRUSTED_USER_HEADER "
+                    "or CHATKIT_ADMIN_KEY, or pass --allow-anonymous"
+                )
+            logger.warning(
+                "serving on %s without sign-in (--allow-anonymous): everyone who can reach it "
+                "is one user",
+                args.host,
+            )
         return _serve(
             settings,
             host=args.host,
@@ -227,6 +257,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except NotImplementedError as exc:
         return _operator_error(str(exc))
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` can be reached from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another host name: it may resolve to anything
+        return False
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
