@@ -8,15 +8,18 @@ uvicorn, as ``serve`` would, and check that a refused request stores nothing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -635,27 +638,82 @@ async def test_x_forwarded_for_does_not_change_who_is_trusted(
     _assert_401(spoofed)
 
 
-def test_serve_judges_the_proxy_by_its_own_address(tmp_path: Path) -> None:
-    """``chatkit-server serve`` itself: uvicorn's proxy headers must not replace the peer."""
-    port = _free_port()
-    env = _env(
-        tmp_path,
-        CHATKIT_TRUSTED_USER_HEADER=HEADER,
-        CHATKIT_TRUSTED_PROXIES="127.0.0.1",
-        CHATKIT_LOCAL_MODEL="off",
-        # uvicorn's own setting: believe X-Forwarded-For from every address.
-        FORWARDED_ALLOW_IPS="*",
-    )
+# --- `serve` and the README's examples ---------------------------------------------------------
+
+_README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def _readme_commands() -> dict[str, list[str]]:
+    """The shell blocks of the README's sign-in subsections, by subsection."""
+    start = _README.index("\n## Sign-in\n")
+    section = _README[start : _README.index("\n## ", start + 1)]
+    blocks: dict[str, list[str]] = {}
+    for part in section.split("\n### ")[1:]:
+        title, _, body = part.partition("\n")
+        blocks[title] = re.findall(r"```sh\n(.*?)```", body, flags=re.DOTALL)
+    return blocks
+
+
+def _serve_env(line: str) -> dict[str, str]:
+    """The variables a README ``serve`` line sets."""
+    *assignments, program, command = shlex.split(line.strip())
+    assert (program, command) == (".venv/bin/chatkit-server", "serve")
+    return dict(assignment.split("=", 1) for assignment in assignments)
+
+
+@dataclass
+class Served:
+    """A ``serve`` process's port, and its output once it has stopped."""
+
+    port: int
+    output: str = ""
+
+
+@contextlib.contextmanager
+def _serve(tmp_path: Path, **env: str) -> Iterator[Served]:
+    """``chatkit-server serve`` in a process of its own."""
+    served = Served(_free_port())
     process = subprocess.Popen(
-        [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)],
-        env=env,
+        [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(served.port)],
+        # No model is needed to sign in: not even the bundled one.
+        env=_env(tmp_path, CHATKIT_LOCAL_MODEL="off", **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}/chatkit"
     try:
-        _wait_healthy(port)
+        _wait_healthy(served.port)
+        yield served
+    finally:
+        process.send_signal(signal.SIGTERM)
+        served.output, _ = process.communicate(timeout=30)
+
+
+def test_the_readme_jwt_example_runs_as_printed(tmp_path: Path) -> None:
+    serve, client = _readme_commands()["JWT"]
+    # "from a clone": .venv is the virtual environment running these tests.
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    printed = re.search(r"It prints `(.*?)`", _README)
+    assert printed is not None
+
+    with _serve(tmp_path, **_serve_env(serve)) as served:
+        script = client.replace("127.0.0.1:8000", f"127.0.0.1:{served.port}")
+        signed_in = subprocess.run(
+            ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+        anonymous = httpx.post(f"http://127.0.0.1:{served.port}/chatkit", content=_LIST, timeout=5)
+
+    assert signed_in.returncode == 0, signed_in.stderr
+    assert signed_in.stdout == printed.group(1)
+    _assert_401(anonymous)
+
+
+def test_serve_judges_the_proxy_by_its_own_address(tmp_path: Path) -> None:
+    """The README's proxy ``serve`` line: uvicorn's proxy headers must not replace the peer."""
+    [serve] = _readme_commands()["Trusted proxy"]
+    # uvicorn's own setting: believe X-Forwarded-For from every address.
+    with _serve(tmp_path, **_serve_env(serve), FORWARDED_ALLOW_IPS="*") as served:
+        url = f"http://127.0.0.1:{served.port}/chatkit"
         with (
             httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.1")) as proxy,
             httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as outsider,
@@ -666,10 +724,8 @@ def test_serve_judges_the_proxy_by_its_own_address(tmp_path: Path) -> None:
             spoofed = outsider.post(
                 url, content=_LIST, headers={HEADER: "admin", "x-forwarded-for": "127.0.0.1"}
             )
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    assert forwarded.status_code == 200, output
+
+    assert forwarded.status_code == 200, served.output
     assert forwarded.json() == {"data": [], "has_more": False}
     _assert_401(spoofed)
-    assert "refused X-Forwarded-User from 127.0.0.2" in output
+    assert "refused X-Forwarded-User from 127.0.0.2" in served.output
