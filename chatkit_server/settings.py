@@ -92,14 +92,14 @@ environment:
   CHATKIT_ADMIN_KEY           bearer key of the REST API under /v1/chatkit, which mints sessions;
                               /chatkit then accepts their client secrets
   CHATKIT_JWT_SECRET          HS256 secret: /chatkit accepts JWTs signed with it (user = sub)
-  CHATKIT_JWT_PUBLIC_KEY      path of a PEM public key (RSA: RS256, EC: ES256) for JWTs instead
+  CHATKIT_JWT_PUBLIC_KEY      path of a PEM public key for JWTs (RSA: RS256, EC P-256: ES256)
   CHATKIT_JWT_AUDIENCE        required "aud" of accepted JWTs (default: not checked)
   CHATKIT_JWT_ISSUER          required "iss" of accepted JWTs (default: not checked)
   CHATKIT_TRUSTED_USER_HEADER header naming the signed-in user, set by a reverse proxy, e.g.
                               X-Forwarded-User (needs CHATKIT_TRUSTED_PROXIES)
   CHATKIT_TRUSTED_PROXIES     comma-separated addresses or networks allowed to set that header
-  CHATKIT_RATE_LIMIT          requests a minute for a JWT or proxy user (default 60; 0: none);
-                              a session has its own limit
+  CHATKIT_RATE_LIMIT          requests a minute that write, per JWT or proxy user (default 60;
+                              0: none); a session has its own limit
   CHATKIT_CORS_ORIGINS        comma-separated origins allowed to call the server from a browser
   CHATKIT_MAX_BODY_BYTES      largest accepted request body in bytes (default 4194304)
   CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
