@@ -47,7 +47,7 @@ AUDIENCE = "chatkit-tests"
 ISSUER = "https://issuer.test"
 HEADER = "X-Forwarded-User"
 
-# Each JWT key kind and its algorithm.
+# What the tests sign asymmetric JWTs with.
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
@@ -123,11 +123,12 @@ def _settings(**changes: Any) -> Settings:
 
 
 def _request(
-    headers: Mapping[str, str] | list[tuple[str, str]] = (),
+    headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
     *,
     client: tuple[str, int] | None = ("127.0.0.1", 51000),
 ) -> Request:
     """A ``POST /chatkit`` as uvicorn would hand it over, from ``client``."""
+    headers = headers or {}
     pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
     scope = {
         "type": "http",
