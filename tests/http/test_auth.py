@@ -517,16 +517,17 @@ async def test_a_signed_in_user_chats_and_owns_the_thread(
 ) -> None:
     settings = _keys_settings(kind, keys, live_settings, jwt_audience=AUDIENCE, jwt_issuer=ISSUER)
     claims = _claims(sub="carol", aud=AUDIENCE, iss=ISSUER)
-    token = (
-        jwt.encode(claims, SECRET, algorithm="HS256")
-        if kind == "secret"
-        else jwt.encode(claims, keys[kind], algorithm="RS256" if kind == "rsa" else "ES256")
-    )
+    key, algorithm = {
+        "secret": (SECRET, "HS256"),
+        "rsa": (keys["rsa"], "RS256"),
+        "ec": (keys["ec"], "ES256"),
+    }[kind]
+    token = jwt.encode(claims, key, algorithm=algorithm)
+    wrong_audience = jwt.encode({**claims, "aud": "x"}, key, algorithm=algorithm)
 
     async with start_live(settings) as live, ChatKitClient(live.url, headers=_bearer(token)) as c:
         turn = await c.create_thread("hello")
         listed = await c.call("threads.list")
-        wrong_audience = jwt.encode({**claims, "aud": "x"}, SECRET, algorithm="HS256")
         refused = await live.client.post_raw(_LIST, headers=_bearer(wrong_audience))
         owners = await _owners(live)
 
@@ -535,6 +536,7 @@ async def test_a_signed_in_user_chats_and_owns_the_thread(
     assert [thread["id"] for thread in listed["data"]] == [turn.thread_id]
     assert owners == {turn.thread_id: "carol"}
     _assert_401(refused)
+    assert "another audience" in refused.json()["error"]["message"]
 
 
 async def _owners(live: Live) -> dict[str, str]:
