@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import ipaddress
 import logging
 import signal
 import sys
@@ -19,7 +20,7 @@ from chatkit_server import __version__
 from chatkit_server.errors import ChatKitServerError, DatabaseUnavailableError, MigrationError
 from chatkit_server.settings import DATABASE_VARIABLES, ENVIRONMENT_HELP, Settings, environment_help
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "main"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "main", "uvicorn_options"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -56,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the HTTP server. The database schema is upgraded before it starts.",
     )
     serve.add_argument(
-        "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})"
+        "--host",
+        default=DEFAULT_HOST,
+        help=(
+            f"address to bind (default {DEFAULT_HOST}); any address but loopback needs a "
+            "sign-in mode, or --allow-anonymous"
+        ),
     )
     serve.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})"
@@ -65,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-migrate",
         action="store_true",
         help="do not upgrade the database schema on start",
+    )
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help=(
+            "serve on a --host other than loopback with no sign-in mode on. Everyone who "
+            "can reach the address is then one user, who reads and writes every thread. "
+            "Without this flag serve refuses; set CHATKIT_JWT_SECRET, "
+            "CHATKIT_JWT_PUBLIC_KEY, CHATKIT_TRUSTED_USER_HEADER or CHATKIT_ADMIN_KEY "
+            "instead."
+        ),
     )
     serve.add_argument(
         "--workers",
@@ -210,6 +227,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _usage(
                 settings, user=args.user, thread=args.thread, limit=args.limit, as_json=args.json
             )
+        if not settings.auth_enabled and not _is_loopback(args.host):
+            if not args.allow_anonymous:
+                return _operator_error(
+                    f"--host {args.host}: no sign-in mode is on, so everyone who can reach "
+                    "this address would share one user and every thread; set "
+                    "CHATKIT_JWT_SECRET, CHATKIT_JWT_PUBLIC_KEY, CHATKIT_TRUSTED_USER_HEADER "
+                    "or CHATKIT_ADMIN_KEY, or pass --allow-anonymous"
+                )
+            logger.warning(
+                "serving on %s without sign-in (--allow-anonymous): everyone who can reach it "
+                "is one user",
+                args.host,
+            )
         return _serve(
             settings,
             host=args.host,
@@ -227,6 +257,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except NotImplementedError as exc:
         return _operator_error(str(exc))
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` can be reached from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another host name: it may resolve to anything
+        return False
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The ``uvicorn.Config`` options the app's settings call for.
+
+    With the trusted-proxy sign-in on, the user header is believed only from
+    the connection's own peer. uvicorn's ``proxy_headers`` (on by default,
+    trusting 127.0.0.1 or ``FORWARDED_ALLOW_IPS``) would replace that peer
+    with the address in ``X-Forwarded-For``: a proxy on 127.0.0.1 would no
+    longer be recognised, and a client allowed to forward could name a
+    trusted address. The proxy logs the client's own address anyway.
+
+    Args:
+        settings: The server's settings.
+    """
+    if "proxy" in settings.sign_in_modes:
+        return {"proxy_headers": False}
+    return {}
 
 
 def _operator_error(message: str) -> int:
@@ -360,6 +418,7 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: 
                 # Open answer streams get this long to finish on shutdown; then they
                 # are cancelled, which persists their partial answers.
                 timeout_graceful_shutdown=int(settings.shutdown_grace),
+                **uvicorn_options(settings),
             )
             if workers > 1:
                 return _serve_workers(config, settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,9 +24,11 @@ from chatkit_server.workflows.file import WorkflowFile, load_workflow_file
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_DATA_DIR",
+    "DEFAULT_JWT_LEEWAY",
     "DEFAULT_LLM_MODEL",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_USER_RATE_LIMIT",
     "DATABASE_VARIABLES",
     "ENVIRONMENT_HELP",
     "LLMApi",
@@ -89,14 +92,14 @@ environment:
   CHATKIT_ADMIN_KEY           bearer key of the REST API under /v1/chatkit, which mints sessions;
                               /chatkit then accepts their client secrets
   CHATKIT_JWT_SECRET          HS256 secret: /chatkit accepts JWTs signed with it (user = sub)
-  CHATKIT_JWT_PUBLIC_KEY      path of a PEM public key (RSA: RS256, EC: ES256) for JWTs instead
+  CHATKIT_JWT_PUBLIC_KEY      path of a PEM public key for JWTs (RSA: RS256, EC P-256: ES256)
   CHATKIT_JWT_AUDIENCE        required "aud" of accepted JWTs (default: not checked)
   CHATKIT_JWT_ISSUER          required "iss" of accepted JWTs (default: not checked)
   CHATKIT_TRUSTED_USER_HEADER header naming the signed-in user, set by a reverse proxy, e.g.
                               X-Forwarded-User (needs CHATKIT_TRUSTED_PROXIES)
   CHATKIT_TRUSTED_PROXIES     comma-separated addresses or networks allowed to set that header
-  CHATKIT_RATE_LIMIT          requests a minute for a JWT or proxy user (default 60; 0: none);
-                              a session has its own limit
+  CHATKIT_RATE_LIMIT          requests a minute that write, per JWT or proxy user (default 60;
+                              0: none); a session has its own limit
   CHATKIT_CORS_ORIGINS        comma-separated origins allowed to call the server from a browser
   CHATKIT_MAX_BODY_BYTES      largest accepted request body in bytes (default 4194304)
   CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
@@ -267,7 +270,25 @@ class Settings:
             if origin.strip()
         )
 
-        trusted_header = get("CHATKIT_TRUSTED_USER_HEADER")
+        jwt_secret = _jwt_secret(get("CHATKIT_JWT_SECRET"))
+        jwt_public_key = _pem_file(get("CHATKIT_JWT_PUBLIC_KEY"))
+        jwt_audience = get("CHATKIT_JWT_AUDIENCE")
+        jwt_issuer = get("CHATKIT_JWT_ISSUER")
+        if jwt_secret is None and jwt_public_key is None:
+            # Without a key JWTs are not accepted at all: an operator who set
+            # only these would believe tokens are checked when none is.
+            for name, value in (
+                ("CHATKIT_JWT_AUDIENCE", jwt_audience),
+                ("CHATKIT_JWT_ISSUER", jwt_issuer),
+            ):
+                if value is not None:
+                    raise SettingsError(
+                        name,
+                        "set CHATKIT_JWT_SECRET or CHATKIT_JWT_PUBLIC_KEY too, or JWTs are "
+                        "not accepted at all",
+                    )
+
+        trusted_header = _header_name(get("CHATKIT_TRUSTED_USER_HEADER"))
         trusted_proxies = _networks(get("CHATKIT_TRUSTED_PROXIES"))
         if trusted_header is not None and not trusted_proxies:
             raise SettingsError(
@@ -301,10 +322,10 @@ class Settings:
             workflows_file=workflows_file,
             local_model=local_model,  # type: ignore[arg-type]  # checked above
             admin_key=_admin_key(get("CHATKIT_ADMIN_KEY")),
-            jwt_secret=_jwt_secret(get("CHATKIT_JWT_SECRET")),
-            jwt_public_key=_pem_file(get("CHATKIT_JWT_PUBLIC_KEY")),
-            jwt_audience=get("CHATKIT_JWT_AUDIENCE"),
-            jwt_issuer=get("CHATKIT_JWT_ISSUER"),
+            jwt_secret=jwt_secret,
+            jwt_public_key=jwt_public_key,
+            jwt_audience=jwt_audience,
+            jwt_issuer=jwt_issuer,
             trusted_user_header=trusted_header,
             trusted_proxies=trusted_proxies,
             user_rate_limit=_int(env, "CHATKIT_RATE_LIMIT", DEFAULT_USER_RATE_LIMIT, minimum=0),
@@ -373,6 +394,20 @@ def _pem_file(path: str | None) -> str | None:
             "or an EC P-256 one (ES256)",
         )
     return text
+
+
+# RFC 9110 section 5.1: a field name is a token.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_name(value: str | None) -> str | None:
+    """A header name that requests can carry (else it would never be found)."""
+    if value is not None and not _FIELD_NAME.fullmatch(value):
+        raise SettingsError(
+            "CHATKIT_TRUSTED_USER_HEADER",
+            f"{value!r} is not an HTTP header name (e.g. X-Forwarded-User)",
+        )
+    return value
 
 
 def _networks(value: str | None) -> tuple[str, ...]:

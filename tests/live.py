@@ -17,6 +17,7 @@ import pytest
 from starlette.applications import Starlette
 
 from chatkit_server.app import create_app
+from chatkit_server.cli import uvicorn_options
 from chatkit_server.context import RequestContext
 from chatkit_server.http.state import AppState
 from chatkit_server.settings import Settings
@@ -89,7 +90,9 @@ def start_live() -> LiveFactory:
     @asynccontextmanager
     async def start(settings: Settings, **uvicorn_kwargs: Any) -> AsyncIterator[Live]:
         app = create_app(settings, migrate=True)
-        async with serve_app(app, **uvicorn_kwargs) as url, ChatKitClient(url) as client:
+        # As `serve` runs it (e.g. the trusted-proxy sign-in needs the real peer).
+        options = {**uvicorn_options(settings), **uvicorn_kwargs}
+        async with serve_app(app, **options) as url, ChatKitClient(url) as client:
             yield Live(url=url, app=app, settings=settings, client=client)
 
     return start

@@ -124,7 +124,13 @@ def test_help_explains_the_environment(capsys: pytest.CaptureFixture[str]) -> No
         build_parser().parse_args(["serve", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for name in ("--no-migrate", "--port", "CHATKIT_LLM_BASE_URL", "CHATKIT_DATABASE_URL"):
+    for name in (
+        "--no-migrate",
+        "--port",
+        "--allow-anonymous",
+        "CHATKIT_LLM_BASE_URL",
+        "CHATKIT_DATABASE_URL",
+    ):
         assert name in out
 
 
@@ -517,6 +523,18 @@ def test_the_example_workflows_file_starts_as_its_header_says(tmp_path: Path) ->
     assert '"analyst"' in listed
 
 
+_SIGN_IN_VARIABLES = (
+    "CHATKIT_ADMIN_KEY",
+    "CHATKIT_JWT_SECRET",
+    "CHATKIT_JWT_PUBLIC_KEY",
+    "CHATKIT_JWT_AUDIENCE",
+    "CHATKIT_JWT_ISSUER",
+    "CHATKIT_TRUSTED_USER_HEADER",
+    "CHATKIT_TRUSTED_PROXIES",
+    "CHATKIT_RATE_LIMIT",
+)
+
+
 def _help(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([*args, "--help"])
@@ -527,8 +545,12 @@ def _help(capsys: pytest.CaptureFixture[str], *args: str) -> str:
 @pytest.mark.parametrize(
     ("command", "listed", "not_listed"),
     [
-        (["serve"], ["CHATKIT_LLM_BASE_URL", "CHATKIT_DATABASE_URL"], []),
-        (["migrate"], ["CHATKIT_DATABASE_URL", "CHATKIT_DATA_DIR"], ["CHATKIT_LLM_BASE_URL"]),
+        (["serve"], ["CHATKIT_LLM_BASE_URL", "CHATKIT_DATABASE_URL", *_SIGN_IN_VARIABLES], []),
+        (
+            ["migrate"],
+            ["CHATKIT_DATABASE_URL", "CHATKIT_DATA_DIR"],
+            ["CHATKIT_LLM_BASE_URL", *_SIGN_IN_VARIABLES],
+        ),
         (["usage"], ["CHATKIT_DATABASE_URL"], ["CHATKIT_WORKFLOWS", "CHATKIT_TITLES"]),
         (["record"], [], ["CHATKIT_DATABASE_URL", "CHATKIT_LLM_API_KEY"]),
         (["replay"], [], ["CHATKIT_DATA_DIR", "CHATKIT_LLM_MODEL"]),
@@ -542,3 +564,93 @@ def test_each_command_lists_only_the_environment_it_uses(
         assert f"  {name} " in out
     for name in not_listed:
         assert name not in out
+
+
+_JWT_SECRET = "a-jwt-secret-of-at-least-32-bytes-for-tests"
+
+
+_PROXY = {"CHATKIT_TRUSTED_USER_HEADER": "X-Forwarded-User", "CHATKIT_TRUSTED_PROXIES": "::1"}
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "fragment"),
+    [
+        ({"CHATKIT_ADMIN_KEY": "short"}, "CHATKIT_ADMIN_KEY", "at least 32 characters"),
+        ({"CHATKIT_JWT_SECRET": "short"}, "CHATKIT_JWT_SECRET", "at least 32 bytes"),
+        (
+            {"CHATKIT_JWT_PUBLIC_KEY": "/nonexistent/key.pem"},
+            "CHATKIT_JWT_PUBLIC_KEY",
+            "cannot read",
+        ),
+        ({"CHATKIT_JWT_AUDIENCE": "chat"}, "CHATKIT_JWT_AUDIENCE", "CHATKIT_JWT_SECRET"),
+        ({"CHATKIT_TRUSTED_USER_HEADER": "X-User"}, "CHATKIT_TRUSTED_PROXIES", "HEADER is set"),
+        ({**_PROXY, "CHATKIT_TRUSTED_PROXIES": "nginx"}, "CHATKIT_TRUSTED_PROXIES", "not an IP"),
+        (
+            {**_PROXY, "CHATKIT_TRUSTED_USER_HEADER": "X User"},
+            "CHATKIT_TRUSTED_USER_HEADER",
+            "not an HTTP header name",
+        ),
+        ({"CHATKIT_RATE_LIMIT": "-5"}, "CHATKIT_RATE_LIMIT", "at least 0"),
+    ],
+)
+def test_a_sign_in_setting_mistake_is_one_line(
+    run: Run, env: dict[str, str], variable: str, fragment: str
+) -> None:
+    result = run("serve", CHATKIT_LOCAL_MODEL="off", **env)
+    _assert_one_line(result, f"chatkit-server: {variable}: ", fragment)
+
+
+def _listening(host: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family)
+    sock.bind((host, 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "chat.example.com"])
+def test_serve_refuses_a_public_address_without_sign_in(
+    tmp_path: Path, run: Run, host: str
+) -> None:
+    # Were it not refused, it would fail on the taken port instead of serving on
+    # (a socket on :: takes the port on every IPv4 and IPv6 address here).
+    with _listening("::") as sock:
+        port = str(sock.getsockname()[1])
+        result = run("serve", "--host", host, "--port", port, CHATKIT_LOCAL_MODEL="off")
+
+    _assert_one_line(result, f"--host {host}: ", "CHATKIT_JWT_SECRET", "--allow-anonymous")
+    # Refused before anything was done: no database yet.
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("host", "bound", "args", "extra"),
+    [
+        pytest.param("127.0.0.1", "127.0.0.1", [], {}, id="127.0.0.1"),
+        pytest.param("localhost", "127.0.0.1", [], {}, id="localhost"),
+        pytest.param("::1", "::1", [], {}, id="::1"),
+        pytest.param("0.0.0.0", "0.0.0.0", [], {"CHATKIT_JWT_SECRET": _JWT_SECRET}, id="JWT"),
+        pytest.param(
+            "0.0.0.0",
+            "0.0.0.0",
+            [],
+            _PROXY,
+            id="proxy",
+        ),
+        pytest.param("0.0.0.0", "0.0.0.0", ["--allow-anonymous"], {}, id="allow-anonymous"),
+    ],
+)
+def test_serve_starts_on_loopback_with_sign_in_or_when_allowed(
+    run: Run, host: str, bound: str, args: list[str], extra: dict[str, str]
+) -> None:
+    # The port is taken: serve gets as far as binding it, and no further.
+    with _listening(bound) as sock:
+        port = str(sock.getsockname()[1])
+        result = run(
+            "serve", "--host", host, "--port", port, *args, CHATKIT_LOCAL_MODEL="off", **extra
+        )
+    assert result.returncode != 0
+    assert "address already in use" in result.stderr.lower(), result.stderr
+    assert "--allow-anonymous" not in result.stderr.replace("(--allow-anonymous)", "")
+    if args:
+        assert "without sign-in (--allow-anonymous)" in result.stderr

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from chatkit_server.settings import DEFAULT_READ_TIMEOUT, Settings, SettingsError
+from chatkit_server.settings import (
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_USER_RATE_LIMIT,
+    Settings,
+    SettingsError,
+)
 
 
 def test_defaults_use_sqlite_in_the_data_dir() -> None:
@@ -77,3 +86,161 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         settings.llm_model = "other"  # type: ignore[misc]
     assert settings.with_changes(llm_model="other").llm_model == "other"
+
+
+# --- sign-in -----------------------------------------------------------------------------------
+
+
+def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_sign_in_is_off_by_default() -> None:
+    settings = Settings.from_env({})
+    assert settings.sign_in_modes == ()
+    assert settings.user_rate_limit == DEFAULT_USER_RATE_LIMIT
+    assert settings.trusted_proxies == ()
+
+
+def test_sign_in_values_are_parsed() -> None:
+    settings = Settings.from_env(
+        {
+            "CHATKIT_ADMIN_KEY": "k" * 32,
+            # 32 bytes in 16 characters: the length is counted in bytes.
+            "CHATKIT_JWT_SECRET": "é" * 16,
+            "CHATKIT_JWT_AUDIENCE": "chat",
+            "CHATKIT_JWT_ISSUER": "https://issuer.test",
+            "CHATKIT_TRUSTED_USER_HEADER": "X-Forwarded-User",
+            "CHATKIT_TRUSTED_PROXIES": " 127.0.0.1, 10.1.2.3/8,::1,",
+            "CHATKIT_RATE_LIMIT": "0",
+        }
+    )
+    assert settings.sign_in_modes == ("sessions", "jwt", "proxy")
+    assert settings.admin_key == "k" * 32
+    assert settings.jwt_secret == "é" * 16
+    assert settings.jwt_public_key is None
+    assert (settings.jwt_audience, settings.jwt_issuer) == ("chat", "https://issuer.test")
+    assert settings.trusted_user_header == "X-Forwarded-User"
+    assert settings.trusted_proxies == ("127.0.0.1/32", "10.0.0.0/8", "::1/128")
+    assert settings.user_rate_limit == 0
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(
+            lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), id="RSA"
+        ),
+        pytest.param(lambda: ec.generate_private_key(ec.SECP256R1()), id="EC P-256"),
+    ],
+)
+def test_a_public_key_file_is_read(tmp_path: Path, key: Callable[[], Any]) -> None:
+    path = tmp_path / "jwt.pem"
+    path.write_bytes(_pem(key()))
+
+    settings = Settings.from_env({"CHATKIT_JWT_PUBLIC_KEY": str(path)})
+
+    assert settings.jwt_public_key == path.read_text()
+    assert settings.sign_in_modes == ("jwt",)
+
+
+def _file(content: bytes | Callable[[], bytes] | None) -> Callable[[Path], str]:
+    """A file in the test's directory with ``content`` (``None``: a directory)."""
+
+    def write(directory: Path) -> str:
+        path = directory / "key.pem"
+        if content is None:
+            path.mkdir()
+        else:
+            path.write_bytes(content() if callable(content) else content)
+        return str(path)
+
+    return write
+
+
+def _private_pem() -> bytes:
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _der() -> bytes:
+    return (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+_BAD_PUBLIC_KEYS: dict[str, tuple[Callable[[Path], str], str]] = {
+    "missing": (lambda directory: str(directory / "nope.pem"), "cannot read"),
+    "a directory": (_file(None), "cannot read"),
+    "not PEM": (_file(b"hello\n"), "not a PEM public key"),
+    "DER": (_file(_der), "not a PEM public key"),
+    "a private key": (_file(_private_pem), "not a PEM public key"),
+    "EC P-384": (
+        _file(lambda: _pem(ec.generate_private_key(ec.SECP384R1()))),
+        "EC P-256",
+    ),
+    "Ed25519": (_file(lambda: _pem(ed25519.Ed25519PrivateKey.generate())), "RSA public key"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_PUBLIC_KEYS))
+def test_an_unusable_public_key_file_names_the_variable(tmp_path: Path, case: str) -> None:
+    path, fragment = _BAD_PUBLIC_KEYS[case]
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"CHATKIT_JWT_PUBLIC_KEY": path(tmp_path)})
+    assert error.value.variable == "CHATKIT_JWT_PUBLIC_KEY"
+    assert str(error.value).startswith("CHATKIT_JWT_PUBLIC_KEY: ")
+    assert fragment in str(error.value)
+
+
+_PROXY = {"CHATKIT_TRUSTED_USER_HEADER": "X-Forwarded-User", "CHATKIT_TRUSTED_PROXIES": "10.0.0.1"}
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "fragment"),
+    [
+        ({"CHATKIT_ADMIN_KEY": "k" * 31}, "CHATKIT_ADMIN_KEY", "at least 32 characters"),
+        ({"CHATKIT_JWT_SECRET": "s" * 31}, "CHATKIT_JWT_SECRET", "at least 32 bytes"),
+        ({"CHATKIT_JWT_SECRET": "é" * 15}, "CHATKIT_JWT_SECRET", "at least 32 bytes"),
+        ({"CHATKIT_JWT_AUDIENCE": "chat"}, "CHATKIT_JWT_AUDIENCE", "CHATKIT_JWT_SECRET"),
+        ({"CHATKIT_JWT_ISSUER": "https://i.test"}, "CHATKIT_JWT_ISSUER", "CHATKIT_JWT_PUBLIC_KEY"),
+        (
+            {"CHATKIT_TRUSTED_USER_HEADER": "X-Forwarded-User"},
+            "CHATKIT_TRUSTED_PROXIES",
+            "CHATKIT_TRUSTED_USER_HEADER is set",
+        ),
+        (
+            {"CHATKIT_TRUSTED_PROXIES": "127.0.0.1"},
+            "CHATKIT_TRUSTED_USER_HEADER",
+            "CHATKIT_TRUSTED_PROXIES is set",
+        ),
+        ({**_PROXY, "CHATKIT_TRUSTED_PROXIES": "nginx"}, "CHATKIT_TRUSTED_PROXIES", "'nginx'"),
+        (
+            {**_PROXY, "CHATKIT_TRUSTED_PROXIES": "10.0.0.1,10.0.0.0/33"},
+            "CHATKIT_TRUSTED_PROXIES",
+            "'10.0.0.0/33' is not an IP address",
+        ),
+        (
+            {**_PROXY, "CHATKIT_TRUSTED_USER_HEADER": "X Forwarded User"},
+            "CHATKIT_TRUSTED_USER_HEADER",
+            "not an HTTP header name",
+        ),
+        ({"CHATKIT_RATE_LIMIT": "-1"}, "CHATKIT_RATE_LIMIT", "at least 0"),
+        ({"CHATKIT_RATE_LIMIT": "many"}, "CHATKIT_RATE_LIMIT", "whole number"),
+    ],
+)
+def test_invalid_sign_in_values_name_the_variable(
+    env: dict[str, str], variable: str, fragment: str
+) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env(env)
+    assert error.value.variable == variable
+    assert str(error.value).startswith(variable + ": ")
+    assert fragment in str(error.value)

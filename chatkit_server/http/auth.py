@@ -12,10 +12,16 @@ user):
   the HS256-signed-with-the-public-key confusion;
 - **trusted proxy** (``CHATKIT_TRUSTED_USER_HEADER`` +
   ``CHATKIT_TRUSTED_PROXIES``): the header names the user, believed only from
-  the listed addresses (the connection's own peer, not a forwarded address).
+  the listed addresses. The address is the connection's own peer, so the
+  ASGI server must not replace it with a forwarded one (``serve`` turns
+  uvicorn's ``proxy_headers`` off in this mode). A trusted proxy's header
+  decides even when the request also carries an ``Authorization`` header:
+  the proxy signed the user in, and may pass its identity provider's token
+  along for someone else.
 
-Every failure is a 401 with a JSON body, decided before the request's body
-is read or anything else is asked of the store.
+Every failure is a 401 with a JSON body and a ``WWW-Authenticate``
+challenge, decided before the request's body is read or anything else is
+asked of the store.
 """
 
 from __future__ import annotations
@@ -41,11 +47,17 @@ logger = logging.getLogger(__name__)
 MAX_USER_LENGTH: Final = 255
 """Longest user id (the database column's size)."""
 
-_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="chatkit"'}
+_CHALLENGE: Final = 'Bearer realm="chatkit"'
+# RFC 6750 section 3.1: a token was sent, and it is not accepted.
+_INVALID_TOKEN: Final = _CHALLENGE + ', error="invalid_token"'
 
 
-def _unauthorized(message: str) -> RequestError:
-    return RequestError(401, message, code="unauthorized", headers=_CHALLENGE)
+def _unauthorized(message: str, *, challenge: str = _CHALLENGE) -> RequestError:
+    return RequestError(401, message, code="unauthorized", headers={"WWW-Authenticate": challenge})
+
+
+def _invalid_token(message: str) -> RequestError:
+    return _unauthorized(message, challenge=_INVALID_TOKEN)
 
 
 class Authenticator:
@@ -88,42 +100,66 @@ class Authenticator:
         """
         if not self.modes:
             return RequestContext()
+        proxied = connection.headers.getlist(self._header) if self._header is not None else []
+        peer = connection.client.host if connection.client else None
+        if proxied and self._trusted(peer):
+            return self._proxy_user(proxied)
         authorization = connection.headers.get("authorization")
         if authorization is not None:
-            scheme, _, token = authorization.partition(" ")
-            token = token.strip()
-            if scheme.lower() != "bearer" or not token:
-                raise _unauthorized("The Authorization header must be 'Bearer <token>'.")
-            if token.startswith(SECRET_PREFIX) and self._sessions is not None:
-                return await self._session(token)
-            if self._jwt_keys and token.count(".") == 2:
-                return self._jwt(token)
-            raise _unauthorized(
-                f"The bearer token is not one this server accepts ({self._kinds()})."
+            return await self._bearer(authorization)
+        if proxied:
+            # Someone bypassed the proxy, or the proxy's address is missing
+            # from the list: either way the operator should know.
+            logger.warning(
+                "refused %s from %s, which is not in CHATKIT_TRUSTED_PROXIES",
+                self._header,
+                peer,
             )
-        if self._header is not None:
-            user = connection.headers.get(self._header)
-            if user is not None:
-                return self._proxy_user(connection, user)
-        raise _unauthorized(
-            f"Sign in first: send 'Authorization: Bearer <token>' ({self._kinds()})."
-        )
+            raise _unauthorized(
+                f"{self._header} is accepted only from the trusted proxy; sign in through it."
+            )
+        raise _unauthorized(f"Sign in first: {self._how_to_sign_in()}.")
 
-    def _kinds(self) -> str:
-        kinds = []
+    def _how_to_sign_in(self) -> str:
+        ways = []
         if self._sessions is not None:
-            kinds.append("a session's client_secret")
+            ways.append("send 'Authorization: Bearer <client_secret of a session>'")
         if self._jwt_keys:
-            kinds.append("a JWT")
+            ways.append("send 'Authorization: Bearer <JWT>'")
         if self._header is not None:
-            kinds.append(f"or sign in through the proxy that sets {self._header}")
-        return ", ".join(kinds)
+            ways.append(f"come through the proxy that sets {self._header}")
+        return ", or ".join(ways)
+
+    def _trusted(self, peer: str | None) -> bool:
+        if peer is None:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:  # a Unix socket's peer has no IP address
+            return False
+        # A dual-stack listener (--host ::) sees IPv4 clients as ::ffff:a.b.c.d.
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._proxies)
+
+    async def _bearer(self, authorization: str) -> RequestContext:
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _unauthorized("The Authorization header must be 'Bearer <token>'.")
+        if token.startswith(SECRET_PREFIX) and self._sessions is not None:
+            return await self._session(token)
+        if self._jwt_keys and token.count(".") == 2:
+            return self._jwt(token)
+        raise _invalid_token(
+            f"The bearer token is not one this server accepts; {self._how_to_sign_in()}."
+        )
 
     async def _session(self, secret: str) -> RequestContext:
         assert self._sessions is not None
         record = await self._sessions.verify(secret)
         if record is None:
-            raise _unauthorized("The client secret is unknown, expired or cancelled.")
+            raise _invalid_token("The client secret is unknown, expired or cancelled.")
         return RequestContext(
             user_id=record.user_id,
             workflow_id=record.workflow_id,
@@ -139,10 +175,10 @@ class Authenticator:
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
         except jwt.InvalidTokenError:
-            raise _unauthorized("The bearer token is not a well-formed JWT.") from None
+            raise _invalid_token("The bearer token is not a well-formed JWT.") from None
         key = self._jwt_keys.get(algorithm) if isinstance(algorithm, str) else None
         if key is None or not isinstance(algorithm, str):
-            raise _unauthorized(
+            raise _invalid_token(
                 f"JWTs signed with {algorithm!r} are not accepted; "
                 f"this server accepts {', '.join(sorted(self._jwt_keys))}."
             )
@@ -158,39 +194,30 @@ class Authenticator:
                 **self._jwt_options,
             )
         except jwt.ExpiredSignatureError:
-            raise _unauthorized("The JWT has expired.") from None
+            raise _invalid_token("The JWT has expired.") from None
         except jwt.ImmatureSignatureError:
-            raise _unauthorized("The JWT is not valid yet.") from None
+            raise _invalid_token("The JWT is not valid yet.") from None
         except jwt.InvalidAudienceError:
-            raise _unauthorized("The JWT is for another audience.") from None
+            raise _invalid_token("The JWT is for another audience.") from None
         except jwt.InvalidIssuerError:
-            raise _unauthorized("The JWT is from another issuer.") from None
+            raise _invalid_token("The JWT is from another issuer.") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise _unauthorized(f"The JWT has no {exc.claim!r} claim.") from None
+            raise _invalid_token(f"The JWT has no {exc.claim!r} claim.") from None
         except jwt.InvalidTokenError:
-            raise _unauthorized("The JWT's signature or claims are not valid.") from None
-        return self._user(claims["sub"], source="the JWT's 'sub' claim")
+            raise _invalid_token("The JWT's signature or claims are not valid.") from None
+        return self._user(claims["sub"], source="the JWT's 'sub' claim", token=True)
 
-    def _proxy_user(self, connection: HTTPConnection, user: str) -> RequestContext:
-        peer = connection.client.host if connection.client else None
-        try:
-            trusted = peer is not None and any(
-                ipaddress.ip_address(peer) in network for network in self._proxies
-            )
-        except ValueError:  # a Unix socket's peer has no IP address
-            trusted = False
-        if not trusted:
-            logger.warning(
-                "refused %s from %s, which is not in CHATKIT_TRUSTED_PROXIES", self._header, peer
-            )
-            raise _unauthorized(
-                f"{self._header} is accepted only from the trusted proxy; sign in through it."
-            )
-        return self._user(user.strip(), source=f"the {self._header} header")
+    def _proxy_user(self, values: list[str]) -> RequestContext:
+        if len(values) != 1:
+            # A proxy that adds its header instead of replacing the client's
+            # would let the client's own value come first: refuse to choose.
+            raise _unauthorized(f"{self._header} must be sent once, by the trusted proxy.")
+        return self._user(values[0].strip(), source=f"the {self._header} header", token=False)
 
-    def _user(self, user: object, *, source: str) -> RequestContext:
-        if not isinstance(user, str) or not user or len(user) > MAX_USER_LENGTH:
-            raise _unauthorized(f"{source} must name a user in 1 to {MAX_USER_LENGTH} characters.")
+    def _user(self, user: object, *, source: str, token: bool) -> RequestContext:
+        if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER_LENGTH:
+            refuse = _invalid_token if token else _unauthorized
+            raise refuse(f"{source} must name a user in 1 to {MAX_USER_LENGTH} characters.")
         return RequestContext(
             user_id=user,
             rate_subject=f"user:{user}" if self._rate_limit else None,
