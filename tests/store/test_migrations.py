@@ -86,8 +86,7 @@ async def test_upgrade_logs_and_leaves_app_logging_alone(
     assert messages == [
         "upgraded empty -> 0001: Initial schema: threads, thread items, attachments and feedback.",
         "upgraded 0001 -> 0002: Token usage per answer.",
-        "upgraded 0002 -> 0003: Sign-in: sessions, rate-limit counts and per-thread answer "
-        "leases.",
+        "upgraded 0002 -> 0003: Sign-in: sessions, rate-limit counts and per-thread answer leases.",
     ]
     assert capsys.readouterr().out == ""
     assert not app_logger.disabled
