@@ -10,6 +10,7 @@ unknown model a 400, all before anything is streamed.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import replace
 
@@ -19,6 +20,7 @@ from chatkit.types import (
     ChatKitReq,
     ClientToolCallItem,
     InferenceOptions,
+    InputTranscribeReq,
     StructuredInputItem,
     ThreadMetadata,
     ThreadsAddClientToolOutputReq,
@@ -235,6 +237,14 @@ class RequestChecks:
                         raise RequestError(400, "Actions can only be sent from a widget item.")
             case AttachmentsCreateReq():
                 await self._check_upload(request.params.size, context)
+            case InputTranscribeReq():
+                # ChatKit decodes the audio itself (as here: the same
+                # strings pass) and has no answer but a 500 for one that
+                # is not base64.
+                try:
+                    base64.b64decode(request.params.audio_base64)
+                except ValueError:  # binascii.Error, or a non-ASCII character
+                    raise RequestError(400, "params.audio_base64 is not valid base64.") from None
             case AttachmentsDeleteReq():
                 # The store's delete is idempotent; the client still deserves
                 # to hear that the id was never theirs.

@@ -33,6 +33,11 @@ async def test_non_streaming_answer_is_json(live: Live) -> None:
     assert response.json() == {"data": [], "has_more": False}
 
 
+def _transcribe(audio_base64: str) -> str:
+    params = {"audio_base64": audio_base64, "mime_type": "audio/webm"}
+    return json.dumps({"type": "input.transcribe", "params": params})
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
@@ -43,6 +48,9 @@ async def test_non_streaming_answer_is_json(live: Live) -> None:
         ('{"type": "threads.get_by_id", "params": {}}', "thread_id"),
         ('{"type": "threads.list", "params": {"limit": "many"}}', "limit"),
         ("[1, 2, 3]", "Invalid request"),
+        # ChatKit decodes the audio with no answer for a malformed string but a 500.
+        (_transcribe("abcde"), "audio_base64"),
+        (_transcribe("\u00e9t\u00e9"), "audio_base64"),
     ],
 )
 async def test_bad_requests_get_400_with_json(live: Live, body: str, fragment: str) -> None:
