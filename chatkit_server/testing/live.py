@@ -80,7 +80,10 @@ class _Server(uvicorn.Server):
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio turns Nagle's algorithm off on accepted
+    # connections only for a socket that says so, and with it on a reused
+    # connection's next request waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         # Same option uvicorn sets: lets a just-closed test server's port be reused,
         # while a port with a live listener still fails with EADDRINUSE.

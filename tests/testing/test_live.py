@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from chatkit_server.testing import live
 from chatkit_server.testing.live import (
     PortInUseError,
     ServerStartupError,
@@ -192,3 +193,14 @@ def test_server_thread_lifespan_failure() -> None:
 
     with pytest.raises(ServerStartupError), ServerThread(Starlette(lifespan=broken)):
         pytest.fail("should not start")
+
+
+def test_the_listening_socket_says_tcp_so_asyncio_turns_nagle_off() -> None:
+    # asyncio sets TCP_NODELAY on accepted connections only when the listening
+    # socket's proto is IPPROTO_TCP; without it, keep-alive requests stall
+    # ~40 ms on delayed ACKs.
+    sock = live._bind("127.0.0.1", 0)  # noqa: SLF001
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
