@@ -121,3 +121,21 @@ def test_source_checkout_scripts_are_the_repository_ones() -> None:
 async def test_sync_api_refuses_to_run_inside_an_event_loop(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="upgrade_async"):
         current(f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}")
+
+
+@pytest.mark.postgres
+async def test_counts_and_leases_are_unlogged_on_postgres(postgres_database_url: str) -> None:
+    await upgrade_async(postgres_database_url)
+    engine = create_engine(postgres_database_url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                sa.text(
+                    "SELECT relname, relpersistence::text FROM pg_class WHERE relname IN "
+                    "('rate_counts', 'thread_leases', 'threads')"
+                )
+            )
+            kinds = {row[0]: row[1] for row in rows}
+    finally:
+        await engine.dispose()
+    assert kinds == {"rate_counts": "u", "thread_leases": "u", "threads": "p"}
