@@ -98,7 +98,9 @@ def fig_sessions_ttft(ctx: Ctx) -> None:
 
 
 async def _ttft(ctx: Ctx, backend: Service, plain: Service, signed: Service, url: str) -> None:
-    report, turns = ctx.report, ctx.plan.ttft_turns
+    # Twice the ttft figure's turns: the difference sought is a fraction of
+    # a millisecond, smaller than the spread of either side.
+    report, turns = ctx.report, 2 * ctx.plan.ttft_turns
     (secret,) = await _mint(url, 1)
     async with net.client() as http:
         off = await net.create_thread(http, plain.url, "warm up")
@@ -108,27 +110,32 @@ async def _ttft(ctx: Ctx, backend: Service, plain: Service, signed: Service, url
         extra: dict[str, list[float]] = {"off": [], "on": []}
         served: list[net.Timing] = []
         for turn in range(turns):
-            direct = await net.backend_stream(http, backend.url)
-            timing = await net.add_message(http, plain.url, off.thread_id, f"Turn {turn}")
-            extra["off"].append(timing.first - direct.first)
-            served.append(timing)
-            direct = await net.backend_stream(http, backend.url)
-            timing = await net.add_message(
-                http, signed.url, on.thread_id, f"Turn {turn}", token=secret
-            )
-            extra["on"].append(timing.first - direct.first)
-            served.append(timing)
+            # Alternating which goes first, so neither gains from the order.
+            order = ("off", "on") if turn % 2 == 0 else ("on", "off")
+            for kind in order:
+                direct = await net.backend_stream(http, backend.url)
+                if kind == "off":
+                    timing = await net.add_message(http, plain.url, off.thread_id, f"T{turn}")
+                else:
+                    timing = await net.add_message(
+                        http, signed.url, on.thread_id, f"T{turn}", token=secret
+                    )
+                extra[kind].append(timing.first - direct.first)
+                served.append(timing)
     problems = failures(served, ctx.plan.ttft_tokens)
     off_p50, on_p50 = percentile(extra["off"], 50), percentile(extra["on"], 50)
+    # Each turn measures both servers back to back: the median of those
+    # paired differences is steadier than the difference of the two medians.
+    paired = percentile([on - off for on, off in zip(extra["on"], extra["off"], strict=True)], 50)
     report.figure(
         "sessions-ttft",
         f"first delta minus backend first chunk, PostgreSQL, {turns} turns each, "
         "with a session's client secret vs sign-in off",
-        value=f"p50 {ms(on_p50)} with sessions ({(on_p50 - off_p50) * 1000:+.2f} ms)",
-        baseline=f"p50 {ms(off_p50)} sign-in off",
+        value=f"p50 {ms(on_p50)} with sessions (paired median {paired * 1000:+.2f} ms)",
+        baseline=f"p50 {ms(off_p50)} sign-in off (medians {(on_p50 - off_p50) * 1000:+.2f} ms)",
         ratio=on_p50 / off_p50 if off_p50 > 0 else None,
         target="<= +1 ms p50",
-        passed=on_p50 - off_p50 <= 0.001 and not problems,
+        passed=paired <= 0.001 and not problems,
     )
     if problems:
         report.note("sessions-ttft", f"{len(problems)} failed streams, e.g. {problems[:3]}")
