@@ -26,6 +26,13 @@ async def _first_event(events: Any) -> None:
         return
 
 
+async def _first_text(events: Any) -> None:
+    """Wait for the answer's first text: the backend has taken the scripted reply."""
+    async for event in events:
+        if event.type == "thread.item.updated" and event.update.type.endswith("text_delta"):
+            return
+
+
 async def test_a_second_answer_on_an_answering_thread_is_409(live: Live, fake_llm: FakeLLM) -> None:
     thread_id = (await live.client.create_thread("hi")).thread_id
     fake_llm.backend.script(Reply.count(40, delay=0.02))
@@ -76,7 +83,7 @@ async def test_stop_frees_the_thread(live: Live, fake_llm: FakeLLM) -> None:
     async with live.client.open_stream(
         "threads.add_user_message", thread_id=thread_id, input=user_input("long")
     ) as events:
-        await _first_event(events)
+        await _first_text(events)
     # Leaving the block closed the stream (the user pressed stop).
 
     fake_llm.backend.script(Reply.text("next answer"))
