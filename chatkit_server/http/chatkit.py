@@ -28,6 +28,16 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 async def chatkit_endpoint(request: Request) -> Response:
     """Answer one ChatKit protocol request (JSON, or an SSE stream)."""
     state = get_state(request)
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        # A form or text/plain POST is a "simple" request that any web page
+        # may send cross-site without a preflight, with the user's cookies
+        # (which a signing-in proxy turns into a user): refuse it unread.
+        return error_response(
+            415,
+            "Send the request as JSON, with 'Content-Type: application/json'.",
+            code="unsupported_media_type",
+        )
     try:
         # Who is asking comes first: nothing is read or stored for a stranger.
         context = await state.auth.authenticate(request)

@@ -476,6 +476,7 @@ def _assert_401(response: httpx.Response) -> None:
 
 _CREATE = json.dumps({"type": "threads.create", "params": {"input": user_input("hello")}})
 _LIST = json.dumps({"type": "threads.list", "params": {}})
+_JSON = {"content-type": "application/json"}
 
 
 @pytest.mark.parametrize("kind", ["secret", "rsa", "ec"])
@@ -630,11 +631,11 @@ async def test_x_forwarded_for_does_not_change_who_is_trusted(
         url = live.url + "/chatkit"
         # The proxy names the client it forwards: still the proxy's request.
         forwarded = await proxy.post(
-            url, content=_LIST, headers={HEADER: "bob", "x-forwarded-for": "203.0.113.9"}
+            url, content=_LIST, headers={**_JSON, HEADER: "bob", "x-forwarded-for": "203.0.113.9"}
         )
         # Another host claims to be the proxy.
         spoofed = await outsider.post(
-            url, content=_LIST, headers={HEADER: "admin", "x-forwarded-for": "127.0.0.1"}
+            url, content=_LIST, headers={**_JSON, HEADER: "admin", "x-forwarded-for": "127.0.0.1"}
         )
 
     assert forwarded.status_code == 200, forwarded.text
@@ -704,7 +705,12 @@ def test_the_readme_jwt_example_runs_as_printed(tmp_path: Path) -> None:
         signed_in = subprocess.run(
             ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False
         )
-        anonymous = httpx.post(f"http://127.0.0.1:{served.port}/chatkit", content=_LIST, timeout=5)
+        anonymous = httpx.post(
+            f"http://127.0.0.1:{served.port}/chatkit",
+            content=_LIST,
+            headers={"content-type": "application/json"},
+            timeout=5,
+        )
 
     assert signed_in.returncode == 0, signed_in.stderr
     assert signed_in.stdout == printed.group(1)
@@ -722,10 +728,14 @@ def test_serve_judges_the_proxy_by_its_own_address(tmp_path: Path) -> None:
             httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as outsider,
         ):
             forwarded = proxy.post(
-                url, content=_LIST, headers={HEADER: "bob", "x-forwarded-for": "203.0.113.9"}
+                url,
+                content=_LIST,
+                headers={**_JSON, HEADER: "bob", "x-forwarded-for": "203.0.113.9"},
             )
             spoofed = outsider.post(
-                url, content=_LIST, headers={HEADER: "admin", "x-forwarded-for": "127.0.0.1"}
+                url,
+                content=_LIST,
+                headers={**_JSON, HEADER: "admin", "x-forwarded-for": "127.0.0.1"},
             )
 
     assert forwarded.status_code == 200, served.output

@@ -160,7 +160,9 @@ async def test_oversized_chunked_body_gets_413(live: Live) -> None:
             yield chunk
 
     async with httpx.AsyncClient() as http:
-        response = await http.post(live.url + "/chatkit", content=body())
+        response = await http.post(
+            live.url + "/chatkit", content=body(), headers={"content-type": "application/json"}
+        )
 
     assert response.status_code == 413
 
@@ -335,3 +337,28 @@ async def test_a_client_leaving_mid_body_is_no_error(
     assert any("disconnected" in record.getMessage() for record in caplog.records)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert (await live.client.call("threads.list"))["data"] == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+async def test_only_json_bodies_are_read(live: Live, content_type: str | None) -> None:
+    # A cross-site page can send these without a CORS preflight; a write
+    # from one must not happen.
+    body = json.dumps({"type": "threads.create", "params": {"input": user_input("hi")}})
+    headers = {"content-type": content_type} if content_type else {}
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{live.url}/chatkit", content=body, headers=headers)
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    listed = await live.client.call("threads.list", limit=5)
+    assert listed["data"] == []
+
+
+async def test_json_with_a_charset_is_fine(live: Live) -> None:
+    response = await live.client.post_raw(
+        '{"type": "threads.list", "params": {}}',
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert response.status_code == 200
