@@ -17,7 +17,7 @@ Alembic owns the schema (``migrations/versions``); keep the two in step, which
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 
@@ -193,9 +193,11 @@ thread_leases = sa.Table(
 # then commits without waiting for a disk flush (they are written on every
 # answer), and after a crash they are simply empty, which frees every thread
 # and restarts the minute's counts: what a crash should do to them anyway.
+def _unlogged(table: sa.Table, connection: sa.Connection, **_: Any) -> None:
+    if connection.dialect.name == "postgresql":
+        name = connection.dialect.identifier_preparer.format_table(table)
+        connection.exec_driver_sql(f"ALTER TABLE {name} SET UNLOGGED")
+
+
 for _table in (rate_counts, thread_leases):
-    sa.event.listen(
-        _table,
-        "after_create",
-        sa.DDL("ALTER TABLE %(table)s SET UNLOGGED").execute_if(dialect="postgresql"),
-    )
+    sa.event.listen(_table, "after_create", _unlogged)

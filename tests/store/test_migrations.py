@@ -16,7 +16,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from chatkit_server.context import RequestContext
-from chatkit_server.store import SQLStore, alembic_config, current, downgrade, upgrade_async
+from chatkit_server.store import (
+    Database,
+    SQLStore,
+    alembic_config,
+    current,
+    downgrade,
+    upgrade_async,
+)
 from chatkit_server.store import migrate as migrate_module
 from chatkit_server.store.database import create_engine
 from chatkit_server.store.tables import metadata
@@ -123,10 +130,8 @@ async def test_sync_api_refuses_to_run_inside_an_event_loop(tmp_path: Path) -> N
         current(f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}")
 
 
-@pytest.mark.postgres
-async def test_counts_and_leases_are_unlogged_on_postgres(postgres_database_url: str) -> None:
-    await upgrade_async(postgres_database_url)
-    engine = create_engine(postgres_database_url)
+async def _persistence(url: str) -> dict[str, str]:
+    engine = create_engine(url)
     try:
         async with engine.connect() as conn:
             rows = await conn.execute(
@@ -135,7 +140,25 @@ async def test_counts_and_leases_are_unlogged_on_postgres(postgres_database_url:
                     "('rate_counts', 'thread_leases', 'threads')"
                 )
             )
-            kinds = {row[0]: row[1] for row in rows}
+            return {row[0]: row[1] for row in rows}
     finally:
         await engine.dispose()
-    assert kinds == {"rate_counts": "u", "thread_leases": "u", "threads": "p"}
+
+
+UNLOGGED = {"rate_counts": "u", "thread_leases": "u", "threads": "p"}
+
+
+@pytest.mark.postgres
+async def test_counts_and_leases_are_unlogged_on_postgres(postgres_database_url: str) -> None:
+    await upgrade_async(postgres_database_url)
+    assert await _persistence(postgres_database_url) == UNLOGGED
+
+
+@pytest.mark.postgres
+async def test_create_all_makes_them_unlogged_too(postgres_database_url: str) -> None:
+    database = Database.connect(postgres_database_url)
+    try:
+        await database.create_all()
+    finally:
+        await database.dispose()
+    assert await _persistence(postgres_database_url) == UNLOGGED
