@@ -26,7 +26,10 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_JWT_LEEWAY",
     "DEFAULT_LLM_MODEL",
+    "DEFAULT_MAX_ATTACHMENTS",
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_TITLE_CHARS",
+    "DEFAULT_MAX_UPLOAD_BYTES",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_USER_RATE_LIMIT",
     "DATABASE_VARIABLES",
@@ -56,6 +59,11 @@ DEFAULT_MAX_RETRIES = 0
 # A ChatKit request is a small JSON document (attachments travel separately);
 # audio for input.transcribe is the largest thing that arrives inline.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# Caps on what one request may ask the server to keep: generous for people,
+# small enough that no single request can bloat every later listing.
+DEFAULT_MAX_TITLE_CHARS = 200
+DEFAULT_MAX_ATTACHMENTS = 10
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_HISTORY_ITEMS = 200
 # Fits SmolLM2 with llama-server's default 4k context and room for an answer.
 DEFAULT_HISTORY_TOKENS = 3000
@@ -102,6 +110,9 @@ environment:
                               0: none); a session has its own limit
   CHATKIT_CORS_ORIGINS        comma-separated origins allowed to call the server from a browser
   CHATKIT_MAX_BODY_BYTES      largest accepted request body in bytes (default 4194304)
+  CHATKIT_MAX_TITLE_CHARS     longest thread title a client may set (default 200)
+  CHATKIT_MAX_ATTACHMENTS     most attachments on one message (default 10)
+  CHATKIT_MAX_UPLOAD_BYTES    largest attachment in bytes (default 20971520)
   CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
   CHATKIT_HISTORY_TOKENS      token budget for instructions + history (default 3000)
   CHATKIT_LLM_CONTEXT_TOKENS  context size of the backend's model, in tokens: history is cut to
@@ -171,6 +182,9 @@ class Settings:
     user_rate_limit: int = DEFAULT_USER_RATE_LIMIT
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_title_chars: int = DEFAULT_MAX_TITLE_CHARS
+    max_attachments: int = DEFAULT_MAX_ATTACHMENTS
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     history_items: int = DEFAULT_HISTORY_ITEMS
     history_tokens: int = DEFAULT_HISTORY_TOKENS
     tracing: bool = False
@@ -330,6 +344,15 @@ class Settings:
             trusted_proxies=trusted_proxies,
             user_rate_limit=_int(env, "CHATKIT_RATE_LIMIT", DEFAULT_USER_RATE_LIMIT, minimum=0),
             cors_origins=origins,
+            max_title_chars=_int(
+                env, "CHATKIT_MAX_TITLE_CHARS", DEFAULT_MAX_TITLE_CHARS, minimum=1
+            ),
+            max_attachments=_int(
+                env, "CHATKIT_MAX_ATTACHMENTS", DEFAULT_MAX_ATTACHMENTS, minimum=0
+            ),
+            max_upload_bytes=_int(
+                env, "CHATKIT_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, minimum=1
+            ),
             max_body_bytes=_int(
                 env, "CHATKIT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024
             ),

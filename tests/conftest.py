@@ -10,9 +10,12 @@ unreachable its tests are skipped with the reason, unless
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -111,21 +114,15 @@ async def database_target(
         await admin.dispose()
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite"),
-        pytest.param("postgres", marks=pytest.mark.postgres),
-    ]
-)
-async def server_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """An empty database for a whole server, named by its URL alone (no tables).
+@asynccontextmanager
+async def new_postgres_database() -> AsyncIterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped on exit.
 
-    A server takes no driver arguments, so PostgreSQL gets a database of its
-    own (dropped afterwards) rather than a schema on the search path.
+    For servers, which take only a URL (no driver arguments): a database of
+    their own keeps concurrent runs apart as the per-test schemas do. Skips
+    (or fails, under ``CHATKIT_REQUIRE_POSTGRES=1``) when PostgreSQL cannot
+    be reached.
     """
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'server' / 'chatkit.db'}"
-        return
     name = f"test_{secrets.token_hex(6)}"
     admin = create_async_engine(
         POSTGRES_URL,
@@ -145,9 +142,32 @@ async def server_database_url(request: pytest.FixtureRequest, tmp_path: Path) ->
     try:
         yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     finally:
+        # FORCE: a server stopped mid-request may leave a connection behind.
         async with admin.connect() as conn:
-            await conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
+
+
+@pytest.fixture
+async def postgres_database_url() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database for a server (see :func:`new_postgres_database`)."""
+    async with new_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite"),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+async def server_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database for a whole server, SQLite or PostgreSQL, named by its URL alone."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'server' / 'chatkit.db'}"
+        return
+    async with new_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -194,29 +214,12 @@ async def sqlite_database(tmp_path: Path) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-@pytest.fixture
-async def postgres_database_url() -> AsyncIterator[str]:
-    """The URL of a new, empty PostgreSQL database, dropped after the test.
+async def outside_minute_end(margin: float = 15.0) -> None:
+    """Wait, if needed, until the current clock minute has ``margin`` seconds left.
 
-    For servers in other processes, which take only a URL: a database of
-    their own keeps concurrent runs apart as the per-test schemas do.
+    Rate limits count per clock minute: a test that counts requests must not
+    straddle two minutes.
     """
-    if _postgres_failure:
-        _skip_or_fail_postgres(_postgres_failure[0])
-    name = f"chatkit_test_{secrets.token_hex(6)}"
-    admin = create_async_engine(
-        POSTGRES_URL, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={"timeout": 5}
-    )
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        await admin.dispose()
-        _postgres_failure.append(f"{type(exc).__name__}: {exc}")
-        _skip_or_fail_postgres(_postgres_failure[0])
-    try:
-        yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        async with admin.connect() as conn:
-            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    left = 60 - time.time() % 60
+    if left < margin:
+        await asyncio.sleep(left + 0.1)

@@ -82,6 +82,11 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
             except SystemExit as exc:  # argparse, or uvicorn's failed start
                 returncode = exc.code if isinstance(exc.code, int) else 1
         left = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+        for thread in left:
+            # A closed aiosqlite connection's thread ends on its own a moment
+            # later; a server still running would not.
+            thread.join(timeout=5)
+        left = [t for t in left if t.is_alive()]
         assert not left, f"chatkit-server {' '.join(args)} left threads running: {left}"
         out, err = capsys.readouterr()
         return Ran(returncode, out, err)

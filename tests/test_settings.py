@@ -66,6 +66,9 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ("CHATKIT_LLM_TIMEOUT", "-1", "positive"),
         ("CHATKIT_LLM_MAX_RETRIES", "2.5", "whole number"),
         ("CHATKIT_MAX_BODY_BYTES", "10", "at least"),
+        ("CHATKIT_MAX_TITLE_CHARS", "0", "at least"),
+        ("CHATKIT_MAX_ATTACHMENTS", "-1", "at least"),
+        ("CHATKIT_MAX_UPLOAD_BYTES", "lots", "whole number"),
         ("CHATKIT_DATABASE_URL", "mysql://root@localhost/db", "unsupported database"),
         ("CHATKIT_DATABASE_URL", "chat.db", "expected a URL"),
         ("CHATKIT_WORKFLOWS", "/nonexistent/workflows.toml", "no such file"),
@@ -244,3 +247,24 @@ def test_invalid_sign_in_values_name_the_variable(
     assert error.value.variable == variable
     assert str(error.value).startswith(variable + ": ")
     assert fragment in str(error.value)
+
+
+def test_request_caps_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "CHATKIT_MAX_TITLE_CHARS": "80",
+            "CHATKIT_MAX_ATTACHMENTS": "0",
+            "CHATKIT_MAX_UPLOAD_BYTES": "1048576",
+        }
+    )
+    assert (settings.max_title_chars, settings.max_attachments, settings.max_upload_bytes) == (
+        80,
+        0,
+        1048576,
+    )
+    defaults = Settings.from_env({})
+    assert (defaults.max_title_chars, defaults.max_attachments, defaults.max_upload_bytes) == (
+        200,
+        10,
+        20 * 1024 * 1024,
+    )

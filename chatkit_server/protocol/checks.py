@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import replace
+from typing import Final
 
 from chatkit.types import (
     AttachmentsCreateReq,
@@ -30,13 +32,15 @@ from chatkit.types import (
     ThreadsCustomActionReq,
     ThreadsRetryAfterItemReq,
     ThreadsSyncCustomActionReq,
+    ThreadsUpdateReq,
     UserMessageItem,
     WidgetItem,
 )
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from chatkit_server.context import RequestContext
-from chatkit_server.errors import RequestError
+from chatkit_server.errors import InvalidCursorError, NotFoundError, RequestError
+from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 
@@ -53,6 +57,8 @@ def parse_request(body: bytes) -> ChatKitReq:
 
     Raises:
         RequestError: 400 for malformed JSON, an unknown type or invalid params.
+        NotFoundError: An id holds a control character: no id of ours does.
+        InvalidCursorError: So does the ``after`` cursor.
     """
     try:
         request = _REQUEST_ADAPTER.validate_json(body)
@@ -60,7 +66,43 @@ def parse_request(body: bytes) -> ChatKitReq:
         raise RequestError(400, _describe_validation_error(exc)) from None
     if b'"metadata"' in body:  # the second parse only when it can matter
         _refuse_metadata_in_params(body)
+    if b"\\u00" in body or b"\x7f" in body:
+        _refuse_control_characters(request.params)
     return request
+
+
+# JSON carries a control character escaped (\u0000 to \u001f, \u007f), or DEL
+# raw (the one control character JSON allows unescaped): only then are the
+# ids walked.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _refuse_control_characters(params: object) -> None:
+    """Ids with control characters answer as unknown ids do, before any query.
+
+    PostgreSQL refuses NUL in text outright (the driver's error would be a
+    503 and a traceback); no id this server makes holds one.
+    """
+    if not isinstance(params, BaseModel):
+        return
+    for name, value in params:
+        if isinstance(value, BaseModel):
+            _refuse_control_characters(value)
+        elif name == "after" and isinstance(value, str) and _CONTROL.search(value):
+            raise InvalidCursorError("a cursor with a control character")
+        elif (name.endswith("_id") or name in _ID_LISTS) and _holds_control(value):
+            raise NotFoundError("an id with a control character")
+
+
+_ID_LISTS: Final = frozenset({"item_ids", "attachments"})
+
+
+def _holds_control(value: object) -> bool:
+    if isinstance(value, str):
+        return _CONTROL.search(value) is not None
+    if isinstance(value, list):
+        return any(isinstance(item, str) and _CONTROL.search(item) for item in value)
+    return False
 
 
 def _refuse_metadata_in_params(body: bytes) -> None:
@@ -111,9 +153,12 @@ class RequestChecks:
         workflows: The workflows a request may ask for.
     """
 
-    def __init__(self, *, store: SQLStore, workflows: WorkflowRegistry) -> None:
+    def __init__(
+        self, *, store: SQLStore, workflows: WorkflowRegistry, settings: Settings | None = None
+    ) -> None:
         self.store = store
         self.workflows = workflows
+        self.settings = settings or Settings()
 
     def choose_workflow(self, request: ChatKitReq, context: RequestContext) -> RequestContext:
         """The workflow a request asks for (``metadata.workflow``), else the default.
@@ -153,8 +198,26 @@ class RequestChecks:
                 f"Workflow {workflow.id!r} has no tool {options.tool_choice.id!r}.",
             )
 
+    def _check_attachment_ids(self, attachment_ids: list[str]) -> None:
+        if len(set(attachment_ids)) != len(attachment_ids):
+            raise RequestError(400, "The message names the same attachment more than once.")
+        cap = self.settings.max_attachments
+        if len(attachment_ids) > cap:
+            raise RequestError(
+                400, f"A message may carry at most {cap} attachments, not {len(attachment_ids)}."
+            )
+
     async def _check_upload(self, size: int, context: RequestContext) -> None:
-        """A session's ``file_upload`` configuration: on, size, number of files."""
+        """The declared size, and a session's ``file_upload``: on, size, number of files."""
+        if size < 0:
+            raise RequestError(400, "params.size must not be negative.")
+        if size > self.settings.max_upload_bytes:
+            raise RequestError(
+                413,
+                f"The file is larger than this server accepts "
+                f"({self.settings.max_upload_bytes} bytes).",
+                code="too_large",
+            )
         limits = context.limits
         if not limits.uploads:
             raise RequestError(
@@ -186,6 +249,7 @@ class RequestChecks:
         store = self.store
         match request:
             case ThreadsCreateReq():
+                self._check_attachment_ids(request.params.input.attachments)
                 self._check_inference_options(
                     self.workflows.get(context.workflow_id),
                     request.params.input.inference_options,
@@ -193,6 +257,7 @@ class RequestChecks:
                 for attachment_id in request.params.input.attachments:
                     await store.load_attachment(attachment_id, context)
             case ThreadsAddUserMessageReq():
+                self._check_attachment_ids(request.params.input.attachments)
                 thread = await store.load_thread(request.params.thread_id, context)
                 self._check_inference_options(
                     workflow_of(self.workflows, thread, context),
@@ -235,6 +300,10 @@ class RequestChecks:
                     )
                     if not isinstance(item, WidgetItem):
                         raise RequestError(400, "Actions can only be sent from a widget item.")
+            case ThreadsUpdateReq():
+                cap = self.settings.max_title_chars
+                if len(request.params.title) > cap:
+                    raise RequestError(400, f"A title may be at most {cap} characters long.")
             case AttachmentsCreateReq():
                 await self._check_upload(request.params.size, context)
             case InputTranscribeReq():

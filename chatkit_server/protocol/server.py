@@ -117,7 +117,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.usage = usage
         self.workflows = workflows
         self.settings = settings
-        self.checks = RequestChecks(store=store, workflows=workflows)
+        self.checks = RequestChecks(store=store, workflows=workflows, settings=settings)
         self.converter = HistoryConverter()
         self.history_cache = HistoryCache(decode_item)
 

@@ -20,7 +20,6 @@ import base64
 import gc
 import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -52,8 +51,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from chatkit_server.context import RequestContext
 from chatkit_server.settings import Settings
@@ -70,7 +67,7 @@ from chatkit_server.store.tables import (
 from chatkit_server.testing.client import ChatKitClient, user_input
 from chatkit_server.testing.fake_backend import Reply
 from chatkit_server.workflows.file import load_workflow_file
-from tests.conftest import POSTGRES_URL, _postgres_failure, _skip_or_fail_postgres
+from tests.conftest import new_postgres_database
 from tests.live import FakeLLM, Live, LiveFactory
 
 ALICE = "alice"
@@ -158,35 +155,12 @@ def sign_in(request: pytest.FixtureRequest) -> SignIn:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    """``None`` (the live server's SQLite file), or a new PostgreSQL database.
-
-    A database of its own, not a schema: the server takes only a URL, and
-    asyncpg reads no search_path from one. Dropped afterwards, so concurrent
-    runs never meet and nothing stays behind.
-    """
+    """``None`` (the live server's SQLite file), or a new PostgreSQL database."""
     if request.param == "sqlite":
         yield None
         return
-    name = f"test_iso_{secrets.token_hex(6)}"
-    # CREATE/DROP DATABASE cannot run in a transaction.
-    admin = create_async_engine(
-        POSTGRES_URL, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={"timeout": 5}
-    )
-    if not _postgres_failure:
-        try:
-            async with admin.connect() as conn:
-                await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        except Exception as exc:
-            _postgres_failure.append(f"{type(exc).__name__}: {exc}")
-    if _postgres_failure:
-        await admin.dispose()
-        _skip_or_fail_postgres(_postgres_failure[0])
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        async with admin.connect() as conn:
-            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    async with new_postgres_database() as url:
+        yield url
 
 
 # -- alice's world ---------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import ChatKitClient, ChatKitHTTPError, user_input
 from chatkit_server.testing.fake_backend import Reply
+from tests.conftest import outside_minute_end
 from tests.live import FakeLLM, Live, LiveFactory
 
 SECRET = "s" * 32
@@ -137,6 +138,7 @@ async def test_rate_limit_counts_writes_per_user(
         alice = ChatKitClient(live.url, headers={"authorization": f"Bearer {_token('alice')}"})
         bob = ChatKitClient(live.url, headers={"authorization": f"Bearer {_token('bob')}"})
         async with alice, bob:
+            await outside_minute_end()
             thread_id = (await alice.create_thread("one")).thread_id
             await alice.add_message(thread_id, "two")
             for _ in range(5):  # reads are not counted

@@ -23,6 +23,7 @@ import pytest
 from chatkit_server.testing.client import ChatKitClient, ChatKitHTTPError, user_input
 from chatkit_server.testing.fake_backend import FakeBackend, Reply
 from chatkit_server.testing.live import ServerThread
+from tests.conftest import outside_minute_end
 from tests.test_cli import _free_port, _wait_healthy
 
 pytestmark = pytest.mark.postgres
@@ -84,6 +85,7 @@ async def test_one_limit_and_one_answer_per_thread_across_processes(
     clients = [ChatKitClient(f"http://127.0.0.1:{port}", headers=headers) for port in servers]
     a, b = clients
     try:
+        await outside_minute_end()
         # One answer per thread: an answer streaming through one server makes
         # the other refuse a second message on the same thread.
         async with a.open_stream("threads.create", input=user_input("hi")) as events:
