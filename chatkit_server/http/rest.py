@@ -50,6 +50,7 @@ from chatkit_server.http.rest_shapes import (
 )
 from chatkit_server.http.state import AppState, get_state
 from chatkit_server.store.admin import AdminStore, Order
+from chatkit_server.store.ids import has_control_character
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",
@@ -97,6 +98,9 @@ def _admin(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
                 code="invalid_api_key",
                 headers=_CHALLENGE,
             )
+        refused = _odd_ids(request)
+        if refused is not None:
+            return refused
         try:
             return JSONResponse(await handler(request, state))
         except RequestError as exc:
@@ -120,6 +124,25 @@ def _admin(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__
     return endpoint
+
+
+def _odd_ids(request: Request) -> Response | None:
+    """An id or cursor with a control character: answered as an unknown one, unqueried."""
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and has_control_character(value):
+            what = "session" if name == "session_id" else "thread"
+            return error_response(404, f"No {what} {value!r}.", code="not_found")
+    for name, value in request.query_params.items():
+        if not has_control_character(value):
+            continue
+        if name in ("after", "before"):
+            return error_response(
+                400,
+                "The 'after' or 'before' cursor does not name an entry of this list.",
+                code="invalid_cursor",
+            )
+        return error_response(400, f"Invalid '{name}': it holds a control character.")
+    return None
 
 
 # -- query parameters ----------------------------------------------------------

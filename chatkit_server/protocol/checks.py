@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from dataclasses import replace
 from typing import Final
 
@@ -42,6 +41,7 @@ from chatkit_server.context import RequestContext
 from chatkit_server.errors import InvalidCursorError, NotFoundError, RequestError
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore
+from chatkit_server.store.ids import has_control_character
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 
 __all__ = ["THREAD_WORKFLOW_KEY", "RequestChecks", "parse_request", "workflow_of"]
@@ -74,7 +74,6 @@ def parse_request(body: bytes) -> ChatKitReq:
 # JSON carries a control character escaped (\u0000 to \u001f, \u007f), or DEL
 # raw (the one control character JSON allows unescaped): only then are the
 # ids walked.
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _refuse_control_characters(params: object) -> None:
@@ -88,7 +87,7 @@ def _refuse_control_characters(params: object) -> None:
     for name, value in params:
         if isinstance(value, BaseModel):
             _refuse_control_characters(value)
-        elif name == "after" and isinstance(value, str) and _CONTROL.search(value):
+        elif name == "after" and isinstance(value, str) and has_control_character(value):
             raise InvalidCursorError("a cursor with a control character")
         elif (name.endswith("_id") or name in _ID_LISTS) and _holds_control(value):
             raise NotFoundError("an id with a control character")
@@ -99,9 +98,9 @@ _ID_LISTS: Final = frozenset({"item_ids", "attachments"})
 
 def _holds_control(value: object) -> bool:
     if isinstance(value, str):
-        return _CONTROL.search(value) is not None
+        return has_control_character(value)
     if isinstance(value, list):
-        return any(isinstance(item, str) and _CONTROL.search(item) for item in value)
+        return any(isinstance(item, str) and has_control_character(item) for item in value)
     return False
 
 

@@ -10,6 +10,7 @@ instead of at random pages.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from types import MappingProxyType
@@ -17,7 +18,7 @@ from typing import Final
 
 from chatkit.store import StoreItemType
 
-__all__ = ["ID_PREFIXES", "new_id"]
+__all__ = ["ID_PREFIXES", "has_control_character", "new_id"]
 
 # Mirrors ``chatkit.store._ID_PREFIXES`` (private in the SDK, hence the copy);
 # tests/store/test_ids.py pins the two together.
@@ -50,3 +51,15 @@ def new_id(prefix: str) -> str:
     """
     millis = time.time_ns() // 1_000_000 & _TIMESTAMP_MASK
     return f"{prefix}_{millis:012x}{secrets.randbits(_RANDOM_BITS):020x}"
+
+
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control_character(value: str) -> bool:
+    """Whether ``value`` holds a control character (NUL included).
+
+    No id this server makes holds one, and PostgreSQL refuses NUL in text
+    outright: such an id is answered as an unknown one, without a query.
+    """
+    return _CONTROL.search(value) is not None

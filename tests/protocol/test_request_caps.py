@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from chatkit_server.settings import Settings
@@ -92,3 +93,22 @@ async def test_titles_attachments_and_sizes_are_capped(served: Live) -> None:
         assert status == 400, body
     items = await client.call("items.list", thread_id=thread_id, limit=50)
     assert len([i for i in items["data"] if i["type"] == "user_message"]) == 1
+
+
+async def test_rest_ids_with_control_characters_are_unknown_ids(
+    start_live: LiveFactory, live_settings: Settings, server_database_url: str
+) -> None:
+    key = "k" * 32
+    settings = live_settings.with_changes(database_url=server_database_url, admin_key=key)
+    async with (
+        start_live(settings) as live,
+        httpx.AsyncClient(base_url=live.url, headers={"authorization": f"Bearer {key}"}) as http,
+    ):
+        thread = await http.get("/v1/chatkit/threads/%00")
+        items = await http.get("/v1/chatkit/threads/a%01b/items")
+        cancel = await http.post("/v1/chatkit/sessions/%00/cancel")
+        cursor = await http.get("/v1/chatkit/threads", params={"after": "\x00"})
+        user = await http.get("/v1/chatkit/threads", params={"user": "al\x00ice"})
+    assert (thread.status_code, items.status_code, cancel.status_code) == (404, 404, 404)
+    assert thread.json()["error"]["code"] == "not_found"
+    assert (cursor.status_code, user.status_code) == (400, 400)
