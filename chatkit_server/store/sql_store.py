@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -44,6 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import NotFoundError
 from chatkit_server.store.database import Database, Statements
+from chatkit_server.store.feedback import FeedbackRecord, add_feedback, load_feedback
 from chatkit_server.store.ids import ID_PREFIXES, new_id
 from chatkit_server.store.statements import (
     MAX_PAGE_SIZE,
@@ -55,7 +55,7 @@ from chatkit_server.store.statements import (
     require_thread,
     thread_not_found,
 )
-from chatkit_server.store.tables import attachments, feedback, thread_items, threads
+from chatkit_server.store.tables import attachments, thread_items, threads
 
 __all__ = ["DEFAULT_UPLOAD_BASE_URL", "FeedbackRecord", "SQLStore", "decode_item"]
 
@@ -66,16 +66,6 @@ _ITEM: Final[TypeAdapter[ThreadItem]] = TypeAdapter(ThreadItem)
 _ATTACHMENT: Final[TypeAdapter[Attachment]] = TypeAdapter(Attachment)
 # A full Thread (with its items) may be passed to save_thread; keep only these.
 _THREAD_FIELDS: Final = frozenset(ThreadMetadata.model_fields)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FeedbackRecord:
-    """One feedback vote on one thread item."""
-
-    thread_id: str
-    item_id: str
-    kind: FeedbackKind
-    created_at: datetime
 
 
 class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
@@ -489,65 +479,12 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         kind: FeedbackKind,
         context: RequestContext,
     ) -> None:
-        """Record one feedback vote per item.
-
-        Raises:
-            NotFoundError: No such thread for this user, or an item id is not
-                in the thread (then nothing is recorded).
-            ValueError: ``kind`` is not ``"positive"`` or ``"negative"``.
-        """
-        if kind not in ("positive", "negative"):
-            raise ValueError(f"feedback kind must be 'positive' or 'negative', not {kind!r}")
-        wanted = list(dict.fromkeys(item_ids))
-        now = _utc_now()
-        async with self._db.write() as session:
-            await require_thread(session, thread_id, context)
-            if not wanted:
-                return
-            found = set(
-                await session.scalars(
-                    sa.select(thread_items.c.id).where(
-                        thread_items.c.thread_id == thread_id, thread_items.c.id.in_(wanted)
-                    )
-                )
-            )
-            for item_id in wanted:
-                if item_id not in found:
-                    raise NotFoundError(f"Item {item_id} not found in thread {thread_id}")
-            await session.execute(
-                sa.insert(feedback),
-                [
-                    {
-                        "thread_id": thread_id,
-                        "item_id": item_id,
-                        "user_id": context.user_id,
-                        "kind": kind,
-                        "created_at": now,
-                    }
-                    for item_id in wanted
-                ],
-            )
+        """Record one feedback vote per item (see :func:`.feedback.add_feedback`)."""
+        await add_feedback(self._db, thread_id, item_ids, kind, context)
 
     async def load_feedback(self, thread_id: str, context: RequestContext) -> list[FeedbackRecord]:
-        """Return the feedback recorded on a thread, oldest first.
-
-        Raises:
-            NotFoundError: No such thread for this user.
-        """
-        statement = (
-            sa.select(feedback.c.item_id, feedback.c.kind, feedback.c.created_at)
-            .where(feedback.c.thread_id == thread_id)
-            .order_by(feedback.c.seq)
-        )
-        async with self._db.read() as session:
-            await require_thread(session, thread_id, context)
-            rows = (await session.execute(statement)).all()
-        return [
-            FeedbackRecord(
-                thread_id=thread_id, item_id=row.item_id, kind=row.kind, created_at=row.created_at
-            )
-            for row in rows
-        ]
+        """The feedback recorded on a thread, oldest first (see :func:`.feedback.load_feedback`)."""
+        return await load_feedback(self._db, thread_id, context)
 
     # -- helpers ---------------------------------------------------------------
 
