@@ -109,6 +109,7 @@ environment:
   CHATKIT_RATE_LIMIT          requests a minute that write, per JWT or proxy user (default 60;
                               0: none); a session has its own limit
   CHATKIT_CORS_ORIGINS        comma-separated origins allowed to call the server from a browser
+                              (pages of other origins are refused; the server's own pass)
   CHATKIT_MAX_BODY_BYTES      largest accepted request body in bytes (default 4194304)
   CHATKIT_MAX_TITLE_CHARS     longest thread title a client may set (default 200)
   CHATKIT_MAX_ATTACHMENTS     most attachments on one message (default 10)

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from chatkit_server.errors import InvalidCursorError, NotFoundError, RequestError, StoreError
 from chatkit_server.http.body import read_body
 from chatkit_server.http.errors import error_response
+from chatkit_server.http.origin import refuse_foreign_origin
 from chatkit_server.http.sse import BatchedStreamingResponse
 from chatkit_server.http.state import get_state
 
@@ -28,6 +29,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 async def chatkit_endpoint(request: Request) -> Response:
     """Answer one ChatKit protocol request (JSON, or an SSE stream)."""
     state = get_state(request)
+    refused = refuse_foreign_origin(request, state.settings.cors_origins)
+    if refused is not None:
+        return refused
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json":
         # A form or text/plain POST is a "simple" request that any web page

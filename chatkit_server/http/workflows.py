@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from chatkit_server.errors import RequestError
 from chatkit_server.http.errors import error_response
+from chatkit_server.http.origin import refuse_foreign_origin
 from chatkit_server.http.state import get_state
 
 __all__ = ["list_workflows"]
@@ -20,6 +21,9 @@ __all__ = ["list_workflows"]
 async def list_workflows(request: Request) -> Response:
     """List the server's workflows, the default first."""
     state = get_state(request)
+    refused = refuse_foreign_origin(request, state.settings.cors_origins)
+    if refused is not None:
+        return refused
     try:
         context = await state.auth.authenticate(request)
     except RequestError as exc:
