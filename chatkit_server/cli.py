@@ -8,10 +8,13 @@ import functools
 import gc
 import ipaddress
 import logging
+import multiprocessing
+import os
 import signal
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
@@ -474,7 +477,35 @@ def _worker_app(changes: dict[str, Any]) -> Any:
     _configure_logging(settings.log_level)
     app = create_app(settings)
     tune_garbage_collector()
+    _stop_with_supervisor()
     return app
+
+
+# How often a worker looks for its supervisor: the longest an orphan serves on.
+SUPERVISOR_CHECK_SECONDS = 1.0
+
+
+def _stop_with_supervisor() -> None:
+    """Stop this worker (gracefully, by SIGTERM) once its supervisor is gone.
+
+    A supervisor killed with SIGKILL cannot stop its workers: left alone they
+    would serve on as orphans and hold the port, so a restart could not bind
+    it. An orphan gets a new parent, which a thread notices.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return  # not started by a supervisor
+    # The supervisor's pid as it started this worker: os.getppid() now would
+    # already name the new parent if the supervisor died during start-up.
+    supervisor = parent.pid
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(SUPERVISOR_CHECK_SECONDS)
+        logger.warning("the supervisor (pid %d) is gone: this worker stops", supervisor)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def tune_garbage_collector() -> None:

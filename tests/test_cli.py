@@ -659,3 +659,38 @@ def test_serve_starts_on_loopback_with_sign_in_or_when_allowed(
     assert "--allow-anonymous" not in result.stderr.replace("(--allow-anonymous)", "")
     if args:
         assert "without sign-in (--allow-anonymous)" in result.stderr
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    port = _free_port()
+    argv = [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)]
+    env = _env(tmp_path, CHATKIT_LOCAL_MODEL="off")
+    supervisor = subprocess.Popen(
+        [*argv, "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_healthy(port)
+        workers = [
+            child
+            for child in psutil.Process(supervisor.pid).children()
+            if "spawn_main" in " ".join(child.cmdline())
+        ]
+        assert len(workers) == 2
+        supervisor.kill()  # SIGKILL: it cannot stop its workers itself
+        supervisor.wait(timeout=10)
+        _gone, alive = psutil.wait_procs(workers, timeout=30)
+        for orphan in alive:
+            orphan.kill()
+        assert not alive, f"workers still serving as orphans: {alive}"
+        # The port is free again: a restart binds it.
+        restarted = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            _wait_healthy(port)
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            restarted.wait(timeout=60)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
