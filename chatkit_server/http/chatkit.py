@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from chatkit_server.errors import InvalidCursorError, NotFoundError, RequestError, StoreError
 from chatkit_server.http.body import read_body
-from chatkit_server.http.errors import error_response
+from chatkit_server.http.errors import error_response, request_error_response
 from chatkit_server.http.origin import refuse_foreign_origin
 from chatkit_server.http.sse import BatchedStreamingResponse
 from chatkit_server.http.state import get_state
@@ -48,7 +48,7 @@ async def chatkit_endpoint(request: Request) -> Response:
         body = await read_body(request, state.settings.max_body_bytes)
         result = await state.server.handle(body, context)
     except RequestError as exc:
-        return error_response(exc.status_code, exc.message, code=exc.code, headers=exc.headers)
+        return request_error_response(exc)
     except NotFoundError:
         return error_response(404, "No such thread, item or attachment.", code="not_found")
     except InvalidCursorError:

@@ -8,7 +8,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-__all__ = ["error_response", "http_exception_response", "internal_error_response"]
+from chatkit_server.errors import RequestError
+
+__all__ = [
+    "error_response",
+    "http_exception_response",
+    "internal_error_response",
+    "request_error_response",
+]
 
 _TYPES = {
     400: "invalid_request_error",
@@ -42,6 +49,11 @@ def error_response(
         status_code=status_code,
         headers=headers,
     )
+
+
+def request_error_response(exc: RequestError) -> JSONResponse:
+    """The JSON answer of a :class:`RequestError`: its status, code, message and headers."""
+    return error_response(exc.status_code, exc.message, code=exc.code, headers=exc.headers)
 
 
 async def http_exception_response(request: Request, exc: Exception) -> Response:

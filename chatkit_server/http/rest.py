@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from chatkit_server.errors import InvalidCursorError, NotFoundError, RequestError, StoreError
 from chatkit_server.http.body import read_body
-from chatkit_server.http.errors import error_response
+from chatkit_server.http.errors import error_response, request_error_response
 from chatkit_server.http.rest_sessions import cancel_session, create_session
 from chatkit_server.http.rest_shapes import (
     REST_ITEM_TYPES,
@@ -104,7 +104,7 @@ def _admin(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
         try:
             return JSONResponse(await handler(request, state))
         except RequestError as exc:
-            return error_response(exc.status_code, exc.message, code=exc.code, headers=exc.headers)
+            return request_error_response(exc)
         except NotFoundError:
             thread_id = request.path_params.get("thread_id", "")
             return error_response(404, f"No thread {thread_id!r}.", code="not_found")

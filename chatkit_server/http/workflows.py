@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from chatkit_server.errors import RequestError
-from chatkit_server.http.errors import error_response
+from chatkit_server.http.errors import request_error_response
 from chatkit_server.http.origin import refuse_foreign_origin
 from chatkit_server.http.state import get_state
 
@@ -27,7 +27,7 @@ async def list_workflows(request: Request) -> Response:
     try:
         context = await state.auth.authenticate(request)
     except RequestError as exc:
-        return error_response(exc.status_code, exc.message, code=exc.code, headers=exc.headers)
+        return request_error_response(exc)
     registry = state.server.workflows
     if context.session_id is not None:
         workflow = registry.get(context.workflow_id)
