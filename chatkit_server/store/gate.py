@@ -115,18 +115,12 @@ class RequestGate:
         """
         now = time.time()
         minute = int(now // 60)
-        token = secrets.token_hex(16)
-        parameters: dict[str, Any] = {
-            "subject": subject or "",
-            "minute": minute,
-            "limit": limit if limit is not None and subject is not None else 2**31 - 1,
-            "thread_id": thread_id or "",
-            "user_id": user_id,
-            "holder": self.holder,
-            "token": token,
-            "now": _millis(now),
-            "expires_at": _millis(now + LEASE_SECONDS),
-        }
+        token, parameters = self._lease_parameters(thread_id or "", user_id, now)
+        parameters.update(
+            subject=subject or "",
+            minute=minute,
+            limit=limit if limit is not None and subject is not None else 2**31 - 1,
+        )
         retry_after = max(1, (minute + 1) * 60 - int(now))
         lease_statement = self._lease_existing if not new_thread else self._lease_new
         if self._pg_admit is not None and subject is not None and thread_id is not None:
@@ -181,23 +175,26 @@ class RequestGate:
 
     async def lease_again(self, thread_id: str, user_id: str) -> Lease | None:
         """Try once more for a thread's lease (no counting): a finishing answer may free it."""
-        token = secrets.token_hex(16)
-        now = time.time()
-        rows = await self._db.write_one(
-            self._lease_existing,
-            {
-                "thread_id": thread_id,
-                "user_id": user_id,
-                "holder": self.holder,
-                "token": token,
-                "now": _millis(now),
-                "expires_at": _millis(now + LEASE_SECONDS),
-            },
-        )
+        token, parameters = self._lease_parameters(thread_id, user_id, time.time())
+        rows = await self._db.write_one(self._lease_existing, parameters)
         if not rows:
             return None
         self._held += 1
         return Lease(thread_id, token)
+
+    def _lease_parameters(
+        self, thread_id: str, user_id: str, now: float
+    ) -> tuple[str, dict[str, Any]]:
+        """A new lease token, and the parameters of a lease statement taking it at ``now``."""
+        token = secrets.token_hex(16)
+        return token, {
+            "thread_id": thread_id,
+            "user_id": user_id,
+            "holder": self.holder,
+            "token": token,
+            "now": _millis(now),
+            "expires_at": _millis(now + LEASE_SECONDS),
+        }
 
     async def release(self, lease: Lease) -> None:
         """End an answer's lease (only this request's: a token names it)."""
