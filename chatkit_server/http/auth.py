@@ -168,7 +168,7 @@ class Authenticator:
             limits=record.limits(),
             rate_subject=f"session:{record.id}",
             rate_limit=record.rate_limit,
-            tracing=bool(record.workflow.get("tracing", {}).get("enabled", True)),
+            tracing=record.tracing,
         )
 
     def _jwt(self, token: str) -> RequestContext:

@@ -111,6 +111,11 @@ class SessionRecord:
         return str(self.workflow["id"])
 
     @property
+    def tracing(self) -> bool:
+        """Whether the session lets its answers be traced."""
+        return bool(self.workflow.get("tracing", {}).get("enabled", True))
+
+    @property
     def state_variables(self) -> dict[str, StateValue]:
         """The workflow state the session was minted with."""
         return dict(self.workflow.get("state_variables") or {})
