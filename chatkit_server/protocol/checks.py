@@ -66,14 +66,12 @@ def parse_request(body: bytes) -> ChatKitReq:
         raise RequestError(400, _describe_validation_error(exc)) from None
     if b'"metadata"' in body:  # the second parse only when it can matter
         _refuse_metadata_in_params(body)
+    # JSON carries a control character escaped (\u0000 to \u001f, \u007f), or
+    # DEL raw (the one control character JSON allows unescaped): only then
+    # are the ids walked.
     if b"\\u00" in body or b"\x7f" in body:
         _refuse_control_characters(request.params)
     return request
-
-
-# JSON carries a control character escaped (\u0000 to \u001f, \u007f), or DEL
-# raw (the one control character JSON allows unescaped): only then are the
-# ids walked.
 
 
 def _refuse_control_characters(params: object) -> None:
