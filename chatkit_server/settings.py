@@ -7,6 +7,7 @@ variable and what it expects, so a typo fails at start-up, not mid-request.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -22,15 +23,21 @@ from chatkit_server.errors import ChatKitServerError
 from chatkit_server.workflows.file import WorkflowFile, load_workflow_file
 
 __all__ = [
+    "DEFAULT_ANSWER_MAX_CHARS",
+    "DEFAULT_ANSWER_MAX_SECONDS",
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_DATA_DIR",
+    "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_JWT_LEEWAY",
+    "DEFAULT_KEEPALIVE_TIMEOUT",
     "DEFAULT_LLM_MODEL",
     "DEFAULT_MAX_ATTACHMENTS",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_TITLE_CHARS",
     "DEFAULT_MAX_UPLOAD_BYTES",
     "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_STREAM_STALL_TIMEOUT",
     "DEFAULT_USER_RATE_LIMIT",
     "DATABASE_VARIABLES",
     "ENVIRONMENT_HELP",
@@ -65,6 +72,18 @@ DEFAULT_MAX_TITLE_CHARS = 200
 DEFAULT_MAX_ATTACHMENTS = 10
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_HISTORY_ITEMS = 200
+# An answer ends (with a notice, what came so far saved) past these: a backend
+# that never stops must not stream forever or store megabytes in one message.
+DEFAULT_ANSWER_MAX_CHARS = 100_000
+DEFAULT_ANSWER_MAX_SECONDS = 600.0
+# How long an answer waits for a client that takes none of it before the
+# client is treated as gone (the answer is saved, the backend stopped).
+DEFAULT_STREAM_STALL_TIMEOUT = 60.0
+# Connections: a request's headers and its body must arrive within these, and
+# an idle keep-alive connection is closed after the last.
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_KEEPALIVE_TIMEOUT = 5.0
 # Fits SmolLM2 with llama-server's default 4k context and room for an answer.
 DEFAULT_HISTORY_TOKENS = 3000
 DEFAULT_SHUTDOWN_GRACE = 5.0
@@ -114,6 +133,17 @@ environment:
   CHATKIT_MAX_TITLE_CHARS     longest thread title a client may set (default 200)
   CHATKIT_MAX_ATTACHMENTS     most attachments on one message (default 10)
   CHATKIT_MAX_UPLOAD_BYTES    largest attachment in bytes (default 20971520)
+  CHATKIT_ANSWER_MAX_CHARS    longest answer in characters; past it the answer ends with a
+                              notice (default 100000; 0: no limit)
+  CHATKIT_ANSWER_MAX_SECONDS  longest time one answer may take (default 600; 0: no limit)
+  CHATKIT_ANSWER_MAX_TOKENS   max_tokens sent with every model request (default: not sent)
+  CHATKIT_STREAM_STALL_TIMEOUT seconds an answer waits for a client that reads none of it;
+                              then the client is treated as gone (default 60)
+  CHATKIT_HEADER_TIMEOUT      seconds a new connection has to send its request headers (default 10)
+  CHATKIT_BODY_TIMEOUT        seconds a request has to send its body (default 30)
+  CHATKIT_KEEPALIVE_TIMEOUT   seconds an idle keep-alive connection stays open (default 5)
+  CHATKIT_MAX_CONNECTIONS     open connections (and requests) per process; past it, 503
+                              (default: what the open-files limit allows)
   CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
   CHATKIT_HISTORY_TOKENS      token budget for instructions + history (default 3000)
   CHATKIT_LLM_CONTEXT_TOKENS  context size of the backend's model, in tokens: history is cut to
@@ -186,6 +216,14 @@ class Settings:
     max_title_chars: int = DEFAULT_MAX_TITLE_CHARS
     max_attachments: int = DEFAULT_MAX_ATTACHMENTS
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    answer_max_chars: int = DEFAULT_ANSWER_MAX_CHARS
+    answer_max_seconds: float = DEFAULT_ANSWER_MAX_SECONDS
+    answer_max_tokens: int | None = None
+    stream_stall_timeout: float = DEFAULT_STREAM_STALL_TIMEOUT
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    max_connections: int | None = None
     history_items: int = DEFAULT_HISTORY_ITEMS
     history_tokens: int = DEFAULT_HISTORY_TOKENS
     tracing: bool = False
@@ -357,6 +395,22 @@ class Settings:
             max_body_bytes=_int(
                 env, "CHATKIT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024
             ),
+            answer_max_chars=_int(
+                env, "CHATKIT_ANSWER_MAX_CHARS", DEFAULT_ANSWER_MAX_CHARS, minimum=0
+            ),
+            answer_max_seconds=_seconds(
+                env, "CHATKIT_ANSWER_MAX_SECONDS", DEFAULT_ANSWER_MAX_SECONDS, zero_is_off=True
+            ),
+            answer_max_tokens=_optional_int(env, "CHATKIT_ANSWER_MAX_TOKENS", minimum=1),
+            stream_stall_timeout=_positive_float(
+                env, "CHATKIT_STREAM_STALL_TIMEOUT", DEFAULT_STREAM_STALL_TIMEOUT
+            ),
+            header_timeout=_positive_float(env, "CHATKIT_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
+            body_timeout=_positive_float(env, "CHATKIT_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
+            keepalive_timeout=_positive_float(
+                env, "CHATKIT_KEEPALIVE_TIMEOUT", DEFAULT_KEEPALIVE_TIMEOUT
+            ),
+            max_connections=_optional_int(env, "CHATKIT_MAX_CONNECTIONS", minimum=1),
             history_items=_int(env, "CHATKIT_HISTORY_ITEMS", DEFAULT_HISTORY_ITEMS, minimum=1),
             history_tokens=_int(env, "CHATKIT_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS, minimum=100),
             tracing=_bool(env, "CHATKIT_TRACING", default=False),
@@ -480,6 +534,15 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise SettingsError(name, f"expected a positive number of seconds, got {raw!r}")
     return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, zero_is_off: bool) -> float:
+    """A duration in seconds; 0 allowed (meaning "no limit") when ``zero_is_off``."""
+    raw = env.get(name, "").strip()
+    with contextlib.suppress(ValueError):
+        if zero_is_off and raw and float(raw) == 0:
+            return 0.0
+    return _positive_float(env, name, default)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from chatkit.server import StreamingResult
 from chatkit.types import ErrorEvent
@@ -45,7 +45,9 @@ async def chatkit_endpoint(request: Request) -> Response:
     try:
         # Who is asking comes first: nothing is read or stored for a stranger.
         context = await state.auth.authenticate(request)
-        body = await read_body(request, state.settings.max_body_bytes)
+        body = await read_body(
+            request, state.settings.max_body_bytes, within=state.settings.body_timeout
+        )
         result = await state.server.handle(body, context)
     except RequestError as exc:
         return request_error_response(exc)
@@ -66,7 +68,10 @@ async def chatkit_endpoint(request: Request) -> Response:
         return error_response(500, "Internal server error.")
     if isinstance(result, StreamingResult):
         return BatchedStreamingResponse(
-            _ending_with_error_event(result), media_type="text/event-stream", headers=SSE_HEADERS
+            _ending_with_error_event(result),
+            stall_timeout=state.settings.stream_stall_timeout,
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
         )
     return Response(result.json, media_type="application/json")
 
@@ -78,7 +83,7 @@ _STREAM_FAILED = ErrorEvent(
 )
 
 
-async def _ending_with_error_event(result: StreamingResult) -> AsyncIterator[bytes]:
+async def _ending_with_error_event(result: StreamingResult) -> AsyncGenerator[bytes, None]:
     """The SSE frames of ``result``; a failure mid-stream ends with an ``error`` event.
 
     Once ``200 text/event-stream`` is sent, an exception would only cut the

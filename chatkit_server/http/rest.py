@@ -193,7 +193,9 @@ def _page_params(request: Request) -> dict[str, Any]:
 async def create(request: Request, state: AppState) -> dict[str, Any]:
     """``POST /v1/chatkit/sessions``: a ``chatkit.session`` with its client secret."""
     assert state.sessions is not None  # checked by _admin
-    body = await read_body(request, state.settings.max_body_bytes)
+    body = await read_body(
+        request, state.settings.max_body_bytes, within=state.settings.body_timeout
+    )
     return await create_session(
         body, sessions=state.sessions, workflows=state.server.workflows, settings=state.settings
     )

@@ -13,13 +13,21 @@ database), so each frame leaves as early as before, in fewer, larger writes.
 The status line and headers go out with the first batch, so the work before
 an answer's first frame is not held up by a write that tells the client
 nothing it can show.
+
+The queue is bounded, so a client that reads slowly holds the answer back
+(and, through :mod:`chatkit_server.llm.pace`, the backend with it) instead of
+letting it pile up in memory. A client that takes nothing for
+``stall_timeout`` seconds is treated as gone: the answer is stopped as if the
+client had disconnected (what came so far is saved, the backend request is
+cancelled) and the connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+import logging
+from collections.abc import AsyncGenerator, Mapping
 from typing import Final
 
 import anyio
@@ -27,6 +35,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Send
 
 __all__ = ["QUEUED_FRAMES", "BatchedStreamingResponse"]
+
+logger = logging.getLogger(__name__)
 
 QUEUED_FRAMES: Final = 256
 """Frames an answer may queue before it waits for the client's socket to take them."""
@@ -39,9 +49,29 @@ class BatchedStreamingResponse(StreamingResponse):
     for everything but the writing): the response's task is cancelled, and
     with it the producer, whose cleanup (saving a stopped answer) runs
     before the response ends.
+
+    Args:
+        content: The frames.
+        stall_timeout: Seconds one write may wait for the client before the
+            client is treated as gone; ``None``: forever.
+        media_type: As for ``StreamingResponse``.
+        headers: As for ``StreamingResponse``.
     """
 
     body_iterator: AsyncGenerator[bytes, None]
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes, None],
+        *,
+        stall_timeout: float | None = None,
+        media_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self.stall_timeout = stall_timeout
+        self.stalled = False
+        """Whether the client was given up on for taking nothing."""
 
     async def stream_response(self, send: Send) -> None:
         """Run the body in a producer task; send what it queued, batch by batch."""
@@ -78,7 +108,20 @@ class BatchedStreamingResponse(StreamingResponse):
                             }
                         )
                     body = b"".join(frame for frame in batch if frame is not None)
-                    await send({"type": "http.response.body", "body": body, "more_body": not ended})
+                    message = {"type": "http.response.body", "body": body, "more_body": not ended}
+                    with anyio.move_on_after(self.stall_timeout) as waiting:
+                        await send(message)
+                    if waiting.cancelled_caught:
+                        # The producer is cancelled as on a disconnect, so
+                        # the answer so far is saved and the backend stopped.
+                        self.stalled = True
+                        logger.warning(
+                            "a client took none of its answer for %g s: "
+                            "treated as gone (CHATKIT_STREAM_STALL_TIMEOUT)",
+                            self.stall_timeout,
+                        )
+                        tasks.cancel_scope.cancel()
+                        return
         except BaseExceptionGroup as group:
             # One failure (the client's socket, or the body) is raised as itself,
             # as a plain StreamingResponse would raise it.

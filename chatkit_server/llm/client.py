@@ -36,6 +36,7 @@ from openai.resources.responses import AsyncResponses
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
+from chatkit_server.llm.pace import PACE_ARGUMENT, Pace
 from chatkit_server.llm.wire import (
     ServerSentEvent,
     SSEDecoder,
@@ -76,6 +77,8 @@ class ChunkStream:
         response: The open streaming response (``with_streaming_response``).
         build: Makes one chunk from one decoded event.
         close: Ends the request (exits the response's context).
+        pace: When given, each chunk waits for room before it is handed on
+            (see :mod:`chatkit_server.llm.pace`).
     """
 
     def __init__(
@@ -83,8 +86,10 @@ class ChunkStream:
         response: openai.AsyncAPIResponse[Any],
         build: Callable[[dict[str, Any]], pydantic.BaseModel],
         close: Callable[[], Any],
+        pace: Pace | None = None,
     ) -> None:
         self.response = response.http_response
+        self._pace = pace
         self._api_response = response
         self._build = build
         self._close = close
@@ -110,10 +115,15 @@ class ChunkStream:
     async def _chunks(self) -> AsyncIterator[Any]:
         decoder = SSEDecoder()
         reads = self._reads()
+        pace = self._pace
         try:
             async for chunk in reads:
                 values, done = _values(decoder.feed(chunk))
                 for value in values:
+                    if pace is not None:
+                        # Waiting here stops the reads too: the backend is
+                        # held back by its own connection's flow control.
+                        await pace.before_chunk()
                     yield self._chunk(value)
                 if done:
                     # The rest of the body (normally nothing) is read, so the
@@ -181,7 +191,7 @@ def _values(events: list[ServerSentEvent]) -> tuple[list[Any], bool]:
 
 
 async def _open_stream(
-    opener: Any, build: Callable[[dict[str, Any]], pydantic.BaseModel]
+    opener: Any, build: Callable[[dict[str, Any]], pydantic.BaseModel], pace: Pace | None
 ) -> ChunkStream:
     """Send the request of ``opener`` (a ``with_streaming_response`` call) and stream it."""
     response = await opener.__aenter__()
@@ -189,7 +199,7 @@ async def _open_stream(
     async def close() -> None:
         await opener.__aexit__(None, None, None)
 
-    return ChunkStream(response, build, close)
+    return ChunkStream(response, build, close, pace)
 
 
 class _Endpoint:
@@ -218,10 +228,12 @@ class _Endpoint:
         self._whole = whole
 
     async def create(self, **kwargs: Any) -> Any:
+        # The answer's pace travels with the call, not to the backend.
+        pace = kwargs.pop(PACE_ARGUMENT, None)
         kwargs = _untransformed(kwargs, self._field)
         if kwargs.get("stream"):
             opener = self._resource.with_streaming_response.create(**kwargs)
-            return await _open_stream(opener, self._chunk)
+            return await _open_stream(opener, self._chunk, pace)
         raw = await self._resource.with_raw_response.create(**kwargs)
         return build_model(self._whole, raw.http_response.json())
 

@@ -65,6 +65,8 @@ from openai.types.responses import (
 )
 from pydantic import BaseModel
 
+from chatkit_server.llm.pace import Pace
+
 __all__ = ["THOUGHT_UPDATE_GROWTH", "RepairedRun", "repair_run"]
 
 THOUGHT_UPDATE_GROWTH = 0.25
@@ -80,7 +82,10 @@ _TEXT_EVENTS = (ResponseReasoningTextDeltaEvent, ResponseReasoningTextDoneEvent)
 
 
 def repair_run(
-    result: RunResultStreaming, *, thought_growth: float = THOUGHT_UPDATE_GROWTH
+    result: RunResultStreaming,
+    *,
+    thought_growth: float = THOUGHT_UPDATE_GROWTH,
+    pace: Pace | None = None,
 ) -> RunResultStreaming:
     """``result`` with its ``stream_events()`` repaired, for ``stream_agent_response``.
 
@@ -89,10 +94,12 @@ def repair_run(
     Args:
         result: The SDK's streaming run.
         thought_growth: See :data:`THOUGHT_UPDATE_GROWTH`.
+        pace: The run's pace (the one its model calls were given): told each
+            time every event so far has been taken.
     """
     # A proxy, not a subclass: RunResultStreaming is a dataclass full of run
     # state that must stay in one place, the run that the caller cancels.
-    return cast(RunResultStreaming, RepairedRun(result, thought_growth=thought_growth))
+    return cast(RunResultStreaming, RepairedRun(result, thought_growth=thought_growth, pace=pace))
 
 
 class RepairedRun:
@@ -101,14 +108,20 @@ class RepairedRun:
     Args:
         result: The SDK's streaming run; other attributes are looked up on it.
         thought_growth: See :data:`THOUGHT_UPDATE_GROWTH`.
+        pace: See :func:`repair_run`.
     """
 
     def __init__(
-        self, result: RunResultStreaming, *, thought_growth: float = THOUGHT_UPDATE_GROWTH
+        self,
+        result: RunResultStreaming,
+        *,
+        thought_growth: float = THOUGHT_UPDATE_GROWTH,
+        pace: Pace | None = None,
     ) -> None:
         if thought_growth <= 0:
             raise ValueError("thought_growth must be positive")
         self.result = result
+        self._pace = pace
         self._fields = _FieldFiller()
         self._reasoning_source: dict[str, _Source] = {}
         self._thoughts = _ThoughtCoalescer(thought_growth)
@@ -166,8 +179,13 @@ class RepairedRun:
             queue.put_nowait((None, None))
 
         taker = asyncio.ensure_future(take())
+        pace = self._pace
         try:
             while True:
+                if pace is not None and queue.empty():
+                    # Everything read so far has been taken: the backend
+                    # reader may run ahead again (see chatkit_server.llm.pace).
+                    pace.caught_up()
                 batch = [await queue.get()]
                 while not queue.empty():
                     batch.append(queue.get_nowait())

@@ -44,8 +44,10 @@ from chatkit_server import compat
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import RequestError, StoreError
 from chatkit_server.llm.local_model import no_backend_message
+from chatkit_server.llm.pace import PACE_ARGUMENT, Pace
 from chatkit_server.llm.repair import repair_run
 from chatkit_server.protocol.admission import admit, release, releasing
+from chatkit_server.protocol.caps import AnswerCaps
 from chatkit_server.protocol.checks import (
     THREAD_WORKFLOW_KEY,
     RequestChecks,
@@ -81,6 +83,7 @@ class _Answer:
     history: list[ThreadItem]
     agent_context: AgentContext[RequestContext]
     result: RunResultStreaming
+    pace: Pace
 
 
 def _answer_flows(event: ThreadStreamEvent) -> bool:
@@ -195,9 +198,14 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         agent_context = AgentContext[RequestContext](
             thread=thread, store=self.store, request_context=context
         )
-        run_settings = None
-        if options.tool_choice is not None:
-            run_settings = ModelSettings(tool_choice=options.tool_choice.id)
+        # Every model call of the run (handoffs and tool rounds included) is
+        # read at the pace its client takes the answer.
+        pace = Pace()
+        run_settings = ModelSettings(
+            tool_choice=options.tool_choice.id if options.tool_choice is not None else None,
+            max_tokens=self.settings.answer_max_tokens,
+            extra_args={PACE_ARGUMENT: pace},
+        )
         agent = self.workflows.agent(workflow.id, model=options.model)
         result = Runner.run_streamed(
             agent,
@@ -215,6 +223,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             history=history,
             agent_context=agent_context,
             result=result,
+            pace=pace,
         )
 
     async def _answer_events(
@@ -230,9 +239,14 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         title_task: asyncio.Task[str] | None = None
         wants_title = True
         finished = False
+        caps = AnswerCaps(
+            max_chars=self.settings.answer_max_chars,
+            max_seconds=self.settings.answer_max_seconds,
+        )
         try:
-            events = stream_agent_response(agent_context, repair_run(result))
-            async for event in fixer.fix(show_tool_tasks(agent_context, events)):
+            events = stream_agent_response(agent_context, repair_run(result, pace=answer.pace))
+            capped = caps.apply(show_tool_tasks(agent_context, events))
+            async for event in fixer.fix(capped):
                 yield event
                 if wants_title and _answer_flows(event):
                     # Once the answer is flowing, not before: the title's
@@ -241,6 +255,13 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                     wants_title = False
                     title_task = self._start_title(thread, workflow, answer.history, context)
             finished = True
+            if caps.reached is not None:
+                # The run would go on generating what nobody reads.
+                result.cancel()
+                logger.warning("thread %s: answer cut (%s cap)", thread.id, caps.reached)
+                notice = caps.notice()
+                if notice is not None:
+                    yield notice
             if wants_title:  # an answer without content still names the thread
                 title_task = self._start_title(thread, workflow, answer.history, context)
         finally:
