@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from chatkit_server.pace import Pace
+
 __all__ = ["LOCAL_USER", "RequestContext", "SessionLimits", "StateValue"]
 
 # With sign-in off the server has exactly one user: everyone who can reach
@@ -62,6 +64,8 @@ class RequestContext:
             traces only when ``CHATKIT_TRACING`` is on as well).
         new_thread_id: The id ``threads.create`` gives its thread (chosen
             before the request runs, to lease the thread from its start).
+        pace: Links the request's answer to its client's reading speed
+            (see :mod:`chatkit_server.pace`); one per request.
     """
 
     user_id: str = LOCAL_USER
@@ -73,3 +77,4 @@ class RequestContext:
     rate_limit: int | None = None
     tracing: bool = True
     new_thread_id: str | None = None
+    pace: Pace = field(default_factory=Pace, compare=False, repr=False)

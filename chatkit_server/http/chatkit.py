@@ -69,6 +69,7 @@ async def chatkit_endpoint(request: Request) -> Response:
     if isinstance(result, StreamingResult):
         return BatchedStreamingResponse(
             _ending_with_error_event(result),
+            pace=context.pace,
             stall_timeout=state.settings.stream_stall_timeout,
             media_type="text/event-stream",
             headers=SSE_HEADERS,

@@ -14,9 +14,11 @@ The status line and headers go out with the first batch, so the work before
 an answer's first frame is not held up by a write that tells the client
 nothing it can show.
 
-The queue is bounded, so a client that reads slowly holds the answer back
-(and, through :mod:`chatkit_server.llm.pace`, the backend with it) instead of
-letting it pile up in memory. A client that takes nothing for
+A client that reads slowly holds the answer back instead of letting it pile
+up in memory: once :data:`QUEUED_BYTES` wait for its socket, the
+answer's :class:`~chatkit_server.pace.Pace` is held, which stops the reads
+from the backend until the writer took them. The producer itself never waits
+for room (see the pace's notes for why). A client that takes nothing for
 ``stall_timeout`` seconds is treated as gone: the answer is stopped as if the
 client had disconnected (what came so far is saved, the backend request is
 cancelled) and the connection is closed.
@@ -34,12 +36,18 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
-__all__ = ["QUEUED_FRAMES", "BatchedStreamingResponse"]
+from chatkit_server.pace import Pace
+
+__all__ = ["QUEUED_BYTES", "BatchedStreamingResponse"]
 
 logger = logging.getLogger(__name__)
 
-QUEUED_FRAMES: Final = 256
-"""Frames an answer may queue before it waits for the client's socket to take them."""
+QUEUED_BYTES: Final = 64 * 1024
+"""Bytes of frames waiting for the client's socket that hold the answer's backend reads.
+
+Counted in bytes, not frames: under load neighbouring text deltas are merged,
+so one frame may carry many tokens.
+"""
 
 
 class BatchedStreamingResponse(StreamingResponse):
@@ -52,6 +60,8 @@ class BatchedStreamingResponse(StreamingResponse):
 
     Args:
         content: The frames.
+        pace: The answer's pace, held while frames wait for the client
+            (``None``: the frames are not paced).
         stall_timeout: Seconds one write may wait for the client before the
             client is treated as gone; ``None``: forever.
         media_type: As for ``StreamingResponse``.
@@ -64,11 +74,13 @@ class BatchedStreamingResponse(StreamingResponse):
         self,
         content: AsyncGenerator[bytes, None],
         *,
+        pace: Pace | None = None,
         stall_timeout: float | None = None,
         media_type: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(content, media_type=media_type, headers=headers)
+        self.pace = pace
         self.stall_timeout = stall_timeout
         self.stalled = False
         """Whether the client was given up on for taking nothing."""
@@ -76,15 +88,21 @@ class BatchedStreamingResponse(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         """Run the body in a producer task; send what it queued, batch by batch."""
         # None ends the body.
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUED_FRAMES)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        pace = self.pace
+        queued = 0
 
         async def produce() -> None:
+            nonlocal queued
             # Closed here, not left to the garbage collector, when the
-            # producer is cancelled while it waits for room in the queue.
+            # producer is cancelled.
             async with contextlib.aclosing(self.body_iterator) as frames:
                 async for frame in frames:
-                    await queue.put(frame)
-            await queue.put(None)
+                    queue.put_nowait(frame)
+                    queued += len(frame)
+                    if pace is not None and queued >= QUEUED_BYTES:
+                        pace.hold()
+            queue.put_nowait(None)
 
         started = False
         try:
@@ -95,6 +113,9 @@ class BatchedStreamingResponse(StreamingResponse):
                     batch = [await queue.get()]
                     while not queue.empty():
                         batch.append(queue.get_nowait())
+                    queued = 0
+                    if pace is not None:
+                        pace.release()
                     if batch[-1] is None:
                         ended = True
                         batch.pop()

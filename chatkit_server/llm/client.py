@@ -36,13 +36,13 @@ from openai.resources.responses import AsyncResponses
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
-from chatkit_server.llm.pace import PACE_ARGUMENT, Pace
 from chatkit_server.llm.wire import (
     ServerSentEvent,
     SSEDecoder,
     build_model,
     response_event_class,
 )
+from chatkit_server.pace import PACE_ARGUMENT, Pace
 
 __all__ = ["DRAIN_LIMIT", "BackendClient", "ChunkStream"]
 
@@ -78,7 +78,7 @@ class ChunkStream:
         build: Makes one chunk from one decoded event.
         close: Ends the request (exits the response's context).
         pace: When given, each chunk waits for room before it is handed on
-            (see :mod:`chatkit_server.llm.pace`).
+            (see :mod:`chatkit_server.pace`).
     """
 
     def __init__(

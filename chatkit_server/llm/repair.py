@@ -65,7 +65,7 @@ from openai.types.responses import (
 )
 from pydantic import BaseModel
 
-from chatkit_server.llm.pace import Pace
+from chatkit_server.pace import Pace
 
 __all__ = ["THOUGHT_UPDATE_GROWTH", "RepairedRun", "repair_run"]
 
@@ -184,7 +184,7 @@ class RepairedRun:
             while True:
                 if pace is not None and queue.empty():
                     # Everything read so far has been taken: the backend
-                    # reader may run ahead again (see chatkit_server.llm.pace).
+                    # reader may run ahead again (see chatkit_server.pace).
                     pace.caught_up()
                 batch = [await queue.get()]
                 while not queue.empty():

@@ -44,8 +44,8 @@ from chatkit_server import compat
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import RequestError, StoreError
 from chatkit_server.llm.local_model import no_backend_message
-from chatkit_server.llm.pace import PACE_ARGUMENT, Pace
 from chatkit_server.llm.repair import repair_run
+from chatkit_server.pace import PACE_ARGUMENT, Pace
 from chatkit_server.protocol.admission import admit, release, releasing
 from chatkit_server.protocol.caps import AnswerCaps
 from chatkit_server.protocol.checks import (
@@ -200,7 +200,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         )
         # Every model call of the run (handoffs and tool rounds included) is
         # read at the pace its client takes the answer.
-        pace = Pace()
+        pace = context.pace
         run_settings = ModelSettings(
             tool_choice=options.tool_choice.id if options.tool_choice is not None else None,
             max_tokens=self.settings.answer_max_tokens,

@@ -78,7 +78,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, send_buffer: int | None = None) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP spelled out: asyncio turns Nagle's algorithm off on accepted
     # connections only for a socket that says so, and with it on a reused
@@ -88,6 +88,9 @@ def _bind(host: str, port: int) -> socket.socket:
         # Same option uvicorn sets: lets a just-closed test server's port be reused,
         # while a port with a live listener still fails with EADDRINUSE.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if send_buffer is not None:
+            # Accepted connections inherit it (and lose the kernel's autotuning).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
@@ -166,6 +169,7 @@ async def serve_app(
     port: int = 0,
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    send_buffer: int | None = None,
     **uvicorn_kwargs: Any,
 ) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn on the running event loop and yield its base URL.
@@ -179,6 +183,10 @@ async def serve_app(
         shutdown_timeout: Seconds of graceful shutdown (open responses may finish)
             before uvicorn cancels the remaining requests; the app's lifespan
             shutdown still runs afterwards.
+        send_buffer: The kernel's send buffer per connection, in bytes
+            (``None``: the kernel sizes it, up to megabytes). A small one makes
+            a client that stops reading hold the server back after kilobytes,
+            for tests of backpressure.
         **uvicorn_kwargs: Extra ``uvicorn.Config`` options. Defaults here:
             ``log_level="warning"``, ``access_log=False``, ``log_config=None`` (uvicorn
             does not reconfigure logging; records propagate to pytest's capture) and
@@ -194,7 +202,7 @@ async def serve_app(
     options: dict[str, Any] = {"log_level": DEFAULT_LOG_LEVEL, "access_log": False}
     options.update(lifespan="on", log_config=None, timeout_graceful_shutdown=shutdown_timeout)
     options.update(uvicorn_kwargs)
-    sock = _bind(host, port)
+    sock = _bind(host, port, send_buffer)
     try:
         watch = _LifespanWatch(app)
         # The socket is passed to serve(); host and port only label uvicorn's log lines.

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from starlette.types import Message
 
-from chatkit_server.http.sse import QUEUED_FRAMES, BatchedStreamingResponse
+from chatkit_server.http.sse import QUEUED_BYTES, BatchedStreamingResponse
+from chatkit_server.pace import Pace
 
 SCOPE: dict[str, Any] = {"type": "http", "asgi": {"spec_version": "2.3"}}
 
@@ -150,40 +151,52 @@ async def test_a_failed_write_cancels_the_waiting_frames_and_is_raised() -> None
     assert outcome == ["cancelled"]
 
 
-async def test_a_fast_answer_waits_for_a_slow_client_within_a_bound() -> None:
-    # The answer's frames queue up to QUEUED_FRAMES while the client's socket
-    # is busy; past that the answer waits instead of growing the queue.
+FRAME = b"." * 1024
+
+
+async def test_a_slow_client_holds_the_answers_pace_within_a_bound() -> None:
+    # Frames queue up to QUEUED_BYTES while the client's socket is busy; past
+    # that the pace is held, which stops the answer's backend reads.
     produced: list[int] = []
     release = asyncio.Event()
+    pace = Pace(lead=10**9)  # only the response holds it here
 
     class Slow(Recorder):
         async def send(self, message: Message) -> None:
             await super().send(message)
             await release.wait()
 
+    count = QUEUED_BYTES * 3 // len(FRAME)
+
     async def frames() -> AsyncIterator[bytes]:
-        for index in range(QUEUED_FRAMES * 3):
+        for index in range(count):
+            await pace.before_chunk()
             produced.append(index)
-            yield b"."
-            await asyncio.sleep(0)
+            yield FRAME
 
     recorder = Slow()
-    response = BatchedStreamingResponse(frames(), media_type="text/event-stream")
+    response = BatchedStreamingResponse(frames(), pace=pace, media_type="text/event-stream")
     task = asyncio.create_task(response(SCOPE, recorder.receive, recorder.send))
-    for _ in range(QUEUED_FRAMES * 4):
+    for _ in range(count * 2):
         await asyncio.sleep(0)
-    # One frame is being written, at most QUEUED_FRAMES wait, one is in hand.
-    assert len(produced) <= QUEUED_FRAMES + 2
+    assert pace.held
+    # One batch (at most QUEUED_BYTES and a frame) is being written, as much
+    # again waits.
+    assert len(produced) * len(FRAME) <= 2 * (QUEUED_BYTES + len(FRAME))
     release.set()
     await asyncio.wait_for(task, 5)
-    assert b"".join(body for body, _more in recorder.bodies) == b"." * (QUEUED_FRAMES * 3)
+    assert b"".join(body for body, _more in recorder.bodies) == FRAME * count
+    assert not pace.held
 
 
-async def test_a_cancelled_response_closes_frames_waiting_for_room() -> None:
-    # The answer is ahead of a stuck client, waiting for room in the queue,
-    # when the client goes: its cleanup (saving the partial answer) must run.
-    closed: list[str] = []
+async def test_a_stop_while_the_client_is_stuck_lands_inside_the_answer() -> None:
+    # The producer never waits for the client itself, so cancelling the
+    # response reaches the answer where it waits: inside, as CancelledError
+    # (which the ChatKit server needs to save a stopped answer), not as the
+    # GeneratorExit of a generator closed from outside.
+    outcome: list[str] = []
     stuck = asyncio.Event()
+    pace = Pace(lead=10**9)
 
     class Stuck(Recorder):
         async def send(self, message: Message) -> None:
@@ -193,16 +206,47 @@ async def test_a_cancelled_response_closes_frames_waiting_for_room() -> None:
     async def frames() -> AsyncIterator[bytes]:
         try:
             while True:
-                yield b"."
-        finally:
-            closed.append("closed")
+                await pace.before_chunk()
+                yield FRAME
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+        except GeneratorExit:
+            outcome.append("closed from outside")
+            raise
 
     recorder = Stuck()
-    response = BatchedStreamingResponse(frames(), media_type="text/event-stream")
+    response = BatchedStreamingResponse(frames(), pace=pace, media_type="text/event-stream")
     task = asyncio.create_task(response(SCOPE, recorder.receive, recorder.send))
-    for _ in range(20):
+    for _ in range(200):
         await asyncio.sleep(0)
+    assert pace.held
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert closed == ["closed"]
+    assert outcome == ["cancelled"]
+
+
+async def test_a_client_that_takes_nothing_is_given_up_after_the_stall_timeout() -> None:
+    outcome: list[str] = []
+
+    class Stuck(Recorder):
+        async def send(self, message: Message) -> None:
+            await super().send(message)
+            if message["type"] == "http.response.body":
+                await asyncio.Event().wait()
+
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield FRAME
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    recorder = Stuck()
+    response = BatchedStreamingResponse(frames(), stall_timeout=0.2, media_type="text/event-stream")
+    await asyncio.wait_for(response(SCOPE, recorder.receive, recorder.send), 5)
+    assert response.stalled
+    assert outcome == ["cancelled"]

@@ -8,19 +8,26 @@ it in memory. A :class:`Pace` links the two ends of one answer:
 * the backend reader (:class:`chatkit_server.llm.client.ChunkStream`) calls
   :meth:`Pace.before_chunk` before it hands on each chunk, and waits there
   once it is :attr:`Pace.lead` chunks ahead;
-* the answer's consumer calls :meth:`Pace.caught_up` whenever it has taken
-  every event there was and is about to wait for the next one.
+* the answer's consumer (:mod:`chatkit_server.llm.repair`) calls
+  :meth:`Pace.caught_up` whenever it has taken every event there was and is
+  about to wait for the next one;
+* the SSE response (:mod:`chatkit_server.http.sse`) calls :meth:`Pace.hold`
+  when frames wait for the client's socket, and :meth:`Pace.release` when it
+  took them all.
 
-The consumer only catches up while its own output moves on: the SSE response
-waits for the client's socket (a bounded queue of frames), so a stalled
-client stops the consumer, and the backend reader stops ``lead`` chunks
-later. What one answer holds in memory is then bounded by ``lead`` chunks plus
-the response's frame queue, whatever the client does.
+So a stalled client stops the backend reader at once, and a slow consumer
+stops it ``lead`` chunks later: what one answer holds in memory is bounded
+by the frames of the response's backlog plus ``lead`` chunks, whatever the
+client does. The response never waits for room itself: a stream that is
+stopped while its client is slow is then always stopped inside the ChatKit
+server's own loop, which saves the answer so far.
 
-The pace reaches the backend reader explicitly, as a keyword argument of the
-model call (:data:`PACE_ARGUMENT` in the run's ``ModelSettings.extra_args``,
-which the SDK passes to ``create`` as it is); :class:`BackendClient` takes it
-out before the request is built.
+One pace is made per request (:class:`chatkit_server.context.RequestContext`
+carries it). It reaches the backend reader explicitly, as a keyword argument
+of the model call (:data:`PACE_ARGUMENT` in the run's
+``ModelSettings.extra_args``, which the SDK passes to ``create`` as it is);
+:class:`chatkit_server.llm.client.BackendClient` takes it out before the
+request is built.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class Pace:
             raise ValueError("lead must be at least 1")
         self.lead = lead
         self._ahead = 0
+        self._held = False
         self._room = asyncio.Event()
         self._room.set()
 
@@ -62,9 +70,14 @@ class Pace:
         """Chunks handed on since the consumer last caught up."""
         return self._ahead
 
+    @property
+    def held(self) -> bool:
+        """Whether the output is backed up (between :meth:`hold` and :meth:`release`)."""
+        return self._held
+
     async def before_chunk(self) -> None:
-        """Wait, if the reader is ``lead`` chunks ahead, until the consumer catches up."""
-        while self._ahead >= self.lead:
+        """Wait while the output is held or the reader is ``lead`` chunks ahead."""
+        while self._held or self._ahead >= self.lead:
             self._room.clear()
             await self._room.wait()
         self._ahead += 1
@@ -72,4 +85,13 @@ class Pace:
     def caught_up(self) -> None:
         """The consumer has taken everything handed on so far: the reader may go on."""
         self._ahead = 0
+        self._room.set()
+
+    def hold(self) -> None:
+        """The output is backed up: the reader stops before its next chunk."""
+        self._held = True
+
+    def release(self) -> None:
+        """The output took its backlog: the reader may go on."""
+        self._held = False
         self._room.set()

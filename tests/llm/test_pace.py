@@ -1,0 +1,167 @@
+"""Backpressure: ``Pace`` alone, then a whole answer read by a client that stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from chatkit.types import AssistantMessageItem, ThreadItem
+
+from chatkit_server.pace import Pace
+from chatkit_server.settings import Settings
+from chatkit_server.testing.client import user_input
+from chatkit_server.testing.fake_backend import Reply
+from tests.live import LOCAL, FakeLLM, Live, LiveFactory
+
+
+async def test_the_reader_waits_once_it_is_lead_chunks_ahead() -> None:
+    pace = Pace(lead=3)
+    for _ in range(3):
+        await pace.before_chunk()
+    fourth = asyncio.ensure_future(pace.before_chunk())
+    await asyncio.sleep(0.01)
+    assert not fourth.done()
+
+    pace.caught_up()
+    await asyncio.wait_for(fourth, 1)
+    assert pace.ahead == 1
+
+
+def test_a_lead_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="lead"):
+        Pace(lead=0)
+
+
+# An answer far longer than what the socket buffers between client and
+# server hold.
+LONG_ANSWER = 50_000
+# The server's socket buffer: the kernel's own sizing would take megabytes of
+# the answer before the server has to hold anything.
+SEND_BUFFER = 16 * 1024
+
+
+@asynccontextmanager
+async def _stalled_stream(live: Live) -> AsyncIterator[tuple[asyncio.StreamReader, int]]:
+    """A ``threads.create`` whose client reads the headers and then nothing.
+
+    Its receive buffer is small, so the server's socket fills after a few
+    kilobytes and the server has to hold the rest (or not read it).
+    """
+    host, port = live.url.removeprefix("http://").split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    body = json.dumps({"type": "threads.create", "params": {"input": user_input("go")}}).encode()
+    writer.write(
+        b"POST /chatkit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    await writer.drain()
+    status = await reader.readline()
+    try:
+        yield reader, int(status.split()[1])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.fixture
+def chunks_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A count of the chunks every server in this test has read from its backend."""
+    count = [0]
+    before_chunk = Pace.before_chunk
+
+    async def counted(self: Pace) -> None:
+        await before_chunk(self)
+        count[0] += 1
+
+    monkeypatch.setattr(Pace, "before_chunk", counted)
+    return count
+
+
+async def _settled(count: list[int], *, every: float = 1.0, within: float = 60) -> int:
+    """``count[0]`` once it stopped growing for ``every`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    last = -1
+    while loop.time() < deadline:
+        if count[0] == last and last > 0:
+            return last
+        last = count[0]
+        await asyncio.sleep(every)
+    raise AssertionError(f"the backend was still being read: {count[0]} chunks")
+
+
+async def _wait_for_answer(live: Live) -> list[ThreadItem]:
+    for _ in range(200):
+        threads = await live.store.load_threads(10, None, "desc", LOCAL)
+        if threads.data:
+            page = await live.store.load_thread_items(threads.data[0].id, None, 50, "asc", LOCAL)
+            if any(isinstance(item, AssistantMessageItem) for item in page.data):
+                return page.data
+        await asyncio.sleep(0.05)
+    raise AssertionError("the partial answer was not saved")
+
+
+async def test_a_client_that_reads_nothing_holds_the_backend_back(
+    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM, chunks_read: list[int]
+) -> None:
+    fake_llm.backend.script(Reply.count(LONG_ANSWER))
+    # Neither cap may end the answer first; the backend's silence while it is
+    # held back is not its fault.
+    settings = live_settings.with_changes(answer_max_chars=0, llm_read_timeout=60.0)
+    async with start_live(settings, send_buffer=SEND_BUFFER) as live:
+        async with _stalled_stream(live) as (_reader, status):
+            assert status == 200
+            # The reads stop while the stream is still open: only what the
+            # client's socket and a bounded backlog hold was read.
+            read = await _settled(chunks_read)
+            assert read < LONG_ANSWER / 5
+            record = fake_llm.backend.streams[-1]
+            assert not record.completed
+            assert not record.disconnected
+
+        # The client left: the backend request is cancelled, what came is kept.
+        ended = await fake_llm.backend.wait_for_stream_end(timeout=30)
+        assert ended.disconnected
+        items = await _wait_for_answer(live)
+        answer = next(item for item in items if isinstance(item, AssistantMessageItem))
+        assert answer.content[0].text.startswith("tok0 tok1 ")
+
+
+async def test_a_client_that_takes_nothing_for_the_stall_timeout_is_let_go(
+    start_live: LiveFactory,
+    live_settings: Settings,
+    fake_llm: FakeLLM,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="chatkit_server")
+    fake_llm.backend.script(Reply.count(LONG_ANSWER))
+    settings = live_settings.with_changes(
+        stream_stall_timeout=1.0, answer_max_chars=0, llm_read_timeout=60.0
+    )
+    async with (
+        start_live(settings, send_buffer=SEND_BUFFER) as live,
+        _stalled_stream(live) as (reader, status),
+    ):
+        assert status == 200
+        # The server gives up while this client still holds its socket open:
+        # the backend is stopped and the answer so far saved.
+        ended = await fake_llm.backend.wait_for_stream_end(timeout=60)
+        assert ended.disconnected
+        items = await _wait_for_answer(live)
+        assert any("treated as gone" in record.getMessage() for record in caplog.records)
+        # And the connection is closed: what the socket still held reads to its end.
+        rest = await asyncio.wait_for(reader.read(), 30)
+        assert rest.startswith(b"\r\n") or b"data: " in rest
+
+        # The thread takes its next message.
+        turn = await live.client.add_message(items[0].thread_id, "again")
+        assert turn.errors == []
