@@ -275,6 +275,11 @@ def _is_loopback(host: str) -> bool:
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The ``uvicorn.Config`` options the app's settings call for.
 
+    Connections: uvicorn's httptools protocol with a deadline for request
+    headers (:mod:`chatkit_server.http.connections`; this sets the deadline
+    for the process), its keep-alive timeout, and a cap on open connections
+    past which requests are answered 503.
+
     With the trusted-proxy sign-in on, the user header is believed only from
     the connection's own peer. uvicorn's ``proxy_headers`` (on by default,
     trusting 127.0.0.1 or ``FORWARDED_ALLOW_IPS``) would replace that peer
@@ -285,9 +290,17 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     Args:
         settings: The server's settings.
     """
+    from chatkit_server.http.connections import HeaderDeadlineProtocol, default_connection_limit
+
+    HeaderDeadlineProtocol.configure(settings.header_timeout)
+    options: dict[str, Any] = {
+        "http": HeaderDeadlineProtocol,
+        "timeout_keep_alive": settings.keepalive_timeout,
+        "limit_concurrency": settings.max_connections or default_connection_limit(),
+    }
     if "proxy" in settings.sign_in_modes:
-        return {"proxy_headers": False}
-    return {}
+        options["proxy_headers"] = False
+    return options
 
 
 def _operator_error(message: str) -> int:
@@ -421,6 +434,11 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: 
                 # Open answer streams get this long to finish on shutdown; then they
                 # are cancelled, which persists their partial answers.
                 timeout_graceful_shutdown=int(settings.shutdown_grace),
+                # A worker answers the supervisor's health checks only once it
+                # has imported everything; on a loaded machine that takes
+                # longer than uvicorn's 5 s, and the worker would be killed
+                # and restarted over and over.
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
                 **uvicorn_options(settings),
             )
             if workers > 1:
@@ -472,14 +490,21 @@ def _worker_app(changes: dict[str, Any]) -> Any:
     A fresh interpreter: logging is set up again.
     """
     from chatkit_server.app import create_app
+    from chatkit_server.http.connections import HeaderDeadlineProtocol
 
     settings = Settings.from_env().with_changes(**changes)
     _configure_logging(settings.log_level)
+    # The supervisor's uvicorn options reach this process, but not the
+    # deadline they set on the protocol class in the supervisor.
+    HeaderDeadlineProtocol.configure(settings.header_timeout)
     app = create_app(settings)
     tune_garbage_collector()
     _stop_with_supervisor()
     return app
 
+
+# How long a worker may take to answer its supervisor (see _serve).
+WORKER_HEALTHCHECK_SECONDS = 60
 
 # How often a worker looks for its supervisor: the longest an orphan serves on.
 SUPERVISOR_CHECK_SECONDS = 1.0
