@@ -18,6 +18,7 @@ from agents import Agent, FunctionTool, ModelSettings
 
 from chatkit_server.llm.backends import DEFAULT_BACKEND, Backend, BackendRegistry
 from chatkit_server.settings import Settings
+from chatkit_server.workflows.actions import ActionHandler
 from chatkit_server.workflows.client_tools import client_tool, stop_at_client_tools
 from chatkit_server.workflows.file import StarterPrompt, WorkflowSpec
 from chatkit_server.workflows.state import instructions_for
@@ -56,6 +57,8 @@ class Workflow:
     history_tokens: int | None = None
     title_model: str | None = None
     context_tokens: int | None = None
+    # Widget action handlers by action type (chatkit_server.workflows.actions).
+    actions: Mapping[str, ActionHandler] = field(default_factory=dict)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -171,6 +174,7 @@ class WorkflowRegistry:
                 spec,
                 backends.get(spec.backend),
                 file.tools[workflow_id],
+                file.actions.get(workflow_id, {}),
                 # A file's workflow may run on the CHATKIT_LLM_* backend ("default").
                 context_tokens=spec_backend.context_tokens
                 if (spec_backend := file.backends.get(spec.backend))
@@ -221,6 +225,7 @@ def _from_spec(
     spec: WorkflowSpec,
     backend: Backend,
     tools: tuple[FunctionTool, ...],
+    actions: Mapping[str, ActionHandler],
     *,
     context_tokens: int | None,
 ) -> Workflow:
@@ -242,4 +247,5 @@ def _from_spec(
         history_tokens=spec.history_tokens,
         title_model=spec.title_model,
         context_tokens=context_tokens,
+        actions=dict(actions),
     )
