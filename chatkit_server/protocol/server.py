@@ -47,6 +47,11 @@ from chatkit_server.context import RequestContext
 from chatkit_server.errors import ChatKitServerError, RequestError, StoreError
 from chatkit_server.llm.local_model import no_backend_message
 from chatkit_server.llm.repair import repair_run
+from chatkit_server.llm.transcription import (
+    Transcriber,
+    TranscriptionError,
+    TranscriptionTimeout,
+)
 from chatkit_server.protocol.admission import admit, release, releasing
 from chatkit_server.protocol.checks import (
     THREAD_WORKFLOW_KEY,
@@ -123,6 +128,16 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.checks = RequestChecks(store=store, workflows=workflows, settings=settings)
         self.converter = HistoryConverter()
         self.history_cache = HistoryCache(decode_item)
+        self.transcriber = (
+            Transcriber(
+                base_url=settings.transcribe_base_url,
+                model=settings.transcribe_model,
+                api_key=settings.transcribe_api_key,
+                timeout=settings.transcribe_timeout,
+            )
+            if settings.transcribe_base_url
+            else None
+        )
 
     @functools.cached_property
     def no_backend_message(self) -> str:
@@ -395,10 +410,28 @@ class ChatKitApp(ChatKitServer[RequestContext]):
     async def transcribe(
         self, audio_input: AudioInput, context: RequestContext
     ) -> TranscriptionResult:
-        """Dictation needs a speech-to-text backend, which this server does not have."""
-        raise RequestError(
-            501, "Dictation is not available: this server has no transcription backend."
-        )
+        """Dictation: the audio's text, from the ``CHATKIT_TRANSCRIBE_*`` server.
+
+        Raises:
+            RequestError: Dictation is not configured (501, saying how to turn
+                it on), or the transcription server is down or refused the
+                audio (502) or too slow (504).
+        """
+        if self.transcriber is None:
+            raise RequestError(
+                501,
+                "Dictation is off on this server: set CHATKIT_TRANSCRIBE_BASE_URL to an "
+                "OpenAI-compatible speech-to-text server (and CHATKIT_TRANSCRIBE_MODEL) "
+                "to turn it on.",
+                code="dictation_not_configured",
+            )
+        try:
+            text = await self.transcriber.transcribe(audio_input.data, audio_input.mime_type)
+        except TranscriptionTimeout as exc:
+            raise RequestError(504, str(exc), code="transcription_timeout") from None
+        except TranscriptionError as exc:
+            raise RequestError(502, str(exc), code="transcription_failed") from None
+        return TranscriptionResult(text=text)
 
     async def action(
         self,
