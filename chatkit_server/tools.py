@@ -18,6 +18,9 @@ with the ChatKit SDK's ``AgentContext.stream_widget``. Its buttons send actions
 that :func:`add_to_counter` (a streamed action) and :func:`reset_counter` (a
 synchronous one) answer by replacing the widget, which is how the new count is
 kept and still shows after a reload.
+
+:func:`ask_user_to_choose` is the example of a tool that asks the user a question
+(ChatKit's structured input): the answer stops there until the user answers.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from chatkit.widgets import DynamicWidgetRoot
 
 from chatkit_server.workflows.actions import ActionContext
 from chatkit_server.workflows.state import state_variables
+from chatkit_server.workflows.structured_input import ask_user, choice
 
 __all__ = [
     "ActionContext",
     "add_to_counter",
+    "ask_user_to_choose",
     "counter_widget",
     "current_time",
     "reset_counter",
@@ -131,3 +136,22 @@ def _counter_state(action: ActionContext) -> tuple[str, int]:
     label = str(payload.get("label") or "Counter")
     count = payload.get("count")
     return label, count if isinstance(count, int) else 0
+
+
+async def ask_user_to_choose(
+    ctx: RunContextWrapper[AgentContext[Any]],
+    question: str,
+    options: list[str],
+    multiple: bool = False,
+) -> str:
+    """Ask the user a multiple-choice question and wait for the answer.
+
+    Use it when the user must decide between options before you can go on.
+
+    Args:
+        ctx: The run's context, which holds the ChatKit stream (the model never sees it).
+        question: The question, as the user will read it.
+        options: The choices offered (the user may also type another answer).
+        multiple: Whether the user may pick more than one option.
+    """
+    return await ask_user(ctx, [choice("choice", question, options, multiple=multiple)])

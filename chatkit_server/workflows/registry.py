@@ -19,9 +19,10 @@ from agents import Agent, FunctionTool, ModelSettings
 from chatkit_server.llm.backends import DEFAULT_BACKEND, Backend, BackendRegistry
 from chatkit_server.settings import Settings
 from chatkit_server.workflows.actions import ActionHandler
-from chatkit_server.workflows.client_tools import client_tool, stop_at_client_tools
+from chatkit_server.workflows.client_tools import client_tool
 from chatkit_server.workflows.file import StarterPrompt, WorkflowSpec
 from chatkit_server.workflows.state import instructions_for
+from chatkit_server.workflows.structured_input import stop_when_waiting
 from chatkit_server.workflows.tool_tasks import show_progress
 
 __all__ = [
@@ -108,8 +109,9 @@ class Workflow:
             model=self.backend.model(self.model),
             model_settings=settings,
             tools=[*map(show_progress, self.tools), *self.client_tools],
-            # The answer ends at a client tool call; the browser's output resumes it.
-            tool_use_behavior=stop_at_client_tools if self.client_tools else "run_llm_again",
+            # The answer ends at a client tool call or a question for the user; the
+            # browser's output (or the user's answers) resumes it.
+            tool_use_behavior=stop_when_waiting,
         )
 
     def describe(self) -> dict[str, Any]:
