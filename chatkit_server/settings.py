@@ -80,9 +80,9 @@ DEFAULT_USER_RATE_LIMIT = 60
 # Clock skew tolerated on a JWT's exp/nbf/iat.
 DEFAULT_JWT_LEEWAY = 30.0
 
-# Dictation (input.transcribe): the audio arrives base64-encoded inside the
-# request body, so the default fits under the default body limit (4/3 larger).
-DEFAULT_TRANSCRIBE_MAX_BYTES = 3 * 1024 * 1024
+# Dictation (input.transcribe): the audio arrives base64-encoded (4/3 larger)
+# inside the JSON body, so the default clip fits the default body limit.
+DEFAULT_TRANSCRIBE_MAX_BYTES = 3_000_000
 # OpenAI's name; whisper.cpp's server ignores it, vLLM needs its own model's name.
 DEFAULT_TRANSCRIBE_MODEL = "whisper-1"
 # A dictated clip is short: past this the user is better told than kept waiting.
@@ -136,7 +136,7 @@ environment:
   CHATKIT_TRANSCRIBE_API_KEY  API key sent to it (default: none)
   CHATKIT_TRANSCRIBE_TIMEOUT  seconds a transcription may take in all (default 30)
   CHATKIT_TRANSCRIBE_MAX_BYTES
-                              largest dictated audio clip in bytes (default 3145728)
+                              largest dictated audio clip in bytes (default 3000000)
   CHATKIT_TRACING             1 to enable Agents SDK tracing (off: it uploads chat content)
   CHATKIT_TITLES              0 to stop naming new threads with a model-written title (default 1)
   CHATKIT_LOG_LEVEL           debug, info (default), warning or error

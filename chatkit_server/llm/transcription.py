@@ -47,7 +47,16 @@ _EXTENSIONS: Final = {
 
 
 class TranscriptionError(ChatKitServerError):
-    """The transcription server gave no text; the message is for the user."""
+    """The transcription server gave no text.
+
+    Attributes:
+        message: What went wrong, written for the user (the server's own
+            answer is only logged).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class TranscriptionUnavailable(TranscriptionError):

@@ -428,9 +428,9 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         try:
             text = await self.transcriber.transcribe(audio_input.data, audio_input.mime_type)
         except TranscriptionTimeout as exc:
-            raise RequestError(504, str(exc), code="transcription_timeout") from None
+            raise RequestError(504, exc.message, code="transcription_timeout") from None
         except TranscriptionError as exc:
-            raise RequestError(502, str(exc), code="transcription_failed") from None
+            raise RequestError(502, exc.message, code="transcription_failed") from None
         return TranscriptionResult(text=text)
 
     async def action(
@@ -501,6 +501,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             sync=True,
         )
         updated: ThreadItem | None = None
+        before = thread.model_copy(deep=True)
         try:
             async for event in handler_events(handler, action_context):
                 if isinstance(event, ThreadItemDoneEvent):
@@ -520,6 +521,9 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             raise RequestError(
                 502, f"The action {action.type!r} failed.", code="action_failed"
             ) from None
+        if thread != before:
+            # A streamed action's thread is saved by the base class; here, no one else does.
+            await self.store.save_thread(thread, context)
         return SyncCustomActionResponse(updated_item=updated)
 
 

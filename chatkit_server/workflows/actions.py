@@ -79,7 +79,7 @@ class ActionContext:
     Attributes:
         action: The action: its ``type`` and ``payload`` (what the widget declared).
         sender: The widget item the action came from, when it came from one.
-        thread: The thread's metadata (title changes are saved after the action).
+        thread: The thread's metadata (a changed title is saved after the action).
         request_context: The caller (user, session, workflow).
         store: The store, for handlers that look up or keep more.
         sync: True for ``threads.sync_custom_action`` (no stream to send on).

@@ -27,7 +27,7 @@ from chatkit_server.llm.transcription import (
     TranscriptionTimeout,
     TranscriptionUnavailable,
 )
-from chatkit_server.settings import Settings
+from chatkit_server.settings import Settings, SettingsError
 from chatkit_server.testing.live import serve_app
 from tests.live import LiveFactory
 
@@ -231,3 +231,7 @@ def test_transcription_settings_come_from_the_environment() -> None:
         settings.transcribe_max_bytes,
     ) == ("http://127.0.0.1:8178/v1", "large-v3", "k", 12.5, 1000)
     assert Settings.from_env({}).transcribe_base_url is None
+    with pytest.raises(SettingsError, match="CHATKIT_TRANSCRIBE_BASE_URL"):
+        Settings.from_env({"CHATKIT_TRANSCRIBE_BASE_URL": "127.0.0.1:8178"})
+    with pytest.raises(SettingsError, match="CHATKIT_TRANSCRIBE_TIMEOUT"):
+        Settings.from_env({"CHATKIT_TRANSCRIBE_TIMEOUT": "0"})

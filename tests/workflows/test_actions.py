@@ -50,6 +50,7 @@ tools = ["chatkit_server.tools:show_counter"]
 "test.signal" = "tests.workflows.test_actions:signal"
 "test.append" = "tests.workflows.test_actions:append_card"
 "test.fail" = "tests.workflows.test_actions:fail"
+"test.rename" = "tests.workflows.test_actions:rename"
 """
 
 
@@ -74,6 +75,10 @@ async def append_card(action: ActionContext) -> AsyncIterator[ThreadStreamEvent]
 
 async def fail(action: ActionContext) -> None:
     raise RuntimeError("secret internal detail")
+
+
+async def rename(action: ActionContext) -> None:
+    action.thread.title = str(action.action.payload)
 
 
 @pytest.fixture
@@ -271,3 +276,21 @@ async def test_the_default_workflow_has_no_actions(live: Live) -> None:
     [error] = unknown.errors
     assert error.message is not None
     assert "'default'" in error.message
+
+
+async def test_a_thread_a_handler_renames_is_saved_in_both_modes(
+    live_factory_widgets: Live, fake_llm: FakeLLM
+) -> None:
+    live = live_factory_widgets
+    thread_id, _ = await _counter_thread(live, fake_llm)
+
+    await _action(live, thread_id, None, type="test.rename", payload="Streamed")
+    streamed = await live.client.call("threads.get_by_id", thread_id=thread_id)
+    await live.client.call(
+        "threads.sync_custom_action",
+        thread_id=thread_id,
+        action={"type": "test.rename", "payload": "Synced"},
+    )
+    synced = await live.client.call("threads.get_by_id", thread_id=thread_id)
+
+    assert (streamed["title"], synced["title"]) == ("Streamed", "Synced")

@@ -15,6 +15,7 @@ from agents import RunContextWrapper
 from chatkit.types import (
     AssistantMessageItem,
     StructuredInputItem,
+    ThreadItemDoneEvent,
     ThreadItemReplacedEvent,
 )
 
@@ -35,6 +36,7 @@ model = "fake-model"
 tools = [
   "chatkit_server.tools:ask_user_to_choose",
   "tests.workflows.test_structured_input:plan_trip",
+  "tests.workflows.test_structured_input:ask_again",
 ]
 """
 
@@ -48,6 +50,19 @@ async def plan_trip(ctx: RunContextWrapper[Any]) -> str:
             free_text("when", "When do you leave?", description="A date is enough."),
         ],
     )
+
+
+async def ask_again(ctx: RunContextWrapper[Any]) -> str:
+    """Show the thread's question again, as it was first asked (pending, same id)."""
+    agent_context = ctx.context
+    page = await agent_context.store.load_thread_items(
+        agent_context.thread.id, None, 50, "asc", agent_context.request_context
+    )
+    [question] = [item for item in page.data if isinstance(item, StructuredInputItem)]
+    inputs = [q.model_copy(update={"answer": None}) for q in question.inputs]
+    again = question.model_copy(update={"status": "pending", "inputs": inputs})
+    await agent_context.stream(ThreadItemDoneEvent(item=again))
+    return "shown again"
 
 
 @pytest.fixture
@@ -180,3 +195,32 @@ async def test_ask_user_refuses_duplicate_ids_and_runs_without_chatkit() -> None
     answer = await ask_user(wrapper, [free_text("a", "A?")])
     assert not isinstance(answer, QuestionAsked)
     assert "cannot be asked" in answer
+
+
+async def test_a_resumed_run_that_emits_the_question_again_keeps_the_answer(
+    start_live: LiveFactory, ask_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    async with start_live(ask_settings) as live:
+        question = await _asked(
+            live, fake_llm, "ask_user_to_choose", {"question": "Tea?", "options": ["Yes", "No"]}
+        )
+        fake_llm.backend.script(Reply.tool_call("ask_again", {}), Reply.text("Yes it is."))
+
+        turn = await _answer(live, question, answers={"choice": {"values": ["Yes"]}})
+
+        assert not turn.errors
+        # The resumed run sent the item again, pending: the stored answer stands.
+        resent = [
+            e.item
+            for e in turn.events
+            if isinstance(e, ThreadItemDoneEvent) and e.item.id == question.id
+        ]
+        assert [item.status for item in resent] == ["pending"]  # type: ignore[union-attr]
+        stored = await live.store.load_item(question.thread_id, question.id, LOCAL)
+        assert isinstance(stored, StructuredInputItem)
+        assert stored.status == "answered"
+        assert stored.inputs[0].answer is not None
+        assert stored.inputs[0].answer.values == ["Yes"]
+        thread = await live.client.call("threads.get_by_id", thread_id=question.thread_id)
+        [shown] = [item for item in thread["items"]["data"] if item["id"] == question.id]
+        assert shown["status"] == "answered"
