@@ -33,7 +33,6 @@ Semantics the ChatKit base server relies on:
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -44,18 +43,13 @@ from chatkit.types import (
     Attachment,
     AttachmentCreateParams,
     AttachmentUploadDescriptor,
-    ClientToolCallItem,
     FeedbackKind,
     FileAttachment,
     ImageAttachment,
     Page,
-    StructuredInputItem,
     ThreadItem,
     ThreadMetadata,
-    WidgetItem,
-    WorkflowItem,
 )
-from chatkit.widgets import DynamicWidgetRoot
 from pydantic import AnyUrl, TypeAdapter
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -64,6 +58,7 @@ from chatkit_server.errors import NotFoundError
 from chatkit_server.store.database import Database, Statements
 from chatkit_server.store.feedback import FeedbackRecord, add_feedback, load_feedback
 from chatkit_server.store.ids import ID_PREFIXES, new_id
+from chatkit_server.store.items import SETTLING_KINDS, decode_item, undoes_settled
 from chatkit_server.store.statements import (
     MAX_PAGE_SIZE,
     check_cursor,
@@ -80,8 +75,7 @@ __all__ = ["DEFAULT_UPLOAD_BASE_URL", "FeedbackRecord", "SQLStore", "decode_item
 
 DEFAULT_UPLOAD_BASE_URL: Final = "http://127.0.0.1:8000"
 
-# Building a TypeAdapter for these unions costs milliseconds; do it once.
-_ITEM: Final[TypeAdapter[ThreadItem]] = TypeAdapter(ThreadItem)
+# Building a TypeAdapter for this union costs milliseconds; do it once.
 _ATTACHMENT: Final[TypeAdapter[Attachment]] = TypeAdapter(Attachment)
 # A full Thread (with its items) may be passed to save_thread; keep only these.
 _THREAD_FIELDS: Final = frozenset(ThreadMetadata.model_fields)
@@ -334,7 +328,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         Raises:
             NotFoundError: No such thread for this user.
         """
-        if item.type in _SETTLING_KINDS:
+        if item.type in SETTLING_KINDS:
             await self._add_guarded(thread_id, item, context)
         else:
             await self._upsert_item(thread_id, item, context)
@@ -408,7 +402,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         )
         async with self._db.write() as session:
             stored = (await session.execute(stored_statement)).one_or_none()
-            if stored is not None and _undoes_settled(decode_item(stored.type, stored.data), item):
+            if stored is not None and undoes_settled(decode_item(stored.type, stored.data), item):
                 return
             saved = (
                 await session.execute(self._item_upsert, _item_values(thread_id, item, context))
@@ -562,42 +556,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             set_={column: insert.excluded[column] for column in update},
             where=where,
         )
-
-
-def decode_item(kind: str, data: str) -> ThreadItem:
-    """The item stored as ``data`` (JSON) with type ``kind``, as the class it was saved as."""
-    item = _ITEM.validate_json(data)
-    if kind != "widget" or not isinstance(item, WidgetItem):
-        return item
-    # The ThreadItem union makes {"type": "Card", ...} the named class Card,
-    # which is what a widget built from the named classes was (handlers test
-    # isinstance(widget, Card)). A template-built DynamicWidgetRoot may carry
-    # fields Card does not model, which the union would drop: a saved named
-    # widget dumps back to exactly its stored JSON, anything else was dynamic.
-    raw = json.loads(data)
-    if item.widget.model_dump(mode="json") == raw["widget"]:
-        return item
-    raw["widget"] = DynamicWidgetRoot.model_validate(raw["widget"])
-    return WidgetItem.model_validate(raw)
-
-
-# Kinds whose items settle (see the module notes), and when they have.
-_SETTLING_KINDS: Final = frozenset({"structured_input", "workflow", "client_tool_call"})
-
-
-def _settled(item: ThreadItem) -> bool:
-    if isinstance(item, StructuredInputItem):
-        return item.status != "pending"
-    if isinstance(item, WorkflowItem):
-        return item.workflow.summary is not None
-    if isinstance(item, ClientToolCallItem):
-        return item.status == "completed"
-    return False
-
-
-def _undoes_settled(stored: ThreadItem, new: ThreadItem) -> bool:
-    """Whether writing ``new`` over ``stored`` would take a settled item back."""
-    return stored.type == new.type and _settled(stored) and not _settled(new)
 
 
 def _item_values(thread_id: str, item: ThreadItem, context: RequestContext) -> dict[str, Any]:
