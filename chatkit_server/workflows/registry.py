@@ -117,7 +117,8 @@ class Workflow:
     def describe(self) -> dict[str, Any]:
         """What a front end needs to know: id, models, tools, greeting, starter prompts.
 
-        ``client_tools`` names the tools the front end must answer (``onClientTool``).
+        ``client_tools`` names the tools the front end must answer (``onClientTool``);
+        ``actions`` the widget action types the workflow handles.
         """
         return {
             "id": self.id,
@@ -125,6 +126,7 @@ class Workflow:
             "models": list(self.models),
             "tools": sorted(self.tool_names),
             "client_tools": sorted(tool.name for tool in self.client_tools),
+            "actions": sorted(self.actions),
             "greeting": self.greeting,
             "starter_prompts": [
                 prompt.model_dump(exclude_none=True) for prompt in self.starter_prompts

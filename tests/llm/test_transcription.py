@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -164,11 +165,13 @@ async def test_dictation_round_trip(
     settings = live_settings.with_changes(
         transcribe_base_url=url, transcribe_model="base.en", transcribe_api_key="secret-key"
     )
-    async with start_live(settings) as live:
+    async with start_live(settings) as live, httpx.AsyncClient() as http:
         response = await live.client.post_raw(_request(AUDIO, "audio/mp4"))
+        listed = (await http.get(live.url + "/chatkit/workflows")).json()
 
     assert response.status_code == 200
     assert response.json() == {"text": "hello from the microphone"}
+    assert listed["dictation"] is True  # the front end shows the microphone
     [sent] = fake.received
     assert (sent["model"], sent["filename"], sent["audio"]) == ("base.en", "audio.mp4", AUDIO)
     assert sent["authorization"] == "Bearer secret-key"
@@ -204,9 +207,11 @@ async def test_dictation_errors_are_clear_and_bounded(
 async def test_dictation_not_configured_says_how_to_turn_it_on(
     start_live: LiveFactory, live_settings: Settings
 ) -> None:
-    async with start_live(live_settings) as live:
+    async with start_live(live_settings) as live, httpx.AsyncClient() as http:
         response = await live.client.post_raw(_request(AUDIO))
+        listed = (await http.get(live.url + "/chatkit/workflows")).json()
 
+    assert listed["dictation"] is False  # the front end hides the microphone
     assert response.status_code == 501
     error = response.json()["error"]
     assert error["code"] == "dictation_not_configured"

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from chatkit.types import (
     AssistantMessageItem,
@@ -294,3 +295,13 @@ async def test_a_thread_a_handler_renames_is_saved_in_both_modes(
     synced = await live.client.call("threads.get_by_id", thread_id=thread_id)
 
     assert (streamed["title"], synced["title"]) == ("Streamed", "Synced")
+
+
+async def test_the_workflows_listing_names_the_action_types(live_factory_widgets: Live) -> None:
+    async with httpx.AsyncClient() as http:
+        listed = (await http.get(live_factory_widgets.url + "/chatkit/workflows")).json()
+    [workflow] = listed["data"]
+    assert workflow["actions"] == [
+        "counter.add", "counter.reset", "test.append", "test.ask", "test.fail", "test.rename",
+        "test.signal",
+    ]  # fmt: skip
