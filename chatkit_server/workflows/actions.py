@@ -43,6 +43,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
 from chatkit.actions import Action
+from chatkit.icons import IconName
 from chatkit.store import Store, StoreItemType
 from chatkit.types import (
     AssistantMessageContent,
@@ -83,6 +84,8 @@ class ActionContext:
         request_context: The caller (user, session, workflow).
         store: The store, for handlers that look up or keep more.
         sync: True for ``threads.sync_custom_action`` (no stream to send on).
+        agent: Starts the workflow's answer for :meth:`respond` (set by the
+            server; ``None`` in a synchronous action).
     """
 
     action: Action[str, Any]
@@ -147,7 +150,7 @@ class ActionContext:
         )
 
     @staticmethod
-    def progress(text: str, icon: Any = None) -> ProgressUpdateEvent:
+    def progress(text: str, icon: IconName | None = None) -> ProgressUpdateEvent:
         """A transient progress line (replaced by the next event, never kept)."""
         return ProgressUpdateEvent(text=text, icon=icon)
 

@@ -9,11 +9,13 @@ after a restart, shows.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from chatkit.actions import Action
 from chatkit.types import (
     AssistantMessageItem,
     ClientEffectEvent,
@@ -22,6 +24,7 @@ from chatkit.types import (
     ProgressUpdateEvent,
     ThreadItemDoneEvent,
     ThreadItemReplacedEvent,
+    ThreadMetadata,
     ThreadStreamEvent,
     WidgetItem,
 )
@@ -31,7 +34,7 @@ from chatkit_server.settings import Settings
 from chatkit_server.testing.client import ChatKitHTTPError, Turn
 from chatkit_server.testing.fake_backend import Reply
 from chatkit_server.tools import counter_widget
-from chatkit_server.workflows.actions import ActionContext
+from chatkit_server.workflows.actions import ActionContext, handler_events, is_action_handler
 from chatkit_server.workflows.file import load_workflow_file
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
@@ -305,3 +308,32 @@ async def test_the_workflows_listing_names_the_action_types(live_factory_widgets
         "counter.add", "counter.reset", "test.append", "test.ask", "test.fail", "test.rename",
         "test.signal",
     ]  # fmt: skip
+
+
+# -- ActionContext on its own ------------------------------------------------------
+
+
+def _context(live: Live, **changes: Any) -> ActionContext:
+    return ActionContext(
+        action=Action[str, Any](type="t", payload=None),
+        sender=None,
+        thread=ThreadMetadata(id="thr_1", created_at=datetime(2026, 1, 1)),
+        request_context=LOCAL,
+        store=live.store,
+        **changes,
+    )
+
+
+async def _nothing(action: ActionContext) -> None:
+    return None
+
+
+async def test_what_an_action_context_refuses(live: Live) -> None:
+    with pytest.raises(ValueError, match="no sender widget"):
+        _context(live).replace_widget(counter_widget("x", 1))
+    with pytest.raises(RuntimeError, match="cannot run the agent"):
+        _context(live, sync=True).respond()
+    assert [event async for event in handler_events(_nothing, _context(live))] == []
+    assert not is_action_handler(counter_widget)
+    assert is_action_handler(_nothing)
+    assert is_action_handler(append_card)
