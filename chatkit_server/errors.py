@@ -12,6 +12,9 @@
      |    +-- DatabaseUnavailableError  the database cannot be reached or opened
      |    +-- MigrationError      the schema cannot be moved to the revision asked for
      +-- RequestError             a client request cannot be served; carries an HTTP status
+ +-- TranscriptionError       (llm/transcription.py) dictation's server gave no text
+      +-- TranscriptionUnavailable  unreachable, an error status, or no text
+      +-- TranscriptionTimeout      no answer in time
 """
 
 from __future__ import annotations

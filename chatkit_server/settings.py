@@ -38,6 +38,9 @@ __all__ = [
     "DEFAULT_MAX_UPLOAD_BYTES",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_STREAM_STALL_TIMEOUT",
+    "DEFAULT_TRANSCRIBE_MAX_BYTES",
+    "DEFAULT_TRANSCRIBE_MODEL",
+    "DEFAULT_TRANSCRIBE_TIMEOUT",
     "DEFAULT_USER_RATE_LIMIT",
     "DATABASE_VARIABLES",
     "ENVIRONMENT_HELP",
@@ -96,6 +99,14 @@ DEFAULT_USER_RATE_LIMIT = 60
 # Clock skew tolerated on a JWT's exp/nbf/iat.
 DEFAULT_JWT_LEEWAY = 30.0
 
+# Dictation (input.transcribe): the audio arrives base64-encoded (4/3 larger)
+# inside the JSON body, so the default clip fits the default body limit.
+DEFAULT_TRANSCRIBE_MAX_BYTES = 3_000_000
+# OpenAI's name; whisper.cpp's server ignores it, vLLM needs its own model's name.
+DEFAULT_TRANSCRIBE_MODEL = "whisper-1"
+# A dictated clip is short: past this the user is better told than kept waiting.
+DEFAULT_TRANSCRIBE_TIMEOUT = 30.0
+
 # Smaller than any chat model's context: a typo such as 40 instead of 4096
 # would leave no room for a message.
 MIN_CONTEXT_TOKENS = 256
@@ -148,6 +159,14 @@ environment:
   CHATKIT_HISTORY_TOKENS      token budget for instructions + history (default 3000)
   CHATKIT_LLM_CONTEXT_TOKENS  context size of the backend's model, in tokens: history is cut to
                               fit it with room for the answer (default: not known)
+  CHATKIT_TRANSCRIBE_BASE_URL OpenAI-compatible base URL of a speech-to-text server for dictation
+                              (POST .../audio/transcriptions), e.g. http://127.0.0.1:8178/v1
+                              (default: none, dictation is off)
+  CHATKIT_TRANSCRIBE_MODEL    model name sent to it (default "whisper-1")
+  CHATKIT_TRANSCRIBE_API_KEY  API key sent to it (default: none)
+  CHATKIT_TRANSCRIBE_TIMEOUT  seconds a transcription may take in all (default 30)
+  CHATKIT_TRANSCRIBE_MAX_BYTES
+                              largest dictated audio clip in bytes (default 3000000)
   CHATKIT_TRACING             1 to enable Agents SDK tracing (off: it uploads chat content)
   CHATKIT_TITLES              0 to stop naming new threads with a model-written title (default 1)
   CHATKIT_LOG_LEVEL           debug, info (default), warning or error
@@ -230,6 +249,11 @@ class Settings:
     titles: bool = True
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    transcribe_base_url: str | None = None
+    transcribe_model: str = DEFAULT_TRANSCRIBE_MODEL
+    transcribe_api_key: str | None = None
+    transcribe_timeout: float = DEFAULT_TRANSCRIBE_TIMEOUT
+    transcribe_max_bytes: int = DEFAULT_TRANSCRIBE_MAX_BYTES
 
     @property
     def resolved_database_url(self) -> str:
@@ -287,6 +311,15 @@ class Settings:
             raise SettingsError(
                 "CHATKIT_LLM_BASE_URL",
                 f"expected an http:// or https:// URL, got {llm_base_url!r}",
+            )
+
+        transcribe_base_url = get("CHATKIT_TRANSCRIBE_BASE_URL")
+        if transcribe_base_url is not None and not transcribe_base_url.startswith(
+            ("http://", "https://")
+        ):
+            raise SettingsError(
+                "CHATKIT_TRANSCRIBE_BASE_URL",
+                f"expected an http:// or https:// URL, got {transcribe_base_url!r}",
             )
 
         api = get("CHATKIT_LLM_API") or "chat_completions"
@@ -416,6 +449,15 @@ class Settings:
             tracing=_bool(env, "CHATKIT_TRACING", default=False),
             titles=_bool(env, "CHATKIT_TITLES", default=True),
             log_level=log_level,
+            transcribe_base_url=transcribe_base_url.rstrip("/") if transcribe_base_url else None,
+            transcribe_model=get("CHATKIT_TRANSCRIBE_MODEL") or DEFAULT_TRANSCRIBE_MODEL,
+            transcribe_api_key=get("CHATKIT_TRANSCRIBE_API_KEY"),
+            transcribe_timeout=_positive_float(
+                env, "CHATKIT_TRANSCRIBE_TIMEOUT", DEFAULT_TRANSCRIBE_TIMEOUT
+            ),
+            transcribe_max_bytes=_int(
+                env, "CHATKIT_TRANSCRIBE_MAX_BYTES", DEFAULT_TRANSCRIBE_MAX_BYTES, minimum=1
+            ),
         )
 
 

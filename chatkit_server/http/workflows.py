@@ -1,8 +1,9 @@
 """``GET /chatkit/workflows``: what a front end needs to set up the composer.
 
 Each workflow's id, models for the model picker, tools for the tool menu,
-greeting and starter prompts. Signed in like ``/chatkit``; a session sees
-only its own workflow.
+widget action types, greeting and starter prompts; and whether dictation is
+on (``CHATKIT_TRANSCRIBE_BASE_URL``), so the front end shows the microphone
+only then. Signed in like ``/chatkit``; a session sees only its own workflow.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ async def list_workflows(request: Request) -> Response:
     except RequestError as exc:
         return request_error_response(exc)
     registry = state.server.workflows
+    dictation = state.server.transcriber is not None
     if context.session_id is not None:
         workflow = registry.get(context.workflow_id)
-        return JSONResponse({"default": workflow.id, "data": [workflow.describe()]})
+        return JSONResponse(
+            {"default": workflow.id, "dictation": dictation, "data": [workflow.describe()]}
+        )
     workflows = sorted(registry, key=lambda workflow: workflow.id != registry.default)
     return JSONResponse(
-        {"default": registry.default, "data": [workflow.describe() for workflow in workflows]}
+        {
+            "default": registry.default,
+            "dictation": dictation,
+            "data": [workflow.describe() for workflow in workflows],
+        }
     )

@@ -308,9 +308,16 @@ class RequestChecks:
                 # strings pass) and has no answer but a 500 for one that
                 # is not base64.
                 try:
-                    base64.b64decode(request.params.audio_base64)
+                    audio = base64.b64decode(request.params.audio_base64)
                 except ValueError:  # binascii.Error, or a non-ASCII character
                     raise RequestError(400, "params.audio_base64 is not valid base64.") from None
+                cap = self.settings.transcribe_max_bytes
+                if len(audio) > cap:
+                    raise RequestError(
+                        413,
+                        f"The audio clip is larger than this server transcribes ({cap} bytes).",
+                        code="too_large",
+                    )
             case AttachmentsDeleteReq():
                 # The store's delete is idempotent; the client still deserves
                 # to hear that the id was never theirs.

@@ -39,9 +39,17 @@ class HistoryConverter(ThreadItemConverter):
         )
 
     async def tag_to_message_content(self, tag: UserMessageTagContent) -> ResponseInputContentParam:
-        """Give the model an @-mention's text and its data."""
-        data = json.dumps(tag.data, ensure_ascii=False, sort_keys=True)
-        return ResponseInputTextParam(type="input_text", text=f"@{tag.text}: {data}")
+        """Give the model an @-mention's text, what it is, and its data.
+
+        The id and group let a tool be called with the very entity the user
+        picked; the data (the front end's ``onTagSearch`` result) is what the
+        model can tell about it without one.
+        """
+        about = f"id {tag.id}" + (f", group {tag.group}" if tag.group else "")
+        text = f"@{tag.text} ({about})"
+        if tag.data:
+            text += ": " + json.dumps(tag.data, ensure_ascii=False, sort_keys=True)
+        return ResponseInputTextParam(type="input_text", text=text)
 
     async def to_agent_input(
         self, thread_items: Sequence[ThreadItem] | ThreadItem

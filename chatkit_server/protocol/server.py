@@ -31,6 +31,8 @@ from chatkit.types import (
     SyncCustomActionResponse,
     ThreadItem,
     ThreadItemDoneEvent,
+    ThreadItemRemovedEvent,
+    ThreadItemReplacedEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
     ThreadStreamEvent,
@@ -42,9 +44,14 @@ from chatkit.types import (
 
 from chatkit_server import compat
 from chatkit_server.context import RequestContext
-from chatkit_server.errors import RequestError, StoreError
+from chatkit_server.errors import ChatKitServerError, RequestError, StoreError
 from chatkit_server.llm.local_model import no_backend_message
 from chatkit_server.llm.repair import repair_run
+from chatkit_server.llm.transcription import (
+    Transcriber,
+    TranscriptionError,
+    TranscriptionTimeout,
+)
 from chatkit_server.pace import PACE_ARGUMENT, Pace
 from chatkit_server.protocol.admission import admit, release, releasing
 from chatkit_server.protocol.caps import AnswerCaps
@@ -59,6 +66,7 @@ from chatkit_server.protocol.events import StreamFixer
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore, UsageRecord, UsageStore, decode_item
 from chatkit_server.store.gate import RequestGate
+from chatkit_server.workflows.actions import ActionContext, handler_events
 from chatkit_server.workflows.history import HistoryCache, HistoryEntry, fit_history
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from chatkit_server.workflows.state import render
@@ -123,6 +131,16 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.checks = RequestChecks(store=store, workflows=workflows, settings=settings)
         self.converter = HistoryConverter()
         self.history_cache = HistoryCache(decode_item)
+        self.transcriber = (
+            Transcriber(
+                base_url=settings.transcribe_base_url,
+                model=settings.transcribe_model,
+                api_key=settings.transcribe_api_key,
+                timeout=settings.transcribe_timeout,
+            )
+            if settings.transcribe_base_url
+            else None
+        )
 
     @functools.cached_property
     def no_backend_message(self) -> str:
@@ -413,10 +431,28 @@ class ChatKitApp(ChatKitServer[RequestContext]):
     async def transcribe(
         self, audio_input: AudioInput, context: RequestContext
     ) -> TranscriptionResult:
-        """Dictation needs a speech-to-text backend, which this server does not have."""
-        raise RequestError(
-            501, "Dictation is not available: this server has no transcription backend."
-        )
+        """Dictation: the audio's text, from the ``CHATKIT_TRANSCRIBE_*`` server.
+
+        Raises:
+            RequestError: Dictation is not configured (501, saying how to turn
+                it on), or the transcription server is down or refused the
+                audio (502) or too slow (504).
+        """
+        if self.transcriber is None:
+            raise RequestError(
+                501,
+                "Dictation is off on this server: set CHATKIT_TRANSCRIBE_BASE_URL to an "
+                "OpenAI-compatible speech-to-text server (and CHATKIT_TRANSCRIBE_MODEL) "
+                "to turn it on.",
+                code="dictation_not_configured",
+            )
+        try:
+            text = await self.transcriber.transcribe(audio_input.data, audio_input.mime_type)
+        except TranscriptionTimeout as exc:
+            raise RequestError(504, exc.message, code="transcription_timeout") from None
+        except TranscriptionError as exc:
+            raise RequestError(502, exc.message, code="transcription_failed") from None
+        return TranscriptionResult(text=text)
 
     async def action(
         self,
@@ -425,12 +461,36 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         sender: WidgetItem | None,
         context: RequestContext,
     ) -> AsyncIterator[ThreadStreamEvent]:
-        """Widget actions: no workflow defines any yet, so answer with an error event."""
-        yield ErrorEvent(
-            code="custom",
-            message=f"This workflow does not handle the action {action.type!r}.",
-            allow_retry=False,
+        """Run the workflow's handler of a streamed widget action (``threads.custom_action``).
+
+        The handler's events go to the browser as it yields them (the base
+        class keeps the items they add, replace or remove). An action the
+        workflow has no handler for, or a handler that raises, is an error
+        event; the handler's exception stays in the server log.
+        """
+        workflow = self.workflow_of(thread, context)
+        handler = workflow.actions.get(action.type)
+        if handler is None:
+            yield ErrorEvent(
+                code="custom", message=_no_handler(workflow, action.type), allow_retry=False
+            )
+            return
+        action_context = ActionContext(
+            action=action,
+            sender=sender,
+            thread=thread,
+            request_context=context,
+            store=self.store,
+            agent=lambda: self.respond(thread, None, context),
         )
+        try:
+            async for event in handler_events(handler, action_context):
+                yield event
+        except Exception:
+            logger.exception("the handler of action %r failed", action.type)
+            yield ErrorEvent(
+                code="custom", message=f"The action {action.type!r} failed.", allow_retry=True
+            )
 
     async def sync_action(
         self,
@@ -439,5 +499,57 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         sender: WidgetItem | None,
         context: RequestContext,
     ) -> SyncCustomActionResponse:
-        """Synchronous widget actions: none are defined, so the request is refused."""
-        raise RequestError(400, f"This workflow does not handle the action {action.type!r}.")
+        """Run the workflow's handler of a synchronous widget action (JSON answer).
+
+        Items the handler adds, replaces or removes are kept; the sender's
+        replacement is the answer's ``updated_item``. Events only a stream can
+        carry (progress, notices, client effects) have nowhere to go.
+
+        Raises:
+            RequestError: The workflow has no handler for the action (400), or
+                the handler failed (502; its exception stays in the server log).
+        """
+        workflow = self.workflow_of(thread, context)
+        handler = workflow.actions.get(action.type)
+        if handler is None:
+            raise RequestError(400, _no_handler(workflow, action.type), code="unknown_action")
+        action_context = ActionContext(
+            action=action,
+            sender=sender,
+            thread=thread,
+            request_context=context,
+            store=self.store,
+            sync=True,
+        )
+        updated: ThreadItem | None = None
+        before = thread.model_copy(deep=True)
+        try:
+            async for event in handler_events(handler, action_context):
+                if isinstance(event, ThreadItemDoneEvent):
+                    await self.store.add_thread_item(thread.id, event.item, context)
+                elif isinstance(event, ThreadItemReplacedEvent):
+                    await self.store.save_item(thread.id, event.item, context)
+                    if sender is not None and event.item.id == sender.id:
+                        updated = event.item
+                elif isinstance(event, ThreadItemRemovedEvent):
+                    await self.store.delete_thread_item(thread.id, event.item_id, context)
+                else:
+                    logger.debug("sync action %r: dropped a %s event", action.type, event.type)
+        except ChatKitServerError:
+            raise
+        except Exception:
+            logger.exception("the handler of action %r failed", action.type)
+            raise RequestError(
+                502, f"The action {action.type!r} failed.", code="action_failed"
+            ) from None
+        if thread != before:
+            # A streamed action's thread is saved by the base class; here, no one else does.
+            await self.store.save_thread(thread, context)
+        return SyncCustomActionResponse(updated_item=updated)
+
+
+def _no_handler(workflow: Workflow, action_type: str) -> str:
+    return (
+        f"Workflow {workflow.id!r} has no handler for the action {action_type!r} "
+        "(handlers are declared under actions in the workflows file)."
+    )

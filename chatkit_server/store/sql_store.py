@@ -5,19 +5,34 @@ Semantics the ChatKit base server relies on:
 - every query is scoped by ``context.user_id``: a thread or attachment of
   another user raises the same :class:`~chatkit_server.errors.NotFoundError`
   as one that does not exist;
-- items are keyed by ``(thread_id, item_id)``; adding an item that exists
-  replaces it in place (keeping its position), and deleting a missing item
-  is a no-op;
+- items are keyed by ``(thread_id, item_id)``; deleting a missing item is a
+  no-op;
+- ``save_item`` of an existing id replaces the item in place (keeping its
+  position): it is how the server applies an explicit change (a replaced
+  widget, an answered structured input, a client tool's output);
+- ``add_thread_item`` of an existing id replaces it in place too (the SDK
+  re-adds a workflow when it ends), except that it never takes a *settled*
+  item back to an unsettled state: a stored structured input that is
+  ``answered`` or ``skipped`` is kept when the add says ``pending``, a
+  stored workflow with a summary (finished) is kept when the add has none,
+  and a stored ``completed`` client tool call is kept when the add says
+  ``pending``. Such an add changes nothing (no error); every other add of
+  an existing id, settled over settled included, replaces the item;
+- items load as the classes they were saved as: a widget built from the
+  SDK's named classes (``Card``, ``ListView``, ...) loads as that class, as
+  the SDK's ``ThreadItem`` union validates it; one built from a template
+  (``DynamicWidgetRoot``, possibly with fields the named classes do not
+  model) loads as ``DynamicWidgetRoot``, field for field;
 - listings order by an auto-increment ``seq``; ``after`` is an exclusive
-  cursor naming the id of the last entry seen (unknown ids raise
-  :class:`~chatkit_server.errors.InvalidCursorError`), and pages fetch one row
-  more than asked to know ``has_more`` without a ``COUNT``.
+  cursor naming the id of the last entry of a page that has more (``None``
+  on the last page, as in the SDK's own stores; unknown ids raise
+  :class:`~chatkit_server.errors.InvalidCursorError`), and pages fetch one
+  row more than asked to know ``has_more`` without a ``COUNT``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -34,9 +49,7 @@ from chatkit.types import (
     Page,
     ThreadItem,
     ThreadMetadata,
-    WidgetItem,
 )
-from chatkit.widgets import DynamicWidgetRoot
 from pydantic import AnyUrl, TypeAdapter
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -45,6 +58,7 @@ from chatkit_server.errors import NotFoundError
 from chatkit_server.store.database import Database, Statements
 from chatkit_server.store.feedback import FeedbackRecord, add_feedback, load_feedback
 from chatkit_server.store.ids import ID_PREFIXES, new_id
+from chatkit_server.store.items import SETTLING_KINDS, decode_item, undoes_settled
 from chatkit_server.store.statements import (
     MAX_PAGE_SIZE,
     check_cursor,
@@ -61,8 +75,7 @@ __all__ = ["DEFAULT_UPLOAD_BASE_URL", "FeedbackRecord", "SQLStore", "decode_item
 
 DEFAULT_UPLOAD_BASE_URL: Final = "http://127.0.0.1:8000"
 
-# Building a TypeAdapter for these unions costs milliseconds; do it once.
-_ITEM: Final[TypeAdapter[ThreadItem]] = TypeAdapter(ThreadItem)
+# Building a TypeAdapter for this union costs milliseconds; do it once.
 _ATTACHMENT: Final[TypeAdapter[Attachment]] = TypeAdapter(Attachment)
 # A full Thread (with its items) may be passed to save_thread; keep only these.
 _THREAD_FIELDS: Final = frozenset(ThreadMetadata.model_fields)
@@ -195,7 +208,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         return Page(
             data=[ThreadMetadata.model_validate_json(row.data) for row in rows],
             has_more=has_more,
-            after=rows[-1].id if rows else None,
+            after=rows[-1].id if rows and has_more else None,
         )
 
     async def delete_thread(self, thread_id: str, context: RequestContext) -> None:
@@ -241,7 +254,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         return Page(
             data=[decode_item(type_, data) for _id, type_, data in rows],
             has_more=has_more,
-            after=rows[-1][0] if rows else None,
+            after=rows[-1][0] if rows and has_more else None,
         )
 
     async def newest_items(
@@ -308,10 +321,17 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
     ) -> None:
         """Append an item; an item with the same id is replaced in place.
 
+        Unless the stored item is settled and this one is not (see the module
+        notes): then nothing changes, so a run that re-emits an item it
+        started with never undoes the user's answer or a finished workflow.
+
         Raises:
             NotFoundError: No such thread for this user.
         """
-        await self._upsert_item(thread_id, item, context)
+        if item.type in SETTLING_KINDS:
+            await self._add_guarded(thread_id, item, context)
+        else:
+            await self._upsert_item(thread_id, item, context)
 
     async def save_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
         """Replace an item in place, or append it if it is new.
@@ -359,18 +379,34 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             )
 
     async def _upsert_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
-        data = item.model_dump_json()
-        saved = await self._db.write_one(
-            self._item_upsert,
-            {
-                "thread_id": thread_id,
-                "user_id": context.user_id,
-                "id": item.id,
-                "type": item.type,
-                "created_at": _column_time(item.created_at),
-                "data": data,
-            },
+        saved = await self._db.write_one(self._item_upsert, _item_values(thread_id, item, context))
+        if not saved:
+            raise thread_not_found(thread_id)
+
+    async def _add_guarded(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
+        """Add an item of a kind that settles, keeping a settled stored one.
+
+        A read and a write in one transaction (``BEGIN IMMEDIATE`` on SQLite,
+        the stored row locked on PostgreSQL), so an answer saved meanwhile is
+        not lost either. Only these rare kinds pay the extra round trip.
+        """
+        stored_statement = (
+            sa.select(thread_items.c.type, thread_items.c.data)
+            .join(threads, threads.c.id == thread_items.c.thread_id)
+            .where(
+                thread_items.c.thread_id == thread_id,
+                thread_items.c.id == item.id,
+                threads.c.user_id == context.user_id,
+            )
+            .with_for_update(of=thread_items)
         )
+        async with self._db.write() as session:
+            stored = (await session.execute(stored_statement)).one_or_none()
+            if stored is not None and undoes_settled(decode_item(stored.type, stored.data), item):
+                return
+            saved = (
+                await session.execute(self._item_upsert, _item_values(thread_id, item, context))
+            ).all()
         if not saved:
             raise thread_not_found(thread_id)
 
@@ -522,17 +558,16 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         )
 
 
-def decode_item(kind: str, data: str) -> ThreadItem:
-    """The item stored as ``data`` (JSON) with type ``kind``."""
-    if kind != "widget":
-        return _ITEM.validate_json(data)
-    # Through the ThreadItem union, {"type": "Card", ...} becomes the named
-    # class Card: deprecated (a DeprecationWarning on every load) and lossy
-    # (it drops fields it does not model). DynamicWidgetRoot, what
-    # WidgetTemplate builds, gives back the widget exactly as saved.
-    raw = json.loads(data)
-    raw["widget"] = DynamicWidgetRoot.model_validate(raw["widget"])
-    return WidgetItem.model_validate(raw)
+def _item_values(thread_id: str, item: ThreadItem, context: RequestContext) -> dict[str, Any]:
+    """The parameters of the item upsert for ``item``."""
+    return {
+        "thread_id": thread_id,
+        "user_id": context.user_id,
+        "id": item.id,
+        "type": item.type,
+        "created_at": _column_time(item.created_at),
+        "data": item.model_dump_json(),
+    }
 
 
 async def _recent_bound(session: Statements, user_id: str, recent: int) -> tuple[int, str | None]:

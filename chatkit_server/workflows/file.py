@@ -27,6 +27,10 @@ operator can find it without reading a traceback. Example::
     history_tokens = 6000             # context budget; default CHATKIT_HISTORY_TOKENS
     title_model = "smollm2"           # writes thread titles; default: the workflow's model
 
+    # Widget actions (a button's ActionConfig type) and their handlers: async
+    # functions taking a chatkit_server.workflows.actions.ActionContext.
+    actions = { "counter.add" = "chatkit_server.tools:add_to_counter" }
+
     # A tool the browser runs (ChatKit's onClientTool): the answer stops at the call
     # and goes on when threads.add_client_tool_output brings the result.
     [[workflows.assistant.client_tools]]
@@ -49,6 +53,7 @@ from agents import FunctionTool, function_tool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chatkit_server.errors import ChatKitServerError
+from chatkit_server.workflows.actions import ActionHandler, is_action_handler
 
 __all__ = [
     "BackendSpec",
@@ -64,6 +69,7 @@ __all__ = [
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # What OpenAI-compatible servers accept as a function name.
 _TOOL_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_-]{0,63}"
+_IMPORT_PATH_PATTERN = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
 
 
 class WorkflowFileError(ChatKitServerError):
@@ -173,13 +179,24 @@ class WorkflowSpec(_Spec):
     starter_prompts: list[StarterPrompt] = Field(default_factory=list)
     history_tokens: int | None = Field(default=None, ge=100)
     title_model: str | None = Field(default=None, min_length=1)
+    actions: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("tools")
     @classmethod
     def _import_paths(cls, value: list[str]) -> list[str]:
         for index, path in enumerate(value):
-            if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", path):
+            if not re.fullmatch(_IMPORT_PATH_PATTERN, path):
                 raise ValueError(f"item {index}: expected 'module.path:function', got {path!r}")
+        return value
+
+    @field_validator("actions")
+    @classmethod
+    def _action_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for action_type, path in value.items():
+            if not action_type.strip():
+                raise ValueError("an action type must not be empty")
+            if not re.fullmatch(_IMPORT_PATH_PATTERN, path):
+                raise ValueError(f"{action_type!r}: expected 'module.path:function', got {path!r}")
         return value
 
     @property
@@ -204,6 +221,7 @@ class WorkflowFile:
     api_keys: Mapping[str, str | None]
     workflows: Mapping[str, WorkflowSpec]
     tools: Mapping[str, tuple[FunctionTool, ...]]
+    actions: Mapping[str, Mapping[str, ActionHandler]]
 
 
 def load_workflow_file(path: Path, environ: Mapping[str, str]) -> WorkflowFile:
@@ -255,6 +273,7 @@ def load_workflow_file(path: Path, environ: Mapping[str, str]) -> WorkflowFile:
             api_keys[name] = backend.api_key
 
     tools: dict[str, tuple[FunctionTool, ...]] = {}
+    actions: dict[str, dict[str, ActionHandler]] = {}
     for workflow_id, workflow in spec.workflows.items():
         key = f"workflows.{workflow_id}"
         if workflow.backend not in spec.backends and workflow.backend != "default":
@@ -280,6 +299,10 @@ def load_workflow_file(path: Path, environ: Mapping[str, str]) -> WorkflowFile:
                     f"the workflow already has a tool named {client.name!r}",
                 )
             names.add(client.name)
+        actions[workflow_id] = {
+            action_type: _import_action(path, f"{key}.actions.{action_type}", target)
+            for action_type, target in workflow.actions.items()
+        }
 
     default = spec.default_workflow or next(iter(spec.workflows))
     if default not in spec.workflows:
@@ -291,10 +314,12 @@ def load_workflow_file(path: Path, environ: Mapping[str, str]) -> WorkflowFile:
         api_keys=api_keys,
         workflows=spec.workflows,
         tools=tools,
+        actions=actions,
     )
 
 
-def _import_tool(path: Path, key: str, target: str) -> FunctionTool:
+def _import_target(path: Path, key: str, target: str) -> Any:
+    """The object ``module.path:name`` names (``None`` if the module lacks it)."""
     module_name, _, attribute = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -306,7 +331,23 @@ def _import_tool(path: Path, key: str, target: str) -> FunctionTool:
         raise WorkflowFileError(
             path, key, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
         ) from None
-    obj: Any = getattr(module, attribute, None)
+    return getattr(module, attribute, None)
+
+
+def _import_action(path: Path, key: str, target: str) -> ActionHandler:
+    obj = _import_target(path, key, target)
+    if obj is None:
+        raise WorkflowFileError(path, key, f"{target!r} does not exist")
+    if not is_action_handler(obj):
+        raise WorkflowFileError(
+            path, key, f"{target!r} is not an async function (async def handler(action))"
+        )
+    handler: ActionHandler = obj
+    return handler
+
+
+def _import_tool(path: Path, key: str, target: str) -> FunctionTool:
+    obj: Any = _import_target(path, key, target)
     if isinstance(obj, FunctionTool):
         return obj
     if not callable(obj):

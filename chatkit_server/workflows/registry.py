@@ -18,9 +18,11 @@ from agents import Agent, FunctionTool, ModelSettings
 
 from chatkit_server.llm.backends import DEFAULT_BACKEND, Backend, BackendRegistry
 from chatkit_server.settings import Settings
-from chatkit_server.workflows.client_tools import client_tool, stop_at_client_tools
+from chatkit_server.workflows.actions import ActionHandler
+from chatkit_server.workflows.client_tools import client_tool
 from chatkit_server.workflows.file import StarterPrompt, WorkflowSpec
 from chatkit_server.workflows.state import instructions_for
+from chatkit_server.workflows.structured_input import stop_when_waiting
 from chatkit_server.workflows.tool_tasks import show_progress
 
 __all__ = [
@@ -56,6 +58,8 @@ class Workflow:
     history_tokens: int | None = None
     title_model: str | None = None
     context_tokens: int | None = None
+    # Widget action handlers by action type (chatkit_server.workflows.actions).
+    actions: Mapping[str, ActionHandler] = field(default_factory=dict)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -105,14 +109,16 @@ class Workflow:
             model=self.backend.model(self.model),
             model_settings=settings,
             tools=[*map(show_progress, self.tools), *self.client_tools],
-            # The answer ends at a client tool call; the browser's output resumes it.
-            tool_use_behavior=stop_at_client_tools if self.client_tools else "run_llm_again",
+            # The answer ends at a client tool call or a question for the user; the
+            # browser's output (or the user's answers) resumes it.
+            tool_use_behavior=stop_when_waiting,
         )
 
     def describe(self) -> dict[str, Any]:
         """What a front end needs to know: id, models, tools, greeting, starter prompts.
 
-        ``client_tools`` names the tools the front end must answer (``onClientTool``).
+        ``client_tools`` names the tools the front end must answer (``onClientTool``);
+        ``actions`` the widget action types the workflow handles.
         """
         return {
             "id": self.id,
@@ -120,6 +126,7 @@ class Workflow:
             "models": list(self.models),
             "tools": sorted(self.tool_names),
             "client_tools": sorted(tool.name for tool in self.client_tools),
+            "actions": sorted(self.actions),
             "greeting": self.greeting,
             "starter_prompts": [
                 prompt.model_dump(exclude_none=True) for prompt in self.starter_prompts
@@ -171,6 +178,7 @@ class WorkflowRegistry:
                 spec,
                 backends.get(spec.backend),
                 file.tools[workflow_id],
+                file.actions.get(workflow_id, {}),
                 # A file's workflow may run on the CHATKIT_LLM_* backend ("default").
                 context_tokens=spec_backend.context_tokens
                 if (spec_backend := file.backends.get(spec.backend))
@@ -221,6 +229,7 @@ def _from_spec(
     spec: WorkflowSpec,
     backend: Backend,
     tools: tuple[FunctionTool, ...],
+    actions: Mapping[str, ActionHandler],
     *,
     context_tokens: int | None,
 ) -> Workflow:
@@ -242,4 +251,5 @@ def _from_spec(
         history_tokens=spec.history_tokens,
         title_model=spec.title_model,
         context_tokens=context_tokens,
+        actions=dict(actions),
     )

@@ -19,6 +19,7 @@ from chatkit.types import (
 )
 
 from chatkit_server.protocol.converter import HistoryConverter
+from tests.live import LOCAL, FakeLLM, Live
 
 NOW = datetime(2026, 1, 2, 3, 4, 5)
 
@@ -75,4 +76,38 @@ async def test_attachments_and_tags_become_text() -> None:
 
     texts = [str(m.get("content")) for m in messages]
     assert "report.pdf (application/pdf)" in texts[0]
-    assert any('@Alice: {"team": "blue"}' in text for text in texts)
+    assert any('@Alice (id t1): {"team": "blue"}' in text for text in texts)
+
+
+async def test_mentions_reach_the_model_with_their_data(live: Live, fake_llm: FakeLLM) -> None:
+    tag = {
+        "type": "input_tag",
+        "id": "ent_42",
+        "text": "Ada Lovelace",
+        "group": "People",
+        "data": {"role": "mathematician", "born": 1815},
+        "interactive": True,
+    }
+    content = [
+        {"type": "input_text", "text": "What did "},
+        tag,
+        {"type": "input_text", "text": " write?"},
+    ]
+
+    turn = await live.client.stream(
+        "threads.create",
+        input={"content": content, "attachments": [], "inference_options": {}},
+    )
+
+    assert not turn.errors
+    messages = fake_llm.backend.requests[-1].body["messages"]
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    assert users[0] == "What did @Ada Lovelace write?"
+    assert (
+        '@Ada Lovelace (id ent_42, group People): {"born": 1815, "role": "mathematician"}'
+        in users[1]
+    )
+    # Stored as sent, so a reload and later turns still carry the entity.
+    [item] = [i for i in turn.done_items if isinstance(i, UserMessageItem)]
+    stored = await live.store.load_item(item.thread_id, item.id, LOCAL)
+    assert stored == item

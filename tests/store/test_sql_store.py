@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from chatkit.actions import ActionConfig
 from chatkit.server import ChatKitServer, NonStreamingResult
 from chatkit.store import NotFoundError as ChatKitNotFoundError
 from chatkit.types import (
@@ -30,6 +31,7 @@ from chatkit.types import (
     LockedStatus,
     Page,
     SDKHiddenContextItem,
+    StructuredInputAnswer,
     StructuredInputFreeform,
     StructuredInputItem,
     TaskItem,
@@ -46,7 +48,15 @@ from chatkit.types import (
     Workflow,
     WorkflowItem,
 )
-from chatkit.widgets import WidgetTemplate
+from chatkit.widgets import (
+    Button,
+    Card,
+    DynamicWidgetRoot,
+    ListView,
+    ListViewItem,
+    Text,
+    WidgetTemplate,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -162,6 +172,23 @@ def _items(thread_id: str) -> dict[str, ThreadItem]:
             **base,
         ),
         "widget": WidgetItem(id=new_id("msg"), widget=WIDGET.build({"name": "Ada"}), **base),
+        # Built from the SDK's named classes: loads as Card, not as a generic root.
+        "widget_card": WidgetItem(
+            id=new_id("msg"),
+            widget=Card(
+                size="sm",
+                children=[
+                    Text(id="t", value="Ada"),
+                    Button(label="Go", onClickAction=ActionConfig(type="go", payload={"n": 1})),
+                ],
+            ),
+            **base,
+        ),
+        "widget_list": WidgetItem(
+            id=new_id("msg"),
+            widget=ListView(children=[ListViewItem(children=[Text(value="one")])], limit=3),
+            **base,
+        ),
         "task": TaskItem(id=new_id("tsk"), task=CustomTask(title="t", content="c"), **base),
         "generated_image": GeneratedImageItem(
             id=new_id("msg"), image=GeneratedImage(id="img", url="https://e.com/i.png"), **base
@@ -186,6 +213,32 @@ async def test_item_round_trip(store: SQLStore, kind: str) -> None:
     assert loaded == item
     assert listed == [item]
     assert loaded.model_dump_json() == item.model_dump_json()
+
+
+async def test_widgets_load_as_the_class_they_were_saved_as(store: SQLStore) -> None:
+    thread = await new_thread(store)
+    items = _items(thread.id)
+    for kind in ("widget", "widget_card", "widget_list"):
+        await store.add_thread_item(thread.id, items[kind], ALICE)
+
+    listed = (await store.load_thread_items(thread.id, None, 10, "asc", ALICE)).data
+    widgets = [item.widget for item in listed if isinstance(item, WidgetItem)]
+
+    assert [type(widget) for widget in widgets] == [DynamicWidgetRoot, Card, ListView]
+    # The template's widget keeps what the named classes would drop.
+    extra = WidgetItem(
+        id=new_id("msg"),
+        thread_id=thread.id,
+        created_at=WHEN,
+        widget=DynamicWidgetRoot.model_validate(
+            {"type": "Card", "vendorField": {"x": 1}, "children": [{"type": "Text", "value": "v"}]}
+        ),
+    )
+    await store.add_thread_item(thread.id, extra, ALICE)
+    loaded = await store.load_item(thread.id, extra.id, ALICE)
+    assert isinstance(loaded, WidgetItem)
+    assert type(loaded.widget) is DynamicWidgetRoot
+    assert loaded == extra
 
 
 async def test_naive_datetimes_come_back_naive_and_equal(store: SQLStore) -> None:
@@ -267,12 +320,13 @@ async def test_thread_pages_in_both_orders(store: SQLStore) -> None:
         assert [t.id for t in page.data] == expected[2:4]
         assert page.has_more
         page = await store.load_threads(2, page.after, order, ALICE)
+        # The last page has no cursor (as in the SDK's stores): none leads nowhere.
         assert ([t.id for t in page.data], page.has_more, page.after) == (
             expected[4:],
             False,
-            expected[4],
+            None,
         )
-        page = await store.load_threads(2, page.after, order, ALICE)
+        page = await store.load_threads(2, expected[4], order, ALICE)
         assert (page.data, page.has_more, page.after) == ([], False, None)
 
 
@@ -323,7 +377,7 @@ async def test_item_pages_in_both_orders(store: SQLStore) -> None:
             page = await store.load_thread_items(thread.id, after, 2, order, ALICE)
             pages.append((len(page.data), page.has_more))
             seen += [item.id for item in page.data]
-            assert page.after == (page.data[-1].id if page.data else None)
+            assert page.after == (page.data[-1].id if page.has_more else None)
             if not page.has_more:
                 break
             after = page.after
@@ -380,6 +434,82 @@ async def test_upsert_replaces_in_place(store: SQLStore, method: str) -> None:
     edited = await store.load_item(thread.id, ids[1], ALICE)
     assert isinstance(edited, AssistantMessageItem)
     assert edited.content[0].text == "edited"
+
+
+def _question(thread_id: str, item_id: str) -> StructuredInputItem:
+    return StructuredInputItem(
+        id=item_id,
+        thread_id=thread_id,
+        created_at=WHEN,
+        inputs=[StructuredInputFreeform(id="q1", question="Why?")],
+    )
+
+
+async def test_adding_a_pending_question_again_keeps_its_answer(store: SQLStore) -> None:
+    # The resume path: the run that asked is answered (save_item), then the
+    # resumed run emits the same item, still pending, once more.
+    thread = await new_thread(store)
+    asked = _question(thread.id, new_id("msg"))
+    await store.add_thread_item(thread.id, asked, ALICE)
+    answered = asked.model_copy(deep=True)
+    answered.inputs[0].answer = StructuredInputAnswer(values=["because"])
+    answered.status = "answered"
+    await store.save_item(thread.id, answered, ALICE)
+
+    await store.add_thread_item(thread.id, asked, ALICE)
+
+    assert await store.load_item(thread.id, asked.id, ALICE) == answered
+    # A settled add over a settled item still replaces it, and save_item always does.
+    skipped = asked.model_copy(update={"status": "skipped"})
+    await store.add_thread_item(thread.id, skipped, ALICE)
+    assert await store.load_item(thread.id, asked.id, ALICE) == skipped
+    await store.save_item(thread.id, asked, ALICE)
+    assert await store.load_item(thread.id, asked.id, ALICE) == asked
+
+
+async def test_adding_an_unfinished_workflow_again_keeps_the_finished_one(
+    store: SQLStore,
+) -> None:
+    thread = await new_thread(store)
+    running = WorkflowItem(
+        id=new_id("wf"),
+        thread_id=thread.id,
+        created_at=WHEN,
+        workflow=Workflow(type="custom", tasks=[CustomTask(title="step")]),
+    )
+    await store.add_thread_item(thread.id, running, ALICE)
+    finished = running.model_copy(deep=True)
+    finished.workflow.summary = DurationSummary(duration=3)
+    await store.add_thread_item(thread.id, finished, ALICE)  # the SDK re-adds on end
+
+    await store.add_thread_item(thread.id, running, ALICE)
+
+    assert await store.load_item(thread.id, running.id, ALICE) == finished
+    assert await item_ids(store, thread.id) == [running.id]
+
+
+async def test_adding_a_pending_client_tool_call_again_keeps_its_output(
+    store: SQLStore,
+) -> None:
+    thread = await new_thread(store)
+    pending = ClientToolCallItem(
+        id=new_id("tc"), thread_id=thread.id, created_at=WHEN, call_id="c", name="f", arguments={}
+    )
+    await store.add_thread_item(thread.id, pending, ALICE)
+    completed = pending.model_copy(update={"status": "completed", "output": {"ok": True}})
+    await store.save_item(thread.id, completed, ALICE)
+
+    await store.add_thread_item(thread.id, pending, ALICE)
+
+    assert await store.load_item(thread.id, pending.id, ALICE) == completed
+
+
+async def test_guarded_add_in_another_users_thread_looks_missing(store: SQLStore) -> None:
+    thread = await new_thread(store)
+    with pytest.raises(NotFoundError):
+        await store.add_thread_item(thread.id, _question(thread.id, new_id("msg")), MALLORY)
+    with pytest.raises(NotFoundError):
+        await store.add_thread_item("thr_missing", _question("thr_missing", "msg_x"), ALICE)
 
 
 async def test_same_item_id_in_two_threads_is_two_items(store: SQLStore) -> None:

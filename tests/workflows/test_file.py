@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from chatkit_server import tools
 from chatkit_server.workflows.file import WorkflowFileError, load_workflow_file
 
 EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "workflows.toml"
@@ -84,6 +85,27 @@ def test_minimal_file_defaults_to_its_first_workflow(tmp_path: Path) -> None:
             "not both",
         ),
         ('default_workflow = "zzz"\n[workflows.a]\nmodel = "m"\n', "default_workflow", "'zzz'"),
+        (
+            '[workflows.a]\nmodel = "m"\nactions = { "x" = "nocolon" }\n',
+            "workflows.a.actions",
+            "module.path",
+        ),
+        (
+            '[workflows.a]\nmodel = "m"\nactions = { "x" = "no_such_module_xyz:f" }\n',
+            "workflows.a.actions.x",
+            "cannot import",
+        ),
+        (
+            '[workflows.a]\nmodel = "m"\nactions = { "x" = "chatkit_server.tools:missing" }\n',
+            "workflows.a.actions.x",
+            "does not exist",
+        ),
+        (
+            # A plain function: the handler must be async (it is awaited).
+            '[workflows.a]\nmodel = "m"\nactions = { "x" = "chatkit_server.tools:current_time" }\n',
+            "workflows.a.actions.x",
+            "not an async function",
+        ),
         ('[workflows."bad id!"]\nmodel = "m"\n', "bad id!", "letters, digits"),
         (
             '[workflows.a]\nmodel = "m"\nclient_tools = [{ name = "9lives" }]\n',
@@ -141,3 +163,17 @@ def test_client_tools_default_to_no_arguments(tmp_path: Path) -> None:
     loaded = _load(tmp_path, '[workflows.a]\nmodel = "m"\nclient_tools = [{ name = "ping" }]\n')
     [client] = loaded.workflows["a"].client_tools
     assert (client.description, client.parameters) == ("", {"type": "object", "properties": {}})
+
+
+def test_actions_resolve_to_their_handlers(tmp_path: Path) -> None:
+    loaded = _load(
+        tmp_path,
+        '[workflows.a]\nmodel = "m"\n[workflows.a.actions]\n'
+        '"counter.add" = "chatkit_server.tools:add_to_counter"\n'
+        '"counter.reset" = "chatkit_server.tools:reset_counter"\n'
+        '[workflows.b]\nmodel = "m"\n',
+    )
+    assert loaded.actions == {
+        "a": {"counter.add": tools.add_to_counter, "counter.reset": tools.reset_counter},
+        "b": {},
+    }

@@ -242,7 +242,7 @@ async def test_workflows_endpoint_describes_the_composer(
 ) -> None:
     async with start_live(workflow_settings) as live, httpx.AsyncClient() as http:
         listed = (await http.get(live.url + "/chatkit/workflows")).json()
-    assert listed["default"] == "chat"
+    assert (listed["default"], listed["dictation"]) == ("chat", False)
     chat, expert = listed["data"]
     assert chat == {
         "id": "chat",
@@ -250,6 +250,7 @@ async def test_workflows_endpoint_describes_the_composer(
         "models": ["small", "medium"],
         "tools": ["current_time"],
         "client_tools": [],
+        "actions": [],
         "greeting": "Hello!",
         "starter_prompts": [{"label": "Time", "prompt": "What time is it?"}],
     }
