@@ -25,7 +25,12 @@ def test_checked_in_example_is_valid() -> None:
     assert set(loaded.workflows) == {"assistant", "analyst"}
     assert {spec.backend for spec in loaded.workflows.values()} == {"local", "gpu"}
     assert loaded.api_keys["gpu"] == "k"
-    assert [tool.name for tool in loaded.tools["assistant"]] == ["current_time"]
+    assert [tool.name for tool in loaded.tools["assistant"]] == [
+        "current_time",
+        "show_counter",
+        "ask_user_to_choose",
+    ]
+    assert set(loaded.workflows["assistant"].actions) == {"counter.add", "counter.reset"}
     [client] = loaded.workflows["assistant"].client_tools
     assert client.name == "pick_color"
     assert client.parameters["type"] == "object"
