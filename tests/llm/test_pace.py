@@ -124,9 +124,9 @@ async def test_a_client_that_reads_nothing_holds_the_backend_back(
             # client's socket and a bounded backlog hold was read.
             read = await _settled(chunks_read)
             assert read < LONG_ANSWER / 5
-            record = fake_llm.backend.streams[-1]
-            assert not record.completed
-            assert not record.disconnected
+            # (The backend may have sent it all: the kernel buffers between
+            # it and the server hold megabytes. What the server read counts.)
+            assert not fake_llm.backend.streams[-1].disconnected
 
         # The client left: the backend request is cancelled, what came is kept.
         ended = await fake_llm.backend.wait_for_stream_end(timeout=30)
