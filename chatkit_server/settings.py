@@ -120,6 +120,7 @@ environment:
                               fit it with room for the answer (default: not known)
   CHATKIT_TRACING             1 to enable Agents SDK tracing (off: it uploads chat content)
   CHATKIT_TITLES              0 to stop naming new threads with a model-written title (default 1)
+  CHATKIT_CONSOLE             off to stop serving the built-in chat page at / (default on)
   CHATKIT_LOG_LEVEL           debug, info (default), warning or error
 """
 
@@ -190,6 +191,7 @@ class Settings:
     history_tokens: int = DEFAULT_HISTORY_TOKENS
     tracing: bool = False
     titles: bool = True
+    console: bool = True
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 
@@ -361,6 +363,7 @@ class Settings:
             history_tokens=_int(env, "CHATKIT_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS, minimum=100),
             tracing=_bool(env, "CHATKIT_TRACING", default=False),
             titles=_bool(env, "CHATKIT_TITLES", default=True),
+            console=_bool(env, "CHATKIT_CONSOLE", default=True),
             log_level=log_level,
         )
 
