@@ -206,7 +206,10 @@ function renderStart() {
 const itemActions = {
   feedback: guard(async (item, kind) => {
     await call("items.feedback", { thread_id: item.thread_id, item_ids: [item.id], kind });
-    showStatus(kind === "positive" ? "Thanks for the feedback." : "Thanks: noted as a bad answer.");
+    // Shown on this page only: the protocol has no way to read feedback back.
+    item.feedback = kind;
+    markDirty(item.id);
+    showStatus("Thanks for the feedback.");
   }),
   retry: (item) => retryAfter(item),
   widgetAction: (item, action, form) => {

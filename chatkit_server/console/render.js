@@ -102,8 +102,8 @@ const RENDERERS = {
         h(
           "div",
           { class: "message-actions" },
-          h("button", { type: "button", class: "link", title: "Good answer", "aria-label": "Good answer", onclick: () => actions.feedback(item, "positive") }, "\u{1F44D}"),
-          h("button", { type: "button", class: "link", title: "Bad answer", "aria-label": "Bad answer", onclick: () => actions.feedback(item, "negative") }, "\u{1F44E}"),
+          h("button", { type: "button", class: "link", title: "Good answer", "aria-label": "Good answer", "aria-pressed": item.feedback === "positive" ? "true" : undefined, onclick: () => actions.feedback(item, "positive") }, "Good"),
+          h("button", { type: "button", class: "link", title: "Bad answer", "aria-label": "Bad answer", "aria-pressed": item.feedback === "negative" ? "true" : undefined, onclick: () => actions.feedback(item, "negative") }, "Bad"),
           h("button", { type: "button", class: "link", title: "Answer again", onclick: () => actions.retry(item) }, "Retry"),
         ),
       );
