@@ -9,11 +9,7 @@ turns the skip into a failure.
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,95 +20,19 @@ from starlette.routing import Route
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply
 from chatkit_server.testing.live import serve_app
+from tests.browser import REQUIRE_BROWSER, open_console
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
-try:
-    from playwright.async_api import Browser, Page, async_playwright, expect
-except ImportError:  # the skip (or failure) below says so
-    async_playwright = None
-
-REQUIRE_BROWSER = os.environ.get("CHATKIT_REQUIRE_BROWSER") == "1"
-# Seconds Playwright waits for the page by default (streams here last a second or two).
-TIMEOUT_MS = 10_000
-
-
-def _skip_or_fail_browser(reason: str) -> NoReturn:
-    if REQUIRE_BROWSER:
-        pytest.fail(f"{reason} (CHATKIT_REQUIRE_BROWSER=1)", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if async_playwright is None:
-        _skip_or_fail_browser("the playwright package is not installed: pip install playwright")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        _skip_or_fail_browser("Chromium is not installed: apt-get install chromium")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium)
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-@dataclass
-class Console:
-    """A browser tab on the console, and everything it did."""
-
-    page: Page
-    origin: str
-    requests: list[str] = field(default_factory=list)
-    dialogs: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def assert_only_own_origin(self) -> None:
-        foreign = [url for url in self.requests if _origin(url) != self.origin]
-        assert foreign == [], foreign
-
-    def assert_clean(self) -> None:
-        self.assert_only_own_origin()
-        assert self.dialogs == []
-        assert self.errors == []
-
-    async def send(self, text: str) -> None:
-        await self.page.get_by_test_id("composer-input").fill(text)
-        await self.page.get_by_test_id("composer-send").click()
-
-    async def answer_done(self) -> None:
-        # The feedback controls appear once the answer's item is done.
-        await expect(self.page.locator(".message.assistant .message-actions").last).to_be_visible()
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-async def _open_console(browser: Browser, url: str) -> Console:
-    context = await browser.new_context()
-    context.set_default_timeout(TIMEOUT_MS)
-    page = await context.new_page()
-    console = Console(page=page, origin=_origin(url))
-    page.on("request", lambda request: console.requests.append(request.url))
-    page.on("pageerror", lambda error: console.errors.append(str(error)))
-
-    async def dismiss(dialog: Any) -> None:
-        console.dialogs.append(f"{dialog.type}: {dialog.message}")
-        await dialog.dismiss()
-
-    page.on("dialog", dismiss)
-    await page.goto(url)
-    await expect(page.get_by_test_id("composer-input")).to_be_editable()
-    return console
+if not REQUIRE_BROWSER:  # in CI a missing package fails the run instead
+    pytest.importorskip("playwright", reason="the playwright package is not installed")
+from playwright.async_api import Browser, expect  # noqa: E402
 
 
 async def test_an_answer_streams_in_and_the_thread_reopens_from_the_list(
     browser: Browser, live: Live, fake_llm: FakeLLM
 ) -> None:
     fake_llm.backend.script(Reply.count(40, delay=0.03))
-    console = await _open_console(browser, live.url)
+    console = await open_console(browser, live.url)
     page = console.page
     # Every distinct text of the answer, sampled once a frame: what the user saw.
     await page.evaluate(
@@ -155,7 +75,7 @@ async def test_stop_keeps_the_partial_answer_after_a_reload(
     browser: Browser, live: Live, fake_llm: FakeLLM
 ) -> None:
     fake_llm.backend.script(Reply.count(500, delay=0.02))
-    console = await _open_console(browser, live.url)
+    console = await open_console(browser, live.url)
     page = console.page
 
     await console.send("Tell me everything")
@@ -197,7 +117,7 @@ async def test_a_malicious_markdown_answer_runs_nothing(
     browser: Browser, live: Live, fake_llm: FakeLLM
 ) -> None:
     fake_llm.backend.script(Reply.text(MALICIOUS_ANSWER))
-    console = await _open_console(browser, live.url)
+    console = await open_console(browser, live.url)
     page = console.page
 
     await console.send("Say something nasty")
@@ -219,7 +139,7 @@ async def test_the_page_asks_nothing_of_any_other_host(
     browser: Browser, live: Live, fake_llm: FakeLLM
 ) -> None:
     fake_llm.backend.script(Reply.text("Fine, **thanks**."))
-    console = await _open_console(browser, live.url)
+    console = await open_console(browser, live.url)
 
     await console.send("How are you?")
     await console.answer_done()
