@@ -93,7 +93,7 @@ class Console:
         from playwright.async_api import expect
 
         # The feedback controls appear once the answer's item is done.
-        await expect(self.page.locator(".message.assistant .message-actions").last).to_be_visible()
+        await expect(self.page.locator(".message-actions").last).to_be_visible()
 
 
 async def open_console(browser: Browser, url: str, *, ready: bool = True) -> Console:

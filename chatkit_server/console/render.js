@@ -92,23 +92,23 @@ const RENDERERS = {
   assistant_message(item, actions, { streaming }) {
     const body = h("div", { class: "markdown" });
     body.append(renderMarkdown((item.content ?? []).map((part) => part.text ?? "").join("\n\n")));
-    const element = h(
-      "article",
-      { class: "message assistant", "data-testid": "message-assistant" },
-      body,
+    // The hook wraps the answer alone, so a test can read its text without the controls.
+    const message = h("article", { class: "message assistant", "data-testid": "message-assistant" }, body);
+    const pressed = (kind) => (item.feedback === kind ? "true" : undefined);
+    return h(
+      "div",
+      { class: "turn" },
+      message,
+      streaming
+        ? null
+        : h(
+            "div",
+            { class: "message-actions" },
+            h("button", { type: "button", class: "link", "aria-label": "Good answer", "aria-pressed": pressed("positive"), onclick: () => actions.feedback(item, "positive") }, "Good"),
+            h("button", { type: "button", class: "link", "aria-label": "Bad answer", "aria-pressed": pressed("negative"), onclick: () => actions.feedback(item, "negative") }, "Bad"),
+            h("button", { type: "button", class: "link", "aria-label": "Answer again", onclick: () => actions.retry(item) }, "Retry"),
+          ),
     );
-    if (!streaming) {
-      element.append(
-        h(
-          "div",
-          { class: "message-actions" },
-          h("button", { type: "button", class: "link", title: "Good answer", "aria-label": "Good answer", "aria-pressed": item.feedback === "positive" ? "true" : undefined, onclick: () => actions.feedback(item, "positive") }, "Good"),
-          h("button", { type: "button", class: "link", title: "Bad answer", "aria-label": "Bad answer", "aria-pressed": item.feedback === "negative" ? "true" : undefined, onclick: () => actions.feedback(item, "negative") }, "Bad"),
-          h("button", { type: "button", class: "link", title: "Answer again", onclick: () => actions.retry(item) }, "Retry"),
-        ),
-      );
-    }
-    return element;
   },
 
   workflow(item) {
