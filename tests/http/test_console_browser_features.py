@@ -172,8 +172,10 @@ async def test_an_error_event_offers_retry_and_feedback_is_sent(
     await expect(page.get_by_test_id("message-user")).to_have_count(1)
 
     async with page.expect_response(
-        lambda response: response.url.endswith("/chatkit")
-        and json.loads(response.request.post_data or "{}").get("type") == "items.feedback"
+        lambda response: (
+            response.url.endswith("/chatkit")
+            and json.loads(response.request.post_data or "{}").get("type") == "items.feedback"
+        )
     ) as feedback:
         await page.get_by_role("button", name="Good answer").click()
     assert (await feedback.value).status == 200
@@ -250,6 +252,7 @@ async def test_every_item_kind_is_drawn_and_widget_actions_are_sent(
 ) -> None:
     console = await open_console(browser, live.url)
     page = console.page
+
     async def fake_server(route: Route) -> None:
         body = json.loads(route.request.post_data or "{}")
         answers = {
