@@ -227,6 +227,10 @@ const itemActions = {
     } catch {
       result = text;
     }
+    // The server records the output without an event for the call: mark it here, as
+    // the web component does.
+    Object.assign(item, { status: "completed", output: result });
+    markDirty(item.id);
     runStream("threads.add_client_tool_output", { thread_id: state.thread.id, result });
   },
 };
@@ -545,7 +549,11 @@ function wire() {
     addFiles([...event.target.files]);
     event.target.value = "";
   });
-  $("items").addEventListener("toggle", (event) => { event.target.dataset.touched = "1"; }, true);
+  // A section the user opened or closed stays so while its item is redrawn.
+  $("items").addEventListener("click", (event) => {
+    const summary = event.target.closest("summary");
+    if (summary) summary.parentElement.dataset.touched = "1";
+  });
   $("sign-in-form").addEventListener("submit", (event) => {
     event.preventDefault();
     setToken($("sign-in-token").value.trim());

@@ -111,7 +111,7 @@ const RENDERERS = {
     );
   },
 
-  workflow(item) {
+  workflow(item, actions, { streaming }) {
     const workflow = item.workflow ?? {};
     const summary = workflow.summary;
     let title = workflow.type === "reasoning" ? "Reasoning" : "Workflow";
@@ -119,7 +119,8 @@ const RENDERERS = {
     else if (summary?.duration !== undefined) title = `Thought for ${summary.duration} s`;
     return h(
       "details",
-      { class: "workflow", open: workflow.expanded || !summary },
+      // Open while it is being written, folded once done (unless the server says otherwise).
+      { class: "workflow", open: workflow.expanded || streaming },
       h("summary", {}, title),
       (workflow.tasks ?? []).map(renderTask),
     );
@@ -180,7 +181,7 @@ export function renderTask(task) {
   return h(
     "div",
     { class: `task ${status}` },
-    h("span", { class: "task-title" }, task.title ?? task.type ?? "task", status === "loading" ? h("span", { class: "spinner", "aria-label": "running" }) : null),
+    h("span", { class: "task-title" }, task.title ?? (task.type === "thought" ? "" : task.type), status === "loading" ? h("span", { class: "spinner", "aria-label": "running" }) : null),
     task.content ? h("div", { class: "markdown task-content" }, renderMarkdown(task.content)) : null,
     task.type === "web_search" && task.sources?.length
       ? h("ul", {}, task.sources.map((source) => h("li", {}, source.title ?? source.url ?? "")))

@@ -79,6 +79,11 @@ backend = "fake"
 model = "coder-small"
 models = ["coder-small", "coder-big"]
 greeting = "Let us write code"
+
+[[workflows.assistant.client_tools]]
+name = "pick_color"
+description = "Ask the user to pick a color."
+parameters = {{ type = "object", properties = {{ hint = {{ type = "string" }} }} }}
 """
 
 
@@ -122,6 +127,37 @@ async def test_a_new_thread_takes_the_picked_workflow_model_and_starter_prompt(
             "coder",
             "assistant",
         ]
+        console.assert_clean()
+
+
+async def test_reasoning_folds_and_a_client_tool_call_is_answered_from_the_page(
+    browser: Browser, start_live: LiveFactory, workflow_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(
+        Reply.tool_call("pick_color", {"hint": "warm"}, reasoning=["The user ", "wants a color."]),
+        Reply.text("You picked red."),
+    )
+    async with start_live(workflow_settings) as live:
+        console = await open_console(browser, live.url)
+        page = console.page
+        await console.send("Pick a color for me")
+
+        tool = page.locator(".tool-call.pending")
+        await expect(tool).to_contain_text("pick_color")
+        await expect(tool).to_contain_text('"hint": "warm"')
+        reasoning = page.locator("details.workflow")
+        await expect(reasoning).to_contain_text("wants a color.")
+        await expect(reasoning).not_to_have_attribute("open", "")  # folded once done
+        await tool.locator("textarea").fill('{"color": "red"}')
+        await tool.get_by_role("button", name="Send output").click()
+
+        await expect(page.get_by_test_id("message-assistant")).to_have_text("You picked red.")
+        await expect(page.locator(".tool-call.done")).to_contain_text("pick_color")
+        messages = fake_llm.backend.requests[-1].body["messages"]
+        assert any(
+            message.get("role") == "tool" and "red" in str(message.get("content"))
+            for message in messages
+        ), messages
         console.assert_clean()
 
 
