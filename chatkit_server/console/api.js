@@ -127,3 +127,22 @@ export async function upload(file) {
   }
   return attachment;
 }
+
+const previews = new Map();
+
+/**
+ * A local URL for an attachment's preview. An <img> would ask without the
+ * bearer token, so the preview is fetched with it (once per page) instead.
+ */
+export function previewUrl(url) {
+  if (!previews.has(url)) {
+    previews.set(
+      url,
+      fetch(url, { headers: headers(false) })
+        .then(check)
+        .then((response) => response.blob())
+        .then((blob) => URL.createObjectURL(blob)),
+    );
+  }
+  return previews.get(url);
+}

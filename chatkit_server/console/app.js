@@ -507,6 +507,7 @@ async function addFiles(files) {
         askSignIn(() => addFiles([file]));
       } else {
         entry.error = error.message;
+        showStatus(`Could not upload ${file.name}: ${error.message}`, { level: "error" });
       }
     }
     renderAttachments();

@@ -3,6 +3,7 @@
 
 import { Marked } from "./vendor/marked.esm.js";
 import DOMPurify from "./vendor/purify.es.mjs";
+import { previewUrl } from "./api.js";
 
 const markdown = new Marked({ gfm: true, breaks: false, async: false });
 
@@ -170,9 +171,14 @@ function renderUnknown(item) {
 }
 
 function renderAttachment(attachment) {
-  const preview = attachment.preview_url && sameOrigin(attachment.preview_url)
-    ? h("img", { src: attachment.preview_url, alt: attachment.name })
-    : null;
+  let preview = null;
+  if (attachment.preview_url && sameOrigin(attachment.preview_url)) {
+    preview = h("img", { alt: attachment.name });
+    previewUrl(attachment.preview_url).then(
+      (url) => { preview.src = url; },
+      () => preview.remove(), // no preview: the name says enough
+    );
+  }
   return h("span", { class: "attachment" }, preview, attachment.name);
 }
 
