@@ -10,7 +10,7 @@ import pytest
 
 from chatkit_server.app import create_app
 from chatkit_server.http.console import CONTENT_SECURITY_POLICY
-from chatkit_server.settings import Settings
+from chatkit_server.settings import Settings, SettingsError
 
 CONSOLE_DIR = Path(__file__).parents[2] / "chatkit_server" / "console"
 
@@ -116,3 +116,31 @@ async def test_console_off_leaves_root_a_json_404(tmp_path: Path) -> None:
 
 def test_console_is_on_by_default() -> None:
     assert Settings.from_env({}).console is True
+
+
+def test_a_bad_console_value_names_the_variable() -> None:
+    with pytest.raises(SettingsError, match="CHATKIT_CONSOLE"):
+        Settings.from_env({"CHATKIT_CONSOLE": "maybe"})
+
+
+def test_the_console_names_no_other_host() -> None:
+    # Its own files: nothing may come from, or go to, a CDN or any other host.
+    own = [path for path in CONSOLE_DIR.iterdir() if path.is_file()]
+    assert {path.name for path in own} >= {"index.html", "app.js", "console.css"}
+    for path in own:
+        assert "://" not in path.read_text(), path.name
+
+
+def test_vendored_libraries_are_recorded_with_their_licences() -> None:
+    vendor = CONSOLE_DIR / "vendor"
+    record = (vendor / "VENDORED.md").read_text()
+    rows = [
+        line.split(" | ") for line in record.splitlines() if line.startswith("| ") and "`" in line
+    ]
+    assert {row[0].lstrip("| ") for row in rows} == {"marked", "dompurify"}
+    for row in rows:
+        package, version, file = row[0].lstrip("| "), row[1], row[2].strip("`")
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), row
+        assert (vendor / file).is_file(), file
+        assert (vendor / f"{package}.LICENSE").is_file(), package
+        assert "sourceMappingURL" not in (vendor / file).read_text()
