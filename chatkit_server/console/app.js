@@ -413,7 +413,7 @@ async function runStream(type, params, { metadata, onRefused } = {}) {
     if (error.name === "AbortError") {
       showStatus("Stopped. The answer so far is kept.");
     } else if (error instanceof AuthRequired) {
-      onRefused?.();
+      // Refused before anything happened: once signed in, the same request goes again.
       askSignIn(() => runStream(type, params, { metadata, onRefused }));
     } else {
       onRefused?.();
