@@ -27,6 +27,10 @@ export function setToken(token) {
   else sessionStorage.removeItem(TOKEN_KEY);
 }
 
+export function hasToken() {
+  return sessionStorage.getItem(TOKEN_KEY) !== null;
+}
+
 function headers(json) {
   const result = { "chatkit-frame-instance-id": FRAME_ID };
   // The server refuses any other body type (415), so a cross-site form can never post one.

@@ -2,7 +2,7 @@
 // below. State lives here; the DOM is redrawn per item, at most once a frame,
 // so a long streamed answer never makes the page fall behind.
 
-import { ApiError, AuthRequired, call, setToken, stream, upload, workflows } from "./api.js";
+import { ApiError, AuthRequired, call, hasToken, setToken, stream, upload, workflows } from "./api.js";
 import { formValues, h, renderItem } from "./render.js";
 
 const THREAD_PAGE = 30;
@@ -57,7 +57,7 @@ function guard(action) {
     try {
       await action(...args);
     } catch (error) {
-      if (error instanceof AuthRequired) askSignIn(() => guard(action)(...args), sessionStorage.length ? "That token was refused." : null);
+      if (error instanceof AuthRequired) askSignIn(() => guard(action)(...args), hasToken() ? "That token was refused." : null);
       else if (error instanceof ApiError) showStatus(error.message, { level: "error" });
       else if (error.name !== "AbortError") {
         console.error(error);
@@ -555,11 +555,16 @@ function wire() {
     const summary = event.target.closest("summary");
     if (summary) summary.parentElement.dataset.touched = "1";
   });
+  $("sign-out").addEventListener("click", () => {
+    setToken(null);
+    location.replace(location.pathname);
+  });
   $("sign-in-form").addEventListener("submit", (event) => {
     event.preventDefault();
     setToken($("sign-in-token").value.trim());
     $("sign-in-token").value = "";
     $("sign-in").close();
+    $("sign-out").hidden = false;
     const then = state.signIn;
     state.signIn = null;
     then?.();
@@ -579,6 +584,10 @@ const start = guard(async () => {
   } else {
     renderAllItems();
   }
+  $("sign-out").hidden = !hasToken();
+  // For end-to-end tests (and the curious): the page has loaded its threads.
+  document.body.dataset.ready = "true";
+  performance.mark("console-ready");
 });
 
 wire();

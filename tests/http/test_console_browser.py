@@ -226,3 +226,44 @@ async def test_cross_origin_fetch_passes_cors_only_for_allowed_origins(
             assert "error" in result, result  # the browser refused to send or read it
             assert len(fake_llm.backend.requests) == requests_before
             await context.close()
+
+
+async def test_the_policy_blocks_what_slips_past_the_sanitizer(
+    browser: Browser, live: Live
+) -> None:
+    # The second line of defence: markup put in the page by any other path
+    # still runs no inline script and loads nothing from another host.
+    console = await open_console(browser, live.url)
+    page = console.page
+    violations = await page.evaluate(
+        """async () => {
+            const seen = [];
+            document.addEventListener('securitypolicyviolation', (event) =>
+                seen.push(event.violatedDirective));
+            const script = document.createElement('script');
+            script.textContent = 'window.pwned = 1';
+            document.body.append(script);
+            const image = document.createElement('img');
+            image.src = 'http://127.0.0.2:9/pixel.png';
+            document.body.append(image);
+            await fetch('http://127.0.0.2:9/data').catch(() => null);
+            await new Promise((resolve) => setTimeout(resolve, 200));
+            return seen;
+        }"""
+    )
+    assert await page.evaluate("window.pwned") is None
+    assert {"script-src-elem", "img-src", "connect-src"} <= set(violations), violations
+
+
+async def test_the_page_is_ready_quickly(browser: Browser, live: Live) -> None:
+    for number in range(10):
+        await live.client.create_thread(f"thread {number}")
+    console = await open_console(browser, live.url)
+    await console.page.reload()  # the browser itself has started: time the page alone
+    await expect(console.page.locator("body[data-ready=true]")).to_be_attached()
+    ready_ms = await console.page.evaluate(
+        "performance.getEntriesByName('console-ready')[0].startTime"
+    )
+    # 200 ms is the aim on an idle machine; the bound leaves room for a busy CI runner.
+    assert ready_ms < 1500, ready_ms
+    console.assert_clean()

@@ -59,6 +59,10 @@ async def test_sign_in_asks_for_a_token_and_keeps_it_in_the_tab(
         assert await page.evaluate("document.cookie") == ""
         threads = await live.store.load_threads(10, None, "desc", RequestContext(user_id="alice"))
         assert len(threads.data) == 1
+
+        await page.locator("#sign-out").click()
+        await expect(dialog).to_be_visible()
+        assert await page.evaluate("sessionStorage.length") == 0
         console.assert_clean()
 
 
