@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import httpx
@@ -144,3 +145,16 @@ def test_vendored_libraries_are_recorded_with_their_licences() -> None:
         assert (vendor / file).is_file(), file
         assert (vendor / f"{package}.LICENSE").is_file(), package
         assert "sourceMappingURL" not in (vendor / file).read_text()
+
+
+def test_the_readme_turns_the_console_off_as_it_says() -> None:
+    readme = (CONSOLE_DIR.parents[1] / "README.md").read_text()
+    section = readme[readme.index("\n## Console") :]
+    section = section[: section.index("\n## ", 1)]
+    [command] = re.findall(r"```sh\n(.*?)\n```", section, flags=re.DOTALL)
+    *assignments, program, subcommand = shlex.split(command)
+    assert (program, subcommand) == (".venv/bin/chatkit-server", "serve")
+    environ = dict(assignment.split("=", 1) for assignment in assignments)
+    assert Settings.from_env(environ).console is False
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section):
+        assert (CONSOLE_DIR.parents[1] / image).is_file(), image
