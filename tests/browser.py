@@ -66,7 +66,7 @@ class Console:
         requests: Every URL the tab asked for.
         dialogs: Dialogs nobody expected (``answers`` is empty), each dismissed.
         answers: Texts for the next prompts and confirms, accepted in order.
-        errors: Uncaught errors of the page's scripts.
+        errors: Uncaught errors of the page's scripts, and errors it logged.
     """
 
     page: Page
@@ -76,14 +76,20 @@ class Console:
     answers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
+    def on_console_message(self, message: Any) -> None:
+        # An error the page logged; not the browser's own line for every
+        # refused request (401 before signing in, 404 of a missing image).
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.errors.append(message.text)
+
     def assert_only_own_origin(self) -> None:
         foreign = [url for url in self.requests if origin(url) != self.origin]
         assert foreign == [], foreign
 
     def assert_clean(self) -> None:
         self.assert_only_own_origin()
-        assert self.dialogs == []
-        assert self.errors == []
+        assert self.dialogs == [], self.dialogs
+        assert self.errors == [], self.errors
 
     async def send(self, text: str) -> None:
         await self.page.get_by_test_id("composer-input").fill(text)
@@ -112,6 +118,7 @@ async def open_console(browser: Browser, url: str, *, ready: bool = True) -> Con
     console = Console(page=page, origin=origin(url))
     page.on("request", lambda request: console.requests.append(request.url))
     page.on("pageerror", lambda error: console.errors.append(str(error)))
+    page.on("console", console.on_console_message)
 
     async def on_dialog(dialog: Any) -> None:
         if console.answers:

@@ -95,7 +95,8 @@ export async function* stream(type, params, { signal, metadata } = {}) {
       }
     }
   } finally {
-    reader.releaseLock();
+    // Left early (an error while drawing): close the response rather than leave it open.
+    await reader.cancel().catch(() => {});
   }
 }
 

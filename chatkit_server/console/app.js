@@ -311,10 +311,11 @@ function applyUpdate(item, update) {
       item.widget = update.widget;
       break;
     case "widget.component.updated":
-      replaceComponent(item.widget, update.component_id, () => update.component);
+      if (item.widget?.id === update.component_id) item.widget = update.component;
+      else replaceComponent(item.widget, update.component_id, () => update.component);
       break;
     case "widget.streaming_text.value_delta":
-      replaceComponent(item.widget, update.component_id, (component) => ({ ...component, value: update.done ? component.value : (component.value ?? "") + update.delta }));
+      replaceComponent(item.widget, update.component_id, (component) => ({ ...component, value: (component.value ?? "") + update.delta }));
       break;
     case "generated_image.updated":
       item.image = update.image;
@@ -407,7 +408,12 @@ async function runStream(type, params, { metadata, onRefused } = {}) {
   let threadId = params.thread_id ?? null;
   try {
     for await (const event of stream(type, params, { signal: controller.signal, metadata })) {
-      threadId = handleEvent(event, threadId);
+      try {
+        threadId = handleEvent(event, threadId);
+      } catch (error) {
+        // One event the console cannot draw must not cost the rest of the answer.
+        console.error("event not shown:", event, error);
+      }
     }
   } catch (error) {
     if (error.name === "AbortError") {

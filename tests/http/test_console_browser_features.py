@@ -126,11 +126,15 @@ async def test_a_new_thread_takes_the_picked_workflow_model_and_starter_prompt(
         await expect(page.get_by_test_id("message-assistant")).to_have_text("Hi answer")
         assert fake_llm.backend.requests[-1].body["model"] == "fake-model"
 
-        threads = await live.store.load_threads(10, None, "asc", LOCAL)
-        assert [thread.metadata.get("workflow") for thread in threads.data] == [
-            "coder",
-            "assistant",
-        ]
+        # The thread's workflow is saved as its stream ends, just after the last event.
+        workflows: list[Any] = []
+        for _ in range(100):
+            threads = await live.store.load_threads(10, None, "asc", LOCAL)
+            workflows = [thread.metadata.get("workflow") for thread in threads.data]
+            if None not in workflows:
+                break
+            await page.wait_for_timeout(50)
+        assert workflows == ["coder", "assistant"]
         console.assert_clean()
 
 
