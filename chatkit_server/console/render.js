@@ -107,7 +107,7 @@ const RENDERERS = {
             { class: "message-actions" },
             h("button", { type: "button", class: "link", "aria-label": "Good answer", "aria-pressed": pressed("positive"), onclick: () => actions.feedback(item, "positive") }, "Good"),
             h("button", { type: "button", class: "link", "aria-label": "Bad answer", "aria-pressed": pressed("negative"), onclick: () => actions.feedback(item, "negative") }, "Bad"),
-            h("button", { type: "button", class: "link", "aria-label": "Answer again", onclick: () => actions.retry(item) }, "Retry"),
+            h("button", { type: "button", class: "link retry", "aria-label": "Answer again", onclick: () => actions.retry(item) }, "Retry"),
           ),
     );
   },

@@ -340,3 +340,25 @@ async def test_every_item_kind_is_drawn_and_widget_actions_are_sent(
         "action": {"type": "order.track", "payload": {"order": 42}},
     }
     console.assert_clean()
+
+
+async def test_retry_is_offered_on_the_last_answer_only_and_answers_again(
+    browser: Browser, live: Live, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.text("First"), Reply.text("Second"), Reply.text("Again"))
+    console = await open_console(browser, live.url)
+    page = console.page
+    await console.send("one")
+    await console.answer_done()
+    await console.send("two")
+    await expect(page.get_by_test_id("message-assistant")).to_have_text(["First", "Second"])
+    await console.answer_done()
+
+    retry = page.get_by_role("button", name="Answer again")
+    await expect(retry).to_have_count(1)
+    await retry.click()
+    await expect(page.get_by_test_id("message-assistant")).to_have_text(["First", "Again"])
+    await page.reload()
+    await expect(page.get_by_test_id("message-assistant")).to_have_text(["First", "Again"])
+    await expect(page.get_by_test_id("message-user")).to_have_text(["one", "two"])
+    console.assert_clean()
