@@ -112,6 +112,9 @@ async def open_console(browser: Browser, url: str, *, ready: bool = True) -> Con
     """
     from playwright.async_api import expect
 
+    # A busy CI machine (two cores, other suites running) can be slow: wait
+    # longer than Playwright's 5 s for the page's own assertions too.
+    expect.set_options(timeout=TIMEOUT_MS)
     context = await browser.new_context()
     context.set_default_timeout(TIMEOUT_MS)
     page = await context.new_page()

@@ -272,3 +272,39 @@ async def test_the_page_is_ready_quickly(browser: Browser, live: Live) -> None:
     # 200 ms is the aim on an idle machine; the bound leaves room for a busy CI runner.
     assert ready_ms < 1500, ready_ms
     console.assert_clean()
+
+
+async def test_a_long_answer_streams_without_the_page_falling_behind(
+    browser: Browser, live: Live, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.count(2000, delay=0.001))
+    console = await open_console(browser, live.url)
+    page = console.page
+    await page.evaluate(
+        """() => {
+            window.lastTokenShown = null;
+            new MutationObserver(() => {
+                const answer = document.querySelector('[data-testid="message-assistant"]');
+                if (window.lastTokenShown === null && answer?.textContent.includes('tok1999')) {
+                    window.lastTokenShown = performance.now();
+                }
+            }).observe(document.getElementById('items'),
+                       {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+
+    await console.send("Say a lot")
+    answer = page.get_by_test_id("message-assistant")
+    await expect(answer).to_contain_text("tok1999", timeout=60_000)
+    await console.answer_done()
+    shown, stream_end = await page.evaluate(
+        """() => [
+            window.lastTokenShown,
+            Math.max(...performance.getEntriesByType('resource')
+                .filter((entry) => entry.name.endsWith('/chatkit'))
+                .map((entry) => entry.responseEnd)),
+        ]"""
+    )
+    # Drawn at most a frame or so after the stream's last byte, not seconds later.
+    assert shown - stream_end < 250, (shown, stream_end)
+    console.assert_clean()
