@@ -2,8 +2,10 @@
 // body POSTed to /chatkit; streaming ones answer Server-Sent Events whose
 // `data:` lines each hold one JSON event.
 
-const CHATKIT_URL = "/chatkit";
-const WORKFLOWS_URL = "/chatkit/workflows";
+// Relative to the page, so the console also works behind a proxy that serves
+// the server under a path prefix.
+const CHATKIT_URL = "chatkit";
+const WORKFLOWS_URL = "chatkit/workflows";
 // Session storage only: the credential ends with the tab, and other tabs or
 // later visits never see it.
 const TOKEN_KEY = "chatkit-console-token";
