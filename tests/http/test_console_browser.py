@@ -158,6 +158,7 @@ async def test_the_page_asks_nothing_of_any_other_host(
         "/console/app.js",
         "/console/api.js",
         "/console/render.js",
+        "/console/updates.js",
         "/console/console.css",
         "/console/vendor/marked.esm.js",
         "/console/vendor/purify.es.mjs",
