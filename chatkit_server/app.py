@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from chatkit_server.http.auth import Authenticator
 from chatkit_server.http.chatkit import chatkit_endpoint
+from chatkit_server.http.console import console_routes
 from chatkit_server.http.errors import http_exception_response, internal_error_response
 from chatkit_server.http.health import healthz
 from chatkit_server.http.rest import rest_routes
@@ -159,6 +160,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         Route("/chatkit/workflows", list_workflows, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         *rest_routes(),
+        *(console_routes() if settings.console else []),
     ]
     return Starlette(
         routes=routes,

@@ -444,6 +444,7 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: 
             if workers > 1:
                 return _serve_workers(config, settings)
             logger.info("serving ChatKit on http://%s:%d/chatkit", host, port)
+            _log_console(settings, host, port)
             server = uvicorn.Server(config)
             tune_garbage_collector()
             server.run()
@@ -457,6 +458,16 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: 
         return 130
     # uvicorn reports a failed start (port in use) only by not having started.
     return 0 if server.started else 1
+
+
+def _log_console(settings: Settings, host: str, port: int) -> None:
+    # The first thing a new user wants after `serve`: somewhere to click.
+    if settings.console:
+        logger.info(
+            "the console: open http://%s:%d/ in a browser (CHATKIT_CONSOLE=off hides it)",
+            host,
+            port,
+        )
 
 
 def _serve_workers(config: Any, settings: Settings) -> int:
@@ -478,6 +489,7 @@ def _serve_workers(config: Any, settings: Settings) -> int:
         config.port,
         config.workers,
     )
+    _log_console(settings, config.host, config.port)
     # The supervisor handles SIGINT/SIGTERM itself: it stops every worker, each
     # of which shuts down gracefully and persists its open answers.
     Multiprocess(config, sockets=[sock]).run()

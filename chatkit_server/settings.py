@@ -169,6 +169,7 @@ environment:
                               largest dictated audio clip in bytes (default 3000000)
   CHATKIT_TRACING             1 to enable Agents SDK tracing (off: it uploads chat content)
   CHATKIT_TITLES              0 to stop naming new threads with a model-written title (default 1)
+  CHATKIT_CONSOLE             off to stop serving the built-in chat page at / (default on)
   CHATKIT_LOG_LEVEL           debug, info (default), warning or error
 """
 
@@ -247,6 +248,7 @@ class Settings:
     history_tokens: int = DEFAULT_HISTORY_TOKENS
     tracing: bool = False
     titles: bool = True
+    console: bool = True
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     transcribe_base_url: str | None = None
@@ -448,6 +450,7 @@ class Settings:
             history_tokens=_int(env, "CHATKIT_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS, minimum=100),
             tracing=_bool(env, "CHATKIT_TRACING", default=False),
             titles=_bool(env, "CHATKIT_TITLES", default=True),
+            console=_bool(env, "CHATKIT_CONSOLE", default=True),
             log_level=log_level,
             transcribe_base_url=transcribe_base_url.rstrip("/") if transcribe_base_url else None,
             transcribe_model=get("CHATKIT_TRANSCRIBE_MODEL") or DEFAULT_TRANSCRIBE_MODEL,
