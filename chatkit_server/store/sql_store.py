@@ -60,6 +60,7 @@ from chatkit_server.store.feedback import FeedbackRecord, add_feedback, load_fee
 from chatkit_server.store.ids import ID_PREFIXES, new_id
 from chatkit_server.store.items import SETTLING_KINDS, decode_item, undoes_settled
 from chatkit_server.store.statements import (
+    LISTED_THREAD,
     MAX_PAGE_SIZE,
     check_cursor,
     guarded_item_upsert,
@@ -580,7 +581,7 @@ async def _recent_bound(session: Statements, user_id: str, recent: int) -> tuple
     rows = (
         await session.execute(
             sa.select(threads.c.seq, threads.c.id)
-            .where(threads.c.user_id == user_id)
+            .where(threads.c.user_id == user_id, LISTED_THREAD)
             .order_by(threads.c.seq.desc())
             .limit(2)
             .offset(max(0, recent - 1))

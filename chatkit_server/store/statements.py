@@ -26,6 +26,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "OWNED_THREAD",
     "REQUIRE_THREAD",
+    "LISTED_THREAD",
     "SCOPES",
     "THREAD_COLUMNS",
     "check_cursor",
@@ -91,8 +92,16 @@ OWNED_THREAD: Final = sa.exists().where(
 )
 REQUIRE_THREAD: Final = sa.select(OWNED_THREAD)
 # What a listing of each table is scoped to; the parameters come from the caller.
+LISTED_THREAD: Final = sa.exists().where(thread_items.c.thread_id == threads.c.id)
+"""A thread is listed once it holds an item.
+
+``threads.create`` stores the thread, then its first message, in two
+transactions; a crash between the two leaves a thread the client never saw,
+and it must not turn up in the listing as an empty thread.
+"""
+
 SCOPES: Final[Mapping[str, sa.ColumnElement[bool]]] = {
-    "threads": threads.c.user_id == sa.bindparam("user_id"),
+    "threads": sa.and_(threads.c.user_id == sa.bindparam("user_id"), LISTED_THREAD),
     "thread_items": sa.and_(
         thread_items.c.thread_id == sa.bindparam("thread_id"),
         OWNED_THREAD,  # ownership rides along in the same statement

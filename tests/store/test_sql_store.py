@@ -82,6 +82,13 @@ async def new_thread(store: SQLStore, context: RequestContext = ALICE) -> Thread
     return thread
 
 
+async def listed_thread(store: SQLStore, context: RequestContext = ALICE) -> ThreadMetadata:
+    """A thread with its first message: from then on ``threads.list`` shows it."""
+    thread = await new_thread(store, context)
+    await store.add_thread_item(thread.id, message(thread.id), context)
+    return thread
+
+
 def message(thread_id: str, text: str = "hi", item_id: str | None = None) -> AssistantMessageItem:
     return AssistantMessageItem(
         id=item_id or new_id("msg"),
@@ -297,8 +304,22 @@ async def test_saving_a_full_thread_drops_its_items(store: SQLStore, database: D
     assert "items" not in json.loads(data)
 
 
+async def test_a_thread_is_listed_once_it_holds_an_item(store: SQLStore) -> None:
+    # threads.create stores the thread, then its first message: a crash
+    # between the two must not leave an empty thread in the listing.
+    empty = await new_thread(store)
+    assert (await store.load_threads(10, None, "desc", ALICE)).data == []
+    with pytest.raises(InvalidCursorError):
+        await store.load_threads(10, empty.id, "desc", ALICE)
+    # It can still be loaded by id (the client may hold it from thread.created).
+    assert (await store.load_thread(empty.id, ALICE)).id == empty.id
+
+    await store.add_thread_item(empty.id, message(empty.id), ALICE)
+    assert [t.id for t in (await store.load_threads(10, None, "desc", ALICE)).data] == [empty.id]
+
+
 async def test_updating_a_thread_keeps_its_position(store: SQLStore) -> None:
-    first, second, third = [await new_thread(store) for _ in range(3)]
+    first, second, third = [await listed_thread(store) for _ in range(3)]
     second.title = "changed"
     await store.save_thread(second, ALICE)
 
@@ -307,7 +328,7 @@ async def test_updating_a_thread_keeps_its_position(store: SQLStore) -> None:
 
 
 async def test_thread_pages_in_both_orders(store: SQLStore) -> None:
-    ids = [(await new_thread(store)).id for _ in range(5)]
+    ids = [(await listed_thread(store)).id for _ in range(5)]
 
     for order, expected in (("asc", ids), ("desc", ids[::-1])):
         page = await store.load_threads(2, None, order, ALICE)
@@ -613,7 +634,7 @@ async def test_walking_thread_pages_yields_each_thread_once(
     store: SQLStore, count: int, order: str, data: st.DataObject
 ) -> None:
     user = RequestContext(user_id=new_id("usr"))
-    ids = [(await new_thread(store, user)).id for _ in range(count)]
+    ids = [(await listed_thread(store, user)).id for _ in range(count)]
     expected = ids if order == "asc" else ids[::-1]
 
     seen: list[str] = []
@@ -882,8 +903,8 @@ async def test_newest_items_walks_back_in_pages_and_stops_anywhere(
 async def test_recent_threads_pages_only_the_newest(
     store: SQLStore, order: str, recent: int
 ) -> None:
-    made = [(await new_thread(store)).id for _ in range(5)]
-    await new_thread(store, MALLORY)  # another user's threads never count
+    made = [(await listed_thread(store)).id for _ in range(5)]
+    await listed_thread(store, MALLORY)  # another user's threads never count
     limited = RequestContext(user_id="alice", limits=SessionLimits(recent_threads=recent))
 
     seen: list[str] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-from chatkit.types import ThreadMetadata
+from chatkit.types import InferenceOptions, ThreadMetadata, UserMessageItem, UserMessageTextContent
 
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import InvalidCursorError, NotFoundError
@@ -19,10 +19,22 @@ WHEN = datetime(2026, 1, 1, 12, 0)
 
 
 async def _threads(store: SQLStore, count: int) -> list[str]:
+    """Threads of alice's, each with a first message (a thread is listed from then on)."""
     ids = [f"thr_{n:03d}" for n in range(count)]
     for thread_id in ids:
         await store.save_thread(ThreadMetadata(id=thread_id, created_at=WHEN), ALICE)
+        await store.add_thread_item(thread_id, _first_message(thread_id), ALICE)
     return ids
+
+
+def _first_message(thread_id: str) -> UserMessageItem:
+    return UserMessageItem(
+        id=f"msg_{thread_id}",
+        thread_id=thread_id,
+        created_at=WHEN,
+        content=[UserMessageTextContent(text="hi")],
+        inference_options=InferenceOptions(),
+    )
 
 
 async def test_a_page_is_keyset_ordered_and_says_whether_more_follow(
