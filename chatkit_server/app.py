@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,12 +17,16 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from chatkit_server.files import FileStorage, LocalFileStorage, PreviewSigner
+from chatkit_server.files.database import DatabaseFileStorage
+from chatkit_server.files.sweep import sweep_attachments
 from chatkit_server.http.auth import Authenticator
 from chatkit_server.http.chatkit import chatkit_endpoint
 from chatkit_server.http.errors import http_exception_response, internal_error_response
 from chatkit_server.http.health import healthz
 from chatkit_server.http.rest import rest_routes
 from chatkit_server.http.state import AppState
+from chatkit_server.http.uploads import upload_routes
 from chatkit_server.http.workflows import list_workflows
 from chatkit_server.llm.backends import BackendRegistry
 from chatkit_server.llm.local_model import no_backend_message
@@ -29,17 +34,20 @@ from chatkit_server.protocol.server import ChatKitApp
 from chatkit_server.settings import Settings
 from chatkit_server.store import Database, SQLStore, UsageStore, upgrade_async
 from chatkit_server.store.gate import RequestGate
+from chatkit_server.store.keys import server_key
 from chatkit_server.store.sessions import SessionStore, secret_key
 from chatkit_server.store.upkeep import run_upkeep
 from chatkit_server.workflows.registry import WorkflowRegistry
 
-__all__ = ["CORS_ALLOW_HEADERS", "create_app"]
+__all__ = ["CORS_ALLOW_HEADERS", "CORS_ALLOW_METHODS", "create_app"]
 
 logger = logging.getLogger(__name__)
 
 # The ChatKit web component sends chatkit-frame-instance-id on every request,
 # so a cross-origin preflight that does not allow it fails in the browser.
 CORS_ALLOW_HEADERS = ["authorization", "content-type", "chatkit-frame-instance-id"]
+# PUT: the two-phase upload of raw bytes.
+CORS_ALLOW_METHODS = ["GET", "POST", "PUT", "DELETE", "OPTIONS"]
 
 
 _LoopHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
@@ -67,6 +75,12 @@ def _quiet_stopped_merges(previous: _LoopHandler | None) -> _LoopHandler:
             loop.default_exception_handler(context)
 
     return handle
+
+
+def _file_storage(settings: Settings, database: Database) -> FileStorage:
+    if settings.attachment_storage == "database":
+        return DatabaseFileStorage(database)
+    return LocalFileStorage(settings.attachments_dir)
 
 
 def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Starlette:
@@ -97,7 +111,11 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         loop.set_exception_handler(_quiet_stopped_merges(previous_handler))
         try:
             workflows = WorkflowRegistry.from_settings(settings, backends)
-            store = SQLStore(database)
+            files = _file_storage(settings, database)
+            # No secret to configure: made once, kept in the database, the
+            # same for every worker process and replica.
+            previews = PreviewSigner(await server_key(database, "previews"))
+            store = SQLStore(database, files=files, previews=previews)
             usage = UsageStore(database)
             gate = RequestGate(database)
             sessions = (
@@ -118,8 +136,17 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
                 auth=auth,
                 gate=gate,
                 sessions=sessions,
+                files=files,
+                previews=previews,
             )
-            upkeep = asyncio.create_task(run_upkeep(gate, sessions), name="chatkit-upkeep")
+            upkeep = asyncio.create_task(
+                run_upkeep(
+                    gate,
+                    sessions,
+                    functools.partial(sweep_attachments, store, files, grace=settings.upload_grace),
+                ),
+                name="chatkit-upkeep",
+            )
             if auth.enabled:
                 logger.info("sign-in required on /chatkit: %s", ", ".join(auth.modes))
             else:
@@ -149,7 +176,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_methods=CORS_ALLOW_METHODS,
                 allow_headers=CORS_ALLOW_HEADERS,
                 max_age=600,
             )
@@ -158,6 +185,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         Route("/chatkit", chatkit_endpoint, methods=["POST"]),
         Route("/chatkit/workflows", list_workflows, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        *upload_routes(),
         *rest_routes(),
     ]
     return Starlette(

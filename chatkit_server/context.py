@@ -62,6 +62,9 @@ class RequestContext:
             traces only when ``CHATKIT_TRACING`` is on as well).
         new_thread_id: The id ``threads.create`` gives its thread (chosen
             before the request runs, to lease the thread from its start).
+        base_url: This server's address as the requesting browser sees it
+            (``CHATKIT_PUBLIC_URL``, else the request's own scheme, host and
+            port): upload and preview links are built on it.
     """
 
     user_id: str = LOCAL_USER
@@ -73,3 +76,4 @@ class RequestContext:
     rate_limit: int | None = None
     tracing: bool = True
     new_thread_id: str | None = None
+    base_url: str | None = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -34,6 +34,7 @@ from chatkit.types import (
     Page,
     ThreadItem,
     ThreadMetadata,
+    UserMessageItem,
     WidgetItem,
 )
 from chatkit.widgets import DynamicWidgetRoot
@@ -42,6 +43,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import NotFoundError
+from chatkit_server.files.previews import PreviewSigner
+from chatkit_server.files.storage import FileStorage
 from chatkit_server.store.database import Database, Statements
 from chatkit_server.store.feedback import FeedbackRecord, add_feedback, load_feedback
 from chatkit_server.store.ids import ID_PREFIXES, new_id
@@ -72,21 +75,32 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
     """Threads, items, attachment metadata and feedback in a SQL database.
 
     One instance serves as both the ``store`` and the ``attachment_store`` of a
-    ``ChatKitServer``. Attachment bytes are not stored here.
+    ``ChatKitServer``. Attachment bytes are kept by a
+    :class:`~chatkit_server.files.FileStorage`; the store deletes them with
+    their attachment (or its thread).
     """
 
     def __init__(
-        self, database: Database, *, upload_base_url: str = DEFAULT_UPLOAD_BASE_URL
+        self,
+        database: Database,
+        *,
+        upload_base_url: str = DEFAULT_UPLOAD_BASE_URL,
+        files: FileStorage | None = None,
+        previews: PreviewSigner | None = None,
     ) -> None:
         """Create a store.
 
         Args:
             database: Where to keep everything.
-            upload_base_url: Public base URL of this server, used to build the
-                upload and preview URLs of new attachments.
+            upload_base_url: Base URL of this server for upload and preview
+                URLs when a request's context does not say how it was addressed.
+            files: Where attachment bytes are kept (none: nothing to delete).
+            previews: Signs image preview links (none: links without a signature).
         """
         self._db = database
         self._upload_base_url = upload_base_url.rstrip("/")
+        self.files = files
+        self.previews = previews
         self._item_upsert = guarded_item_upsert(database.dialect)
         self._thread_upsert = owned_thread_upsert(database.dialect)
 
@@ -210,9 +224,19 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             .returning(threads.c.seq)
         )
         async with self._db.write() as session:
+            # The cascade deletes the attachment rows; their bytes are not rows.
+            files = (
+                await session.scalars(
+                    sa.select(attachments.c.id).where(
+                        attachments.c.thread_id == thread_id,
+                        attachments.c.user_id == context.user_id,
+                    )
+                )
+            ).all()
             deleted = (await session.execute(statement)).scalar_one_or_none()
         if deleted is None:
             raise thread_not_found(thread_id)
+        await self._delete_files(files)
 
     # -- items -----------------------------------------------------------------
 
@@ -239,10 +263,22 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """
         rows, has_more = await self._item_rows(thread_id, after, limit, order, context)
         return Page(
-            data=[decode_item(type_, data) for _id, type_, data in rows],
+            data=[
+                self._with_fresh_previews(decode_item(type_, data), context)
+                for _id, type_, data in rows
+            ],
             has_more=has_more,
             after=rows[-1][0] if rows else None,
         )
+
+    def _with_fresh_previews(self, item: ThreadItem, context: RequestContext) -> ThreadItem:
+        """A user message's image attachments with preview links that work now."""
+        if not isinstance(item, UserMessageItem) or not any(
+            isinstance(attachment, ImageAttachment) for attachment in item.attachments
+        ):
+            return item
+        fresh = [self.with_fresh_preview(attachment, context) for attachment in item.attachments]
+        return item.model_copy(update={"attachments": fresh})
 
     async def newest_items(
         self, thread_id: str, limit: int, context: RequestContext, *, page_size: int = 100
@@ -382,30 +418,92 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """Describe a new attachment for a two-phase upload (nothing is stored).
 
         The ChatKit server saves the returned attachment with
-        :meth:`save_attachment`. ``image/*`` types get an ``ImageAttachment``
-        with a preview URL. The declared size is kept in ``metadata["size"]``
-        for the upload endpoint to enforce.
+        :meth:`save_attachment`; its ``upload_descriptor`` points at this
+        server's upload route, on the address the request came to. ``image/*``
+        types get an ``ImageAttachment`` with a preview URL. The declared size
+        is kept in ``metadata["size"]``.
         """
         attachment_id = self.generate_attachment_id(input.mime_type, context)
-        base = f"{self._upload_base_url}/chatkit/attachments/{attachment_id}"
-        descriptor = AttachmentUploadDescriptor(url=AnyUrl(f"{base}/upload"), method="POST")
-        metadata: dict[str, Any] = {"size": input.size}
-        if input.mime_type.lower().startswith("image/"):
+        base = self.base_url(context)
+        descriptor = AttachmentUploadDescriptor(
+            url=AnyUrl(f"{base}/chatkit/attachments/{attachment_id}/upload"), method="POST"
+        )
+        return self.new_attachment(
+            attachment_id,
+            name=input.name,
+            mime_type=input.mime_type,
+            context=context,
+            upload_descriptor=descriptor,
+            metadata={"size": input.size},
+        )
+
+    def new_attachment(
+        self,
+        attachment_id: str,
+        *,
+        name: str,
+        mime_type: str,
+        context: RequestContext,
+        upload_descriptor: AttachmentUploadDescriptor | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Attachment:
+        """A new attachment of ``context``'s user, as its type makes it.
+
+        ``image/*`` types give an ``ImageAttachment`` with a preview link,
+        others a ``FileAttachment``.
+        """
+        if mime_type.lower().startswith("image/"):
             return ImageAttachment(
                 id=attachment_id,
-                name=input.name,
-                mime_type=input.mime_type,
-                upload_descriptor=descriptor,
-                preview_url=AnyUrl(f"{base}/preview"),
+                name=name,
+                mime_type=mime_type,
+                upload_descriptor=upload_descriptor,
+                preview_url=AnyUrl(self.preview_url(attachment_id, context)),
                 metadata=metadata,
             )
         return FileAttachment(
             id=attachment_id,
-            name=input.name,
-            mime_type=input.mime_type,
-            upload_descriptor=descriptor,
+            name=name,
+            mime_type=mime_type,
+            upload_descriptor=upload_descriptor,
             metadata=metadata,
         )
+
+    def base_url(self, context: RequestContext) -> str:
+        """The server's address as the request's browser sees it."""
+        return (context.base_url or self._upload_base_url).rstrip("/")
+
+    def preview_url(self, attachment_id: str, context: RequestContext) -> str:
+        """A fresh link to the preview of the caller's image attachment."""
+        base = self.base_url(context)
+        if self.previews is None:
+            return f"{base}/chatkit/attachments/{attachment_id}/preview"
+        return self.previews.url(base, attachment_id, context.user_id)
+
+    def with_fresh_preview(self, attachment: Attachment, context: RequestContext) -> Attachment:
+        """``attachment`` with a preview link that works now (links expire)."""
+        if not isinstance(attachment, ImageAttachment) or self.previews is None:
+            return attachment
+        url = AnyUrl(self.preview_url(attachment.id, context))
+        return attachment.model_copy(update={"preview_url": url})
+
+    async def finish_upload(self, attachment: Attachment, context: RequestContext) -> None:
+        """Save an uploaded attachment's new metadata, if it still exists.
+
+        Unlike :meth:`save_attachment`, never inserts: an attachment deleted
+        while its bytes were arriving stays deleted.
+
+        Raises:
+            NotFoundError: No such attachment for this user (any more).
+        """
+        rows = await self._db.write_one(
+            sa.update(attachments)
+            .where(attachments.c.id == attachment.id, attachments.c.user_id == context.user_id)
+            .values(data=attachment.model_dump_json())
+            .returning(attachments.c.id)
+        )
+        if not rows:
+            raise _attachment_not_found(attachment.id)
 
     async def save_attachment(self, attachment: Attachment, context: RequestContext) -> None:
         """Insert or update attachment metadata owned by the caller.
@@ -444,7 +542,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         data = await self._owned_data(attachments, attachment_id, context)
         if data is None:
             raise _attachment_not_found(attachment_id)
-        return _ATTACHMENT.validate_json(data)
+        return self.with_fresh_preview(_ATTACHMENT.validate_json(data), context)
 
     async def delete_attachment(self, attachment_id: str, context: RequestContext) -> None:
         """Delete the caller's attachment metadata; otherwise do nothing.
@@ -452,14 +550,62 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         The ChatKit server calls this twice per ``attachments.delete`` (once as
         the attachment store, once as the store), so an attachment that is
         already gone is not an error. Another user's attachment is never
-        touched, and looks the same as a missing one.
+        touched, and looks the same as a missing one. Its bytes go with it.
         """
-        async with self._db.write() as session:
-            await session.execute(
-                sa.delete(attachments).where(
-                    attachments.c.id == attachment_id, attachments.c.user_id == context.user_id
+        rows = await self._db.write_one(
+            sa.delete(attachments)
+            .where(attachments.c.id == attachment_id, attachments.c.user_id == context.user_id)
+            .returning(attachments.c.id)
+        )
+        await self._delete_files([row.id for row in rows])
+
+    async def _delete_files(self, file_ids: Sequence[str]) -> None:
+        if self.files is not None and file_ids:
+            await self.files.delete(file_ids)
+
+    async def attachment_owner(self, attachment_id: str) -> tuple[str, Attachment] | None:
+        """Any user's attachment and its owner, for a signed preview link (which names no user)."""
+        async with self._db.read() as session:
+            row = (
+                await session.execute(
+                    sa.select(attachments.c.user_id, attachments.c.data).where(
+                        attachments.c.id == attachment_id
+                    )
                 )
+            ).one_or_none()
+        if row is None:
+            return None
+        return row.user_id, _ATTACHMENT.validate_json(row.data)
+
+    async def existing_attachment_ids(self, attachment_ids: Collection[str]) -> set[str]:
+        """Which of these ids name an attachment (of any user), for sweeping orphaned bytes."""
+        if not attachment_ids:
+            return set()
+        async with self._db.read() as session:
+            found = await session.scalars(
+                sa.select(attachments.c.id).where(attachments.c.id.in_(list(attachment_ids)))
             )
+            return set(found.all())
+
+    async def sweep_unattached(self, *, older_than: datetime) -> int:
+        """Delete attachments (and bytes) created before ``older_than`` and never sent.
+
+        An attachment gets its thread when a message carrying it is saved;
+        one without a thread past the grace period was uploaded and abandoned.
+
+        Returns:
+            How many attachments were deleted.
+        """
+        rows = await self._db.write_one(
+            sa.delete(attachments)
+            .where(
+                attachments.c.thread_id.is_(None),
+                attachments.c.created_at < _column_time(older_than),
+            )
+            .returning(attachments.c.id)
+        )
+        await self._delete_files([row.id for row in rows])
+        return len(rows)
 
     async def count_attachments(self, *, since: int, context: RequestContext) -> int:
         """How many attachments the caller has created since ``since`` (Unix seconds)."""

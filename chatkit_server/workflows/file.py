@@ -26,6 +26,7 @@ operator can find it without reading a traceback. Example::
     model_settings = { temperature = 0.3, max_tokens = 512 }
     history_tokens = 6000             # context budget; default CHATKIT_HISTORY_TOKENS
     title_model = "smollm2"           # writes thread titles; default: the workflow's model
+    vision = false                    # true: image attachments reach the model (data: URLs)
 
     # A tool the browser runs (ChatKit's onClientTool): the answer stops at the call
     # and goes on when threads.add_client_tool_output brings the result.
@@ -173,6 +174,8 @@ class WorkflowSpec(_Spec):
     starter_prompts: list[StarterPrompt] = Field(default_factory=list)
     history_tokens: int | None = Field(default=None, ge=100)
     title_model: str | None = Field(default=None, min_length=1)
+    # The model accepts images: image attachments reach it as data: URLs.
+    vision: bool = False
 
     @field_validator("tools")
     @classmethod

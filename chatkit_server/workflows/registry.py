@@ -56,6 +56,9 @@ class Workflow:
     history_tokens: int | None = None
     title_model: str | None = None
     context_tokens: int | None = None
+    # Whether the model accepts images: off by default, since many local
+    # models (the bundled one too) refuse a request that carries one.
+    vision: bool = False
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -163,6 +166,7 @@ class WorkflowRegistry:
                 backend=backends.get(DEFAULT_BACKEND),
                 model=settings.llm_model,
                 context_tokens=settings.llm_context_tokens,
+                vision=settings.llm_vision,
             )
             return cls([default])
         workflows = [
@@ -242,4 +246,5 @@ def _from_spec(
         history_tokens=spec.history_tokens,
         title_model=spec.title_model,
         context_tokens=context_tokens,
+        vision=spec.vision,
     )
