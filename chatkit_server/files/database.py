@@ -52,19 +52,20 @@ class DatabaseFileStorage(FileStorage):
 
         async def flush() -> None:
             nonlocal index
+            data = bytes(buffer[:CHUNK_BYTES])
             await self._db.write_one(
                 sa.insert(attachment_chunks).values(
-                    file_id=temporary, chunk=index, data=bytes(buffer), created_at=created
+                    file_id=temporary, chunk=index, data=data, created_at=created
                 )
             )
             index += 1
-            buffer.clear()
+            del buffer[:CHUNK_BYTES]
 
         try:
             async for chunk in chunks:
                 buffer += chunk
                 size += len(chunk)
-                if len(buffer) >= CHUNK_BYTES:
+                while len(buffer) >= CHUNK_BYTES:
                     await flush()
             if buffer or index == 0:  # an empty file is one empty row: it exists
                 await flush()
