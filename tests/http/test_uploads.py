@@ -342,3 +342,120 @@ async def test_a_message_naming_an_attachment_not_uploaded_yet_is_refused(live: 
     response = await live.client.post_raw(body)
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "not_uploaded"
+
+
+async def direct_png(live: Live, client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.post(
+        f"{live.url}/chatkit/attachments", files={"file": ("photo.png", PNG, "image/png")}
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_a_preview_link_serves_the_image_to_another_origin(
+    start_live: LiveFactory, live_settings: Settings
+) -> None:
+    settings = live_settings.with_changes(cors_origins=("http://app.example",))
+    async with start_live(settings) as live, httpx.AsyncClient() as http:
+        image = await direct_png(live, http)
+        # The ChatKit iframe: another origin, no credentials.
+        response = await http.get(
+            image["preview_url"], headers={"Origin": "https://cdn.platform.openai.com"}
+        )
+
+    assert response.status_code == 200
+    assert response.content == PNG
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert response.headers["cross-origin-resource-policy"] == "cross-origin"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_preview_link_opens_only_its_own_image(live: Live) -> None:
+    async with httpx.AsyncClient() as http:
+        image = await direct_png(live, http)
+        other = await direct_png(live, http)
+        url = httpx.URL(image["preview_url"])
+        tampered = url.copy_set_param("signature", url.params["signature"][:-2] + "AA")
+        later = url.copy_set_param("expires", str(int(url.params["expires"]) + 3600))
+        swapped = httpx.URL(other["preview_url"]).copy_set_param(
+            "signature", url.params["signature"]
+        )
+        answers = [
+            await http.get(link)
+            for link in (
+                tampered,
+                later,
+                swapped,
+                url.copy_remove_param("signature"),
+                f"{live.url}/chatkit/attachments/atc_{'0' * 32}/preview",
+            )
+        ]
+    assert [answer.status_code for answer in answers] == [404] * 5
+    assert len({answer.text for answer in answers}) == 1
+
+
+async def test_a_preview_link_signed_for_its_owner_only(
+    start_live: LiveFactory, signed_in: Settings
+) -> None:
+    async with start_live(signed_in) as live:
+        async with httpx.AsyncClient(headers=bearer("alice")) as alice:
+            image = await direct_png(live, alice)
+        owner, _ = await live.store.attachment_owner(image["id"]) or ("", None)
+        assert owner == "alice"
+        url = httpx.URL(image["preview_url"])
+        bobs_link = live.state.previews.url(live.url, image["id"], "bob")
+        async with httpx.AsyncClient() as anyone:
+            assert (await anyone.get(url)).status_code == 200
+            assert (await anyone.get(bobs_link)).status_code == 404
+
+
+async def test_loading_a_thread_renews_its_preview_links(live: Live) -> None:
+    async with httpx.AsyncClient() as http:
+        image = await direct_png(live, http)
+    turn = await live.client.stream(
+        "threads.create", input=user_input("look", attachments=[image["id"]])
+    )
+    thread = await live.client.call("threads.get_by_id", thread_id=turn.thread_id)
+    link = thread["items"]["data"][0]["attachments"][0]["preview_url"]
+    assert "signature=" in link
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(link)).content == PNG
+
+
+async def test_a_preview_of_a_file_that_is_not_an_image_is_refused(live: Live) -> None:
+    created = await create(live.client, name="x.png", mime_type="image/png")
+    async with httpx.AsyncClient() as http:
+        before = await http.get(created["preview_url"])  # not uploaded yet
+        await http.put(created["upload_descriptor"]["url"], content=b"text, not an image")
+        after = await http.get(created["preview_url"])
+    assert before.status_code == after.status_code == 404
+
+
+async def test_deleting_an_attachment_deletes_its_bytes_over_http(live: Live) -> None:
+    async with httpx.AsyncClient() as http:
+        image = await direct_png(live, http)
+    await live.client.call("attachments.delete", attachment_id=image["id"])
+    assert stored_files(live) == []
+
+
+async def test_database_storage_over_http(
+    start_live: LiveFactory, live_settings: Settings, server_database_url: str
+) -> None:
+    settings = live_settings.with_changes(
+        attachment_storage="database", database_url=server_database_url
+    )
+    async with start_live(settings) as live:
+        created = await create(live.client)
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                created["upload_descriptor"]["url"],
+                files={"file": ("notes.txt", b"hello", "text/plain")},
+            )
+            image = await direct_png(live, http)
+            preview = await http.get(image["preview_url"])
+        assert response.status_code == 200
+        assert await live.state.files.read(created["id"]) == b"hello"
+        assert preview.content == PNG
+        assert stored_files(live) == []  # nothing on disk
