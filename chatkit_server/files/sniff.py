@@ -19,6 +19,7 @@ __all__ = [
     "allowed",
     "effective_mime_type",
     "is_image",
+    "is_text",
 ]
 
 TEXT: Final = "text/plain"
@@ -119,3 +120,8 @@ def allowed(sniffed: str, allowed_types: tuple[str, ...]) -> bool:
 def is_image(mime_type: str) -> bool:
     """Whether a (sniffed or kept) type is an image this server recognises."""
     return mime_type in ("image/png", "image/jpeg", "image/gif", "image/webp")
+
+
+def is_text(mime_type: str) -> bool:
+    """Whether a kept type is text (as :func:`effective_mime_type` keeps text types)."""
+    return mime_type.startswith("text/") or mime_type in _TEXT_TYPES
