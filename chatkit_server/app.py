@@ -143,7 +143,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
                 run_upkeep(
                     gate,
                     sessions,
-                    functools.partial(sweep_attachments, store, files, grace=settings.upload_grace),
+                    functools.partial(
+                        sweep_attachments, database, files, grace=settings.upload_grace
+                    ),
                 ),
                 name="chatkit-upkeep",
             )

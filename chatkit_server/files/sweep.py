@@ -12,13 +12,15 @@ Run by the app's upkeep on start and every minute:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from datetime import UTC, datetime
 from typing import Final
 
 from chatkit_server.files.storage import FileStorage
-from chatkit_server.store.sql_store import SQLStore
+from chatkit_server.store.attachments import existing_attachment_ids, sweep_unattached
+from chatkit_server.store.database import Database
 
 __all__ = ["ORPHAN_SECONDS", "sweep_attachments"]
 
@@ -28,7 +30,7 @@ ORPHAN_SECONDS: Final = 600
 
 
 async def sweep_attachments(
-    store: SQLStore, files: FileStorage, *, grace: float, now: float | None = None
+    database: Database, files: FileStorage, *, grace: float, now: float | None = None
 ) -> None:
     """Delete unsent attachments past ``grace`` seconds, and orphaned bytes.
 
@@ -37,7 +39,10 @@ async def sweep_attachments(
     """
     moment = time.time() if now is None else now
     cutoff = datetime.fromtimestamp(moment - grace, UTC)
-    unsent = await store.sweep_unattached(older_than=cutoff)
-    orphans = await files.sweep(store.existing_attachment_ids, older_than=moment - ORPHAN_SECONDS)
+    unsent = await sweep_unattached(database, older_than=cutoff)
+    await files.delete(unsent)
+    orphans = await files.sweep(
+        functools.partial(existing_attachment_ids, database), older_than=moment - ORPHAN_SECONDS
+    )
     if unsent or orphans:
-        logger.info("swept %d unsent attachments and %d orphaned files", unsent, orphans)
+        logger.info("swept %d unsent attachments and %d orphaned files", len(unsent), orphans)

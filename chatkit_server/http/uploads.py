@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Final
@@ -41,6 +41,7 @@ from chatkit_server.http.multipart import MultipartFile, boundary_of
 from chatkit_server.http.origin import refuse_foreign_origin
 from chatkit_server.http.state import AppState, get_state
 from chatkit_server.protocol.admission import admit
+from chatkit_server.store.attachments import attachment_owner
 from chatkit_server.store.ids import ID_PREFIXES
 
 __all__ = ["MULTIPART_OVERHEAD_BYTES", "public_base_url", "upload_routes"]
@@ -127,14 +128,14 @@ def _clean_name(name: str | None) -> str:
     return name[:_MAX_NAME_CHARS] or "file"
 
 
-async def _answer(request: Request, work: str) -> Response:
-    """Run the route's ``work`` and map every failure to a JSON answer."""
+_Work = Callable[[Request, AppState, RequestContext], Awaitable[Response]]
+
+
+async def _answer(request: Request, work: _Work) -> Response:
+    """Sign the request in, run the route's ``work``, map every failure to a JSON answer."""
     state = get_state(request)
     try:
-        context = await _signed_in(request, state)
-        if work == "two_phase":
-            return await _two_phase(request, state, context)
-        return await _direct(request, state, context)
+        return await work(request, state, await _signed_in(request, state))
     except _Refused as refused:
         return refused.response
     except RequestError as exc:
@@ -154,12 +155,12 @@ async def _answer(request: Request, work: str) -> Response:
 
 async def two_phase_upload(request: Request) -> Response:
     """``POST`` (multipart ``file``) or ``PUT`` (raw bytes) of an attachment's bytes."""
-    return await _answer(request, "two_phase")
+    return await _answer(request, _two_phase)
 
 
 async def direct_upload(request: Request) -> Response:
     """``POST`` multipart ``file``: create an attachment with its bytes, answer its JSON."""
-    return await _answer(request, "direct")
+    return await _answer(request, _direct)
 
 
 async def _two_phase(request: Request, state: AppState, context: RequestContext) -> Response:
@@ -182,7 +183,7 @@ async def _two_phase(request: Request, state: AppState, context: RequestContext)
         source = form.chunks()
     incoming = IncomingFile(source, limit=limit, allowed_types=state.settings.upload_types)
     size = await state.files.save(attachment_id, incoming)
-    uploaded = state.store.new_attachment(
+    uploaded = state.store.links.new_attachment(
         attachment_id,
         name=attachment.name,
         mime_type=effective_mime_type(incoming.mime_type, attachment.mime_type),
@@ -215,7 +216,7 @@ async def _direct(request: Request, state: AppState, context: RequestContext) ->
     attachment_id = state.store.generate_attachment_id(declared, context)
     incoming = IncomingFile(form.chunks(), limit=limit, allowed_types=state.settings.upload_types)
     size = await state.files.save(attachment_id, incoming)
-    attachment = state.store.new_attachment(
+    attachment = state.store.links.new_attachment(
         attachment_id,
         name=_clean_name(form.filename),
         mime_type=effective_mime_type(incoming.mime_type, declared),
@@ -245,7 +246,7 @@ async def preview(request: Request) -> Response:
         return not_found
     try:
         check_file_id(attachment_id)
-        found = await state.store.attachment_owner(attachment_id)
+        found = await attachment_owner(state.database, attachment_id)
         if found is None:
             return not_found
         owner, attachment = found

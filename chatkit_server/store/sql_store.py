@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Collection, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -27,24 +27,25 @@ from chatkit.store import AttachmentStore, Store, StoreItemType
 from chatkit.types import (
     Attachment,
     AttachmentCreateParams,
-    AttachmentUploadDescriptor,
     FeedbackKind,
-    FileAttachment,
-    ImageAttachment,
     Page,
     ThreadItem,
     ThreadMetadata,
-    UserMessageItem,
     WidgetItem,
 )
 from chatkit.widgets import DynamicWidgetRoot
-from pydantic import AnyUrl, TypeAdapter
+from pydantic import TypeAdapter
 from sqlalchemy.dialects import postgresql, sqlite
 
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import NotFoundError
 from chatkit_server.files.previews import PreviewSigner
 from chatkit_server.files.storage import FileStorage
+from chatkit_server.store.attachments import (
+    ATTACHMENT,
+    AttachmentLinks,
+    finish_upload,
+)
 from chatkit_server.store.database import Database, Statements
 from chatkit_server.store.feedback import FeedbackRecord, add_feedback, load_feedback
 from chatkit_server.store.ids import ID_PREFIXES, new_id
@@ -64,9 +65,8 @@ __all__ = ["DEFAULT_UPLOAD_BASE_URL", "FeedbackRecord", "SQLStore", "decode_item
 
 DEFAULT_UPLOAD_BASE_URL: Final = "http://127.0.0.1:8000"
 
-# Building a TypeAdapter for these unions costs milliseconds; do it once.
+# Building a TypeAdapter for the union costs milliseconds; do it once.
 _ITEM: Final[TypeAdapter[ThreadItem]] = TypeAdapter(ThreadItem)
-_ATTACHMENT: Final[TypeAdapter[Attachment]] = TypeAdapter(Attachment)
 # A full Thread (with its items) may be passed to save_thread; keep only these.
 _THREAD_FIELDS: Final = frozenset(ThreadMetadata.model_fields)
 
@@ -98,9 +98,8 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             previews: Signs image preview links (none: links without a signature).
         """
         self._db = database
-        self._upload_base_url = upload_base_url.rstrip("/")
+        self.links = AttachmentLinks(upload_base_url, previews)
         self.files = files
-        self.previews = previews
         self._item_upsert = guarded_item_upsert(database.dialect)
         self._thread_upsert = owned_thread_upsert(database.dialect)
 
@@ -111,7 +110,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
 
     def set_upload_base_url(self, url: str) -> None:
         """Change the base URL of upload and preview URLs (known after start-up)."""
-        self._upload_base_url = url.rstrip("/")
+        self.links.default_base_url = url.rstrip("/")
 
     # -- ids -------------------------------------------------------------------
 
@@ -264,21 +263,12 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         rows, has_more = await self._item_rows(thread_id, after, limit, order, context)
         return Page(
             data=[
-                self._with_fresh_previews(decode_item(type_, data), context)
+                self.links.fresh_item(decode_item(type_, data), context)
                 for _id, type_, data in rows
             ],
             has_more=has_more,
             after=rows[-1][0] if rows else None,
         )
-
-    def _with_fresh_previews(self, item: ThreadItem, context: RequestContext) -> ThreadItem:
-        """A user message's image attachments with preview links that work now."""
-        if not isinstance(item, UserMessageItem) or not any(
-            isinstance(attachment, ImageAttachment) for attachment in item.attachments
-        ):
-            return item
-        fresh = [self.with_fresh_preview(attachment, context) for attachment in item.attachments]
-        return item.model_copy(update={"attachments": fresh})
 
     async def newest_items(
         self, thread_id: str, limit: int, context: RequestContext, *, page_size: int = 100
@@ -424,85 +414,22 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         is kept in ``metadata["size"]``.
         """
         attachment_id = self.generate_attachment_id(input.mime_type, context)
-        base = self.base_url(context)
-        descriptor = AttachmentUploadDescriptor(
-            url=AnyUrl(f"{base}/chatkit/attachments/{attachment_id}/upload"), method="POST"
-        )
-        return self.new_attachment(
+        return self.links.new_attachment(
             attachment_id,
             name=input.name,
             mime_type=input.mime_type,
             context=context,
-            upload_descriptor=descriptor,
+            upload_descriptor=self.links.upload_descriptor(attachment_id, context),
             metadata={"size": input.size},
         )
 
-    def new_attachment(
-        self,
-        attachment_id: str,
-        *,
-        name: str,
-        mime_type: str,
-        context: RequestContext,
-        upload_descriptor: AttachmentUploadDescriptor | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Attachment:
-        """A new attachment of ``context``'s user, as its type makes it.
-
-        ``image/*`` types give an ``ImageAttachment`` with a preview link,
-        others a ``FileAttachment``.
-        """
-        if mime_type.lower().startswith("image/"):
-            return ImageAttachment(
-                id=attachment_id,
-                name=name,
-                mime_type=mime_type,
-                upload_descriptor=upload_descriptor,
-                preview_url=AnyUrl(self.preview_url(attachment_id, context)),
-                metadata=metadata,
-            )
-        return FileAttachment(
-            id=attachment_id,
-            name=name,
-            mime_type=mime_type,
-            upload_descriptor=upload_descriptor,
-            metadata=metadata,
-        )
-
-    def base_url(self, context: RequestContext) -> str:
-        """The server's address as the request's browser sees it."""
-        return (context.base_url or self._upload_base_url).rstrip("/")
-
-    def preview_url(self, attachment_id: str, context: RequestContext) -> str:
-        """A fresh link to the preview of the caller's image attachment."""
-        base = self.base_url(context)
-        if self.previews is None:
-            return f"{base}/chatkit/attachments/{attachment_id}/preview"
-        return self.previews.url(base, attachment_id, context.user_id)
-
-    def with_fresh_preview(self, attachment: Attachment, context: RequestContext) -> Attachment:
-        """``attachment`` with a preview link that works now (links expire)."""
-        if not isinstance(attachment, ImageAttachment) or self.previews is None:
-            return attachment
-        url = AnyUrl(self.preview_url(attachment.id, context))
-        return attachment.model_copy(update={"preview_url": url})
-
     async def finish_upload(self, attachment: Attachment, context: RequestContext) -> None:
-        """Save an uploaded attachment's new metadata, if it still exists.
-
-        Unlike :meth:`save_attachment`, never inserts: an attachment deleted
-        while its bytes were arriving stays deleted.
+        """Save an uploaded attachment's new metadata, if it still exists (never inserts).
 
         Raises:
             NotFoundError: No such attachment for this user (any more).
         """
-        rows = await self._db.write_one(
-            sa.update(attachments)
-            .where(attachments.c.id == attachment.id, attachments.c.user_id == context.user_id)
-            .values(data=attachment.model_dump_json())
-            .returning(attachments.c.id)
-        )
-        if not rows:
+        if not await finish_upload(self._db, attachment, context):
             raise _attachment_not_found(attachment.id)
 
     async def save_attachment(self, attachment: Attachment, context: RequestContext) -> None:
@@ -542,7 +469,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         data = await self._owned_data(attachments, attachment_id, context)
         if data is None:
             raise _attachment_not_found(attachment_id)
-        return self.with_fresh_preview(_ATTACHMENT.validate_json(data), context)
+        return self.links.fresh(ATTACHMENT.validate_json(data), context)
 
     async def delete_attachment(self, attachment_id: str, context: RequestContext) -> None:
         """Delete the caller's attachment metadata; otherwise do nothing.
@@ -562,50 +489,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
     async def _delete_files(self, file_ids: Sequence[str]) -> None:
         if self.files is not None and file_ids:
             await self.files.delete(file_ids)
-
-    async def attachment_owner(self, attachment_id: str) -> tuple[str, Attachment] | None:
-        """Any user's attachment and its owner, for a signed preview link (which names no user)."""
-        async with self._db.read() as session:
-            row = (
-                await session.execute(
-                    sa.select(attachments.c.user_id, attachments.c.data).where(
-                        attachments.c.id == attachment_id
-                    )
-                )
-            ).one_or_none()
-        if row is None:
-            return None
-        return row.user_id, _ATTACHMENT.validate_json(row.data)
-
-    async def existing_attachment_ids(self, attachment_ids: Collection[str]) -> set[str]:
-        """Which of these ids name an attachment (of any user), for sweeping orphaned bytes."""
-        if not attachment_ids:
-            return set()
-        async with self._db.read() as session:
-            found = await session.scalars(
-                sa.select(attachments.c.id).where(attachments.c.id.in_(list(attachment_ids)))
-            )
-            return set(found.all())
-
-    async def sweep_unattached(self, *, older_than: datetime) -> int:
-        """Delete attachments (and bytes) created before ``older_than`` and never sent.
-
-        An attachment gets its thread when a message carrying it is saved;
-        one without a thread past the grace period was uploaded and abandoned.
-
-        Returns:
-            How many attachments were deleted.
-        """
-        rows = await self._db.write_one(
-            sa.delete(attachments)
-            .where(
-                attachments.c.thread_id.is_(None),
-                attachments.c.created_at < _column_time(older_than),
-            )
-            .returning(attachments.c.id)
-        )
-        await self._delete_files([row.id for row in rows])
-        return len(rows)
 
     async def count_attachments(self, *, since: int, context: RequestContext) -> int:
         """How many attachments the caller has created since ``since`` (Unix seconds)."""

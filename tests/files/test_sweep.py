@@ -110,7 +110,7 @@ async def test_the_sweep_deletes_unsent_uploads_after_the_grace_period(
     await age(store, sent, 7200)
     await age(store, abandoned, 7200)
 
-    await sweep_attachments(store, files, grace=3600)
+    await sweep_attachments(store.database, files, grace=3600)
 
     assert await gone(files, abandoned)
     with pytest.raises(NotFoundError):
@@ -126,9 +126,11 @@ async def test_the_sweep_deletes_old_bytes_that_name_no_attachment(
     kept = await uploaded(store, ALICE)
     await files.save("atc_orphan", one(b"left behind"))
 
-    await sweep_attachments(store, files, grace=3600)  # too young to be an orphan
+    await sweep_attachments(store.database, files, grace=3600)  # too young to be an orphan
     assert not await gone(files, "atc_orphan")
 
-    await sweep_attachments(store, files, grace=3600, now=time.time() + ORPHAN_SECONDS + 60)
+    await sweep_attachments(
+        store.database, files, grace=3600, now=time.time() + ORPHAN_SECONDS + 60
+    )
     assert await gone(files, "atc_orphan")
     assert not await gone(files, kept)

@@ -16,6 +16,7 @@ from chatkit_server.context import RequestContext, SessionLimits
 from chatkit_server.errors import RequestError
 from chatkit_server.http import uploads
 from chatkit_server.settings import Settings
+from chatkit_server.store.attachments import attachment_owner
 from chatkit_server.testing.client import ChatKitClient, user_input
 from tests.live import Live, LiveFactory
 
@@ -402,7 +403,7 @@ async def test_a_preview_link_signed_for_its_owner_only(
     async with start_live(signed_in) as live:
         async with httpx.AsyncClient(headers=bearer("alice")) as alice:
             image = await direct_png(live, alice)
-        owner, _ = await live.store.attachment_owner(image["id"]) or ("", None)
+        owner, _ = await attachment_owner(live.state.database, image["id"]) or ("", None)
         assert owner == "alice"
         url = httpx.URL(image["preview_url"])
         bobs_link = live.state.previews.url(live.url, image["id"], "bob")
