@@ -141,3 +141,11 @@ def test_client_tools_default_to_no_arguments(tmp_path: Path) -> None:
     loaded = _load(tmp_path, '[workflows.a]\nmodel = "m"\nclient_tools = [{ name = "ping" }]\n')
     [client] = loaded.workflows["a"].client_tools
     assert (client.description, client.parameters) == ("", {"type": "object", "properties": {}})
+
+
+def test_vision_is_off_unless_a_workflow_turns_it_on(tmp_path: Path) -> None:
+    loaded = _load(
+        tmp_path, '[workflows.text]\nmodel = "m"\n\n[workflows.eyes]\nmodel = "v"\nvision = true\n'
+    )
+    assert loaded.workflows["text"].vision is False
+    assert loaded.workflows["eyes"].vision is True
