@@ -58,7 +58,8 @@ class LocalFileStorage(FileStorage):
                 buffer += chunk
                 size += len(chunk)
                 if len(buffer) >= CHUNK_BYTES:
-                    await anyio.to_thread.run_sync(_write_all, fd, bytes(buffer))
+                    # No copy: the buffer is not touched until the write is done.
+                    await anyio.to_thread.run_sync(_write_all, fd, buffer)
                     buffer.clear()
             await anyio.to_thread.run_sync(_finish, fd, bytes(buffer), temporary, final)
         except BaseException:
@@ -109,7 +110,7 @@ class LocalFileStorage(FileStorage):
         return deleted
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

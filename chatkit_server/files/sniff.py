@@ -2,7 +2,9 @@
 
 Images and PDFs are told by their first bytes (their "magic numbers"); text
 by decoding as UTF-8 from the first byte to the last, as the bytes stream
-in, without NUL or other binary control characters. Anything else is
+in, without NUL anywhere or other binary control characters in its first
+kilobyte (checking those throughout would halve the upload speed; valid
+UTF-8 with a NUL-free body is text in practice). Anything else is
 ``application/octet-stream``.
 """
 
@@ -69,15 +71,18 @@ class Sniffer:
             except UnicodeDecodeError:
                 self._text = False
             else:
-                # bytes.translate with a delete table: the length changes iff
-                # some binary control byte is in the chunk (fast, in C).
-                if len(chunk.translate(None, _BINARY_CONTROLS)) != len(chunk):
-                    self._text = False
+                # NUL by memchr, at memory speed; UTF-16 text and most
+                # binary formats have it.
+                self._text = b"\x00" not in chunk
 
     @property
     def mime_type(self) -> str:
         """The upload's type by its bytes: an image or PDF type, ``text/plain``, or binary."""
         head = bytes(self._head)
+        if self._text and len(head.translate(None, _BINARY_CONTROLS)) != len(head):
+            # bytes.translate with a delete table: the length changes iff
+            # some binary control character is in the head.
+            self._text = False
         for magic, mime_type in _MAGIC:
             if head.startswith(magic):
                 return mime_type

@@ -29,6 +29,7 @@ def sniff(*chunks: bytes) -> str:
         (b"", "text/plain"),
         (b"MZ\x90\x00\x03\x00", "application/octet-stream"),
         (b"text with a NUL\x00", "application/octet-stream"),
+        (b"a bell \x07 early on", "application/octet-stream"),
         (b"\xc3\x28 invalid utf-8", "application/octet-stream"),
         (b"RIFF\x24\x00\x00\x00WAVEfmt ", "application/octet-stream"),
     ],
