@@ -1,21 +1,25 @@
 """The text of a PDF, through pypdf, bounded in pages and time.
 
-Extraction is CPU work in pure Python (a 200-page PDF takes seconds), so it
-runs in a worker thread, never on the event loop, and stops at a page limit
-and a deadline: a huge or hostile PDF costs a bounded amount, and the model
-is told that the text is partial.
+Extraction is CPU work in pure Python (a 200-page PDF takes seconds). In a
+thread it would hold the GIL against the event loop and slow every stream
+the process is answering; so it runs in a child process
+(:mod:`chatkit_server.files.pdf_worker`, run by path: it imports pypdf and
+nothing of the server), on another core, and stops at a page limit and a
+deadline. A page that takes too long on its own cannot be interrupted inside
+pypdf, but a process can: past the deadline it is killed. So a huge or
+hostile PDF costs a bounded amount, and the model is told when the text is
+partial.
 """
 
 from __future__ import annotations
 
-import io
-import time
+import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
-import anyio.to_thread
-from pypdf import PdfReader
-from pypdf.errors import PyPdfError
+import anyio
 
 __all__ = ["MAX_PDF_PAGES", "PDF_SECONDS", "PdfText", "UnreadablePdf", "pdf_text"]
 
@@ -23,10 +27,13 @@ MAX_PDF_PAGES: Final = 100
 """Pages read at most from one PDF."""
 PDF_SECONDS: Final = 10.0
 """Time spent at most extracting one PDF's text."""
+# Starting the interpreter and importing pypdf, on a busy machine.
+_START_SECONDS: Final = 5.0
+_WORKER: Final = Path(__file__).with_name("pdf_worker.py")
 
 
 class UnreadablePdf(Exception):
-    """The bytes are not a PDF pypdf can read (damaged, encrypted)."""
+    """The bytes are not a PDF pypdf can read (damaged, encrypted), or reading took too long."""
 
 
 @dataclass(frozen=True)
@@ -47,33 +54,27 @@ class PdfText:
 async def pdf_text(
     data: bytes, *, max_pages: int = MAX_PDF_PAGES, seconds: float = PDF_SECONDS
 ) -> PdfText:
-    """The text of the PDF ``data``, off the event loop, within ``max_pages`` and ``seconds``.
+    """The text of the PDF ``data``, in a child process, within ``max_pages`` and ``seconds``.
 
     Raises:
-        UnreadablePdf: pypdf cannot read it.
+        UnreadablePdf: pypdf cannot read it, or the child ran out of time.
     """
-    deadline = time.monotonic() + seconds
-    # A page that takes long on its own is not interrupted mid-page (pypdf has
-    # no hook for it); the wait for it is, and the thread ends with its page.
-    with anyio.fail_after(seconds + 1):
-        return await anyio.to_thread.run_sync(
-            _extract, data, max_pages, deadline, abandon_on_cancel=True
-        )
-
-
-def _extract(data: bytes, max_pages: int, deadline: float) -> PdfText:
+    # -I: the child sees neither PYTHONPATH nor the working directory, only
+    # this interpreter's installed packages (pypdf).
+    command = [sys.executable, "-I", str(_WORKER), str(max_pages), str(seconds)]
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise UnreadablePdf("the PDF is encrypted")
-        pages = len(reader.pages)
-        texts: list[str] = []
-        for page in reader.pages[:max_pages]:
-            if time.monotonic() > deadline:
-                break
-            texts.append(page.extract_text().strip())
-    except (PyPdfError, ValueError, KeyError, TypeError, RecursionError) as exc:
-        # pypdf reports damaged files through its own errors and, for some
-        # structures, plain Python ones.
-        raise UnreadablePdf(type(exc).__name__) from None
-    return PdfText(text="\n\n".join(texts), pages_read=len(texts), pages=pages)
+        with anyio.fail_after(seconds + _START_SECONDS):
+            done = await anyio.run_process(command, input=data, check=False)
+    except TimeoutError:  # run_process kills the child when cancelled
+        raise UnreadablePdf("reading the PDF took too long") from None
+    try:
+        outcome = json.loads(done.stdout)
+    except ValueError:
+        raise UnreadablePdf(f"the PDF reader failed (status {done.returncode})") from None
+    if "error" in outcome:
+        raise UnreadablePdf(str(outcome["error"]))
+    return PdfText(
+        text=str(outcome["text"]),
+        pages_read=int(outcome["pages_read"]),
+        pages=int(outcome["pages"]),
+    )
