@@ -460,3 +460,20 @@ async def test_database_storage_over_http(
         assert await live.state.files.read(created["id"]) == b"hello"
         assert preview.content == PNG
         assert stored_files(live) == []  # nothing on disk
+
+
+async def test_a_cross_origin_put_passes_the_preflight(
+    start_live: LiveFactory, live_settings: Settings
+) -> None:
+    settings = live_settings.with_changes(cors_origins=("http://app.example",))
+    async with start_live(settings) as live, httpx.AsyncClient() as http:
+        response = await http.options(
+            f"{live.url}/chatkit/attachments/atc_1/upload",
+            headers={
+                "Origin": "http://app.example",
+                "Access-Control-Request-Method": "PUT",
+                "Access-Control-Request-Headers": "authorization, chatkit-frame-instance-id",
+            },
+        )
+    assert response.status_code == 200
+    assert "PUT" in response.headers["access-control-allow-methods"]
