@@ -1,12 +1,15 @@
-"""Signed, expiring links to image previews, for the ChatKit iframe.
+"""Signed, expiring links to image previews and uploads, for the ChatKit iframe.
 
 The iframe that shows a message's images is another origin and sends no
-bearer header, so a preview URL carries its own proof: an HMAC of the
-attachment id, its owner and an expiry time, under a key only the server
-knows. Whoever has the link may see that one image until it expires; a link
-made for one attachment, or altered, opens nothing. Expiry times are rounded
-up to the hour, so the links of one thread stay the same (and cached) for a
-while across reloads, and links are made anew each time items are loaded.
+bearer header, and a two-phase upload URL is meant to work as a presigned
+one (ChatKit sends the bytes with the descriptor's headers, no more), so
+such a URL carries its own proof: an HMAC of what it does (``preview``,
+``upload``), the attachment id, its owner and an expiry time, under a key
+only the server knows. Whoever has the link may do that one thing to that
+one attachment until it expires; a link made for another attachment or
+action, or altered, opens nothing. Expiry times are rounded up to the hour,
+so the links of one thread stay the same (and cached) for a while across
+reloads, and links are made anew each time items are loaded.
 """
 
 from __future__ import annotations
@@ -42,21 +45,27 @@ class PreviewSigner:
         self._key = key
         self._seconds = seconds
 
-    def _signature(self, attachment_id: str, user_id: str, expires: int) -> str:
-        message = f"{attachment_id}\n{user_id}\n{expires}".encode()
+    def _signature(self, action: str, attachment_id: str, user_id: str, expires: int) -> str:
+        message = f"{action}\n{attachment_id}\n{user_id}\n{expires}".encode()
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def url(
-        self, base_url: str, attachment_id: str, user_id: str, *, now: float | None = None
+        self,
+        base_url: str,
+        attachment_id: str,
+        user_id: str,
+        *,
+        action: str = "preview",
+        now: float | None = None,
     ) -> str:
-        """The preview link of ``user_id``'s attachment on the server at ``base_url``."""
+        """The link to ``action`` (``preview``, ``upload``) ``user_id``'s attachment."""
         moment = time.time() if now is None else now
         expires = math.ceil((moment + self._seconds) / _ROUND_SECONDS) * _ROUND_SECONDS
-        signature = self._signature(attachment_id, user_id, expires)
+        signature = self._signature(action, attachment_id, user_id, expires)
         return (
-            f"{base_url.rstrip('/')}/chatkit/attachments/{quote(attachment_id, safe='')}/preview"
-            f"?expires={expires}&signature={signature}"
+            f"{base_url.rstrip('/')}/chatkit/attachments/{quote(attachment_id, safe='')}/"
+            f"{action}?expires={expires}&signature={signature}"
         )
 
     def verify(
@@ -66,12 +75,13 @@ class PreviewSigner:
         expires: str,
         signature: str,
         *,
+        action: str = "preview",
         now: float | None = None,
     ) -> bool:
-        """Whether a link's ``expires`` and ``signature`` open this attachment now."""
+        """Whether ``expires`` and ``signature`` allow ``action`` on this attachment now."""
         if not expires.isdigit() or len(expires) > 12:
             return False
         if int(expires) < (time.time() if now is None else now):
             return False
-        expected = self._signature(attachment_id, user_id, int(expires))
+        expected = self._signature(action, attachment_id, user_id, int(expires))
         return hmac.compare_digest(expected.encode(), signature.encode())

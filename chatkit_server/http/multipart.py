@@ -101,9 +101,7 @@ class MultipartFile:
         part.header_value.clear()
 
     def _on_headers_finished(self) -> None:
-        disposition, options = parse_options_header(
-            self._part.headers.get(b"content-disposition")
-        )
+        disposition, options = parse_options_header(self._part.headers.get(b"content-disposition"))
         if self._found or disposition != b"form-data":
             return
         if options.get(b"name") != FIELD_NAME.encode():

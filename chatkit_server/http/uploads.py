@@ -4,7 +4,11 @@
   two-phase upload (``uploadStrategy: {type: "two_phase"}``), at the URL
   ``attachments.create`` answered: multipart with a ``file`` field for
   ``POST``, the raw bytes for ``PUT``. The attachment is then saved again
-  without its ``upload_descriptor``: it is uploaded.
+  without its ``upload_descriptor``: it is uploaded. That URL is signed
+  (:mod:`chatkit_server.files.previews`) and works as a presigned one: it
+  needs no credential (ChatKit may send none) and any page may use it,
+  since only the attachment's owner was given it. Without the signature
+  the route signs in and checks the page's origin as ``/chatkit`` does.
 - ``POST /chatkit/attachments``: a direct upload (``uploadStrategy: {type:
   "direct", uploadUrl}``), multipart with a ``file`` field; creates the
   attachment and answers its JSON.
@@ -12,10 +16,11 @@
   (:mod:`chatkit_server.files.previews`); the ChatKit iframe loads it from
   another origin without credentials.
 
-Uploads sign in as ``/chatkit`` does, refuse foreign pages as it does, and
-name only the user's own attachments (another user's is a 404 exactly like
-a missing one). Bytes stream to storage with a running count: past the
-limit the answer is a 413 at once, and nothing is kept.
+Uploads sign in as ``/chatkit`` does (or carry a signed link), refuse
+foreign pages as it does, and name only the user's own attachments
+(another user's is a 404 exactly like a missing one). Bytes stream to
+storage with a running count: past the limit the answer is a 413 at once,
+and nothing is kept.
 """
 
 from __future__ import annotations
@@ -80,10 +85,14 @@ class _Refused(Exception):
         self.response = response
 
 
-def _limit(state: AppState, context: RequestContext) -> int:
+def _limit(state: AppState, context: RequestContext, attachment: Attachment | None = None) -> int:
+    """The server's size limit, tightened by the session's (now, or at the attachment's making)."""
     limit = state.settings.max_upload_bytes
     if context.limits.max_file_bytes is not None:
         limit = min(limit, context.limits.max_file_bytes)
+    made_with = (attachment.metadata or {}).get("max_bytes") if attachment else None
+    if isinstance(made_with, int):
+        limit = min(limit, made_with)
     return limit
 
 
@@ -128,14 +137,14 @@ def _clean_name(name: str | None) -> str:
     return name[:_MAX_NAME_CHARS] or "file"
 
 
-_Work = Callable[[Request, AppState, RequestContext], Awaitable[Response]]
+_Work = Callable[[Request, AppState], Awaitable[Response]]
 
 
 async def _answer(request: Request, work: _Work) -> Response:
-    """Sign the request in, run the route's ``work``, map every failure to a JSON answer."""
+    """Run the route's ``work``, mapping every failure to a JSON answer."""
     state = get_state(request)
     try:
-        return await work(request, state, await _signed_in(request, state))
+        return await work(request, state)
     except _Refused as refused:
         return refused.response
     except RequestError as exc:
@@ -163,14 +172,40 @@ async def direct_upload(request: Request) -> Response:
     return await _answer(request, _direct)
 
 
-async def _two_phase(request: Request, state: AppState, context: RequestContext) -> Response:
+async def _link_context(
+    request: Request, state: AppState, attachment_id: str
+) -> RequestContext | None:
+    """The owner's context when the request carries the signed upload link, else ``None``.
+
+    Raises:
+        NotFoundError: The link is signed, but not for this attachment (or expired).
+    """
+    expires = request.query_params.get("expires")
+    signature = request.query_params.get("signature")
+    if expires is None or signature is None:
+        return None
+    found = await attachment_owner(state.database, attachment_id)
+    if found is None or not state.previews.verify(
+        attachment_id, found[0], expires, signature, action="upload"
+    ):
+        raise NotFoundError("No such attachment.")
+    return RequestContext(
+        user_id=found[0], base_url=public_base_url(request, state.settings.public_url)
+    )
+
+
+async def _two_phase(request: Request, state: AppState) -> Response:
     attachment_id = check_file_id(request.path_params["attachment_id"])
+    context = await _link_context(request, state, attachment_id)
+    signed = context is not None
+    if context is None:
+        context = await _signed_in(request, state)
     attachment = await state.store.load_attachment(attachment_id, context)
     if attachment.upload_descriptor is None:
         raise RequestError(
             409, "This attachment is already uploaded; create a new one.", code="already_uploaded"
         )
-    limit = _limit(state, context)
+    limit = _limit(state, context, attachment)
     if request.method == "PUT":
         _refuse_large_body(request, limit)
         source: AsyncIterator[bytes] = request.stream()
@@ -196,10 +231,15 @@ async def _two_phase(request: Request, state: AppState, context: RequestContext)
         # Deleted while its bytes were arriving: it stays deleted.
         await state.files.delete([attachment_id])
         raise
-    return _attachment_json(uploaded)
+    response = _attachment_json(uploaded)
+    if signed:
+        # The link is the credential: the page that holds it may read the answer.
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
 
 
-async def _direct(request: Request, state: AppState, context: RequestContext) -> Response:
+async def _direct(request: Request, state: AppState) -> Response:
+    context = await _signed_in(request, state)
     limit = _limit(state, context)
     boundary = boundary_of(request.headers.get("content-type", ""))
     _refuse_large_body(request, limit + MULTIPART_OVERHEAD_BYTES)

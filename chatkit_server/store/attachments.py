@@ -36,6 +36,7 @@ __all__ = [
     "existing_attachment_ids",
     "finish_upload",
     "sweep_unattached",
+    "upload_metadata",
 ]
 
 # Building a TypeAdapter for the union costs milliseconds; do it once.
@@ -63,8 +64,16 @@ class AttachmentLinks:
     def upload_descriptor(
         self, attachment_id: str, context: RequestContext
     ) -> AttachmentUploadDescriptor:
-        """Where a two-phase upload sends the attachment's bytes."""
-        url = f"{self.base_url(context)}/chatkit/attachments/{attachment_id}/upload"
+        """Where a two-phase upload sends the attachment's bytes: a signed link.
+
+        Signed, so that it works as the presigned URL ChatKit expects: the
+        upload needs no credential of its own (one is accepted all the same).
+        """
+        base = self.base_url(context)
+        if self.previews is None:
+            url = f"{base}/chatkit/attachments/{attachment_id}/upload"
+        else:
+            url = self.previews.url(base, attachment_id, context.user_id, action="upload")
         return AttachmentUploadDescriptor(url=AnyUrl(url), method="POST")
 
     def preview_url(self, attachment_id: str, context: RequestContext) -> str:
@@ -182,3 +191,11 @@ async def sweep_unattached(database: Database, *, older_than: datetime) -> list[
         .returning(attachments.c.id)
     )
     return [row.id for row in rows]
+
+
+def upload_metadata(size: int, context: RequestContext) -> dict[str, Any]:
+    """The declared size, and the session's size limit: the upload may come without sign-in."""
+    metadata: dict[str, Any] = {"size": size}
+    if context.limits.max_file_bytes is not None:
+        metadata["max_bytes"] = context.limits.max_file_bytes
+    return metadata

@@ -45,6 +45,7 @@ from chatkit_server.store.attachments import (
     ATTACHMENT,
     AttachmentLinks,
     finish_upload,
+    upload_metadata,
 )
 from chatkit_server.store.database import Database, Statements
 from chatkit_server.store.feedback import FeedbackRecord, add_feedback, load_feedback
@@ -420,7 +421,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             mime_type=input.mime_type,
             context=context,
             upload_descriptor=self.links.upload_descriptor(attachment_id, context),
-            metadata={"size": input.size},
+            metadata=upload_metadata(input.size, context),
         )
 
     async def finish_upload(self, attachment: Attachment, context: RequestContext) -> None:

@@ -14,7 +14,6 @@ from chatkit.types import AttachmentCreateParams
 
 from chatkit_server.context import RequestContext, SessionLimits
 from chatkit_server.errors import RequestError
-from chatkit_server.http import uploads
 from chatkit_server.settings import Settings
 from chatkit_server.store.attachments import attachment_owner
 from chatkit_server.testing.client import ChatKitClient, user_input
@@ -50,7 +49,10 @@ async def test_two_phase_post_multipart_uploads_to_the_servers_real_port(live: L
     created = await create(live.client)
     descriptor = created["upload_descriptor"]
     # The URL follows the port uvicorn really bound, not a hard-coded one.
-    assert descriptor["url"] == f"{live.url}/chatkit/attachments/{created['id']}/upload"
+    assert descriptor["url"].startswith(
+        f"{live.url}/chatkit/attachments/{created['id']}/upload?expires="
+    )
+    assert "&signature=" in descriptor["url"]
     assert descriptor["method"] == "POST"
 
     async with httpx.AsyncClient() as http:
@@ -231,15 +233,19 @@ async def test_a_declared_length_over_the_limit_is_refused_before_reading(
         assert stored_files(live) == []
 
 
-async def test_a_sessions_file_limit_tightens_the_servers(
-    start_live: LiveFactory, live_settings: Settings
-) -> None:
-    async with start_live(live_settings) as live:
-        context = RequestContext(limits=SessionLimits(max_file_bytes=10))
-        attachment = await live.store.create_attachment(_params("a.txt", 5, "text/plain"), context)
-        await live.store.save_attachment(attachment, context)
-        # The upload's context comes from sign-in; here the limit is the session's.
-        assert uploads._limit(live.state, context) == 10
+async def test_a_sessions_file_limit_tightens_the_servers(live: Live) -> None:
+    # Made by a session that allows 10 bytes; uploaded through its signed link,
+    # which names no session: the limit travels with the attachment.
+    session = RequestContext(limits=SessionLimits(max_file_bytes=10), base_url=live.url)
+    attachment = await live.store.create_attachment(_params("a.txt", 5, "text/plain"), session)
+    await live.store.save_attachment(attachment, session)
+    assert attachment.upload_descriptor is not None
+    url = str(attachment.upload_descriptor.url)
+    async with httpx.AsyncClient() as http:
+        too_large = await http.put(url, content=b"x" * 11)
+        fits = await http.put(url, content=b"x" * 10)
+    assert too_large.status_code == 413
+    assert fits.status_code == 200
 
 
 def _params(name: str, size: int, mime_type: str) -> AttachmentCreateParams:
@@ -255,6 +261,10 @@ def signed_in(live_settings: Settings) -> Settings:
     return live_settings.with_changes(jwt_secret=SECRET, user_rate_limit=0)
 
 
+def unsigned(url: str) -> str:
+    return str(httpx.URL(url).copy_with(query=None))
+
+
 async def test_another_users_attachment_is_a_404_like_a_missing_one(
     start_live: LiveFactory, signed_in: Settings
 ) -> None:
@@ -262,19 +272,59 @@ async def test_another_users_attachment_is_a_404_like_a_missing_one(
         alice = ChatKitClient(live.url, headers=bearer("alice"))
         async with alice:
             created = await create(alice)
-        url = created["upload_descriptor"]["url"]
+        signed = created["upload_descriptor"]["url"]
+        url = unsigned(signed)
         missing = url.replace(created["id"], "atc_" + "0" * 32)
+        other = await live.store.create_attachment(
+            AttachmentCreateParams(name="b.txt", size=1, mime_type="text/plain"),
+            RequestContext(user_id="bob"),
+        )
+        # Bob's own signed link, pointed at alice's attachment.
+        bobs_link = httpx.URL(str(other.upload_descriptor.url) if other.upload_descriptor else "")
+        borrowed = httpx.URL(url).copy_merge_params(dict(bobs_link.params))
         async with httpx.AsyncClient(headers=bearer("bob")) as bob:
             foreign_post = await bob.post(url, files={"file": ("x.txt", b"bob", "text/plain")})
             foreign_put = await bob.put(url, content=b"bob")
             absent = await bob.put(missing, content=b"bob")
+            forged = await bob.put(borrowed, content=b"bob")
         async with httpx.AsyncClient() as anonymous:
-            unsigned = await anonymous.put(url, content=b"anyone")
+            unsigned_put = await anonymous.put(url, content=b"anyone")
+            tampered = await anonymous.put(signed[:-2] + "AA", content=b"anyone")
 
-        assert foreign_post.status_code == foreign_put.status_code == absent.status_code == 404
-        assert foreign_put.json() == absent.json() == foreign_post.json()
-        assert unsigned.status_code == 401
+        statuses = [r.status_code for r in (foreign_post, foreign_put, absent, forged, tampered)]
+        assert statuses == [404] * 5
+        assert len({r.text for r in (foreign_post, foreign_put, absent, forged, tampered)}) == 1
+        assert unsigned_put.status_code == 401
         assert stored_files(live) == []
+
+
+async def test_the_signed_upload_link_needs_no_credential(
+    start_live: LiveFactory, signed_in: Settings
+) -> None:
+    # As a presigned URL: ChatKit may send the bytes without the app's headers.
+    async with start_live(signed_in) as live:
+        async with ChatKitClient(live.url, headers=bearer("alice")) as alice:
+            created = await create(alice)
+        async with httpx.AsyncClient(headers={"Origin": "https://cdn.example"}) as iframe:
+            response = await iframe.post(
+                created["upload_descriptor"]["url"],
+                files={"file": ("notes.txt", b"hello", "text/plain")},
+            )
+        assert response.status_code == 200, response.text
+        assert response.headers["access-control-allow-origin"] == "*"
+        saved = await live.store.load_attachment(created["id"], RequestContext(user_id="alice"))
+        assert saved.upload_descriptor is None
+
+
+async def test_the_unsigned_upload_route_signs_in_like_chatkit(
+    start_live: LiveFactory, signed_in: Settings
+) -> None:
+    async with start_live(signed_in) as live:
+        async with ChatKitClient(live.url, headers=bearer("alice")) as alice:
+            created = await create(alice)
+        async with httpx.AsyncClient(headers=bearer("alice")) as http:
+            response = await http.put(unsigned(created["upload_descriptor"]["url"]), content=b"hi")
+        assert response.status_code == 200, response.text
 
 
 async def test_direct_upload_needs_sign_in(start_live: LiveFactory, signed_in: Settings) -> None:
@@ -289,7 +339,7 @@ async def test_direct_upload_needs_sign_in(start_live: LiveFactory, signed_in: S
 async def test_a_foreign_page_is_refused(live: Live) -> None:
     created = await create(live.client)
     async with httpx.AsyncClient(headers={"Origin": "https://evil.example"}) as http:
-        two_phase = await http.put(created["upload_descriptor"]["url"], content=b"x")
+        two_phase = await http.put(unsigned(created["upload_descriptor"]["url"]), content=b"x")
         direct = await http.post(
             f"{live.url}/chatkit/attachments", files={"file": ("a.txt", b"a", "text/plain")}
         )
