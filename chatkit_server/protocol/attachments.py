@@ -20,6 +20,7 @@ import logging
 from collections import OrderedDict
 from typing import Final
 
+import anyio.to_thread
 from chatkit.types import Attachment
 from openai.types.responses import (
     ResponseInputContentParam,
@@ -63,6 +64,10 @@ class _PdfCache:
 _PDF_TEXTS = _PdfCache()
 
 
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
 def _text(text: str) -> ResponseInputTextParam:
     return ResponseInputTextParam(type="input_text", text=text)
 
@@ -96,11 +101,14 @@ async def attachment_content(
             data = await files.read(attachment.id)
             if len(data) > MAX_IMAGE_BYTES:
                 return _text(f"[The user attached an image, {described}, too large to show.]")
-            url = f"data:{mime_type};base64,{base64.b64encode(data).decode()}"
+            # Megabytes of base64: encoded in a thread, not on the event loop.
+            encoded = await anyio.to_thread.run_sync(base64.b64encode, data)
+            url = f"data:{mime_type};base64,{encoded.decode()}"
             return ResponseInputImageParam(type="input_image", image_url=url, detail="auto")
         if is_text(mime_type):
             data = await files.read(attachment.id)
-            content, note = _cut(data.decode("utf-8", "replace"), max_chars)
+            text = await anyio.to_thread.run_sync(_decode, data)
+            content, note = _cut(text, max_chars)
             return _text(f"[The user attached the file {described}:]\n{content}{note}")
         if mime_type == PDF:
             known = _PDF_TEXTS.get(attachment.id)

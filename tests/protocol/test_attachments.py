@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+from chatkit.types import AttachmentUploadDescriptor, FileAttachment
+from pydantic import AnyUrl
 
+from chatkit_server.files import LocalFileStorage
+from chatkit_server.protocol.attachments import attachment_content
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import user_input
 from tests.files.pdfs import pdf_with_pages
@@ -112,3 +118,34 @@ async def test_older_attachments_leave_the_history_first(
     sent = " ".join(str(m["content"]) for m in fake_llm.backend.requests[-1].body["messages"])
     assert "new.txt" in sent
     assert "old.txt" not in sent
+
+
+def _file(mime_type: str, *, uploaded: bool = True) -> FileAttachment:
+    descriptor = (
+        None
+        if uploaded
+        else AttachmentUploadDescriptor(url=AnyUrl("http://h/chatkit/x"), method="POST")
+    )
+    return FileAttachment(id="atc_1", name="f", mime_type=mime_type, upload_descriptor=descriptor)
+
+
+async def _content(storage: LocalFileStorage, attachment: FileAttachment) -> str:
+    part = await attachment_content(attachment, storage, vision=True, max_chars=100)
+    assert part["type"] == "input_text"
+    return str(part["text"])
+
+
+async def test_what_the_model_is_told_when_content_is_missing(tmp_path: Path) -> None:
+    storage = LocalFileStorage(tmp_path)
+
+    assert "not available" in await _content(storage, _file("text/plain", uploaded=False))
+    assert "no longer available" in await _content(storage, _file("text/plain"))
+
+    async def one(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    await storage.save("atc_1", one(b"%PDF-1.4 damaged"))
+    assert "could not be read" in await _content(storage, _file("application/pdf"))
+    assert await _content(storage, _file("application/zip")) == (
+        "[The user attached a file: f (application/zip).]"
+    )
