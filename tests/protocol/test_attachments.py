@@ -149,3 +149,36 @@ async def test_what_the_model_is_told_when_content_is_missing(tmp_path: Path) ->
     assert await _content(storage, _file("application/zip")) == (
         "[The user attached a file: f (application/zip).]"
     )
+
+
+async def test_an_image_and_a_pdf_survive_a_restart(
+    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    settings = live_settings.with_changes(llm_vision=True)
+    async with start_live(settings) as live:
+        image = await upload(live, "chart.png", PNG, "image/png")
+        document = await upload(live, "report.pdf", pdf_with_pages("Revenue grew"), "x/unknown")
+        turn = await live.client.stream(
+            "threads.create", input=user_input("Summarize", attachments=[image, document])
+        )
+        assert not turn.errors
+
+    async with start_live(settings) as live:  # the same data dir and database
+        thread = await live.client.call("threads.get_by_id", thread_id=turn.thread_id)
+        message = thread["items"]["data"][0]
+        assert [a["name"] for a in message["attachments"]] == ["chart.png", "report.pdf"]
+        assert message["attachments"][1]["mime_type"] == "application/pdf"  # by its bytes
+        async with httpx.AsyncClient() as http:
+            preview = await http.get(message["attachments"][0]["preview_url"])
+        assert preview.content == PNG
+
+        await live.client.stream(
+            "threads.add_user_message",
+            thread_id=turn.thread_id,
+            input=user_input("And the chart?"),
+        )
+    first = [m for m in fake_llm.backend.requests[-1].body["messages"] if m["role"] == "user"][0]
+    parts = first["content"]
+    assert parts[0] == {"type": "text", "text": "Summarize"}
+    assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert "Revenue grew" in parts[2]["text"]
