@@ -1,9 +1,10 @@
 """An upload's bytes on their way to storage: counted, limited and sniffed.
 
 The storage reads the upload through :class:`IncomingFile`, which raises as
-soon as the size limit is passed, or after the last byte when the bytes are
-of a type the server does not take: either way before the storage made
-anything visible, so nothing is left behind.
+soon as the size limit is passed, and as soon as the bytes show a type the
+server does not take (an image or PDF header, a byte no text has; text is
+known only at the last byte): either way before the storage made anything
+visible, so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class IncomingFile:
         return self._sniffer.mime_type
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        checked = False
         async for chunk in self._source:
             self.size += len(chunk)
             if self.size > self._limit:
@@ -49,11 +51,17 @@ class IncomingFile:
                     code="too_large",
                 )
             self._sniffer.feed(chunk)
+            if not checked and (settled := self._sniffer.settled) is not None:
+                checked = True
+                self._refuse_unless_allowed(settled)
             yield chunk
-        if not allowed(self.mime_type, self._allowed):
+        self._refuse_unless_allowed(self.mime_type)
+
+    def _refuse_unless_allowed(self, mime_type: str) -> None:
+        if not allowed(mime_type, self._allowed):
             raise RequestError(
                 415,
-                f"Files of this type ({self.mime_type}) are not accepted; "
+                f"Files of this type ({mime_type}) are not accepted; "
                 f"this server takes {', '.join(self._allowed) or 'none'}.",
                 code="unsupported_file_type",
             )

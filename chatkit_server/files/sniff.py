@@ -76,6 +76,23 @@ class Sniffer:
                 self._text = b"\x00" not in chunk
 
     @property
+    def settled(self) -> str | None:
+        """The type, once the bytes so far decide it whatever follows; else ``None``.
+
+        An image or PDF header decides at once; so does a byte that no text
+        has. Only "text" needs the last byte.
+        """
+        head = bytes(self._head)
+        if len(head) >= 12 and any(head.startswith(magic) for magic, _ in _MAGIC):
+            return self.mime_type
+        if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return self.mime_type
+        # A PDF header may still come anywhere in the first kilobyte.
+        if not self._text and len(head) >= _HEAD_BYTES:
+            return self.mime_type
+        return None
+
+    @property
     def mime_type(self) -> str:
         """The upload's type by its bytes: an image or PDF type, ``text/plain``, or binary."""
         head = bytes(self._head)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
+from chatkit_server.errors import RequestError
 from chatkit_server.files import Sniffer, allowed, effective_mime_type
+from chatkit_server.files.receive import IncomingFile
 from chatkit_server.settings import DEFAULT_UPLOAD_TYPES
 
 
@@ -74,3 +78,40 @@ def test_allowed_types() -> None:
     assert not allowed("application/pdf", ("image/*",))
     assert allowed("application/octet-stream", ("application/octet-stream",))
     assert allowed("application/pdf", ("*/*",))
+
+
+@pytest.mark.parametrize(
+    ("chunks", "settled"),
+    [
+        ([b"\x89PNG\r\n\x1a\n\x00\x00\x00\r"], "image/png"),
+        ([b"\x89PNG"], None),  # too short to tell yet
+        ([b"plain text so far " * 100], None),  # text needs the last byte
+        ([b"\x00" * 2000], "application/octet-stream"),
+        ([b"\x00" * 10], None),  # a PDF header may follow within the first kilobyte
+        ([b"\x00" * 10, b"%PDF-1.7" + b"\x00" * 2000], "application/pdf"),
+    ],
+)
+def test_a_type_is_settled_as_soon_as_the_bytes_decide_it(
+    chunks: list[bytes], settled: str | None
+) -> None:
+    sniffer = Sniffer()
+    for chunk in chunks:
+        sniffer.feed(chunk)
+    assert sniffer.settled == settled
+
+
+async def test_a_refused_type_is_cut_at_its_first_bytes() -> None:
+    read = 0
+
+    async def source() -> AsyncIterator[bytes]:
+        nonlocal read
+        for _ in range(100):
+            read += 1
+            yield b"\x89PNG\r\n\x1a\n" + b"\x00" * 4088
+
+    incoming = IncomingFile(source(), limit=10**9, allowed_types=("text/plain",))
+    with pytest.raises(RequestError) as refused:
+        async for _ in incoming:
+            pass
+    assert refused.value.status_code == 415
+    assert read == 1
