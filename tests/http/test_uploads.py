@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
 import jwt
 import pytest
+import sqlalchemy as sa
 from chatkit.types import AttachmentCreateParams
 
 from chatkit_server.context import RequestContext, SessionLimits
-from chatkit_server.errors import RequestError
+from chatkit_server.errors import NotFoundError, RequestError
 from chatkit_server.settings import Settings
 from chatkit_server.store.attachments import attachment_owner
+from chatkit_server.store.tables import attachments
 from chatkit_server.testing.client import ChatKitClient, user_input
 from tests.live import Live, LiveFactory
 
@@ -527,3 +530,27 @@ async def test_a_cross_origin_put_passes_the_preflight(
         )
     assert response.status_code == 200
     assert "PUT" in response.headers["access-control-allow-methods"]
+
+
+async def test_an_upload_never_sent_is_swept_on_start(
+    start_live: LiveFactory, live_settings: Settings
+) -> None:
+    settings = live_settings.with_changes(upload_grace=3600)
+    async with start_live(settings) as live, httpx.AsyncClient() as http:
+        image = await direct_png(live, http)
+        async with live.state.database.write() as session:
+            await session.execute(
+                sa.update(attachments)
+                .where(attachments.c.id == image["id"])
+                .values(created_at=datetime(2000, 1, 1))
+            )
+        assert stored_files(live) == [image["id"]]
+
+    async with start_live(settings) as live:
+        for _ in range(100):  # the sweep runs in the background, at once
+            if not stored_files(live):
+                break
+            await asyncio.sleep(0.05)
+        assert stored_files(live) == []
+        with pytest.raises(NotFoundError):
+            await live.store.load_attachment(image["id"], _local())
