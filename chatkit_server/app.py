@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from chatkit_server.files import FileStorage, LocalFileStorage, PreviewSigner
+from chatkit_server.files import FileStorage, LinkSigner, LocalFileStorage
 from chatkit_server.files.database import DatabaseFileStorage
 from chatkit_server.files.sweep import sweep_attachments
 from chatkit_server.http.auth import Authenticator
@@ -114,8 +114,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
             files = _file_storage(settings, database)
             # No secret to configure: made once, kept in the database, the
             # same for every worker process and replica.
-            previews = PreviewSigner(await server_key(database, "previews"))
-            store = SQLStore(database, files=files, previews=previews)
+            signer = LinkSigner(await server_key(database, "links"))
+            store = SQLStore(database, files=files, signer=signer)
             usage = UsageStore(database)
             gate = RequestGate(database)
             sessions = (
@@ -137,7 +137,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
                 gate=gate,
                 sessions=sessions,
                 files=files,
-                previews=previews,
+                signer=signer,
             )
             upkeep = asyncio.create_task(
                 run_upkeep(

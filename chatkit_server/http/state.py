@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from chatkit_server.files import FileStorage, PreviewSigner
+from chatkit_server.files import FileStorage, LinkSigner
 from chatkit_server.http.auth import Authenticator
 from chatkit_server.llm.backends import BackendRegistry
 from chatkit_server.protocol.server import ChatKitApp
@@ -31,7 +31,7 @@ class AppState:
     gate: RequestGate
     sessions: SessionStore | None
     files: FileStorage
-    previews: PreviewSigner
+    signer: LinkSigner
 
 
 def get_state(request: Request) -> AppState:

@@ -5,7 +5,7 @@
   ``attachments.create`` answered: multipart with a ``file`` field for
   ``POST``, the raw bytes for ``PUT``. The attachment is then saved again
   without its ``upload_descriptor``: it is uploaded. That URL is signed
-  (:mod:`chatkit_server.files.previews`) and works as a presigned one: it
+  (:mod:`chatkit_server.files.links`) and works as a presigned one: it
   needs no credential (ChatKit may send none) and any page may use it,
   since only the attachment's owner was given it. Without the signature
   the route signs in and checks the page's origin as ``/chatkit`` does.
@@ -13,7 +13,7 @@
   "direct", uploadUrl}``), multipart with a ``file`` field; creates the
   attachment and answers its JSON.
 - ``GET /chatkit/attachments/{id}/preview``: an image, for a signed link
-  (:mod:`chatkit_server.files.previews`); the ChatKit iframe loads it from
+  (:mod:`chatkit_server.files.links`); the ChatKit iframe loads it from
   another origin without credentials.
 
 Uploads sign in as ``/chatkit`` does (or carry a signed link), refuse
@@ -185,7 +185,7 @@ async def _link_context(
     if expires is None or signature is None:
         return None
     found = await attachment_owner(state.database, attachment_id)
-    if found is None or not state.previews.verify(
+    if found is None or not state.signer.verify(
         attachment_id, found[0], expires, signature, action="upload"
     ):
         raise NotFoundError("No such attachment.")
@@ -291,7 +291,7 @@ async def preview(request: Request) -> Response:
             return not_found
         owner, attachment = found
         if (
-            not state.previews.verify(attachment_id, owner, expires, signature)
+            not state.signer.verify(attachment_id, owner, expires, signature)
             or attachment.upload_descriptor is not None
             or not is_image(attachment.mime_type)
         ):

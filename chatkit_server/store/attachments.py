@@ -25,7 +25,7 @@ from chatkit.types import (
 from pydantic import AnyUrl, TypeAdapter
 
 from chatkit_server.context import RequestContext
-from chatkit_server.files.previews import PreviewSigner
+from chatkit_server.files.links import LinkSigner
 from chatkit_server.store.database import Database
 from chatkit_server.store.tables import attachments
 
@@ -49,13 +49,13 @@ class AttachmentLinks:
     Args:
         base_url: The server's address when a request's context does not say
             how the browser reached it.
-        previews: Signs preview links (none: links without a signature, which
+        signer: Signs upload and preview links (none: links without a signature, which
             the preview route refuses).
     """
 
-    def __init__(self, base_url: str, previews: PreviewSigner | None) -> None:
+    def __init__(self, base_url: str, signer: LinkSigner | None) -> None:
         self.default_base_url = base_url.rstrip("/")
-        self.previews = previews
+        self.signer = signer
 
     def base_url(self, context: RequestContext) -> str:
         """The server's address as the request's browser sees it."""
@@ -70,18 +70,18 @@ class AttachmentLinks:
         upload needs no credential of its own (one is accepted all the same).
         """
         base = self.base_url(context)
-        if self.previews is None:
+        if self.signer is None:
             url = f"{base}/chatkit/attachments/{attachment_id}/upload"
         else:
-            url = self.previews.url(base, attachment_id, context.user_id, action="upload")
+            url = self.signer.url(base, attachment_id, context.user_id, action="upload")
         return AttachmentUploadDescriptor(url=AnyUrl(url), method="POST")
 
     def preview_url(self, attachment_id: str, context: RequestContext) -> str:
         """A fresh link to the preview of the caller's image attachment."""
         base = self.base_url(context)
-        if self.previews is None:
+        if self.signer is None:
             return f"{base}/chatkit/attachments/{attachment_id}/preview"
-        return self.previews.url(base, attachment_id, context.user_id)
+        return self.signer.url(base, attachment_id, context.user_id)
 
     def new_attachment(
         self,
@@ -117,7 +117,7 @@ class AttachmentLinks:
 
     def fresh(self, attachment: Attachment, context: RequestContext) -> Attachment:
         """``attachment`` with a preview link that works now (links expire)."""
-        if not isinstance(attachment, ImageAttachment) or self.previews is None:
+        if not isinstance(attachment, ImageAttachment) or self.signer is None:
             return attachment
         url = AnyUrl(self.preview_url(attachment.id, context))
         return attachment.model_copy(update={"preview_url": url})

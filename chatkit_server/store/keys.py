@@ -1,7 +1,7 @@
 """Keys the server makes for itself, kept in the database.
 
 When the operator configured no secret for something that needs one (the
-links to image previews), the first process to ask makes a random key and
+links to uploads and image previews), the first process to ask makes a random key and
 stores it; every other worker process and replica on the same database reads
 the same one, and it survives restarts.
 """

@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import NotFoundError
-from chatkit_server.files.previews import PreviewSigner
+from chatkit_server.files.links import LinkSigner
 from chatkit_server.files.storage import FileStorage
 from chatkit_server.store.attachments import (
     ATTACHMENT,
@@ -87,7 +87,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         *,
         upload_base_url: str = DEFAULT_UPLOAD_BASE_URL,
         files: FileStorage | None = None,
-        previews: PreviewSigner | None = None,
+        signer: LinkSigner | None = None,
     ) -> None:
         """Create a store.
 
@@ -96,10 +96,10 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             upload_base_url: Base URL of this server for upload and preview
                 URLs when a request's context does not say how it was addressed.
             files: Where attachment bytes are kept (none: nothing to delete).
-            previews: Signs image preview links (none: links without a signature).
+            signer: Signs upload and preview links (none: links without a signature).
         """
         self._db = database
-        self.links = AttachmentLinks(upload_base_url, previews)
+        self.links = AttachmentLinks(upload_base_url, signer)
         self.files = files
         self._item_upsert = guarded_item_upsert(database.dialect)
         self._thread_upsert = owned_thread_upsert(database.dialect)

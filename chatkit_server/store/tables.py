@@ -130,7 +130,7 @@ attachment_chunks = sa.Table(
 )
 
 # Secrets the server makes for itself when the operator configured none
-# (e.g. the key that signs attachment preview links), shared by every
+# (e.g. the key that signs attachment upload and preview links), shared by every
 # worker process and replica on the database.
 server_keys = sa.Table(
     "server_keys",

@@ -459,7 +459,7 @@ async def test_a_preview_link_signed_for_its_owner_only(
         owner, _ = await attachment_owner(live.state.database, image["id"]) or ("", None)
         assert owner == "alice"
         url = httpx.URL(image["preview_url"])
-        bobs_link = live.state.previews.url(live.url, image["id"], "bob")
+        bobs_link = live.state.signer.url(live.url, image["id"], "bob")
         async with httpx.AsyncClient() as anyone:
             assert (await anyone.get(url)).status_code == 200
             assert (await anyone.get(bobs_link)).status_code == 404

@@ -22,15 +22,15 @@ import time
 from typing import Final
 from urllib.parse import quote
 
-__all__ = ["PREVIEW_SECONDS", "PreviewSigner"]
+__all__ = ["LINK_SECONDS", "LinkSigner"]
 
-PREVIEW_SECONDS: Final = 24 * 3600
+LINK_SECONDS: Final = 24 * 3600
 """How long a preview link works at least (it is renewed whenever items load)."""
 
 _ROUND_SECONDS: Final = 3600
 
 
-class PreviewSigner:
+class LinkSigner:
     """Makes and checks preview links.
 
     Args:
@@ -39,7 +39,7 @@ class PreviewSigner:
         seconds: How long a link works at least.
     """
 
-    def __init__(self, key: bytes, *, seconds: int = PREVIEW_SECONDS) -> None:
+    def __init__(self, key: bytes, *, seconds: int = LINK_SECONDS) -> None:
         if len(key) < 32:
             raise ValueError("a preview signing key needs at least 32 bytes")
         self._key = key
