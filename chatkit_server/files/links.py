@@ -25,13 +25,13 @@ from urllib.parse import quote
 __all__ = ["LINK_SECONDS", "LinkSigner"]
 
 LINK_SECONDS: Final = 24 * 3600
-"""How long a preview link works at least (it is renewed whenever items load)."""
+"""How long a link works at least (a preview link is renewed whenever items load)."""
 
 _ROUND_SECONDS: Final = 3600
 
 
 class LinkSigner:
-    """Makes and checks preview links.
+    """Makes and checks signed links.
 
     Args:
         key: The signing key (at least 32 bytes); every process serving the
@@ -41,7 +41,7 @@ class LinkSigner:
 
     def __init__(self, key: bytes, *, seconds: int = LINK_SECONDS) -> None:
         if len(key) < 32:
-            raise ValueError("a preview signing key needs at least 32 bytes")
+            raise ValueError("a link signing key needs at least 32 bytes")
         self._key = key
         self._seconds = seconds
 
