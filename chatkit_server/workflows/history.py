@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents import TResponseInputItem
-from chatkit.types import AssistantMessageItem, ThreadItem, UserMessageItem
+from chatkit.types import AssistantMessageItem, Attachment, ThreadItem, UserMessageItem
 
 __all__ = [
+    "ATTACHMENT_TOKENS",
     "CHARS_PER_TOKEN",
     "HISTORY_CACHE_SIZE",
     "IMAGE_TOKENS",
@@ -39,6 +40,8 @@ MESSAGE_OVERHEAD_TOKENS = 4
 # What one image costs a vision model, roughly (a 1024 x 1024 image at
 # OpenAI's high detail is 765 tokens; local vision models use 256 to 1500).
 IMAGE_TOKENS = 1000
+# The most an attachment counts when history is loaded, before its content is read.
+ATTACHMENT_TOKENS = IMAGE_TOKENS
 HISTORY_CACHE_SIZE = 4096
 """Stored items a :class:`HistoryCache` keeps decoded and converted (a few MB)."""
 
@@ -56,8 +59,22 @@ def estimate_item_tokens(item: ThreadItem) -> int:
     """
     if isinstance(item, (UserMessageItem, AssistantMessageItem)):
         chars = sum(len(getattr(part, "text", "")) for part in item.content)
-        return math.ceil(chars / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
+        tokens = math.ceil(chars / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
+        if isinstance(item, UserMessageItem):
+            # An attachment's content is read only when converted. Counted by
+            # its size (an image's worth at most), loading stops before it
+            # reads a thread's every attachment (megabytes each) for a budget
+            # that a few of them fill.
+            tokens += sum(map(_attachment_tokens, item.attachments))
+        return tokens
     return estimate_tokens(item.model_dump_json()) + MESSAGE_OVERHEAD_TOKENS
+
+
+def _attachment_tokens(attachment: Attachment) -> int:
+    size = (attachment.metadata or {}).get("size")
+    if not isinstance(size, int) or size < 0:
+        return ATTACHMENT_TOKENS
+    return min(ATTACHMENT_TOKENS, math.ceil(size / CHARS_PER_TOKEN))
 
 
 def _item_tokens(item: TResponseInputItem) -> int:
