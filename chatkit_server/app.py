@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +17,9 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from chatkit_server.files import FileStorage, LinkSigner, LocalFileStorage
+from chatkit_server.files.database import DatabaseFileStorage
+from chatkit_server.files.sweep import sweep_attachments
 from chatkit_server.http.auth import Authenticator
 from chatkit_server.http.chatkit import chatkit_endpoint
 from chatkit_server.http.console import console_routes
@@ -23,6 +27,7 @@ from chatkit_server.http.errors import http_exception_response, internal_error_r
 from chatkit_server.http.health import healthz
 from chatkit_server.http.rest import rest_routes
 from chatkit_server.http.state import AppState
+from chatkit_server.http.uploads import upload_routes
 from chatkit_server.http.workflows import list_workflows
 from chatkit_server.llm.backends import BackendRegistry
 from chatkit_server.llm.local_model import no_backend_message
@@ -30,17 +35,20 @@ from chatkit_server.protocol.server import ChatKitApp
 from chatkit_server.settings import Settings
 from chatkit_server.store import Database, SQLStore, UsageStore, upgrade_async
 from chatkit_server.store.gate import RequestGate
+from chatkit_server.store.keys import server_key
 from chatkit_server.store.sessions import SessionStore, secret_key
 from chatkit_server.store.upkeep import run_upkeep
 from chatkit_server.workflows.registry import WorkflowRegistry
 
-__all__ = ["CORS_ALLOW_HEADERS", "create_app"]
+__all__ = ["CORS_ALLOW_HEADERS", "CORS_ALLOW_METHODS", "create_app"]
 
 logger = logging.getLogger(__name__)
 
 # The ChatKit web component sends chatkit-frame-instance-id on every request,
 # so a cross-origin preflight that does not allow it fails in the browser.
 CORS_ALLOW_HEADERS = ["authorization", "content-type", "chatkit-frame-instance-id"]
+# PUT: the two-phase upload of raw bytes.
+CORS_ALLOW_METHODS = ["GET", "POST", "PUT", "DELETE", "OPTIONS"]
 
 
 _LoopHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
@@ -68,6 +76,12 @@ def _quiet_stopped_merges(previous: _LoopHandler | None) -> _LoopHandler:
             loop.default_exception_handler(context)
 
     return handle
+
+
+def _file_storage(settings: Settings, database: Database) -> FileStorage:
+    if settings.attachment_storage == "database":
+        return DatabaseFileStorage(database)
+    return LocalFileStorage(settings.attachments_dir)
 
 
 def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Starlette:
@@ -98,7 +112,11 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         loop.set_exception_handler(_quiet_stopped_merges(previous_handler))
         try:
             workflows = WorkflowRegistry.from_settings(settings, backends)
-            store = SQLStore(database)
+            files = _file_storage(settings, database)
+            # No secret to configure: made once, kept in the database, the
+            # same for every worker process and replica.
+            signer = LinkSigner(await server_key(database, "links"))
+            store = SQLStore(database, files=files, signer=signer)
             usage = UsageStore(database)
             gate = RequestGate(database)
             sessions = (
@@ -119,8 +137,19 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
                 auth=auth,
                 gate=gate,
                 sessions=sessions,
+                files=files,
+                signer=signer,
             )
-            upkeep = asyncio.create_task(run_upkeep(gate, sessions), name="chatkit-upkeep")
+            upkeep = asyncio.create_task(
+                run_upkeep(
+                    gate,
+                    sessions,
+                    functools.partial(
+                        sweep_attachments, database, files, grace=settings.upload_grace
+                    ),
+                ),
+                name="chatkit-upkeep",
+            )
             if auth.enabled:
                 logger.info("sign-in required on /chatkit: %s", ", ".join(auth.modes))
             else:
@@ -150,7 +179,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_methods=CORS_ALLOW_METHODS,
                 allow_headers=CORS_ALLOW_HEADERS,
                 max_age=600,
             )
@@ -159,6 +188,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         Route("/chatkit", chatkit_endpoint, methods=["POST"]),
         Route("/chatkit/workflows", list_workflows, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        *upload_routes(),
         *rest_routes(),
         *(console_routes() if settings.console else []),
     ]

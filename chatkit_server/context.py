@@ -66,6 +66,9 @@ class RequestContext:
             before the request runs, to lease the thread from its start).
         pace: Links the request's answer to its client's reading speed
             (see :mod:`chatkit_server.pace`); one per request.
+        base_url: This server's address as the requesting browser sees it
+            (``CHATKIT_PUBLIC_URL``, else the request's own scheme, host and
+            port): upload and preview links are built on it.
     """
 
     user_id: str = LOCAL_USER
@@ -78,3 +81,4 @@ class RequestContext:
     tracing: bool = True
     new_thread_id: str | None = None
     pace: Pace = field(default_factory=Pace, compare=False, repr=False)
+    base_url: str | None = None

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -36,6 +37,8 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_TITLE_CHARS",
     "DEFAULT_MAX_UPLOAD_BYTES",
+    "DEFAULT_UPLOAD_GRACE",
+    "DEFAULT_UPLOAD_TYPES",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_STREAM_STALL_TIMEOUT",
     "DEFAULT_TRANSCRIBE_MAX_BYTES",
@@ -44,6 +47,7 @@ __all__ = [
     "DEFAULT_USER_RATE_LIMIT",
     "DATABASE_VARIABLES",
     "ENVIRONMENT_HELP",
+    "AttachmentStorage",
     "LLMApi",
     "LocalModelMode",
     "Settings",
@@ -54,6 +58,9 @@ __all__ = [
 LLMApi = Literal["chat_completions", "responses"]
 # auto: with no backend configured, `serve` runs the bundled local model when installed.
 LocalModelMode = Literal["auto", "off"]
+# Where attachment bytes live: a directory under the data dir, or the database
+# (for several replicas on one PostgreSQL, where no directory is shared).
+AttachmentStorage = Literal["local", "database"]
 
 DEFAULT_DATA_DIR = Path(".chatkit")
 DEFAULT_LLM_MODEL = "default"
@@ -74,6 +81,19 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_TITLE_CHARS = 200
 DEFAULT_MAX_ATTACHMENTS = 10
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# What an upload may be, by what its bytes are (not what the client says):
+# text/plain stands for any UTF-8 text (csv, json, markdown, source code).
+DEFAULT_UPLOAD_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "application/pdf",
+    "text/plain",
+)
+# An upload never attached to a message is deleted after this many seconds:
+# long enough for a user to finish writing the message it was meant for.
+DEFAULT_UPLOAD_GRACE = 24 * 3600
 DEFAULT_HISTORY_ITEMS = 200
 # An answer ends (with a notice, what came so far saved) past these: a backend
 # that never stops must not stream forever or store megabytes in one message.
@@ -155,6 +175,18 @@ environment:
   CHATKIT_KEEPALIVE_TIMEOUT   seconds an idle keep-alive connection stays open (default 5)
   CHATKIT_MAX_CONNECTIONS     open connections (and requests) per process; past it, 503
                               (default: what the open-files limit allows)
+  CHATKIT_UPLOAD_TYPES        comma-separated types an upload's bytes may be (image/png,
+                              image/jpeg, image/gif, image/webp, application/pdf, text/plain =
+                              any UTF-8 text, application/octet-stream = anything; image/* works;
+                              default: all but application/octet-stream)
+  CHATKIT_ATTACHMENT_STORAGE  where attachment bytes live: local (default: the data dir's
+                              attachments/ directory) or database (shared by every replica)
+  CHATKIT_UPLOAD_GRACE        seconds an upload may stay unattached to a message before it is
+                              deleted (default 86400)
+  CHATKIT_PUBLIC_URL          the server's address as browsers see it, e.g. https://chat.example.com
+                              behind a proxy (default: the address each request was sent to)
+  CHATKIT_LLM_VISION          on: the default workflow's model is sent image attachments
+                              (default off: it is told their names)
   CHATKIT_HISTORY_ITEMS       most recent thread items sent to the model (default 200)
   CHATKIT_HISTORY_TOKENS      token budget for instructions + history (default 3000)
   CHATKIT_LLM_CONTEXT_TOKENS  context size of the backend's model, in tokens: history is cut to
@@ -244,6 +276,11 @@ class Settings:
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_connections: int | None = None
+    upload_types: tuple[str, ...] = DEFAULT_UPLOAD_TYPES
+    attachment_storage: AttachmentStorage = "local"
+    upload_grace: int = DEFAULT_UPLOAD_GRACE
+    public_url: str | None = None
+    llm_vision: bool = False
     history_items: int = DEFAULT_HISTORY_ITEMS
     history_tokens: int = DEFAULT_HISTORY_TOKENS
     tracing: bool = False
@@ -263,6 +300,11 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'chatkit.db').as_posix()}"
+
+    @property
+    def attachments_dir(self) -> Path:
+        """Where the local attachment storage keeps its files."""
+        return self.data_dir / "attachments"
 
     @property
     def sign_in_modes(self) -> tuple[str, ...]:
@@ -391,6 +433,12 @@ class Settings:
                 "e.g. X-Forwarded-User",
             )
 
+        storage = (get("CHATKIT_ATTACHMENT_STORAGE") or "local").lower()
+        if storage not in ("local", "database"):
+            raise SettingsError(
+                "CHATKIT_ATTACHMENT_STORAGE", f"expected 'local' or 'database', got {storage!r}"
+            )
+
         return cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -446,6 +494,11 @@ class Settings:
                 env, "CHATKIT_KEEPALIVE_TIMEOUT", DEFAULT_KEEPALIVE_TIMEOUT
             ),
             max_connections=_optional_int(env, "CHATKIT_MAX_CONNECTIONS", minimum=1),
+            upload_types=_upload_types(get("CHATKIT_UPLOAD_TYPES")),
+            attachment_storage=storage,  # type: ignore[arg-type]  # checked above
+            upload_grace=_int(env, "CHATKIT_UPLOAD_GRACE", DEFAULT_UPLOAD_GRACE, minimum=60),
+            public_url=_public_url(get("CHATKIT_PUBLIC_URL")),
+            llm_vision=_bool(env, "CHATKIT_LLM_VISION", default=False),
             history_items=_int(env, "CHATKIT_HISTORY_ITEMS", DEFAULT_HISTORY_ITEMS, minimum=1),
             history_tokens=_int(env, "CHATKIT_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS, minimum=100),
             tracing=_bool(env, "CHATKIT_TRACING", default=False),
@@ -517,6 +570,43 @@ def _pem_file(path: str | None) -> str | None:
             "or an EC P-256 one (ES256)",
         )
     return text
+
+
+# The types the sniffer tells apart (chatkit_server.files.sniff), and the
+# wildcards an operator may write for them.
+_UPLOAD_TYPES = (*DEFAULT_UPLOAD_TYPES, "application/octet-stream")
+_UPLOAD_WILDCARDS = ("image/*", "*/*")
+
+
+def _upload_types(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return DEFAULT_UPLOAD_TYPES
+    types: list[str] = []
+    for part in value.split(","):
+        kind = part.strip().lower()
+        if not kind:
+            continue
+        if kind not in _UPLOAD_TYPES and kind not in _UPLOAD_WILDCARDS:
+            raise SettingsError(
+                "CHATKIT_UPLOAD_TYPES",
+                f"unknown type {kind!r}; expected some of {', '.join(_UPLOAD_TYPES)}, "
+                "image/* or */*",
+            )
+        types.append(kind)
+    return tuple(types)
+
+
+def _public_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise SettingsError(
+            "CHATKIT_PUBLIC_URL",
+            f"expected the server's address as browsers see it, e.g. https://chat.example.com, "
+            f"got {value!r}",
+        )
+    return value.rstrip("/")
 
 
 # RFC 9110 section 5.1: a field name is a token.

@@ -9,6 +9,7 @@ lines run in a scratch directory, on a free port instead of 8000.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import httpx
 from chatkit_server.testing.fake_backend import FakeBackend, Reply
 from chatkit_server.testing.live import ServerThread
 from chatkit_server.testing.recorder import Recorder
+from tests.live import Live
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -216,3 +218,22 @@ def test_the_readme_rest_api_walkthrough_runs(tmp_path: Path) -> None:
     threads, usage = answers
     assert [thread["user"] for thread in threads["data"]] == ["alice"]
     assert [(row["user"], row["answers"]) for row in usage["data"]] == [("alice", 1)]
+
+
+async def test_the_readme_attachment_commands_run(tmp_path: Path, live: Live) -> None:
+    [commands] = _blocks(_section("Attachments"), "sh")
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        commands.replace("http://127.0.0.1:8000", live.url),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    direct, two_phase = json.loads("[" + stdout.decode().replace("}{", "},{") + "]")
+    for attachment in (direct, two_phase):
+        assert attachment["name"] == "notes.txt"
+        assert "upload_descriptor" not in attachment
+        assert await live.state.files.read(attachment["id"]) == b"Ship the release on Friday.\n"

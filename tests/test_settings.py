@@ -74,6 +74,12 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ("CHATKIT_WORKFLOWS", "/nonexistent/workflows.toml", "no such file"),
         ("CHATKIT_TRACING", "maybe", "true/false"),
         ("CHATKIT_LOG_LEVEL", "loud", "debug"),
+        ("CHATKIT_UPLOAD_TYPES", "image/png,image/svg+xml", "'image/svg+xml'"),
+        ("CHATKIT_ATTACHMENT_STORAGE", "s3", "'local' or 'database'"),
+        ("CHATKIT_UPLOAD_GRACE", "10", "at least 60"),
+        ("CHATKIT_PUBLIC_URL", "chat.example.com", "as browsers see it"),
+        ("CHATKIT_PUBLIC_URL", "https://chat.example.com/?x=1", "as browsers see it"),
+        ("CHATKIT_LLM_VISION", "sometimes", "on/off"),
     ],
 )
 def test_invalid_values_name_the_variable(variable: str, value: str, fragment: str) -> None:
@@ -268,3 +274,27 @@ def test_request_caps_are_read() -> None:
         10,
         20 * 1024 * 1024,
     )
+
+
+def test_attachment_settings_are_read(tmp_path: Path) -> None:
+    defaults = Settings.from_env({"CHATKIT_DATA_DIR": str(tmp_path)})
+    assert defaults.attachment_storage == "local"
+    assert defaults.attachments_dir == tmp_path / "attachments"
+    assert "application/octet-stream" not in defaults.upload_types
+    assert defaults.public_url is None
+    assert defaults.llm_vision is False
+
+    settings = Settings.from_env(
+        {
+            "CHATKIT_UPLOAD_TYPES": " image/* , Text/Plain,",
+            "CHATKIT_ATTACHMENT_STORAGE": "database",
+            "CHATKIT_UPLOAD_GRACE": "3600",
+            "CHATKIT_PUBLIC_URL": "https://chat.example.com/",
+            "CHATKIT_LLM_VISION": "on",
+        }
+    )
+    assert settings.upload_types == ("image/*", "text/plain")
+    assert settings.attachment_storage == "database"
+    assert settings.upload_grace == 3600
+    assert settings.public_url == "https://chat.example.com"
+    assert settings.llm_vision is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 from chatkit.server import StreamingResult
 from chatkit.types import ErrorEvent
@@ -16,6 +17,7 @@ from chatkit_server.http.errors import error_response, request_error_response
 from chatkit_server.http.origin import refuse_foreign_origin
 from chatkit_server.http.sse import BatchedStreamingResponse
 from chatkit_server.http.state import get_state
+from chatkit_server.http.uploads import public_base_url
 
 __all__ = ["SSE_HEADERS", "chatkit_endpoint"]
 
@@ -45,6 +47,8 @@ async def chatkit_endpoint(request: Request) -> Response:
     try:
         # Who is asking comes first: nothing is read or stored for a stranger.
         context = await state.auth.authenticate(request)
+        # Upload and preview links point where this browser reached the server.
+        context = replace(context, base_url=public_base_url(request, state.settings.public_url))
         body = await read_body(
             request, state.settings.max_body_bytes, within=state.settings.body_timeout
         )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from chatkit_server.files import FileStorage, LinkSigner
 from chatkit_server.http.auth import Authenticator
 from chatkit_server.llm.backends import BackendRegistry
 from chatkit_server.protocol.server import ChatKitApp
@@ -29,6 +30,8 @@ class AppState:
     auth: Authenticator
     gate: RequestGate
     sessions: SessionStore | None
+    files: FileStorage
+    signer: LinkSigner
 
 
 def get_state(request: Request) -> AppState:

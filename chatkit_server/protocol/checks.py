@@ -204,7 +204,20 @@ class RequestChecks:
                 400, f"A message may carry at most {cap} attachments, not {len(attachment_ids)}."
             )
 
-    async def _check_upload(self, size: int, context: RequestContext) -> None:
+    async def _check_attachments(self, attachment_ids: list[str], context: RequestContext) -> None:
+        """The user's own attachments, each with its bytes uploaded."""
+        for attachment_id in attachment_ids:
+            attachment = await self.store.load_attachment(attachment_id, context)
+            if attachment.upload_descriptor is not None:
+                # The model would get a file without content: the upload is
+                # still running, failed, or never started.
+                raise RequestError(
+                    409,
+                    f"Attachment {attachment_id} has not been uploaded yet.",
+                    code="not_uploaded",
+                )
+
+    async def check_upload(self, size: int, context: RequestContext) -> None:
         """The declared size, and a session's ``file_upload``: on, size, number of files."""
         if size < 0:
             raise RequestError(400, "params.size must not be negative.")
@@ -251,8 +264,7 @@ class RequestChecks:
                     self.workflows.get(context.workflow_id),
                     request.params.input.inference_options,
                 )
-                for attachment_id in request.params.input.attachments:
-                    await store.load_attachment(attachment_id, context)
+                await self._check_attachments(request.params.input.attachments, context)
             case ThreadsAddUserMessageReq():
                 self._check_attachment_ids(request.params.input.attachments)
                 thread = await store.load_thread(request.params.thread_id, context)
@@ -260,8 +272,7 @@ class RequestChecks:
                     workflow_of(self.workflows, thread, context),
                     request.params.input.inference_options,
                 )
-                for attachment_id in request.params.input.attachments:
-                    await store.load_attachment(attachment_id, context)
+                await self._check_attachments(request.params.input.attachments, context)
             case ThreadsAddClientToolOutputReq():
                 await store.load_thread(request.params.thread_id, context)
                 last = await store.load_thread_items(
@@ -302,7 +313,7 @@ class RequestChecks:
                 if len(request.params.title) > cap:
                     raise RequestError(400, f"A title may be at most {cap} characters long.")
             case AttachmentsCreateReq():
-                await self._check_upload(request.params.size, context)
+                await self.check_upload(request.params.size, context)
             case InputTranscribeReq():
                 # ChatKit decodes the audio itself (as here: the same
                 # strings pass) and has no answer but a 500 for one that

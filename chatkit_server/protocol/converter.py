@@ -19,23 +19,61 @@ from chatkit.agents import ThreadItemConverter
 from chatkit.types import Attachment, ThreadItem, UserMessageItem, UserMessageTagContent
 from openai.types.responses import ResponseInputContentParam, ResponseInputTextParam
 
-from chatkit_server.workflows.history import HistoryEntry
+from chatkit_server.files import FileStorage
+from chatkit_server.protocol.attachments import attachment_content
+from chatkit_server.workflows.history import CHARS_PER_TOKEN, HistoryEntry
 
 __all__ = ["HistoryConverter"]
 
 _TEXT_PART_TYPES = frozenset({"input_text", "output_text"})
 
 
+# Share of the history budget the attachments of one message may take: the
+# rest is for the instructions, the message itself and earlier turns.
+ATTACHMENT_BUDGET_SHARE = 0.5
+
+
 class HistoryConverter(ThreadItemConverter):
-    """Converts stored thread items to model input with plain-text content."""
+    """Converts stored thread items to model input with plain-text content.
+
+    Args:
+        files: Where attachment bytes are read from (none: attachments are named only).
+        vision: Whether the model is sent images.
+        budget: The history's token budget; one message's attachments take
+            half of it at most (their text is cut, with a note, beyond).
+    """
+
+    def __init__(
+        self, *, files: FileStorage | None = None, vision: bool = False, budget: int = 3000
+    ) -> None:
+        self.files = files
+        self.vision = vision
+        self.budget = budget
+        self._max_chars = int(budget * CHARS_PER_TOKEN * ATTACHMENT_BUDGET_SHARE)
+
+    def for_workflow(self, *, vision: bool, budget: int) -> HistoryConverter:
+        """A converter for one answer of a workflow (its vision and history budget).
+
+        A new one each time: it keeps the attachment budget of the message
+        it converts, so two answers must not share one.
+        """
+        return HistoryConverter(files=self.files, vision=vision, budget=budget)
+
+    async def user_message_to_input(
+        self, item: UserMessageItem, is_last_message: bool = True
+    ) -> TResponseInputItem | list[TResponseInputItem] | None:
+        """The SDK's conversion; the message's attachments share its attachment budget."""
+        self._max_chars = int(
+            self.budget * CHARS_PER_TOKEN * ATTACHMENT_BUDGET_SHARE / max(1, len(item.attachments))
+        )
+        return await super().user_message_to_input(item, is_last_message)
 
     async def attachment_to_message_content(
         self, attachment: Attachment
     ) -> ResponseInputContentParam:
-        """Describe an attachment in words until attachment bytes reach the model."""
-        return ResponseInputTextParam(
-            type="input_text",
-            text=f"[The user attached a file: {attachment.name} ({attachment.mime_type})]",
+        """The attachment's content for the model (see :mod:`.attachments`)."""
+        return await attachment_content(
+            attachment, self.files, vision=self.vision, max_chars=self._max_chars
         )
 
     async def tag_to_message_content(self, tag: UserMessageTagContent) -> ResponseInputContentParam:
@@ -70,6 +108,11 @@ class HistoryConverter(ThreadItemConverter):
             if index == len(entries) - 1:
                 output.extend(await self._converted(entry.item, is_last=True))
                 continue
+            if _has_attachments(entry.item):
+                # Not kept on the entry: it is shared by every workflow's
+                # answers (vision differs), and an image is megabytes.
+                output.extend(await self._converted(entry.item, is_last=False))
+                continue
             if entry.model_input is None:
                 entry.model_input = await self._converted(entry.item, is_last=False)
             output.extend(entry.model_input)
@@ -83,6 +126,10 @@ class HistoryConverter(ThreadItemConverter):
         else:
             items = await super().to_agent_input(item)
         return [_flatten_text_message(converted) for converted in items]
+
+
+def _has_attachments(item: ThreadItem) -> bool:
+    return isinstance(item, UserMessageItem) and bool(item.attachments)
 
 
 def _flatten_text_message(item: TResponseInputItem) -> TResponseInputItem:

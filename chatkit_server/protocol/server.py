@@ -129,7 +129,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.workflows = workflows
         self.settings = settings
         self.checks = RequestChecks(store=store, workflows=workflows, settings=settings)
-        self.converter = HistoryConverter()
+        self.converter = HistoryConverter(files=store.files)
         self.history_cache = HistoryCache(decode_item)
         self.transcriber = (
             Transcriber(
@@ -209,7 +209,9 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         entries = await self._history(thread, budget, context)
         history = [entry.item for entry in entries]
         agent_input = fit_history(
-            await self.converter.history_input(entries),
+            await self.converter.for_workflow(vision=workflow.vision, budget=budget).history_input(
+                entries
+            ),
             budget=budget,
             instructions=render(workflow.instructions, context.state_variables),
         )

@@ -42,19 +42,23 @@ from chatkit.store import AttachmentStore, Store, StoreItemType
 from chatkit.types import (
     Attachment,
     AttachmentCreateParams,
-    AttachmentUploadDescriptor,
     FeedbackKind,
-    FileAttachment,
-    ImageAttachment,
     Page,
     ThreadItem,
     ThreadMetadata,
 )
-from pydantic import AnyUrl, TypeAdapter
 from sqlalchemy.dialects import postgresql, sqlite
 
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import NotFoundError
+from chatkit_server.files.links import LinkSigner
+from chatkit_server.files.storage import FileStorage
+from chatkit_server.store.attachments import (
+    ATTACHMENT,
+    AttachmentLinks,
+    finish_upload,
+    upload_metadata,
+)
 from chatkit_server.store.database import Database, Statements
 from chatkit_server.store.feedback import FeedbackRecord, add_feedback, load_feedback
 from chatkit_server.store.ids import ID_PREFIXES, new_id
@@ -76,8 +80,6 @@ __all__ = ["DEFAULT_UPLOAD_BASE_URL", "FeedbackRecord", "SQLStore", "decode_item
 
 DEFAULT_UPLOAD_BASE_URL: Final = "http://127.0.0.1:8000"
 
-# Building a TypeAdapter for this union costs milliseconds; do it once.
-_ATTACHMENT: Final[TypeAdapter[Attachment]] = TypeAdapter(Attachment)
 # A full Thread (with its items) may be passed to save_thread; keep only these.
 _THREAD_FIELDS: Final = frozenset(ThreadMetadata.model_fields)
 
@@ -86,21 +88,31 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
     """Threads, items, attachment metadata and feedback in a SQL database.
 
     One instance serves as both the ``store`` and the ``attachment_store`` of a
-    ``ChatKitServer``. Attachment bytes are not stored here.
+    ``ChatKitServer``. Attachment bytes are kept by a
+    :class:`~chatkit_server.files.FileStorage`; the store deletes them with
+    their attachment (or its thread).
     """
 
     def __init__(
-        self, database: Database, *, upload_base_url: str = DEFAULT_UPLOAD_BASE_URL
+        self,
+        database: Database,
+        *,
+        upload_base_url: str = DEFAULT_UPLOAD_BASE_URL,
+        files: FileStorage | None = None,
+        signer: LinkSigner | None = None,
     ) -> None:
         """Create a store.
 
         Args:
             database: Where to keep everything.
-            upload_base_url: Public base URL of this server, used to build the
-                upload and preview URLs of new attachments.
+            upload_base_url: Base URL of this server for upload and preview
+                URLs when a request's context does not say how it was addressed.
+            files: Where attachment bytes are kept (none: nothing to delete).
+            signer: Signs upload and preview links (none: links without a signature).
         """
         self._db = database
-        self._upload_base_url = upload_base_url.rstrip("/")
+        self.links = AttachmentLinks(upload_base_url, signer)
+        self.files = files
         self._item_upsert = guarded_item_upsert(database.dialect)
         self._thread_upsert = owned_thread_upsert(database.dialect)
 
@@ -111,7 +123,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
 
     def set_upload_base_url(self, url: str) -> None:
         """Change the base URL of upload and preview URLs (known after start-up)."""
-        self._upload_base_url = url.rstrip("/")
+        self.links.default_base_url = url.rstrip("/")
 
     # -- ids -------------------------------------------------------------------
 
@@ -224,9 +236,19 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             .returning(threads.c.seq)
         )
         async with self._db.write() as session:
+            # The cascade deletes the attachment rows; their bytes are not rows.
+            files = (
+                await session.scalars(
+                    sa.select(attachments.c.id).where(
+                        attachments.c.thread_id == thread_id,
+                        attachments.c.user_id == context.user_id,
+                    )
+                )
+            ).all()
             deleted = (await session.execute(statement)).scalar_one_or_none()
         if deleted is None:
             raise thread_not_found(thread_id)
+        await self._delete_files(files)
 
     # -- items -----------------------------------------------------------------
 
@@ -253,7 +275,10 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """
         rows, has_more = await self._item_rows(thread_id, after, limit, order, context)
         return Page(
-            data=[decode_item(type_, data) for _id, type_, data in rows],
+            data=[
+                self.links.fresh_item(decode_item(type_, data), context)
+                for _id, type_, data in rows
+            ],
             has_more=has_more,
             after=rows[-1][0] if rows and has_more else None,
         )
@@ -419,30 +444,29 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """Describe a new attachment for a two-phase upload (nothing is stored).
 
         The ChatKit server saves the returned attachment with
-        :meth:`save_attachment`. ``image/*`` types get an ``ImageAttachment``
-        with a preview URL. The declared size is kept in ``metadata["size"]``
-        for the upload endpoint to enforce.
+        :meth:`save_attachment`; its ``upload_descriptor`` points at this
+        server's upload route, on the address the request came to. ``image/*``
+        types get an ``ImageAttachment`` with a preview URL. The declared size
+        is kept in ``metadata["size"]``.
         """
         attachment_id = self.generate_attachment_id(input.mime_type, context)
-        base = f"{self._upload_base_url}/chatkit/attachments/{attachment_id}"
-        descriptor = AttachmentUploadDescriptor(url=AnyUrl(f"{base}/upload"), method="POST")
-        metadata: dict[str, Any] = {"size": input.size}
-        if input.mime_type.lower().startswith("image/"):
-            return ImageAttachment(
-                id=attachment_id,
-                name=input.name,
-                mime_type=input.mime_type,
-                upload_descriptor=descriptor,
-                preview_url=AnyUrl(f"{base}/preview"),
-                metadata=metadata,
-            )
-        return FileAttachment(
-            id=attachment_id,
+        return self.links.new_attachment(
+            attachment_id,
             name=input.name,
             mime_type=input.mime_type,
-            upload_descriptor=descriptor,
-            metadata=metadata,
+            context=context,
+            upload_descriptor=self.links.upload_descriptor(attachment_id, context),
+            metadata=upload_metadata(input.size, context),
         )
+
+    async def finish_upload(self, attachment: Attachment, context: RequestContext) -> None:
+        """Save an uploaded attachment's new metadata, if it still exists (never inserts).
+
+        Raises:
+            NotFoundError: No such attachment for this user (any more).
+        """
+        if not await finish_upload(self._db, attachment, context):
+            raise _attachment_not_found(attachment.id)
 
     async def save_attachment(self, attachment: Attachment, context: RequestContext) -> None:
         """Insert or update attachment metadata owned by the caller.
@@ -481,7 +505,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         data = await self._owned_data(attachments, attachment_id, context)
         if data is None:
             raise _attachment_not_found(attachment_id)
-        return _ATTACHMENT.validate_json(data)
+        return self.links.fresh(ATTACHMENT.validate_json(data), context)
 
     async def delete_attachment(self, attachment_id: str, context: RequestContext) -> None:
         """Delete the caller's attachment metadata; otherwise do nothing.
@@ -489,14 +513,18 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         The ChatKit server calls this twice per ``attachments.delete`` (once as
         the attachment store, once as the store), so an attachment that is
         already gone is not an error. Another user's attachment is never
-        touched, and looks the same as a missing one.
+        touched, and looks the same as a missing one. Its bytes go with it.
         """
-        async with self._db.write() as session:
-            await session.execute(
-                sa.delete(attachments).where(
-                    attachments.c.id == attachment_id, attachments.c.user_id == context.user_id
-                )
-            )
+        rows = await self._db.write_one(
+            sa.delete(attachments)
+            .where(attachments.c.id == attachment_id, attachments.c.user_id == context.user_id)
+            .returning(attachments.c.id)
+        )
+        await self._delete_files([row.id for row in rows])
+
+    async def _delete_files(self, file_ids: Sequence[str]) -> None:
+        if self.files is not None and file_ids:
+            await self.files.delete(file_ids)
 
     async def count_attachments(self, *, since: int, context: RequestContext) -> int:
         """How many attachments the caller has created since ``since`` (Unix seconds)."""

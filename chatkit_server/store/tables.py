@@ -24,10 +24,12 @@ import sqlalchemy as sa
 __all__ = [
     "ID_LENGTH",
     "NAMING_CONVENTION",
+    "attachment_chunks",
     "attachments",
     "feedback",
     "metadata",
     "rate_counts",
+    "server_keys",
     "sessions",
     "thread_items",
     "thread_leases",
@@ -107,6 +109,34 @@ attachments = sa.Table(
     # PostgreSQL does not index foreign keys by itself; without this every
     # thread delete scans the table for attachments to cascade to.
     sa.Index("ix_attachments_thread_id", "thread_id"),
+)
+
+# Attachment bytes when CHATKIT_ATTACHMENT_STORAGE=database, a megabyte per
+# row (a row is written, and read, without holding a whole file in memory).
+# file_id is the attachment's id once the upload is complete; before, a
+# temporary name that the final transaction renames, so a half-written file
+# is never seen. No foreign key: the bytes of a direct upload are stored
+# before its attachment row, and a sweep removes rows that name no attachment.
+attachment_chunks = sa.Table(
+    "attachment_chunks",
+    metadata,
+    sa.Column("file_id", sa.String(ID_LENGTH), nullable=False),
+    sa.Column("chunk", sa.Integer(), nullable=False),
+    sa.Column("data", sa.LargeBinary(), nullable=False),
+    # Unix seconds: when the sweep may take it if it names no attachment.
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint("file_id", "chunk"),
+    sa.Index("ix_attachment_chunks_created_at", "created_at"),
+)
+
+# Secrets the server makes for itself when the operator configured none
+# (e.g. the key that signs attachment upload and preview links), shared by every
+# worker process and replica on the database.
+server_keys = sa.Table(
+    "server_keys",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
 )
 
 feedback = sa.Table(

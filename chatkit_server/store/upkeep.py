@@ -2,7 +2,8 @@
 
 - renew this process's thread leases well before they run out;
 - poll for sessions cancelled in other processes (see :mod:`.sessions`);
-- once a minute, sweep old rate counts, lapsed leases and ended sessions.
+- once a minute, sweep old rate counts, lapsed leases and ended sessions,
+  and (the app passes how) attachments never sent and orphaned bytes.
 
 A failing database is logged once per outage, not on every tick.
 """
@@ -29,11 +30,23 @@ RENEW_SECONDS: Final = LEASE_SECONDS / 4
 SWEEP_SECONDS: Final = 60.0
 
 
-async def run_upkeep(gate: RequestGate, sessions: SessionStore | None) -> None:
-    """Run every upkeep loop until cancelled."""
+async def run_upkeep(
+    gate: RequestGate,
+    sessions: SessionStore | None,
+    attachments: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run every upkeep loop until cancelled (each step also runs at once, on start).
+
+    Args:
+        gate: Whose leases to renew and rows to sweep.
+        sessions: Where cancelled sessions are polled for (``None``: sessions are off).
+        attachments: Sweeps unsent attachments and orphaned bytes.
+    """
     async with anyio.create_task_group() as group:
         group.start_soon(_every, RENEW_SECONDS, "renewing thread leases", gate.renew)
         group.start_soon(_every, SWEEP_SECONDS, "sweeping old rows", _sweeper(gate, sessions))
+        if attachments is not None:
+            group.start_soon(_every, SWEEP_SECONDS, "sweeping attachments", attachments)
         if sessions is not None:
             group.start_soon(
                 _every, POLL_SECONDS, "polling for cancelled sessions", sessions.poll_cancelled

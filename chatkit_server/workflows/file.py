@@ -26,6 +26,7 @@ operator can find it without reading a traceback. Example::
     model_settings = { temperature = 0.3, max_tokens = 512 }
     history_tokens = 6000             # context budget; default CHATKIT_HISTORY_TOKENS
     title_model = "smollm2"           # writes thread titles; default: the workflow's model
+    vision = false                    # true: image attachments reach the model (data: URLs)
 
     # Widget actions (a button's ActionConfig type) and their handlers: async
     # functions taking a chatkit_server.workflows.actions.ActionContext.
@@ -180,6 +181,8 @@ class WorkflowSpec(_Spec):
     history_tokens: int | None = Field(default=None, ge=100)
     title_model: str | None = Field(default=None, min_length=1)
     actions: dict[str, str] = Field(default_factory=dict)
+    # The model accepts images: image attachments reach it as data: URLs.
+    vision: bool = False
 
     @field_validator("tools")
     @classmethod

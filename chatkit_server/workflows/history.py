@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents import TResponseInputItem
-from chatkit.types import AssistantMessageItem, ThreadItem, UserMessageItem
+from chatkit.types import AssistantMessageItem, Attachment, ThreadItem, UserMessageItem
 
 __all__ = [
+    "ATTACHMENT_TOKENS",
     "CHARS_PER_TOKEN",
     "HISTORY_CACHE_SIZE",
+    "IMAGE_TOKENS",
     "MESSAGE_OVERHEAD_TOKENS",
     "HistoryCache",
     "HistoryEntry",
@@ -35,6 +37,11 @@ __all__ = [
 CHARS_PER_TOKEN = 3.0
 # Role markers and separators that chat templates wrap around each message.
 MESSAGE_OVERHEAD_TOKENS = 4
+# What one image costs a vision model, roughly (a 1024 x 1024 image at
+# OpenAI's high detail is 765 tokens; local vision models use 256 to 1500).
+IMAGE_TOKENS = 1000
+# The most an attachment counts when history is loaded, before its content is read.
+ATTACHMENT_TOKENS = IMAGE_TOKENS
 HISTORY_CACHE_SIZE = 4096
 """Stored items a :class:`HistoryCache` keeps decoded and converted (a few MB)."""
 
@@ -52,15 +59,43 @@ def estimate_item_tokens(item: ThreadItem) -> int:
     """
     if isinstance(item, (UserMessageItem, AssistantMessageItem)):
         chars = sum(len(getattr(part, "text", "")) for part in item.content)
-        return math.ceil(chars / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
+        tokens = math.ceil(chars / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
+        if isinstance(item, UserMessageItem):
+            # An attachment's content is read only when converted. Counted by
+            # its size (an image's worth at most), loading stops before it
+            # reads a thread's every attachment (megabytes each) for a budget
+            # that a few of them fill.
+            tokens += sum(map(_attachment_tokens, item.attachments))
+        return tokens
     return estimate_tokens(item.model_dump_json()) + MESSAGE_OVERHEAD_TOKENS
+
+
+def _attachment_tokens(attachment: Attachment) -> int:
+    size = (attachment.metadata or {}).get("size")
+    if not isinstance(size, int) or size < 0:
+        return ATTACHMENT_TOKENS
+    return min(ATTACHMENT_TOKENS, math.ceil(size / CHARS_PER_TOKEN))
 
 
 def _item_tokens(item: TResponseInputItem) -> int:
     raw: Any = item
     content = raw.get("content") if isinstance(raw, dict) else None
+    if isinstance(content, list) and all(isinstance(part, dict) for part in content):
+        return sum(map(_part_tokens, content)) + MESSAGE_OVERHEAD_TOKENS
     text = content if isinstance(content, str) else json.dumps(raw, ensure_ascii=False)
     return estimate_tokens(text) + MESSAGE_OVERHEAD_TOKENS
+
+
+def _part_tokens(part: dict[str, Any]) -> int:
+    # An image's data: URL is megabytes of base64, but the model sees the
+    # image as a fixed number of tokens; counting its characters would drop
+    # the whole history for one photo.
+    if part.get("type") == "input_image":
+        return IMAGE_TOKENS
+    text = part.get("text")
+    if isinstance(text, str):
+        return estimate_tokens(text)
+    return estimate_tokens(json.dumps(part, ensure_ascii=False))
 
 
 def is_user_message(item: TResponseInputItem) -> bool:

@@ -60,6 +60,9 @@ class Workflow:
     context_tokens: int | None = None
     # Widget action handlers by action type (chatkit_server.workflows.actions).
     actions: Mapping[str, ActionHandler] = field(default_factory=dict)
+    # Whether the model accepts images: off by default, since many local
+    # models (the bundled one too) refuse a request that carries one.
+    vision: bool = False
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -170,6 +173,7 @@ class WorkflowRegistry:
                 backend=backends.get(DEFAULT_BACKEND),
                 model=settings.llm_model,
                 context_tokens=settings.llm_context_tokens,
+                vision=settings.llm_vision,
             )
             return cls([default])
         workflows = [
@@ -252,4 +256,5 @@ def _from_spec(
         title_model=spec.title_model,
         context_tokens=context_tokens,
         actions=dict(actions),
+        vision=spec.vision,
     )

@@ -456,10 +456,12 @@ async def test_with_sign_in_off_everyone_is_the_local_user() -> None:
 
 
 async def _stored(live: Live) -> dict[str, int]:
-    """Rows in each table that has any."""
+    """Rows in each table that has any (but the keys the server made for itself at start)."""
     counts = {}
     async with live.state.database.read() as db:
         for table in metadata.sorted_tables:
+            if table.name == "server_keys":
+                continue
             counts[table.name] = await db.scalar(sa.select(sa.func.count()).select_from(table))
     return {name: count for name, count in counts.items() if count}
 

@@ -236,6 +236,12 @@ async def _build_alice(live: Live, client: ChatKitClient, fake_llm: FakeLLM) -> 
             "attachments.create", name=f"{SECRET}-{name}.pdf", size=10, mime_type="application/pdf"
         )
         setattr(made, f"{name}_attachment", attachment["id"])
+        # Its bytes, through the signed upload link: a message may carry it only then.
+        async with httpx.AsyncClient() as http:
+            uploaded = await http.put(
+                attachment["upload_descriptor"]["url"], content=f"%PDF-1.4 {SECRET}".encode()
+            )
+        assert uploaded.status_code == 200, uploaded.text
 
     backend.script(Reply.text(f"{SECRET} answer one"), Reply.text(f"{SECRET} answer two"))
     turn = await client.create_thread(f"{SECRET} question one", attachments=[made.sent_attachment])

@@ -29,7 +29,7 @@ from chatkit_server.store.database import create_engine
 from chatkit_server.store.tables import metadata
 from tests.conftest import DatabaseTarget
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 async def _in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -94,6 +94,8 @@ async def test_upgrade_logs_and_leaves_app_logging_alone(
         "upgraded empty -> 0001: Initial schema: threads, thread items, attachments and feedback.",
         "upgraded 0001 -> 0002: Token usage per answer.",
         "upgraded 0002 -> 0003: Sign-in: sessions, rate-limit counts and per-thread answer leases.",
+        "upgraded 0003 -> 0004: Attachments: their bytes in the database (when chosen) and the "
+        "server's own keys.",
     ]
     assert capsys.readouterr().out == ""
     assert not app_logger.disabled

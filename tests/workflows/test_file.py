@@ -182,3 +182,11 @@ def test_actions_resolve_to_their_handlers(tmp_path: Path) -> None:
         "a": {"counter.add": tools.add_to_counter, "counter.reset": tools.reset_counter},
         "b": {},
     }
+
+
+def test_vision_is_off_unless_a_workflow_turns_it_on(tmp_path: Path) -> None:
+    loaded = _load(
+        tmp_path, '[workflows.text]\nmodel = "m"\n\n[workflows.eyes]\nmodel = "v"\nvision = true\n'
+    )
+    assert loaded.workflows["text"].vision is False
+    assert loaded.workflows["eyes"].vision is True

@@ -9,6 +9,7 @@ import pytest
 from chatkit.types import (
     AssistantMessageContent,
     AssistantMessageItem,
+    FileAttachment,
     InferenceOptions,
     ThreadMetadata,
     UserMessageItem,
@@ -18,7 +19,9 @@ from chatkit.types import (
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply
 from chatkit_server.workflows.history import (
+    ATTACHMENT_TOKENS,
     MESSAGE_OVERHEAD_TOKENS,
+    estimate_item_tokens,
     estimate_tokens,
     fit_history,
 )
@@ -177,3 +180,28 @@ async def test_later_turns_reuse_the_decoded_and_converted_history(
         assert model_input == await converter.to_agent_input([e.item for e in entries])
     assert "quote 2" in str(first_input[-1])
     assert "quote 2" not in str(second_input[2])
+
+
+def test_attachments_count_by_their_size_an_images_worth_at_most() -> None:
+    def message(*sizes: int | None) -> UserMessageItem:
+        return UserMessageItem(
+            id="msg_1",
+            thread_id="thr_1",
+            created_at=datetime(2026, 1, 1),
+            content=[UserMessageTextContent(text="see")],
+            attachments=[
+                FileAttachment(
+                    id=f"atc_{index}",
+                    name="f",
+                    mime_type="text/plain",
+                    metadata=None if size is None else {"size": size},
+                )
+                for index, size in enumerate(sizes)
+            ],
+            inference_options=InferenceOptions(),
+        )
+
+    bare = estimate_item_tokens(message())
+    assert estimate_item_tokens(message(30)) == bare + 10
+    # A photo of megabytes: an image's worth, so loading history stops soon.
+    assert estimate_item_tokens(message(5_000_000, None)) == bare + 2 * ATTACHMENT_TOKENS

@@ -270,3 +270,17 @@ async def test_metadata_inside_params_is_refused_saying_where_it_goes(
         message = response.json()["error"]["message"]
         assert "'metadata' goes at the top level of the request" in message
         assert (await live.client.call("threads.list"))["data"] == []
+
+
+def test_vision_reaches_the_workflow(tmp_path: Path) -> None:
+    default = Settings(llm_vision=True)
+    registry = WorkflowRegistry.from_settings(default, BackendRegistry.from_settings(default))
+    assert registry.get("default").vision is True
+    workflows = tmp_path / "workflows.toml"
+    workflows.write_text(
+        '[workflows.eyes]\nmodel = "v"\nvision = true\n[workflows.text]\nmodel = "m"\n'
+    )
+    from_file = Settings.from_env({"CHATKIT_WORKFLOWS": str(workflows)})
+    registry = WorkflowRegistry.from_settings(from_file, BackendRegistry.from_settings(from_file))
+    assert registry.get("eyes").vision is True
+    assert registry.get("text").vision is False
