@@ -14,15 +14,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import httpx2
 from agents import Model, OpenAIChatCompletionsModel, OpenAIResponsesModel
 from openai import DefaultAioHttpClient, Timeout
 
 from chatkit_server.llm.client import BackendClient
 from chatkit_server.settings import LLMApi, Settings
 
-__all__ = ["DEFAULT_BACKEND", "Backend", "BackendConfig", "BackendRegistry"]
+__all__ = [
+    "BACKEND_KEEPALIVE_SECONDS",
+    "DEFAULT_BACKEND",
+    "Backend",
+    "BackendConfig",
+    "BackendRegistry",
+]
 
 DEFAULT_BACKEND = "default"
+BACKEND_KEEPALIVE_SECONDS = 2.0
+"""How long an idle connection to a backend is kept for the next request.
+
+Shorter than the servers' own keep-alive timeouts (uvicorn, which serves
+vLLM, and llama-server both close idle connections after 5 s): a connection
+the server is about to close is not reused, so a request is seldom sent into
+one that the server resets.
+"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,8 +75,9 @@ class Backend:
         self.client: BackendClient | None = None
         self._models: dict[str, Model] = {}
         if config.base_url is not None:
-            # The client's own connection limit (1000) is far above what one
-            # process streams at once, so only the timeouts need setting.
+            # The client's own connection limits (1000, 100 kept alive) are far
+            # above what one process streams at once; the keep-alive expiry is
+            # ours (see BACKEND_KEEPALIVE_SECONDS).
             timeout = Timeout(
                 config.read_timeout,
                 connect=config.connect_timeout,
@@ -81,7 +97,14 @@ class Backend:
                 # anyio timeout scope) and a connection pool that does not scan
                 # every connection per request. With 500 streams open that was
                 # a fifth of the server's CPU (measured by bench/).
-                http_client=DefaultAioHttpClient(timeout=timeout),
+                http_client=DefaultAioHttpClient(
+                    timeout=timeout,
+                    limits=httpx2.Limits(
+                        max_connections=1000,
+                        max_keepalive_connections=100,
+                        keepalive_expiry=BACKEND_KEEPALIVE_SECONDS,
+                    ),
+                ),
             )
 
     @property

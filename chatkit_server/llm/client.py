@@ -16,16 +16,23 @@ through the client's public API:
   ``AsyncStream``: it ends at ``[DONE]``, an ``error`` payload raises
   :class:`openai.APIError`, and a timeout or a dropped connection raises
   :class:`openai.APITimeoutError` or :class:`openai.APIConnectionError`.
+
+A request whose connection is reset before any byte of the answer arrived (a
+kept-alive connection the backend had just closed) is sent once more, on
+another connection: nothing of it was seen, so nothing is repeated. Once the
+answer's headers are in, a failure is the answer's and is never retried.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from functools import cached_property
 from typing import Any, cast
 
+import aiohttp
 import httpx2
 import openai
 import pydantic
@@ -44,7 +51,9 @@ from chatkit_server.llm.wire import (
 )
 from chatkit_server.pace import PACE_ARGUMENT, Pace
 
-__all__ = ["DRAIN_LIMIT", "BackendClient", "ChunkStream"]
+__all__ = ["DRAIN_LIMIT", "BackendClient", "ChunkStream", "reset_before_answer"]
+
+logger = logging.getLogger(__name__)
 
 _ERROR_MESSAGE = "An error occurred during streaming"
 DRAIN_LIMIT = 64 * 1024
@@ -174,6 +183,25 @@ async def _drain(reads: AsyncIterator[bytes], limit: int = DRAIN_LIMIT) -> None:
                 return
 
 
+def reset_before_answer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection reset or closed by the peer, not a timeout or refusal.
+
+    The openai client's aiohttp transport reports these as connection (or
+    even connect-timeout) errors; the socket error underneath tells them
+    apart from a backend that is down or slow.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(
+            cause, (ConnectionResetError, BrokenPipeError, aiohttp.ServerDisconnectedError)
+        ):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _values(events: list[ServerSentEvent]) -> tuple[list[Any], bool]:
     """The decoded events up to ``[DONE]``, and whether it came.
 
@@ -231,6 +259,15 @@ class _Endpoint:
         # The answer's pace travels with the call, not to the backend.
         pace = kwargs.pop(PACE_ARGUMENT, None)
         kwargs = _untransformed(kwargs, self._field)
+        try:
+            return await self._send(kwargs, pace)
+        except openai.APIConnectionError as exc:
+            if not reset_before_answer(exc):
+                raise
+            logger.info("the model backend reset a connection before answering: sending again")
+        return await self._send(kwargs, pace)
+
+    async def _send(self, kwargs: dict[str, Any], pace: Pace | None) -> Any:
         if kwargs.get("stream"):
             opener = self._resource.with_streaming_response.create(**kwargs)
             return await _open_stream(opener, self._chunk, pace)
