@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_KEEPALIVE_TIMEOUT",
     "DEFAULT_LLM_MODEL",
     "DEFAULT_MAX_ATTACHMENTS",
+    "DEFAULT_MIN_FREE_BYTES",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_TITLE_CHARS",
     "DEFAULT_MAX_UPLOAD_BYTES",
@@ -107,6 +108,9 @@ DEFAULT_STREAM_STALL_TIMEOUT = 60.0
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
 DEFAULT_KEEPALIVE_TIMEOUT = 5.0
+# /healthz says 503 below this much free space where the server writes (the
+# SQLite file's and the attachments' disks): writes would soon fail.
+DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
 # Fits SmolLM2 with llama-server's default 4k context and room for an answer.
 DEFAULT_HISTORY_TOKENS = 3000
 DEFAULT_SHUTDOWN_GRACE = 5.0
@@ -175,6 +179,8 @@ environment:
   CHATKIT_KEEPALIVE_TIMEOUT   seconds an idle keep-alive connection stays open (default 5)
   CHATKIT_MAX_CONNECTIONS     open connections (and requests) per process; past it, 503
                               (default: what the open-files limit allows)
+  CHATKIT_MIN_FREE_BYTES      free space the data dir's disk must have for /healthz to say ok
+                              (default 67108864)
   CHATKIT_UPLOAD_TYPES        comma-separated types an upload's bytes may be (image/png,
                               image/jpeg, image/gif, image/webp, application/pdf, text/plain =
                               any UTF-8 text, application/octet-stream = anything; image/* works;
@@ -276,6 +282,7 @@ class Settings:
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_connections: int | None = None
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
     upload_types: tuple[str, ...] = DEFAULT_UPLOAD_TYPES
     attachment_storage: AttachmentStorage = "local"
     upload_grace: int = DEFAULT_UPLOAD_GRACE
@@ -494,6 +501,7 @@ class Settings:
                 env, "CHATKIT_KEEPALIVE_TIMEOUT", DEFAULT_KEEPALIVE_TIMEOUT
             ),
             max_connections=_optional_int(env, "CHATKIT_MAX_CONNECTIONS", minimum=1),
+            min_free_bytes=_int(env, "CHATKIT_MIN_FREE_BYTES", DEFAULT_MIN_FREE_BYTES, minimum=0),
             upload_types=_upload_types(get("CHATKIT_UPLOAD_TYPES")),
             attachment_storage=storage,  # type: ignore[arg-type]  # checked above
             upload_grace=_int(env, "CHATKIT_UPLOAD_GRACE", DEFAULT_UPLOAD_GRACE, minimum=60),

@@ -37,6 +37,9 @@ the same file.
 
 from __future__ import annotations
 
+import errno
+import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -55,11 +58,14 @@ from chatkit_server.errors import StoreError
 from chatkit_server.store.sqlite_threads import READER_THREADS, SQLiteThreads
 from chatkit_server.store.tables import metadata
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS",
     "DEFAULT_MAX_OVERFLOW",
     "DEFAULT_POOL_RECYCLE",
     "DEFAULT_POOL_SIZE",
+    "DISK_FULL_HOLD_SECONDS",
     "Database",
     "Statements",
     "create_engine",
@@ -71,6 +77,8 @@ DEFAULT_POOL_SIZE: Final = 10
 DEFAULT_MAX_OVERFLOW: Final = 20
 # Recycle before common server and proxy idle timeouts drop the socket.
 DEFAULT_POOL_RECYCLE: Final = 1800
+DISK_FULL_HOLD_SECONDS: Final = 30.0
+"""How long a write that failed for lack of space marks the database full (see ``disk_full``)."""
 
 # Execution option read by the ``begin`` hook: "IMMEDIATE" for write
 # transactions, "NONE" for single statements (no BEGIN at all).
@@ -229,6 +237,8 @@ class Database:
         parsed = make_url(url)
         _ensure_sqlite_directory(parsed)
         self.url = parsed
+        # When a write last failed for lack of space.
+        self._disk_full_at: float | None = None
         self.dialect: str = parsed.get_backend_name()
         self._sqlite: SQLiteThreads | None = None
         self._engine: AsyncEngine | None = None
@@ -259,6 +269,33 @@ class Database:
             connect_args: Extra keyword arguments for the PostgreSQL driver's ``connect``.
         """
         return cls(url, echo=echo, connect_args=connect_args)
+
+    @property
+    def disk_full(self) -> bool:
+        """Whether a write failed for lack of space in the last :data:`DISK_FULL_HOLD_SECONDS`.
+
+        Later writes that succeed do not clear it: on a full disk small
+        writes may still fit where a message does not. It fades by itself, so
+        a server that gets no writes (a health check took it out of
+        rotation) comes back once space was freed; if it was not, the next
+        write that fails says so again.
+        """
+        full_at = self._disk_full_at
+        return full_at is not None and time.monotonic() - full_at < DISK_FULL_HOLD_SECONDS
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database's file (``None``: PostgreSQL, or SQLite in memory)."""
+        if self.dialect != "sqlite" or _is_sqlite_memory(self.url) or not self.url.database:
+            return None
+        return Path(self.url.database)
+
+    def _write_failed(self, exc: BaseException) -> StoreError:
+        if _is_disk_full(exc):
+            if self._disk_full_at is None:
+                logger.error("the database's disk is full: writes fail until space is freed")
+            self._disk_full_at = time.monotonic()
+        return _translate(exc)
 
     @property
     def sync_engine(self) -> Engine:
@@ -306,14 +343,16 @@ class Database:
         params = dict(parameters) if parameters else None
         try:
             if self._sqlite is not None:
-                return await self._sqlite.write_one(
+                rows = await self._sqlite.write_one(
                     lambda connection: _rows(connection.execute(statement, params))
                 )
-            assert self._engine is not None
-            async with self._engine.begin() as connection:
-                return _rows(await connection.execute(statement, params))
+            else:
+                assert self._engine is not None
+                async with self._engine.begin() as connection:
+                    rows = _rows(await connection.execute(statement, params))
         except (sa.exc.SQLAlchemyError, OSError) as exc:
-            raise _translate(exc) from exc
+            raise self._write_failed(exc) from exc
+        return rows
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Statements]:
@@ -328,12 +367,12 @@ class Database:
             if self._sqlite is not None:
                 async with self._sqlite.write() as statements:
                     yield statements
-                return
-            # begin(): commit when the block succeeds, roll back when it raises.
-            async with self._write_engine.begin() as connection:
-                yield connection
+            else:
+                # begin(): commit when the block succeeds, roll back when it raises.
+                async with self._write_engine.begin() as connection:
+                    yield connection
         except (sa.exc.SQLAlchemyError, OSError) as exc:
-            raise _translate(exc) from exc
+            raise self._write_failed(exc) from exc
 
     async def run_write(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` (synchronous statements) in one write transaction.
@@ -347,11 +386,13 @@ class Database:
         """
         try:
             if self._sqlite is not None:
-                return await self._sqlite.run_write(work)
-            async with self._write_engine.begin() as connection:
-                return await connection.run_sync(work)
+                result = await self._sqlite.run_write(work)
+            else:
+                async with self._write_engine.begin() as connection:
+                    result = await connection.run_sync(work)
         except (sa.exc.SQLAlchemyError, OSError) as exc:
-            raise _translate(exc) from exc
+            raise self._write_failed(exc) from exc
+        return result
 
     async def ping(self) -> None:
         """Run a trivial query, for health checks.
@@ -392,10 +433,28 @@ def _rows(result: sa.CursorResult[Any]) -> Sequence[sa.Row[Any]]:
     return result.all() if result.returns_rows else []
 
 
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether a driver error says the database ran out of space.
+
+    SQLite: SQLITE_FULL ("database or disk is full"); PostgreSQL: SQLSTATE
+    53100 (disk_full, "could not extend file ... No space left on device");
+    either: the operating system's ENOSPC.
+    """
+    original = getattr(exc, "orig", None) or exc
+    if isinstance(original, OSError) and original.errno == errno.ENOSPC:
+        return True
+    if getattr(original, "sqlstate", None) == "53100":
+        return True
+    detail = str(original).lower()
+    return "disk is full" in detail or "no space left on device" in detail
+
+
 def _translate(exc: BaseException) -> StoreError:
     """Turn a driver error into a StoreError whose message holds no SQL."""
     detail = str(getattr(exc, "orig", None) or exc).lower()
-    if isinstance(exc, sa.exc.IntegrityError):
+    if _is_disk_full(exc):
+        message = "the database's disk is full"
+    elif isinstance(exc, sa.exc.IntegrityError):
         message = "the change conflicts with stored data (a duplicate key or a missing parent)"
     elif "no such table" in detail or ("relation" in detail and "does not exist" in detail):
         message = "the database schema is missing: run `chatkit-server migrate`"
