@@ -73,11 +73,8 @@ function Chat({ session, workflow, dictation }: Setup) {
       })),
     },
     composer: {
-      attachments: {
-        enabled: upload.enabled,
-        maxSize: upload.max_file_size * 1024 * 1024,
-        maxCount: upload.max_files,
-      },
+      // The server enforces its own size limit (CHATKIT_MAX_UPLOAD_BYTES) and answers 413.
+      attachments: { enabled: upload.enabled, maxCount: upload.max_files },
       ...(workflow.models.length > 1 ? { models: modelOptions(workflow) } : {}),
       dictation: { enabled: dictation },
     },

@@ -17,7 +17,7 @@ export type Session = {
   expires_at: number;
   /** chatkit-server's base URL, e.g. http://127.0.0.1:8000. */
   chatkit_url: string;
-  /** The session's upload settings; max_file_size in MB, as in OpenAI's sessions API. */
+  /** The session's upload settings (max_file_size in MB, as in OpenAI's sessions API). */
   file_upload: { enabled: boolean; max_file_size: number; max_files: number };
 };
 
