@@ -38,6 +38,8 @@ Figures (``--only`` names):
   server with sign-in off, turns alternating between the two.
 - ``sessions-concurrent``: 500 simultaneous answers from 500 sessions on
   PostgreSQL: errors and p99 stream time against the ideal.
+- ``slow-readers``: 20 clients reading long, fast answers at 100 bytes/s for
+  60 s: the server's RSS rise against its idle RSS, and after they left.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ FIGURES = (
     "lists-postgres",
     "sessions-ttft",
     "sessions-concurrent",
+    "slow-readers",
 )
 
 
@@ -106,6 +109,12 @@ def fig_sessions_concurrent(ctx: Ctx) -> None:
     fig_sessions_concurrent(ctx)
 
 
+def fig_slow_readers(ctx: Ctx) -> None:
+    from _slow import fig_slow_readers
+
+    fig_slow_readers(ctx)
+
+
 RUNNERS: dict[str, Callable[[Ctx], None]] = {
     "stream": fig_stream,
     "cpu": fig_cpu,
@@ -115,6 +124,7 @@ RUNNERS: dict[str, Callable[[Ctx], None]] = {
     "lists-postgres": fig_lists_postgres,
     "sessions-ttft": fig_sessions_ttft,
     "sessions-concurrent": fig_sessions_concurrent,
+    "slow-readers": fig_slow_readers,
 }
 
 

@@ -265,7 +265,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         )
         try:
             events = stream_agent_response(agent_context, repair_run(result, pace=answer.pace))
-            capped = caps.apply(show_tool_tasks(agent_context, events))
+            capped = caps.apply(show_tool_tasks(agent_context, events), stop=result.cancel)
             async for event in fixer.fix(capped):
                 yield event
                 if wants_title and _answer_flows(event):
@@ -276,8 +276,6 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                     title_task = self._start_title(thread, workflow, answer.history, context)
             finished = True
             if caps.reached is not None:
-                # The run would go on generating what nobody reads.
-                result.cancel()
                 logger.warning("thread %s: answer cut (%s cap)", thread.id, caps.reached)
                 notice = caps.notice()
                 if notice is not None:

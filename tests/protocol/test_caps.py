@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
+
+import pytest
 from chatkit.types import AssistantMessageItem, NoticeEvent
 
 from chatkit_server.settings import Settings
@@ -21,8 +26,12 @@ async def _stored_answer(store: SQLStore, thread_id: str) -> str:
 
 
 async def test_an_answer_past_the_character_cap_is_cut_there_and_saved(
-    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
+    start_live: LiveFactory,
+    live_settings: Settings,
+    fake_llm: FakeLLM,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.ERROR)
     fake_llm.backend.script(Reply.count(5_000))
     async with start_live(live_settings.with_changes(answer_max_chars=50)) as live:
         turn = await live.client.create_thread("go on forever")
@@ -43,6 +52,12 @@ async def test_an_answer_past_the_character_cap_is_cut_there_and_saved(
         again = await live.client.add_message(turn.thread_id, "thanks")
         assert again.assistant_text == "Short."
         assert not any(isinstance(event, NoticeEvent) for event in again.events)
+
+    # The run ended as runs end: nothing of it was left pending (asyncio
+    # reports such a task when it is collected).
+    gc.collect()
+    await asyncio.sleep(0)
+    assert [record.getMessage() for record in caplog.records] == []
 
 
 async def test_an_answer_past_the_time_cap_ends_with_a_notice(
