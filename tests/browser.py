@@ -51,8 +51,12 @@ async def launch_browser() -> AsyncIterator[Browser]:
 
 
 def origin(url: str) -> str:
-    """``scheme://host:port`` of ``url``."""
-    parts = urlsplit(url)
+    """``scheme://host:port`` of ``url``.
+
+    A ``blob:`` URL (a preview of a picked file) has the origin of the page
+    that made it, which its own URL names after the ``blob:``.
+    """
+    parts = urlsplit(url.removeprefix("blob:"))
     return f"{parts.scheme}://{parts.netloc}"
 
 
