@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -33,8 +33,12 @@ def _skip_or_fail_browser(reason: str) -> NoReturn:
 
 
 @asynccontextmanager
-async def launch_browser() -> AsyncIterator[Browser]:
-    """Chromium, headless; skips (or fails) the test when it cannot run."""
+async def launch_browser(*, args: Sequence[str] = ()) -> AsyncIterator[Browser]:
+    """Chromium, headless; skips (or fails) the test when it cannot run.
+
+    Args:
+        args: Extra command-line switches (e.g. a fake microphone).
+    """
     try:
         from playwright.async_api import async_playwright
     except ImportError:
@@ -43,7 +47,7 @@ async def launch_browser() -> AsyncIterator[Browser]:
     if chromium is None:
         _skip_or_fail_browser("Chromium is not installed: apt-get install chromium")
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium)
+        browser = await playwright.chromium.launch(executable_path=chromium, args=list(args))
         try:
             yield browser
         finally:

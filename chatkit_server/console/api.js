@@ -153,3 +153,18 @@ export function previewUrl(url) {
   }
   return previews.get(url);
 }
+
+function base64Of(blob) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    // A data: URL, "data:<type>;base64,<bytes>": the bytes are after the comma.
+    reader.onload = () => resolve(reader.result.slice(reader.result.indexOf(",") + 1));
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
+/** Dictation: a recorded clip to text, as ChatKit's composer asks (`input.transcribe`). */
+export async function transcribe(clip) {
+  return call("input.transcribe", { audio_base64: await base64Of(clip), mime_type: clip.type });
+}

@@ -3,6 +3,7 @@
 // so a long streamed answer never makes the page fall behind.
 
 import { ApiError, AuthRequired, call, hasToken, setToken, stream, upload, workflows } from "./api.js";
+import { canRecord, wireDictation } from "./dictation.js";
 import { formValues, h, renderItem } from "./render.js";
 import { applyUpdate } from "./updates.js";
 
@@ -179,6 +180,8 @@ async function loadWorkflows() {
   state.defaultWorkflow = answer.default;
   $("workflow-select").replaceChildren(...state.workflows.map((workflow) => h("option", { value: workflow.id, selected: workflow.id === answer.default }, workflow.id)));
   $("workflow-picker").hidden = state.workflows.length < 2;
+  // Only when the server can transcribe: nobody records what cannot become text.
+  $("dictate").hidden = answer.dictation !== true || !canRecord();
   showModels();
 }
 
@@ -476,6 +479,14 @@ function removeAttachment(entry) {
   renderAttachments();
 }
 
+function insertDictation(text) {
+  const composer = $("composer-input");
+  const before = composer.value.trimEnd();
+  composer.value = before ? `${before} ${text}` : text;
+  composer.dispatchEvent(new Event("input"));
+  composer.focus();
+}
+
 // --- start ---------------------------------------------------------------------
 
 function wire() {
@@ -504,6 +515,11 @@ function wire() {
   $("attach-input").addEventListener("change", (event) => {
     addFiles([...event.target.files]);
     event.target.value = "";
+  });
+  wireDictation($("dictate"), {
+    onText: insertDictation,
+    onError: (error) => showStatus(error.message, { level: "error" }),
+    retry: (work) => guard(work)(),
   });
   // A section the user opened or closed stays so while its item is redrawn.
   $("items").addEventListener("click", (event) => {

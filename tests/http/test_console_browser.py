@@ -157,6 +157,7 @@ async def test_the_page_asks_nothing_of_any_other_host(
         "/",
         "/console/app.js",
         "/console/api.js",
+        "/console/dictation.js",
         "/console/render.js",
         "/console/updates.js",
         "/console/console.css",

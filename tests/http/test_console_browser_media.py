@@ -10,9 +10,11 @@ loopback fake speech-to-text server.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import struct
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,8 +22,10 @@ import pytest
 
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply
-from tests.browser import REQUIRE_BROWSER, open_console
+from chatkit_server.testing.live import serve_app
+from tests.browser import REQUIRE_BROWSER, launch_browser, open_console
 from tests.live import LOCAL, FakeLLM, LiveFactory
+from tests.llm.test_transcription import FakeWhisper
 
 if not REQUIRE_BROWSER:  # in CI a missing package fails the run instead
     pytest.importorskip("playwright", reason="the playwright package is not installed")
@@ -99,4 +103,103 @@ async def test_an_image_is_previewed_uploaded_sent_and_reaches_the_model(
         assert any("What is in this picture?" in part.get("text", "") for part in sent)
         stored = await live.store.load_threads(10, None, "desc", LOCAL)
         assert len(stored.data) == 1
+        console.assert_clean()
+
+
+# Chromium's own stand-ins: a microphone that plays a beep, allowed without asking.
+FAKE_MICROPHONE = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
+
+
+@pytest.fixture
+async def whisper() -> AsyncIterator[tuple[FakeWhisper, str]]:
+    fake = FakeWhisper(text="book a table for two")
+    async with serve_app(fake.app) as url:
+        yield fake, url + "/v1"
+
+
+async def test_dictation_records_the_microphone_and_puts_the_text_in_the_composer(
+    start_live: LiveFactory,
+    live_settings: Settings,
+    fake_llm: FakeLLM,
+    whisper: tuple[FakeWhisper, str],
+) -> None:
+    fake, url = whisper
+    fake_llm.backend.script(Reply.text("Booked."))
+    async with (
+        launch_browser(args=FAKE_MICROPHONE) as browser,
+        start_live(live_settings.with_changes(transcribe_base_url=url)) as live,
+    ):
+        console = await open_console(browser, live.url)
+        page = console.page
+        transcribes: list[Any] = []
+        page.on(
+            "request",
+            lambda request: (
+                transcribes.append(json.loads(request.post_data or "{}"))
+                if request.url.endswith("/chatkit")
+                and "input.transcribe" in (request.post_data or "")
+                else None
+            ),
+        )
+        composer = page.get_by_test_id("composer-input")
+        await composer.fill("Please")
+        button = page.get_by_test_id("composer-dictate")
+        await expect(button).to_be_visible()
+        await expect(button).to_have_attribute("aria-pressed", "false")
+
+        await button.click()
+        await expect(button).to_have_attribute("aria-pressed", "true")
+        await expect(button).to_have_accessible_name("Stop dictation")
+        await page.wait_for_timeout(700)  # some of the fake microphone's beep
+        await button.click()
+
+        await expect(composer).to_have_value("Please book a table for two")
+        await expect(button).to_have_accessible_name("Dictate")
+        await expect(button).to_be_enabled()
+        [request] = transcribes
+        assert request["type"] == "input.transcribe"
+        assert set(request["params"]) == {"audio_base64", "mime_type"}
+        assert request["params"]["mime_type"].startswith("audio/webm")
+        [received] = fake.received
+        audio = base64.b64decode(request["params"]["audio_base64"])
+        assert received["audio"] == audio
+        assert audio.startswith(b"\x1aE\xdf\xa3")  # a WebM (EBML) file, not an empty clip
+        assert received["content_type"] == "audio/webm"
+
+        # The transcript is only a draft: the user sends it.
+        await page.get_by_test_id("composer-send").click()
+        await expect(page.get_by_test_id("message-user")).to_have_text(
+            "Please book a table for two"
+        )
+        await expect(page.get_by_test_id("message-assistant")).to_have_text("Booked.")
+
+        # A failing speech-to-text server: its message shows, the composer keeps its text.
+        fake.status = 500
+        await composer.fill("Draft")
+        await button.click()
+        await expect(button).to_have_attribute("aria-pressed", "true")
+        await page.wait_for_timeout(300)
+        await button.click()
+        await expect(page.locator("#status")).to_contain_text(
+            "The transcription server refused the audio"
+        )
+        await expect(button).to_be_enabled()
+        await expect(composer).to_have_value("Draft")
+        assert len(fake.received) == 2
+        console.assert_clean()
+
+
+async def test_the_microphone_is_hidden_when_the_server_has_no_dictation(
+    browser: Browser, start_live: LiveFactory, live_settings: Settings
+) -> None:
+    async with start_live(live_settings) as live:
+        console = await open_console(browser, live.url)
+        await expect(console.page.locator("body[data-ready=true]")).to_be_attached()
+        microphone = console.page.get_by_test_id("composer-dictate")
+        await expect(microphone).to_have_count(1)
+        await expect(microphone).to_be_hidden()
+        workflows = await console.page.evaluate(
+            "fetch('chatkit/workflows').then((response) => response.json())"
+        )
+        assert workflows["dictation"] is False
         console.assert_clean()
