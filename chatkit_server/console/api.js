@@ -120,14 +120,22 @@ export async function upload(file) {
   });
   const target = attachment.upload_descriptor;
   if (target) {
+    // The server names its upload URL after CHATKIT_PUBLIC_URL, else the address this
+    // request came to; the page's policy lets it talk to its own origin only.
+    const where = new URL(target.url, location.href).origin;
+    if (where !== location.origin) {
+      await call("attachments.delete", { attachment_id: attachment.id }).catch(() => {});
+      throw new ApiError(
+        0,
+        `the server's upload address is on ${where}, not this page's origin ` +
+          "(CHATKIT_PUBLIC_URL should be the address this page is opened at)",
+      );
+    }
     const form = new FormData();
     form.append("file", file, file.name);
-    // Our credential goes only to our own origin; another host gets its own headers.
-    const own = new URL(target.url, location.href).origin === location.origin;
-    const uploadHeaders = { ...(own ? headers(false) : {}), ...(target.headers ?? {}) };
     const response = await fetch(target.url, {
       method: target.method ?? "POST",
-      headers: uploadHeaders,
+      headers: { ...headers(false), ...(target.headers ?? {}) },
       body: form,
     });
     await check(response);

@@ -203,3 +203,56 @@ async def test_the_microphone_is_hidden_when_the_server_has_no_dictation(
         )
         assert workflows["dictation"] is False
         console.assert_clean()
+
+
+async def test_a_text_file_has_no_preview_and_reaches_the_model_as_text(
+    browser: Browser, start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.text("Friday it is."))
+    async with start_live(live_settings) as live:
+        console = await open_console(browser, live.url)
+        page = console.page
+        await page.get_by_test_id("attach-input").set_input_files(
+            {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"Ship it on Friday.\n"}
+        )
+        pending = page.locator("#attachments .attachment")
+        await expect(pending).to_have_class("attachment ready")
+        await expect(pending).to_contain_text("notes.txt")
+        await expect(pending.locator("img")).to_have_count(0)
+
+        await console.send("When do we ship?")
+        await expect(page.get_by_test_id("message-assistant")).to_have_text("Friday it is.")
+        await expect(page.get_by_test_id("message-user")).to_contain_text("notes.txt")
+        texts = [part["text"] for part in _user_content(fake_llm.backend.requests[-1].body)]
+        assert any("notes.txt" in text and "Ship it on Friday." in text for text in texts), texts
+        console.assert_clean()
+
+
+async def test_an_upload_address_on_another_origin_is_refused_with_a_reason(
+    browser: Browser, start_live: LiveFactory, live_settings: Settings
+) -> None:
+    # CHATKIT_PUBLIC_URL names another address than the one the page was opened at.
+    settings = live_settings.with_changes(public_url="http://127.0.0.2:9")
+    async with start_live(settings) as live:
+        console = await open_console(browser, live.url)
+        page = console.page
+        bodies: list[Any] = []
+        page.on(
+            "request",
+            lambda request: (
+                bodies.append(json.loads(request.post_data or "null") or {})
+                if request.url.endswith("/chatkit")
+                else None
+            ),
+        )
+        await page.get_by_test_id("attach-input").set_input_files(
+            {"name": "red.png", "mimeType": "image/png", "buffer": _png()}
+        )
+        await expect(page.locator("#attachments .attachment")).to_have_class("attachment failed")
+        await expect(page.locator("#status")).to_contain_text(
+            "CHATKIT_PUBLIC_URL should be the address this page is opened at"
+        )
+        # Nothing was sent elsewhere, and the half-made attachment was deleted.
+        console.assert_clean()
+        deleted = [body for body in bodies if body.get("type") == "attachments.delete"]
+        assert len(deleted) == 1, bodies
