@@ -27,14 +27,17 @@ export function wireDictation(button, { onText, onError, retry }) {
     button.dataset.state = mode;
     button.setAttribute("aria-pressed", String(mode === "recording"));
     button.setAttribute("aria-label", mode === "recording" ? "Stop dictation" : mode === "transcribing" ? "Transcribing" : "Dictate");
-    button.disabled = mode === "transcribing";
+    // Asking for the microphone or transcribing: a second click would start another clip.
+    button.disabled = mode === "starting" || mode === "transcribing";
   };
 
   async function start() {
     let stream;
+    show("starting");
     try {
       stream = await navigator.mediaDevices.getUserMedia({ audio: true });
     } catch (error) {
+      show("idle");
       onError(new Error(`The microphone is not available (${error.message || error.name}).`));
       return;
     }

@@ -256,3 +256,23 @@ async def test_an_upload_address_on_another_origin_is_refused_with_a_reason(
         console.assert_clean()
         deleted = [body for body in bodies if body.get("type") == "attachments.delete"]
         assert len(deleted) == 1, bodies
+
+
+async def test_no_microphone_is_said_plainly(
+    browser: Browser,
+    start_live: LiveFactory,
+    live_settings: Settings,
+    whisper: tuple[FakeWhisper, str],
+) -> None:
+    fake, url = whisper
+    # This browser has neither the fake microphone nor leave to use one.
+    async with start_live(live_settings.with_changes(transcribe_base_url=url)) as live:
+        console = await open_console(browser, live.url)
+        page = console.page
+        button = page.get_by_test_id("composer-dictate")
+        await button.click()
+        await expect(page.locator("#status")).to_contain_text("The microphone is not available")
+        await expect(button).to_have_attribute("aria-pressed", "false")
+        await expect(button).to_be_enabled()
+        assert fake.received == []
+        console.assert_clean()
