@@ -8,12 +8,12 @@ from dataclasses import replace
 
 from chatkit.server import StreamingResult
 from chatkit.types import ErrorEvent
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from chatkit_server.errors import InvalidCursorError, NotFoundError, RequestError, StoreError
 from chatkit_server.http.body import read_body
-from chatkit_server.http.errors import error_response, request_error_response
+from chatkit_server.http.errors import error_response, failure_response, request_error_response
 from chatkit_server.http.origin import refuse_foreign_origin
 from chatkit_server.http.sse import BatchedStreamingResponse
 from chatkit_server.http.state import get_state
@@ -59,17 +59,8 @@ async def chatkit_endpoint(request: Request) -> Response:
         return error_response(404, "No such thread, item or attachment.", code="not_found")
     except InvalidCursorError:
         return error_response(400, "The 'after' cursor does not name an entry of this list.")
-    except ClientDisconnect:
-        # The client left while sending its request: nobody reads the answer.
-        logger.info("client disconnected before its request body was read")
-        return Response(status_code=400)
-    except StoreError:
-        logger.exception("store failure while answering a ChatKit request")
-        return error_response(503, "The database is unavailable. Please try again.")
-    except Exception:
-        # Never str(exc): internal errors can carry SQL, paths or secrets.
-        logger.exception("unexpected failure while answering a ChatKit request")
-        return error_response(500, "Internal server error.")
+    except Exception as exc:
+        return failure_response(exc, "answering a ChatKit request")
     if isinstance(result, StreamingResult):
         return BatchedStreamingResponse(
             _ending_with_error_event(result),

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from chatkit_server.errors import RequestError
+from chatkit_server.errors import RequestError, StoreError
 
 __all__ = [
     "error_response",
+    "failure_response",
     "http_exception_response",
     "internal_error_response",
     "request_error_response",
 ]
+
+logger = logging.getLogger(__name__)
 
 _TYPES = {
     400: "invalid_request_error",
@@ -49,6 +53,24 @@ def error_response(
         status_code=status_code,
         headers=headers,
     )
+
+
+def failure_response(exc: Exception, doing: str) -> Response:
+    """The answer to a failure a route did not expect, logged with what it was ``doing``.
+
+    A client that left mid-request gets a bare 400 (nobody reads it); a
+    store failure is a 503 (the database may come back); anything else is a
+    500. The client never sees the exception's text: internal errors can
+    carry SQL, paths or secrets.
+    """
+    if isinstance(exc, ClientDisconnect):
+        logger.info("client disconnected before its request was read (%s)", doing)
+        return Response(status_code=400)
+    if isinstance(exc, StoreError):
+        logger.exception("store failure while %s", doing)
+        return error_response(503, "The database is unavailable. Please try again.")
+    logger.exception("unexpected failure while %s", doing)
+    return error_response(500, "Internal server error.")
 
 
 def request_error_response(exc: RequestError) -> JSONResponse:

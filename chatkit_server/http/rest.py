@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from chatkit_server.errors import InvalidCursorError, NotFoundError, RequestError, StoreError
 from chatkit_server.http.body import read_body
-from chatkit_server.http.errors import error_response, request_error_response
+from chatkit_server.http.errors import error_response, failure_response, request_error_response
 from chatkit_server.http.rest_sessions import cancel_session, create_session
 from chatkit_server.http.rest_shapes import (
     REST_ITEM_TYPES,
@@ -114,12 +114,8 @@ def _admin(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
                 "The 'after' or 'before' cursor does not name an entry of this list.",
                 code="invalid_cursor",
             )
-        except ClientDisconnect:
-            logger.info("client disconnected before its request body was read")
-            return Response(status_code=400)
-        except StoreError:
-            logger.exception("store failure while answering a REST request")
-            return error_response(503, "The database is unavailable. Please try again.")
+        except (ClientDisconnect, StoreError) as exc:
+            return failure_response(exc, "answering a REST request")
 
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__

@@ -33,7 +33,7 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import Final
 
 from chatkit.types import Attachment, AttachmentCreateParams, AttachmentsCreateReq
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -41,7 +41,7 @@ from chatkit_server.context import RequestContext
 from chatkit_server.errors import NotFoundError, RequestError, StoreError
 from chatkit_server.files import check_file_id, effective_mime_type, is_image
 from chatkit_server.files.receive import IncomingFile
-from chatkit_server.http.errors import error_response, request_error_response
+from chatkit_server.http.errors import error_response, failure_response, request_error_response
 from chatkit_server.http.multipart import MultipartFile, boundary_of
 from chatkit_server.http.origin import refuse_foreign_origin
 from chatkit_server.http.state import AppState, get_state
@@ -151,15 +151,9 @@ async def _answer(request: Request, work: _Work) -> Response:
         return request_error_response(exc)
     except NotFoundError:
         return error_response(404, "No such attachment.", code="not_found")
-    except ClientDisconnect:
-        logger.info("client disconnected in the middle of an upload; nothing was kept")
-        return Response(status_code=400)
-    except StoreError:
-        logger.exception("store failure while receiving an upload")
-        return error_response(503, "The database is unavailable. Please try again.")
-    except Exception:
-        logger.exception("unexpected failure while receiving an upload")
-        return error_response(500, "Internal server error.")
+    except Exception as exc:
+        # A client that left mid-upload leaves nothing behind either.
+        return failure_response(exc, "receiving an upload")
 
 
 async def two_phase_upload(request: Request) -> Response:
