@@ -7,7 +7,9 @@ read every answer at the backend's speed and hold it (hundreds of MiB in a
 minute); with it, the server reads only as fast as each client takes. The
 baseline is the server's own RSS, idle after a warm-up, in the same run; the
 figure is the rise during the slow reads, and what is left of it once the
-clients are gone.
+clients are gone. A second round of the same shows whether what is left is
+kept for reuse (the second round ends where the first did) or lost (it
+grows by as much again).
 """
 
 from __future__ import annotations
@@ -74,15 +76,22 @@ async def _slow_readers(ctx: Ctx, backend: Service, server: Service) -> None:
     await asyncio.sleep(1.0)
     idle = rss_mib(server.pid)
     pids = {"server": server.pid, "backend": backend.pid}
-    with Sampler(server.pid, pids) as usage:
-        opened = [await _open_answer(server.url, f"Q{i}") for i in range(CLIENTS)]
-        until = time.monotonic() + seconds
-        taken = await asyncio.gather(*(_read_slowly(r, until) for r, _w in opened))
-    peak = usage.peak_rss / 2**20
-    for _reader, client in opened:
-        client.close()
-    await asyncio.sleep(5.0)
-    after = rss_mib(server.pid)
+    peaks: list[float] = []
+    afters: list[float] = []
+    taken: list[int] = []
+    cpu = 0.0
+    for _round in range(2):
+        with Sampler(server.pid, pids) as usage:
+            opened = [await _open_answer(server.url, f"Q{i}") for i in range(CLIENTS)]
+            until = time.monotonic() + seconds
+            taken += await asyncio.gather(*(_read_slowly(r, until) for r, _w in opened))
+        peaks.append(usage.peak_rss / 2**20)
+        cpu = usage.cpu_percent("server")
+        for _reader, client in opened:
+            client.close()
+        await asyncio.sleep(5.0)
+        afters.append(rss_mib(server.pid))
+    peak, after = peaks[0], afters[0]
     label = f"{CLIENTS} clients reading {READ_BYTES_PER_SECOND} B/s for {seconds:.0f} s"
     report.figure(
         "slow-readers",
@@ -100,8 +109,17 @@ async def _slow_readers(ctx: Ctx, backend: Service, server: Service) -> None:
         baseline=f"{idle:.0f} MiB idle",
         ratio=after / idle,
     )
+    report.figure(
+        "slow-readers",
+        "the same again: RSS peak / 5 s after the clients left",
+        value=f"{peaks[1]:.0f} / {afters[1]:.0f} MiB",
+        baseline=f"first round {peak:.0f} / {after:.0f} MiB",
+        ratio=afters[1] / after,
+        target="second round ends where the first did (no loss)",
+        passed=afters[1] - after < 0.5 * (after - idle) + 2,
+    )
     report.note(
         "slow-readers",
         f"the clients took {sum(taken)} bytes in all; server CPU "
-        f"{usage.cpu_percent('server'):.0f}% of one core while they read",
+        f"{cpu:.0f}% of one core while they read (second round)",
     )
