@@ -7,20 +7,14 @@ variable and what it expects, so a typo fails at start-up, not mid-request.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-from chatkit_server.errors import ChatKitServerError
+from chatkit_server import settings_values as values
+from chatkit_server.settings_values import DEFAULT_UPLOAD_TYPES, SettingsError
 from chatkit_server.workflows.file import WorkflowFile, load_workflow_file
 
 __all__ = [
@@ -82,16 +76,6 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_TITLE_CHARS = 200
 DEFAULT_MAX_ATTACHMENTS = 10
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-# What an upload may be, by what its bytes are (not what the client says):
-# text/plain stands for any UTF-8 text (csv, json, markdown, source code).
-DEFAULT_UPLOAD_TYPES = (
-    "image/png",
-    "image/jpeg",
-    "image/gif",
-    "image/webp",
-    "application/pdf",
-    "text/plain",
-)
 # An upload never attached to a message is deleted after this many seconds:
 # long enough for a user to finish writing the message it was meant for.
 DEFAULT_UPLOAD_GRACE = 24 * 3600
@@ -235,14 +219,6 @@ def environment_help(names: tuple[str, ...], *, heading: str = "environment:") -
     return "\n".join([heading, *kept]) + "\n"
 
 
-class SettingsError(ChatKitServerError):
-    """An environment variable holds a value the server cannot use."""
-
-    def __init__(self, variable: str, message: str) -> None:
-        super().__init__(f"{variable}: {message}")
-        self.variable = variable
-
-
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything the server is configured with, read once at start-up."""
@@ -355,7 +331,7 @@ class Settings:
         data_dir = Path(get("CHATKIT_DATA_DIR") or DEFAULT_DATA_DIR)
         database_url = get("CHATKIT_DATABASE_URL")
         if database_url is not None:
-            database_url = _normalise_database_url(database_url)
+            database_url = values.database_url(database_url)
 
         llm_base_url = get("CHATKIT_LLM_BASE_URL")
         if llm_base_url is not None and not llm_base_url.startswith(("http://", "https://")):
@@ -407,8 +383,8 @@ class Settings:
             if origin.strip()
         )
 
-        jwt_secret = _jwt_secret(get("CHATKIT_JWT_SECRET"))
-        jwt_public_key = _pem_file(get("CHATKIT_JWT_PUBLIC_KEY"))
+        jwt_secret = values.jwt_secret(get("CHATKIT_JWT_SECRET"))
+        jwt_public_key = values.pem_file(get("CHATKIT_JWT_PUBLIC_KEY"))
         jwt_audience = get("CHATKIT_JWT_AUDIENCE")
         jwt_issuer = get("CHATKIT_JWT_ISSUER")
         if jwt_secret is None and jwt_public_key is None:
@@ -425,8 +401,8 @@ class Settings:
                         "not accepted at all",
                     )
 
-        trusted_header = _header_name(get("CHATKIT_TRUSTED_USER_HEADER"))
-        trusted_proxies = _networks(get("CHATKIT_TRUSTED_PROXIES"))
+        trusted_header = values.header_name(get("CHATKIT_TRUSTED_USER_HEADER"))
+        trusted_proxies = values.networks(get("CHATKIT_TRUSTED_PROXIES"))
         if trusted_header is not None and not trusted_proxies:
             raise SettingsError(
                 "CHATKIT_TRUSTED_PROXIES",
@@ -453,266 +429,91 @@ class Settings:
             llm_api_key=get("CHATKIT_LLM_API_KEY") or DEFAULT_LLM_API_KEY,
             llm_model=get("CHATKIT_LLM_MODEL") or DEFAULT_LLM_MODEL,
             llm_api=api,  # type: ignore[arg-type]  # checked above
-            llm_read_timeout=_positive_float(env, "CHATKIT_LLM_TIMEOUT", DEFAULT_READ_TIMEOUT),
-            llm_connect_timeout=_positive_float(
+            llm_read_timeout=values.positive_seconds(
+                env, "CHATKIT_LLM_TIMEOUT", DEFAULT_READ_TIMEOUT
+            ),
+            llm_connect_timeout=values.positive_seconds(
                 env, "CHATKIT_LLM_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT
             ),
-            llm_max_retries=_int(env, "CHATKIT_LLM_MAX_RETRIES", DEFAULT_MAX_RETRIES, minimum=0),
-            llm_context_tokens=_optional_int(
+            llm_max_retries=values.whole_number(
+                env, "CHATKIT_LLM_MAX_RETRIES", DEFAULT_MAX_RETRIES, minimum=0
+            ),
+            llm_context_tokens=values.optional_whole_number(
                 env, "CHATKIT_LLM_CONTEXT_TOKENS", minimum=MIN_CONTEXT_TOKENS
             ),
             workflows_path=workflows_path,
             workflows_file=workflows_file,
             local_model=local_model,  # type: ignore[arg-type]  # checked above
-            admin_key=_admin_key(get("CHATKIT_ADMIN_KEY")),
+            admin_key=values.admin_key(get("CHATKIT_ADMIN_KEY")),
             jwt_secret=jwt_secret,
             jwt_public_key=jwt_public_key,
             jwt_audience=jwt_audience,
             jwt_issuer=jwt_issuer,
             trusted_user_header=trusted_header,
             trusted_proxies=trusted_proxies,
-            user_rate_limit=_int(env, "CHATKIT_RATE_LIMIT", DEFAULT_USER_RATE_LIMIT, minimum=0),
+            user_rate_limit=values.whole_number(
+                env, "CHATKIT_RATE_LIMIT", DEFAULT_USER_RATE_LIMIT, minimum=0
+            ),
             cors_origins=origins,
-            max_title_chars=_int(
+            max_title_chars=values.whole_number(
                 env, "CHATKIT_MAX_TITLE_CHARS", DEFAULT_MAX_TITLE_CHARS, minimum=1
             ),
-            max_attachments=_int(
+            max_attachments=values.whole_number(
                 env, "CHATKIT_MAX_ATTACHMENTS", DEFAULT_MAX_ATTACHMENTS, minimum=0
             ),
-            max_upload_bytes=_int(
+            max_upload_bytes=values.whole_number(
                 env, "CHATKIT_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, minimum=1
             ),
-            max_body_bytes=_int(
+            max_body_bytes=values.whole_number(
                 env, "CHATKIT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024
             ),
-            answer_max_chars=_int(
+            answer_max_chars=values.whole_number(
                 env, "CHATKIT_ANSWER_MAX_CHARS", DEFAULT_ANSWER_MAX_CHARS, minimum=0
             ),
-            answer_max_seconds=_seconds(
+            answer_max_seconds=values.seconds(
                 env, "CHATKIT_ANSWER_MAX_SECONDS", DEFAULT_ANSWER_MAX_SECONDS, zero_is_off=True
             ),
-            answer_max_tokens=_optional_int(env, "CHATKIT_ANSWER_MAX_TOKENS", minimum=1),
-            stream_stall_timeout=_positive_float(
+            answer_max_tokens=values.optional_whole_number(
+                env, "CHATKIT_ANSWER_MAX_TOKENS", minimum=1
+            ),
+            stream_stall_timeout=values.positive_seconds(
                 env, "CHATKIT_STREAM_STALL_TIMEOUT", DEFAULT_STREAM_STALL_TIMEOUT
             ),
-            header_timeout=_positive_float(env, "CHATKIT_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
-            body_timeout=_positive_float(env, "CHATKIT_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
-            keepalive_timeout=_positive_float(
+            header_timeout=values.positive_seconds(
+                env, "CHATKIT_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT
+            ),
+            body_timeout=values.positive_seconds(env, "CHATKIT_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
+            keepalive_timeout=values.positive_seconds(
                 env, "CHATKIT_KEEPALIVE_TIMEOUT", DEFAULT_KEEPALIVE_TIMEOUT
             ),
-            max_connections=_optional_int(env, "CHATKIT_MAX_CONNECTIONS", minimum=1),
-            min_free_bytes=_int(env, "CHATKIT_MIN_FREE_BYTES", DEFAULT_MIN_FREE_BYTES, minimum=0),
-            upload_types=_upload_types(get("CHATKIT_UPLOAD_TYPES")),
+            max_connections=values.optional_whole_number(env, "CHATKIT_MAX_CONNECTIONS", minimum=1),
+            min_free_bytes=values.whole_number(
+                env, "CHATKIT_MIN_FREE_BYTES", DEFAULT_MIN_FREE_BYTES, minimum=0
+            ),
+            upload_types=values.upload_types(get("CHATKIT_UPLOAD_TYPES")),
             attachment_storage=storage,  # type: ignore[arg-type]  # checked above
-            upload_grace=_int(env, "CHATKIT_UPLOAD_GRACE", DEFAULT_UPLOAD_GRACE, minimum=60),
-            public_url=_public_url(get("CHATKIT_PUBLIC_URL")),
-            llm_vision=_bool(env, "CHATKIT_LLM_VISION", default=False),
-            history_items=_int(env, "CHATKIT_HISTORY_ITEMS", DEFAULT_HISTORY_ITEMS, minimum=1),
-            history_tokens=_int(env, "CHATKIT_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS, minimum=100),
-            tracing=_bool(env, "CHATKIT_TRACING", default=False),
-            titles=_bool(env, "CHATKIT_TITLES", default=True),
-            console=_bool(env, "CHATKIT_CONSOLE", default=True),
+            upload_grace=values.whole_number(
+                env, "CHATKIT_UPLOAD_GRACE", DEFAULT_UPLOAD_GRACE, minimum=60
+            ),
+            public_url=values.public_url(get("CHATKIT_PUBLIC_URL")),
+            llm_vision=values.flag(env, "CHATKIT_LLM_VISION", default=False),
+            history_items=values.whole_number(
+                env, "CHATKIT_HISTORY_ITEMS", DEFAULT_HISTORY_ITEMS, minimum=1
+            ),
+            history_tokens=values.whole_number(
+                env, "CHATKIT_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS, minimum=100
+            ),
+            tracing=values.flag(env, "CHATKIT_TRACING", default=False),
+            titles=values.flag(env, "CHATKIT_TITLES", default=True),
+            console=values.flag(env, "CHATKIT_CONSOLE", default=True),
             log_level=log_level,
             transcribe_base_url=transcribe_base_url.rstrip("/") if transcribe_base_url else None,
             transcribe_model=get("CHATKIT_TRANSCRIBE_MODEL") or DEFAULT_TRANSCRIBE_MODEL,
             transcribe_api_key=get("CHATKIT_TRANSCRIBE_API_KEY"),
-            transcribe_timeout=_positive_float(
+            transcribe_timeout=values.positive_seconds(
                 env, "CHATKIT_TRANSCRIBE_TIMEOUT", DEFAULT_TRANSCRIBE_TIMEOUT
             ),
-            transcribe_max_bytes=_int(
+            transcribe_max_bytes=values.whole_number(
                 env, "CHATKIT_TRANSCRIBE_MAX_BYTES", DEFAULT_TRANSCRIBE_MAX_BYTES, minimum=1
             ),
         )
-
-
-# Short secrets can be guessed offline from a token signed with them (HS256)
-# or online against the REST API.
-_MIN_SECRET_LENGTH = 32
-
-
-def _admin_key(value: str | None) -> str | None:
-    if value is not None and len(value) < _MIN_SECRET_LENGTH:
-        raise SettingsError(
-            "CHATKIT_ADMIN_KEY",
-            f"expected at least {_MIN_SECRET_LENGTH} characters; make one with "
-            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`",
-        )
-    return value
-
-
-def _jwt_secret(value: str | None) -> str | None:
-    if value is not None and len(value.encode()) < _MIN_SECRET_LENGTH:
-        raise SettingsError(
-            "CHATKIT_JWT_SECRET",
-            f"expected at least {_MIN_SECRET_LENGTH} bytes (RFC 7518 asks for 256 bits for HS256)",
-        )
-    return value
-
-
-def _pem_file(path: str | None) -> str | None:
-    """The text of the PEM public key file at ``path``."""
-    if path is None:
-        return None
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise SettingsError(
-            "CHATKIT_JWT_PUBLIC_KEY", f"cannot read {path}: {exc.strerror or exc}"
-        ) from None
-    except UnicodeDecodeError:
-        text = ""
-    try:
-        key = serialization.load_pem_public_key(text.encode())
-    except ValueError:
-        raise SettingsError(
-            "CHATKIT_JWT_PUBLIC_KEY",
-            f"{path} is not a PEM public key (expected a '-----BEGIN PUBLIC KEY-----' block)",
-        ) from None
-    if not (
-        isinstance(key, rsa.RSAPublicKey)
-        or (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1))
-    ):
-        raise SettingsError(
-            "CHATKIT_JWT_PUBLIC_KEY",
-            f"{path} holds a key JWTs cannot use here; expected an RSA public key (RS256) "
-            "or an EC P-256 one (ES256)",
-        )
-    return text
-
-
-# The types the sniffer tells apart (chatkit_server.files.sniff), and the
-# wildcards an operator may write for them.
-_UPLOAD_TYPES = (*DEFAULT_UPLOAD_TYPES, "application/octet-stream")
-_UPLOAD_WILDCARDS = ("image/*", "*/*")
-
-
-def _upload_types(value: str | None) -> tuple[str, ...]:
-    if value is None:
-        return DEFAULT_UPLOAD_TYPES
-    types: list[str] = []
-    for part in value.split(","):
-        kind = part.strip().lower()
-        if not kind:
-            continue
-        if kind not in _UPLOAD_TYPES and kind not in _UPLOAD_WILDCARDS:
-            raise SettingsError(
-                "CHATKIT_UPLOAD_TYPES",
-                f"unknown type {kind!r}; expected some of {', '.join(_UPLOAD_TYPES)}, "
-                "image/* or */*",
-            )
-        types.append(kind)
-    return tuple(types)
-
-
-def _public_url(value: str | None) -> str | None:
-    if value is None:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise SettingsError(
-            "CHATKIT_PUBLIC_URL",
-            f"expected the server's address as browsers see it, e.g. https://chat.example.com, "
-            f"got {value!r}",
-        )
-    return value.rstrip("/")
-
-
-# RFC 9110 section 5.1: a field name is a token.
-_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
-def _header_name(value: str | None) -> str | None:
-    """A header name that requests can carry (else it would never be found)."""
-    if value is not None and not _FIELD_NAME.fullmatch(value):
-        raise SettingsError(
-            "CHATKIT_TRUSTED_USER_HEADER",
-            f"{value!r} is not an HTTP header name (e.g. X-Forwarded-User)",
-        )
-    return value
-
-
-def _networks(value: str | None) -> tuple[str, ...]:
-    """Comma-separated addresses or networks, each checked and normalised."""
-    networks = []
-    for part in (value or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            networks.append(str(ipaddress.ip_network(part, strict=False)))
-        except ValueError:
-            raise SettingsError(
-                "CHATKIT_TRUSTED_PROXIES",
-                f"{part!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8)",
-            ) from None
-    return tuple(networks)
-
-
-def _normalise_database_url(url: str) -> str:
-    """Accept the usual spellings and pick the async driver for each backend."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise SettingsError(
-            "CHATKIT_DATABASE_URL",
-            f"expected a URL such as sqlite+aiosqlite:///chat.db, got {url!r}",
-        )
-    if scheme in ("sqlite", "sqlite+aiosqlite"):
-        return f"sqlite+aiosqlite://{rest}"
-    if scheme in ("postgres", "postgresql", "postgresql+asyncpg"):
-        return f"postgresql+asyncpg://{rest}"
-    raise SettingsError(
-        "CHATKIT_DATABASE_URL",
-        f"unsupported database {scheme!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://",
-    )
-
-
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(name, f"expected a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(name, f"expected a positive number of seconds, got {raw!r}")
-    return value
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float, *, zero_is_off: bool) -> float:
-    """A duration in seconds; 0 allowed (meaning "no limit") when ``zero_is_off``."""
-    raw = env.get(name, "").strip()
-    with contextlib.suppress(ValueError):
-        if zero_is_off and raw and float(raw) == 0:
-            return 0.0
-    return _positive_float(env, name, default)
-
-
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(name, f"expected a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(name, f"expected at least {minimum}, got {raw!r}")
-    return value
-
-
-def _optional_int(env: Mapping[str, str], name: str, *, minimum: int) -> int | None:
-    if not env.get(name, "").strip():
-        return None
-    return _int(env, name, 0, minimum=minimum)
-
-
-def _bool(env: Mapping[str, str], name: str, *, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(name, f"expected 1/0, true/false, yes/no or on/off, got {raw!r}")
