@@ -59,20 +59,23 @@ from chatkit_server.store.attachments import (
     finish_upload,
     upload_metadata,
 )
-from chatkit_server.store.database import Database, Statements
+from chatkit_server.store.database import Database
 from chatkit_server.store.feedback import FeedbackRecord, add_feedback, load_feedback
 from chatkit_server.store.ids import ID_PREFIXES, new_id
 from chatkit_server.store.items import SETTLING_KINDS, decode_item, undoes_settled
 from chatkit_server.store.statements import (
-    LISTED_THREAD,
     MAX_PAGE_SIZE,
     check_cursor,
+    column_time,
     guarded_item_upsert,
+    item_values,
     owned_data_statement,
     owned_thread_upsert,
     page,
+    recent_bound,
     require_thread,
     thread_not_found,
+    utc_now,
 )
 from chatkit_server.store.tables import attachments, thread_items, threads
 
@@ -171,7 +174,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             {
                 "id": thread.id,
                 "user_id": context.user_id,
-                "created_at": _column_time(thread.created_at),
+                "created_at": column_time(thread.created_at),
                 "data": data,
             },
         )
@@ -203,7 +206,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             oldest: int | None = None
             start = after
             if limits.recent_threads is not None:
-                oldest, before_oldest = await _recent_bound(
+                oldest, before_oldest = await recent_bound(
                     session, context.user_id, limits.recent_threads
                 )
                 if order == "asc" and after is None:
@@ -405,7 +408,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             )
 
     async def _upsert_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
-        saved = await self._db.write_one(self._item_upsert, _item_values(thread_id, item, context))
+        saved = await self._db.write_one(self._item_upsert, item_values(thread_id, item, context))
         if not saved:
             raise thread_not_found(thread_id)
 
@@ -431,7 +434,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             if stored is not None and undoes_settled(decode_item(stored.type, stored.data), item):
                 return
             saved = (
-                await session.execute(self._item_upsert, _item_values(thread_id, item, context))
+                await session.execute(self._item_upsert, item_values(thread_id, item, context))
             ).all()
         if not saved:
             raise thread_not_found(thread_id)
@@ -479,7 +482,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             "id": attachment.id,
             "user_id": context.user_id,
             "thread_id": attachment.thread_id,
-            "created_at": _utc_now(),
+            "created_at": utc_now(),
             "data": attachment.model_dump_json(),
         }
         statement = self._upsert(
@@ -585,50 +588,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             set_={column: insert.excluded[column] for column in update},
             where=where,
         )
-
-
-def _item_values(thread_id: str, item: ThreadItem, context: RequestContext) -> dict[str, Any]:
-    """The parameters of the item upsert for ``item``."""
-    return {
-        "thread_id": thread_id,
-        "user_id": context.user_id,
-        "id": item.id,
-        "type": item.type,
-        "created_at": _column_time(item.created_at),
-        "data": item.model_dump_json(),
-    }
-
-
-async def _recent_bound(session: Statements, user_id: str, recent: int) -> tuple[int, str | None]:
-    """The ``seq`` of the user's ``recent``-th newest thread, and the id of the one before it.
-
-    Threads older than the first are out of a listing limited to the
-    ``recent`` newest; the second is where an oldest-first listing starts
-    after (``None``: there is no older thread).
-    """
-    rows = (
-        await session.execute(
-            sa.select(threads.c.seq, threads.c.id)
-            .where(threads.c.user_id == user_id, LISTED_THREAD)
-            .order_by(threads.c.seq.desc())
-            .limit(2)
-            .offset(max(0, recent - 1))
-        )
-    ).all()
-    if not rows:
-        return 0, None
-    return rows[0].seq, rows[1].id if len(rows) > 1 else None
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _column_time(value: datetime) -> datetime:
-    """Columns hold naive datetimes (the JSON keeps the original value)."""
-    if value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _attachment_not_found(attachment_id: str) -> NotFoundError:

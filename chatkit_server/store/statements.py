@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
+from chatkit.types import ThreadItem
 from sqlalchemy.dialects import postgresql, sqlite
 
 from chatkit_server.context import RequestContext
@@ -30,15 +32,19 @@ __all__ = [
     "SCOPES",
     "THREAD_COLUMNS",
     "check_cursor",
+    "column_time",
     "cursor_statement",
     "guarded_item_upsert",
+    "item_values",
     "owned_data_statement",
     "owned_thread_upsert",
     "owned_values",
     "page",
     "page_statement",
+    "recent_bound",
     "require_thread",
     "thread_not_found",
+    "utc_now",
 ]
 
 MAX_PAGE_SIZE: Final = 200
@@ -198,3 +204,48 @@ async def check_cursor(
 def thread_not_found(thread_id: str) -> NotFoundError:
     """The error for a thread that is missing or not the caller's (the two look alike)."""
     return NotFoundError(f"Thread {thread_id} not found")
+
+
+def item_values(thread_id: str, item: ThreadItem, context: RequestContext) -> dict[str, Any]:
+    """The parameters of the item upsert for ``item``."""
+    return {
+        "thread_id": thread_id,
+        "user_id": context.user_id,
+        "id": item.id,
+        "type": item.type,
+        "created_at": column_time(item.created_at),
+        "data": item.model_dump_json(),
+    }
+
+
+async def recent_bound(session: Statements, user_id: str, recent: int) -> tuple[int, str | None]:
+    """The ``seq`` of the user's ``recent``-th newest thread, and the id of the one before it.
+
+    Threads older than the first are out of a listing limited to the
+    ``recent`` newest; the second is where an oldest-first listing starts
+    after (``None``: there is no older thread).
+    """
+    rows = (
+        await session.execute(
+            sa.select(threads.c.seq, threads.c.id)
+            .where(threads.c.user_id == user_id, LISTED_THREAD)
+            .order_by(threads.c.seq.desc())
+            .limit(2)
+            .offset(max(0, recent - 1))
+        )
+    ).all()
+    if not rows:
+        return 0, None
+    return rows[0].seq, rows[1].id if len(rows) > 1 else None
+
+
+def utc_now() -> datetime:
+    """Now, in UTC, naive (as the columns hold times)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def column_time(value: datetime) -> datetime:
+    """Columns hold naive datetimes (the JSON keeps the original value)."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
