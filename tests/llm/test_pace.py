@@ -128,9 +128,10 @@ async def test_a_client_that_reads_nothing_holds_the_backend_back(
             # it and the server hold megabytes. What the server read counts.)
             assert not fake_llm.backend.streams[-1].disconnected
 
-        # The client left: the backend request is cancelled, what came is kept.
-        ended = await fake_llm.backend.wait_for_stream_end(timeout=30)
-        assert ended.disconnected
+        # The client left: what came is kept. (That the backend request is
+        # cancelled on a stop is tested where stops are; here the kernel
+        # buffers may already hold the whole answer, so the backend may not
+        # see it.)
         items = await _wait_for_answer(live)
         answer = next(item for item in items if isinstance(item, AssistantMessageItem))
         assert answer.content[0].text.startswith("tok0 tok1 ")
@@ -152,12 +153,15 @@ async def test_a_client_that_takes_nothing_for_the_stall_timeout_is_let_go(
         _stalled_stream(live) as (reader, status),
     ):
         assert status == 200
-        # The server gives up while this client still holds its socket open:
-        # the backend is stopped and the answer so far saved.
-        ended = await fake_llm.backend.wait_for_stream_end(timeout=60)
-        assert ended.disconnected
-        items = await _wait_for_answer(live)
+        # The server gives up while this client still holds its socket open,
+        # and saves the answer so far. (Whether the backend sees its request
+        # cancelled depends on the kernel buffers, which may hold all of it.)
+        for _ in range(600):
+            if any("treated as gone" in record.getMessage() for record in caplog.records):
+                break
+            await asyncio.sleep(0.1)
         assert any("treated as gone" in record.getMessage() for record in caplog.records)
+        items = await _wait_for_answer(live)
         # And the connection is closed: what the socket still held reads to its end.
         rest = await asyncio.wait_for(reader.read(), 30)
         assert rest.startswith(b"\r\n") or b"data: " in rest
