@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from chatkit_server import compat
 from chatkit_server.files import FileStorage, LinkSigner, LocalFileStorage
 from chatkit_server.files.database import DatabaseFileStorage
 from chatkit_server.files.sweep import sweep_attachments
@@ -60,8 +61,10 @@ def _quiet_stopped_merges(previous: _LoopHandler | None) -> _LoopHandler:
     ChatKit's ``stream_agent_response`` reads the run and the tool events in
     a task each; when the user stops an answer, the fetch of the run's next
     event is left behind and ends with ``StopAsyncIteration`` once the run is
-    cancelled, which asyncio would log as an error with a traceback on every
-    stop. Everything else goes to the previous handler.
+    cancelled, and the wait for the next tool event stays pending until it
+    is collected (:func:`chatkit_server.compat.is_stopped_merge_leftover`).
+    asyncio would log each as an error on every stop. Everything else goes to
+    the previous handler.
     """
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -69,6 +72,9 @@ def _quiet_stopped_merges(previous: _LoopHandler | None) -> _LoopHandler:
             context.get("message", "")
         ).startswith("Task exception was never retrieved"):
             logger.debug("a stopped answer's event fetch ended after the answer")
+            return
+        if compat.is_stopped_merge_leftover(context):
+            logger.debug("a stopped answer's wait for agent events was collected")
             return
         if previous is not None:
             previous(loop, context)
