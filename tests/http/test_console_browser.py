@@ -275,39 +275,16 @@ async def test_the_page_marks_when_it_is_ready(browser: Browser, live: Live) -> 
     console.assert_clean()
 
 
-async def test_a_long_answer_is_shown_whole_and_while_it_streams(
+async def test_a_long_answer_is_shown_whole(
     browser: Browser, live: Live, fake_llm: FakeLLM
 ) -> None:
+    # Whether its rendering keeps up is a figure of bench/bench_console.py.
     fake_llm.backend.script(Reply.count(2000, delay=0.001))
     console = await open_console(browser, live.url)
-    page = console.page
-    await page.evaluate(
-        """() => {
-            window.lastTokenShown = null;
-            new MutationObserver(() => {
-                const answer = document.querySelector('[data-testid="message-assistant"]');
-                if (window.lastTokenShown === null && answer?.textContent.includes('tok1999')) {
-                    window.lastTokenShown = performance.now();
-                }
-            }).observe(document.getElementById('items'),
-                       {subtree: true, childList: true, characterData: true});
-        }"""
-    )
 
     await console.send("Say a lot")
-    answer = page.get_by_test_id("message-assistant")
+    answer = console.page.get_by_test_id("message-assistant")
     await expect(answer).to_contain_text("tok1999", timeout=60_000)
     await console.answer_done()
-    shown, stream_end = await page.evaluate(
-        """() => [
-            window.lastTokenShown,
-            Math.max(...performance.getEntriesByType('resource')
-                .filter((entry) => entry.name.endsWith('/chatkit'))
-                .map((entry) => entry.responseEnd)),
-        ]"""
-    )
-    # Its last token is drawn (how soon after the stream's last byte is a
-    # figure of bench/bench_console.py).
-    assert shown is not None
-    assert stream_end > 0
+    await expect(answer).to_contain_text("tok0 tok1 tok2")
     console.assert_clean()
