@@ -18,6 +18,7 @@ import asyncio
 import json
 import time
 
+import _streams as net
 from _common import Ctx, run, stack
 from _harness import Sampler, Service, rss_mib
 
@@ -34,21 +35,15 @@ def fig_slow_readers(ctx: Ctx) -> None:
 async def _open_answer(url: str, text: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    body = json.dumps({"type": "threads.create", "params": {"input": _user_input(text)}}).encode()
+    body = json.dumps(
+        {"type": "threads.create", "params": {"input": net.user_input(text)}}
+    ).encode()
     writer.write(
         b"POST /chatkit HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
     await writer.drain()
     return reader, writer
-
-
-def _user_input(text: str) -> dict[str, object]:
-    return {
-        "content": [{"type": "input_text", "text": text}],
-        "attachments": [],
-        "inference_options": {},
-    }
 
 
 async def _read_slowly(reader: asyncio.StreamReader, until: float) -> int:
