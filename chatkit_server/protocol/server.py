@@ -52,7 +52,7 @@ from chatkit_server.llm.transcription import (
     TranscriptionError,
     TranscriptionTimeout,
 )
-from chatkit_server.pace import PACE_ARGUMENT, Pace
+from chatkit_server.pace import PACE_ARGUMENT
 from chatkit_server.protocol.admission import admit, release, releasing
 from chatkit_server.protocol.caps import AnswerCaps
 from chatkit_server.protocol.checks import (
@@ -91,7 +91,6 @@ class _Answer:
     history: list[ThreadItem]
     agent_context: AgentContext[RequestContext]
     result: RunResultStreaming
-    pace: Pace
 
 
 def _answer_flows(event: ThreadStreamEvent) -> bool:
@@ -220,11 +219,10 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         )
         # Every model call of the run (handoffs and tool rounds included) is
         # read at the pace its client takes the answer.
-        pace = context.pace
         run_settings = ModelSettings(
             tool_choice=options.tool_choice.id if options.tool_choice is not None else None,
             max_tokens=self.settings.answer_max_tokens,
-            extra_args={PACE_ARGUMENT: pace},
+            extra_args={PACE_ARGUMENT: context.pace},
         )
         agent = self.workflows.agent(workflow.id, model=options.model)
         result = Runner.run_streamed(
@@ -243,7 +241,6 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             history=history,
             agent_context=agent_context,
             result=result,
-            pace=pace,
         )
 
     async def _answer_events(
@@ -264,7 +261,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             max_seconds=self.settings.answer_max_seconds,
         )
         try:
-            events = stream_agent_response(agent_context, repair_run(result, pace=answer.pace))
+            events = stream_agent_response(agent_context, repair_run(result, pace=context.pace))
             capped = caps.apply(show_tool_tasks(agent_context, events), stop=result.cancel)
             async for event in fixer.fix(capped):
                 yield event
