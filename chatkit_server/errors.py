@@ -19,7 +19,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from chatkit.store import NotFoundError as ChatKitNotFoundError
 
@@ -31,6 +31,7 @@ __all__ = [
     "NotFoundError",
     "RequestError",
     "StoreError",
+    "causes",
 ]
 
 
@@ -82,3 +83,18 @@ class RequestError(ChatKitServerError):
         self.message = message
         self.code = code
         self.headers = dict(headers or {})
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or during, and so on, each once.
+
+    Clients wrap socket errors in their own exceptions (the openai client's
+    aiohttp transport even reports a refused connection as a timeout): the
+    error underneath tells what really happened.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        yield cause
+        cause = cause.__cause__ or cause.__context__

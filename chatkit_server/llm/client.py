@@ -43,6 +43,7 @@ from openai.resources.responses import AsyncResponses
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
+from chatkit_server.errors import causes
 from chatkit_server.llm.wire import (
     ServerSentEvent,
     SSEDecoder,
@@ -190,16 +191,8 @@ def reset_before_answer(exc: BaseException) -> bool:
     even connect-timeout) errors; the socket error underneath tells them
     apart from a backend that is down or slow.
     """
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(
-            cause, (ConnectionResetError, BrokenPipeError, aiohttp.ServerDisconnectedError)
-        ):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+    resets = (ConnectionResetError, BrokenPipeError, aiohttp.ServerDisconnectedError)
+    return any(isinstance(cause, resets) for cause in causes(exc))
 
 
 def _values(events: list[ServerSentEvent]) -> tuple[list[Any], bool]:

@@ -44,7 +44,7 @@ from chatkit.types import (
     WorkflowItem,
 )
 
-from chatkit_server.errors import StoreError
+from chatkit_server.errors import StoreError, causes
 
 __all__ = [
     "EMPTY_ANSWER_MESSAGE",
@@ -133,14 +133,9 @@ def _refused(exc: BaseException) -> bool:
     refused connection included, as a connect *timeout*; the socket error it
     wraps tells the two apart.
     """
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return any(
+        isinstance(cause, OSError) and not isinstance(cause, TimeoutError) for cause in causes(exc)
+    )
 
 
 class StreamFixer:
