@@ -79,24 +79,17 @@ class AnswerCaps:
     def notice(self) -> NoticeEvent | None:
         """What the user is told when the answer was cut; ``None`` when it was not."""
         if self.reached == "length":
-            return NoticeEvent(
-                level="warning",
-                title="Answer cut short",
-                message=(
-                    f"The answer reached this server's limit of {self.max_chars} characters "
-                    "and was stopped there."
-                ),
+            why = (
+                f"reached this server's limit of {self.max_chars} characters and was stopped there"
             )
-        if self.reached == "time":
-            return NoticeEvent(
-                level="warning",
-                title="Answer cut short",
-                message=(
-                    f"The answer took longer than this server's limit of "
-                    f"{self.max_seconds:g} seconds and was stopped."
-                ),
+        elif self.reached == "time":
+            why = (
+                f"took longer than this server's limit of {self.max_seconds:g} seconds "
+                "and was stopped"
             )
-        return None
+        else:
+            return None
+        return NoticeEvent(level="warning", title="Answer cut short", message=f"The answer {why}.")
 
 
 def _kept_after_the_cap(event: ThreadStreamEvent) -> bool:
