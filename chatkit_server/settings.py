@@ -470,8 +470,8 @@ class Settings:
             answer_max_chars=values.whole_number(
                 env, "CHATKIT_ANSWER_MAX_CHARS", DEFAULT_ANSWER_MAX_CHARS, minimum=0
             ),
-            answer_max_seconds=values.seconds(
-                env, "CHATKIT_ANSWER_MAX_SECONDS", DEFAULT_ANSWER_MAX_SECONDS, zero_is_off=True
+            answer_max_seconds=values.seconds_or_off(
+                env, "CHATKIT_ANSWER_MAX_SECONDS", DEFAULT_ANSWER_MAX_SECONDS
             ),
             answer_max_tokens=values.optional_whole_number(
                 env, "CHATKIT_ANSWER_MAX_TOKENS", minimum=1

@@ -33,7 +33,7 @@ __all__ = [
     "pem_file",
     "positive_seconds",
     "public_url",
-    "seconds",
+    "seconds_or_off",
     "upload_types",
     "whole_number",
 ]
@@ -218,11 +218,11 @@ def positive_seconds(env: Mapping[str, str], name: str, default: float) -> float
     return value
 
 
-def seconds(env: Mapping[str, str], name: str, default: float, *, zero_is_off: bool) -> float:
-    """A duration in seconds; 0 allowed (meaning "no limit") when ``zero_is_off``."""
+def seconds_or_off(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds, or 0 for "no limit"; ``default`` when ``name`` is unset."""
     raw = env.get(name, "").strip()
     with contextlib.suppress(ValueError):
-        if zero_is_off and raw and float(raw) == 0:
+        if raw and float(raw) == 0:
             return 0.0
     return positive_seconds(env, name, default)
 
