@@ -267,11 +267,15 @@ class RequestChecks:
                 await self._check_attachments(request.params.input.attachments, context)
             case ThreadsAddUserMessageReq():
                 self._check_attachment_ids(request.params.input.attachments)
-                thread = await store.load_thread(request.params.thread_id, context)
-                self._check_inference_options(
-                    workflow_of(self.workflows, thread, context),
-                    request.params.input.inference_options,
-                )
+                options = request.params.input.inference_options
+                if options.model is not None or options.tool_choice is not None:
+                    # Only the options need the thread's workflow. The thread's
+                    # existence is not checked here: admission leased it, which
+                    # only an existing thread of this user's can be.
+                    thread = await store.load_thread(request.params.thread_id, context)
+                    self._check_inference_options(
+                        workflow_of(self.workflows, thread, context), options
+                    )
                 await self._check_attachments(request.params.input.attachments, context)
             case ThreadsAddClientToolOutputReq():
                 await store.load_thread(request.params.thread_id, context)

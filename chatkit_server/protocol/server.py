@@ -225,16 +225,16 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             extra_args={PACE_ARGUMENT: context.pace},
         )
         agent = self.workflows.agent(workflow.id, model=options.model)
-        result = Runner.run_streamed(
-            agent,
-            agent_input,
-            context=agent_context,
-            run_config=RunConfig(
-                tracing_disabled=not (self.settings.tracing and context.tracing),
-                workflow_name=f"chatkit:{workflow.id}",
-                model_settings=run_settings,
-            ),
+        run_config = RunConfig(
+            tracing_disabled=not (self.settings.tracing and context.tracing),
+            workflow_name=f"chatkit:{workflow.id}",
         )
+        # Set after construction: given to the constructor, a ModelSettings is
+        # checked against RunConfig's type hints, resolved anew on every run
+        # (about a millisecond, before the model is asked). This one is built
+        # right here, so there is nothing to check.
+        run_config.model_settings = run_settings
+        result = Runner.run_streamed(agent, agent_input, context=agent_context, run_config=run_config)
         return _Answer(
             workflow=workflow,
             model=options.model or workflow.model,

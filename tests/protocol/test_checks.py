@@ -101,20 +101,31 @@ def test_a_thread_keeps_the_workflow_it_remembers() -> None:
     assert workflow_of(workflows, forgotten, ALICE).id == "default"
 
 
-async def test_an_unknown_or_foreign_thread_is_not_found_before_anything_starts(
+async def test_options_checked_against_an_unknown_or_foreign_thread_are_not_found(
     checks: RequestChecks, store: SQLStore
 ) -> None:
+    # A message without options is not looked up here: admission only leases
+    # a thread of the user's own (tests/protocol/test_admission.py).
     await store.save_thread(ThreadMetadata(id="thr_alice", created_at=WHEN), ALICE)
+    message = {**user_input("hi"), "inference_options": {"model": "small"}}
     for thread_id in ("thr_alice", "thr_missing"):
         request = parse_request(
-            _body("threads.add_user_message", {"thread_id": thread_id, "input": user_input("hi")})
+            _body("threads.add_user_message", {"thread_id": thread_id, "input": message})
         )
         with pytest.raises(NotFoundError):
             await checks.check(request, BOB)
     mine = parse_request(
-        _body("threads.add_user_message", {"thread_id": "thr_alice", "input": user_input("hi")})
+        _body("threads.add_user_message", {"thread_id": "thr_alice", "input": message})
     )
     await checks.check(mine, ALICE)
+    huge = {**user_input("hi"), "inference_options": {"model": "huge"}}
+    with pytest.raises(RequestError, match="choose one of: small"):
+        await checks.check(
+            parse_request(
+                _body("threads.add_user_message", {"thread_id": "thr_alice", "input": huge})
+            ),
+            ALICE,
+        )
 
 
 async def test_a_model_outside_the_workflow_is_refused_with_the_choices(
