@@ -8,7 +8,6 @@ read only what they are given: the environment itself is read in
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -221,10 +220,17 @@ def positive_seconds(env: Mapping[str, str], name: str, default: float) -> float
 def seconds_or_off(env: Mapping[str, str], name: str, default: float) -> float:
     """A positive number of seconds, or 0 for "no limit"; ``default`` when ``name`` is unset."""
     raw = env.get(name, "").strip()
-    with contextlib.suppress(ValueError):
-        if raw and float(raw) == 0:
-            return 0.0
-    return positive_seconds(env, name, default)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise SettingsError(
+            name, f"expected a positive number of seconds, or 0 for no limit, got {raw!r}"
+        )
+    return value
 
 
 def whole_number(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:

@@ -80,6 +80,9 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ("CHATKIT_PUBLIC_URL", "chat.example.com", "as browsers see it"),
         ("CHATKIT_PUBLIC_URL", "https://chat.example.com/?x=1", "as browsers see it"),
         ("CHATKIT_LLM_VISION", "sometimes", "on/off"),
+        ("CHATKIT_ANSWER_MAX_SECONDS", "-1", "or 0 for no limit"),
+        ("CHATKIT_ANSWER_MAX_SECONDS", "nan", "or 0 for no limit"),
+        ("CHATKIT_STREAM_STALL_TIMEOUT", "0", "positive"),
     ],
 )
 def test_invalid_values_name_the_variable(variable: str, value: str, fragment: str) -> None:
@@ -88,6 +91,12 @@ def test_invalid_values_name_the_variable(variable: str, value: str, fragment: s
     assert error.value.variable == variable
     assert str(error.value).startswith(variable + ":")
     assert fragment in str(error.value)
+
+
+def test_a_limit_in_seconds_may_be_0_for_none() -> None:
+    settings = Settings.from_env({"CHATKIT_ANSWER_MAX_SECONDS": "0"})
+    assert settings.answer_max_seconds == 0
+    assert Settings.from_env({"CHATKIT_ANSWER_MAX_SECONDS": "2.5"}).answer_max_seconds == 2.5
 
 
 def test_settings_are_frozen() -> None:

@@ -234,7 +234,9 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         # (about a millisecond, before the model is asked). This one is built
         # right here, so there is nothing to check.
         run_config.model_settings = run_settings
-        result = Runner.run_streamed(agent, agent_input, context=agent_context, run_config=run_config)
+        result = Runner.run_streamed(
+            agent, agent_input, context=agent_context, run_config=run_config
+        )
         return _Answer(
             workflow=workflow,
             model=options.model or workflow.model,

@@ -124,10 +124,6 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """The database the store keeps everything in."""
         return self._db
 
-    def set_upload_base_url(self, url: str) -> None:
-        """Change the base URL of upload and preview URLs (known after start-up)."""
-        self.links.default_base_url = url.rstrip("/")
-
     # -- ids -------------------------------------------------------------------
 
     def generate_thread_id(self, context: RequestContext) -> str:

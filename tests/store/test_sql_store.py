@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -657,9 +658,10 @@ async def test_create_file_and_image_attachments(store: SQLStore) -> None:
     file = await store.create_attachment(
         AttachmentCreateParams(name="a.pdf", size=10, mime_type="application/pdf"), ALICE
     )
-    store.set_upload_base_url("https://chat.example.com/")
+    # Links point where the request reached the server, when its context says.
+    addressed = replace(ALICE, base_url="https://chat.example.com/")
     image = await store.create_attachment(
-        AttachmentCreateParams(name="p.png", size=20, mime_type="image/png"), ALICE
+        AttachmentCreateParams(name="p.png", size=20, mime_type="image/png"), addressed
     )
 
     assert isinstance(file, FileAttachment)
