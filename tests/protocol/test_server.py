@@ -310,9 +310,10 @@ async def test_fifty_concurrent_conversations_on_one_sqlite_file(
     start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
 ) -> None:
     fake_llm.backend.default = Reply.count(10, delay=0.005)
-    # This is about database locking: a generous backend timeout keeps a
-    # loaded CI machine from turning slowness into error events.
-    settings = live_settings.with_changes(llm_read_timeout=30.0)
+    # This is about database locking: generous backend timeouts keep a
+    # loaded CI machine from turning slowness into error events (the fake
+    # backend accepts its 50 connections on the server's own busy loop).
+    settings = live_settings.with_changes(llm_read_timeout=30.0, llm_connect_timeout=30.0)
 
     async def converse(live: Live, n: int) -> tuple[int, int]:
         first = await live.client.create_thread(f"conversation {n}")
