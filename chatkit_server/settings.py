@@ -19,6 +19,7 @@ from chatkit_server.workflows.file import WorkflowFile, load_workflow_file
 
 __all__ = [
     "DEFAULT_ANSWER_MAX_CHARS",
+    "DEFAULT_ACTION_MAX_SECONDS",
     "DEFAULT_ANSWER_MAX_SECONDS",
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
@@ -84,6 +85,9 @@ DEFAULT_HISTORY_ITEMS = 200
 # that never stops must not stream forever or store megabytes in one message.
 DEFAULT_ANSWER_MAX_CHARS = 100_000
 DEFAULT_ANSWER_MAX_SECONDS = 600.0
+# A widget action's handler is the operator's code: one that hangs must not
+# hold its request (a sync action's JSON answer, a streamed one's stream) forever.
+DEFAULT_ACTION_MAX_SECONDS = 60.0
 # How long an answer waits for a client that takes none of it before the
 # client is treated as gone (the answer is saved, the backend stopped).
 DEFAULT_STREAM_STALL_TIMEOUT = 60.0
@@ -156,6 +160,8 @@ environment:
                               notice (default 100000; 0: no limit)
   CHATKIT_ANSWER_MAX_SECONDS  longest time one answer may take (default 600; 0: no limit)
   CHATKIT_ANSWER_MAX_TOKENS   max_tokens sent with every model request (default: not sent)
+  CHATKIT_ACTION_MAX_SECONDS  longest time a widget action's handler may take, an answer it
+                              runs excluded (default 60; 0: no limit)
   CHATKIT_STREAM_STALL_TIMEOUT seconds an answer waits for a client that reads none of it;
                               then the client is treated as gone (default 60)
   CHATKIT_HEADER_TIMEOUT      seconds a new connection has to send its request headers (default 10)
@@ -253,6 +259,7 @@ class Settings:
     answer_max_chars: int = DEFAULT_ANSWER_MAX_CHARS
     answer_max_seconds: float = DEFAULT_ANSWER_MAX_SECONDS
     answer_max_tokens: int | None = None
+    action_max_seconds: float = DEFAULT_ACTION_MAX_SECONDS
     stream_stall_timeout: float = DEFAULT_STREAM_STALL_TIMEOUT
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
@@ -475,6 +482,9 @@ class Settings:
             ),
             answer_max_tokens=values.optional_whole_number(
                 env, "CHATKIT_ANSWER_MAX_TOKENS", minimum=1
+            ),
+            action_max_seconds=values.seconds_or_off(
+                env, "CHATKIT_ACTION_MAX_SECONDS", DEFAULT_ACTION_MAX_SECONDS
             ),
             stream_stall_timeout=values.positive_seconds(
                 env, "CHATKIT_STREAM_STALL_TIMEOUT", DEFAULT_STREAM_STALL_TIMEOUT

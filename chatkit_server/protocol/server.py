@@ -66,7 +66,12 @@ from chatkit_server.protocol.events import StreamFixer
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore, UsageRecord, UsageStore, decode_item
 from chatkit_server.store.gate import RequestGate
-from chatkit_server.workflows.actions import ActionContext, handler_events
+from chatkit_server.workflows.actions import (
+    ActionClock,
+    ActionContext,
+    ActionTimeout,
+    handler_events,
+)
 from chatkit_server.workflows.history import HistoryCache, HistoryEntry, fit_history
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from chatkit_server.workflows.state import render
@@ -474,17 +479,26 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                 code="custom", message=_no_handler(workflow, action.type), allow_retry=False
             )
             return
+        clock = ActionClock(self.settings.action_max_seconds)
         action_context = ActionContext(
             action=action,
             sender=sender,
             thread=thread,
             request_context=context,
             store=self.store,
-            agent=lambda: self.respond(thread, None, context),
+            agent=lambda: clock.excluding(self.respond(thread, None, context)),
         )
         try:
-            async for event in handler_events(handler, action_context):
-                yield event
+            async with contextlib.aclosing(handler_events(handler, action_context)) as events:
+                while True:
+                    try:
+                        event = await clock.next(events)
+                    except StopAsyncIteration:
+                        break
+                    yield event
+        except ActionTimeout:
+            logger.warning("the handler of action %r ran out of time", action.type)
+            yield ErrorEvent(code="custom", message=_too_slow(action.type), allow_retry=True)
         except Exception:
             logger.exception("the handler of action %r failed", action.type)
             yield ErrorEvent(
@@ -522,20 +536,30 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         )
         updated: ThreadItem | None = None
         before = thread.model_copy(deep=True)
+        clock = ActionClock(self.settings.action_max_seconds)
         try:
-            async for event in handler_events(handler, action_context):
-                if isinstance(event, ThreadItemDoneEvent):
-                    await self.store.add_thread_item(thread.id, event.item, context)
-                elif isinstance(event, ThreadItemReplacedEvent):
-                    await self.store.save_item(thread.id, event.item, context)
-                    if sender is not None and event.item.id == sender.id:
-                        updated = event.item
-                elif isinstance(event, ThreadItemRemovedEvent):
-                    await self.store.delete_thread_item(thread.id, event.item_id, context)
-                else:
-                    logger.debug("sync action %r: dropped a %s event", action.type, event.type)
+            async with contextlib.aclosing(handler_events(handler, action_context)) as events:
+                while True:
+                    try:
+                        event = await clock.next(events)
+                    except StopAsyncIteration:
+                        break
+                    if isinstance(event, ThreadItemDoneEvent):
+                        await self.store.add_thread_item(thread.id, event.item, context)
+                    elif isinstance(event, ThreadItemReplacedEvent):
+                        await self.store.save_item(thread.id, event.item, context)
+                        if sender is not None and event.item.id == sender.id:
+                            updated = event.item
+                    elif isinstance(event, ThreadItemRemovedEvent):
+                        await self.store.delete_thread_item(thread.id, event.item_id, context)
+                    else:
+                        logger.debug("sync action %r: dropped a %s event", action.type, event.type)
         except ChatKitServerError:
             raise
+        except ActionTimeout:
+            logger.warning("the handler of action %r ran out of time", action.type)
+            # The items the handler stored so far stay: each was whole when kept.
+            raise RequestError(504, _too_slow(action.type), code="action_timeout") from None
         except Exception:
             logger.exception("the handler of action %r failed", action.type)
             raise RequestError(
@@ -551,4 +575,11 @@ def _no_handler(workflow: Workflow, action_type: str) -> str:
     return (
         f"Workflow {workflow.id!r} has no handler for the action {action_type!r} "
         "(handlers are declared under actions in the workflows file)."
+    )
+
+
+def _too_slow(action_type: str) -> str:
+    return (
+        f"The action {action_type!r} did not finish in time "
+        "(CHATKIT_ACTION_MAX_SECONDS); the items it added so far are kept."
     )

@@ -32,16 +32,22 @@ A synchronous action has no stream: its handler runs the same way (with
 :attr:`ActionContext.sync` true), items it adds, replaces or removes are kept,
 the sender widget's replacement is the answer's ``updated_item``, and events
 that only a stream can carry (progress, notices, client effects) are dropped.
+
+A handler has a bounded time (``CHATKIT_ACTION_MAX_SECONDS``, see
+:class:`ActionClock`); an answer it runs with ``action.respond()`` does not
+count against it, having bounds of its own.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
+import anyio
 from chatkit.actions import Action
 from chatkit.icons import IconName
 from chatkit.store import Store, StoreItemType
@@ -62,7 +68,14 @@ from chatkit.widgets import WidgetRoot
 
 from chatkit_server.context import RequestContext
 
-__all__ = ["ActionContext", "ActionHandler", "handler_events", "is_action_handler"]
+__all__ = [
+    "ActionClock",
+    "ActionTimeout",
+    "ActionContext",
+    "ActionHandler",
+    "handler_events",
+    "is_action_handler",
+]
 
 ActionHandler: TypeAlias = Callable[["ActionContext"], Any]
 """An ``async def handler(action: ActionContext)``, a generator of events or not."""
@@ -181,7 +194,7 @@ class ActionContext:
 
 async def handler_events(
     handler: ActionHandler, context: ActionContext
-) -> AsyncIterator[ThreadStreamEvent]:
+) -> AsyncGenerator[ThreadStreamEvent, None]:
     """The events of one run of ``handler``, whichever of the two shapes it has."""
     if inspect.isasyncgenfunction(handler):
         async for event in handler(context):
@@ -190,6 +203,73 @@ async def handler_events(
     result: Awaitable[Iterable[ThreadStreamEvent] | None] = handler(context)
     for event in await result or ():
         yield event
+
+
+_T = TypeVar("_T")
+
+
+class ActionTimeout(Exception):
+    """A handler used up its time (:class:`ActionClock`)."""
+
+
+class ActionClock:
+    """The time a handler has left, stopped while an answer it runs is streaming.
+
+    A handler is the operator's code: one that hangs must not hold its request
+    (and, streamed, its thread's lease) forever. The answer a handler runs
+    (``action.respond()``) is bounded on its own (answer length and time, the
+    backend's timeouts), so its time is not the handler's.
+
+    Args:
+        seconds: The handler's time; 0 or less: no limit.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._left = seconds if seconds > 0 else math.inf
+        self._scope: anyio.CancelScope | None = None
+        self._since = 0.0
+        self._answering = False
+
+    async def next(self, events: AsyncIterator[_T]) -> _T:
+        """The next of ``events``, within the time left.
+
+        Raises:
+            StopAsyncIteration: ``events`` ended.
+            ActionTimeout: The time ran out first.
+        """
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            self._since = anyio.current_time()
+            self._arm()
+            try:
+                return await anext(events)
+            finally:
+                self._spend()
+                self._scope = None
+        raise ActionTimeout  # only our own deadline is caught by this scope
+
+    async def excluding(self, answer: AsyncIterator[_T]) -> AsyncIterator[_T]:
+        """``answer``'s events, with the clock stopped while it streams."""
+        self._spend()
+        self._answering = True
+        self._arm()
+        try:
+            async for event in answer:
+                yield event
+        finally:
+            self._answering = False
+            self._since = anyio.current_time()
+            self._arm()
+
+    def _spend(self) -> None:
+        now = anyio.current_time()
+        if not self._answering:
+            self._left -= now - self._since
+        self._since = now
+
+    def _arm(self) -> None:
+        if self._scope is not None:
+            self._scope.deadline = math.inf if self._answering else self._since + self._left
 
 
 def _now() -> datetime:

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from chatkit.actions import Action
@@ -55,6 +56,8 @@ tools = ["chatkit_server.tools:show_counter"]
 "test.append" = "tests.workflows.test_actions:append_card"
 "test.fail" = "tests.workflows.test_actions:fail"
 "test.rename" = "tests.workflows.test_actions:rename"
+"test.hang" = "tests.workflows.test_actions:hang"
+"test.slow_answer" = "tests.workflows.test_actions:slow_answer"
 """
 
 
@@ -83,6 +86,19 @@ async def fail(action: ActionContext) -> None:
 
 async def rename(action: ActionContext) -> None:
     action.thread.title = str(action.action.payload)
+
+
+async def hang(action: ActionContext) -> AsyncIterator[ThreadStreamEvent]:
+    yield action.add_message("Started.")
+    await anyio.sleep_forever()
+    yield action.add_message("Never.")  # pragma: no cover
+
+
+async def slow_answer(action: ActionContext) -> AsyncIterator[ThreadStreamEvent]:
+    # The answer takes longer than the handler's own time: it must not count.
+    async for event in action.respond():
+        yield event
+    yield action.notice("Answered.")
 
 
 @pytest.fixture
@@ -305,8 +321,8 @@ async def test_the_workflows_listing_names_the_action_types(live_factory_widgets
         listed = (await http.get(live_factory_widgets.url + "/chatkit/workflows")).json()
     [workflow] = listed["data"]
     assert workflow["actions"] == [
-        "counter.add", "counter.reset", "test.append", "test.ask", "test.fail", "test.rename",
-        "test.signal",
+        "counter.add", "counter.reset", "test.append", "test.ask", "test.fail", "test.hang",
+        "test.rename", "test.signal", "test.slow_answer",
     ]  # fmt: skip
 
 
@@ -337,3 +353,46 @@ async def test_what_an_action_context_refuses(live: Live) -> None:
     assert not is_action_handler(counter_widget)
     assert is_action_handler(_nothing)
     assert is_action_handler(append_card)
+
+
+async def test_a_handler_that_hangs_ends_within_its_time_and_keeps_what_it_added(
+    start_live: LiveFactory, widget_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    async with start_live(widget_settings.with_changes(action_max_seconds=0.5)) as live:
+        thread_id, widget = await _counter_thread(live, fake_llm)
+
+        streamed = await _action(live, thread_id, widget.id, type="test.hang")
+        with pytest.raises(ChatKitHTTPError) as synced:
+            await live.client.call(
+                "threads.sync_custom_action",
+                thread_id=thread_id,
+                item_id=widget.id,
+                action={"type": "test.hang"},
+            )
+
+        [error] = streamed.errors
+        assert error.message is not None
+        assert "did not finish in time" in error.message
+        assert synced.value.status_code == 504
+        assert "CHATKIT_ACTION_MAX_SECONDS" in str(synced.value.body)
+        # Each run's first message was kept, whole; the thread answers on.
+        page = await live.client.call("items.list", thread_id=thread_id, limit=50, order="asc")
+        started = [item for item in page["data"] if item["type"] == "assistant_message"][-2:]
+        assert [item["content"][0]["text"] for item in started] == ["Started.", "Started."]
+        fake_llm.backend.script(Reply.text("Still here."))
+        after = await live.client.add_message(thread_id, "hello?")
+        assert after.assistant_text == "Still here."
+
+
+async def test_an_answer_a_handler_runs_does_not_use_up_the_handlers_time(
+    start_live: LiveFactory, widget_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    async with start_live(widget_settings.with_changes(action_max_seconds=0.5)) as live:
+        thread_id, widget = await _counter_thread(live, fake_llm)
+        fake_llm.backend.script(Reply.count(12, delay=0.1))  # 1.2 s of answer
+
+        turn = await _action(live, thread_id, widget.id, type="test.slow_answer")
+
+    assert not turn.errors
+    assert turn.assistant_text.split() == [f"tok{n}" for n in range(12)]
+    assert any(isinstance(event, NoticeEvent) for event in turn.events)
