@@ -32,10 +32,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
+from chatkit.types import ImageAttachment, ThreadItem, UserMessageItem
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from chatkit_server.context import RequestContext
 from chatkit_server.errors import InvalidCursorError, NotFoundError, RequestError, StoreError
 from chatkit_server.http.body import read_body
 from chatkit_server.http.errors import error_response, failure_response, request_error_response
@@ -49,6 +51,7 @@ from chatkit_server.http.rest_shapes import (
     usage_object,
 )
 from chatkit_server.http.state import AppState, get_state
+from chatkit_server.http.uploads import public_base_url
 from chatkit_server.store.admin import AdminStore, Order
 from chatkit_server.store.ids import has_control_character
 
@@ -228,11 +231,28 @@ async def thread(request: Request, state: AppState) -> dict[str, Any]:
 
 
 async def list_items(request: Request, state: AppState) -> dict[str, Any]:
-    """``GET /v1/chatkit/threads/{thread_id}/items``: the items that have a REST form."""
-    page = await AdminStore(state.database).items(
-        request.path_params["thread_id"], types=REST_ITEM_TYPES, **_page_params(request)
+    """``GET /v1/chatkit/threads/{thread_id}/items``: the items that have a REST form.
+
+    Image previews get links that work now (stored ones expire), signed for
+    the thread's owner and built on the address this request came to.
+    """
+    admin = AdminStore(state.database)
+    thread_id = request.path_params["thread_id"]
+    page = await admin.items(thread_id, types=REST_ITEM_TYPES, **_page_params(request))
+    items = page.data
+    if any(_has_image(item) for item in items):
+        owner = RequestContext(
+            user_id=(await admin.thread(thread_id)).user_id,
+            base_url=public_base_url(request, state.settings.public_url),
+        )
+        items = [state.store.links.fresh_item(item, owner) for item in items]
+    return list_object(items, page.has_more, item_object)
+
+
+def _has_image(item: ThreadItem) -> bool:
+    return isinstance(item, UserMessageItem) and any(
+        isinstance(attachment, ImageAttachment) for attachment in item.attachments
     )
-    return list_object(page.data, page.has_more, item_object)
 
 
 # -- extensions ----------------------------------------------------------------
