@@ -31,8 +31,6 @@ from chatkit.types import (
     SyncCustomActionResponse,
     ThreadItem,
     ThreadItemDoneEvent,
-    ThreadItemRemovedEvent,
-    ThreadItemReplacedEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
     ThreadStreamEvent,
@@ -44,7 +42,7 @@ from chatkit.types import (
 
 from chatkit_server import compat
 from chatkit_server.context import RequestContext
-from chatkit_server.errors import ChatKitServerError, RequestError, StoreError
+from chatkit_server.errors import RequestError, StoreError
 from chatkit_server.llm.local_model import no_backend_message
 from chatkit_server.llm.repair import repair_run
 from chatkit_server.llm.transcription import (
@@ -53,6 +51,11 @@ from chatkit_server.llm.transcription import (
     TranscriptionTimeout,
 )
 from chatkit_server.pace import PACE_ARGUMENT
+from chatkit_server.protocol.actions import (
+    no_handler_message,
+    run_streamed_action,
+    run_sync_action,
+)
 from chatkit_server.protocol.admission import admit, release, releasing
 from chatkit_server.protocol.caps import AnswerCaps
 from chatkit_server.protocol.checks import (
@@ -66,12 +69,7 @@ from chatkit_server.protocol.events import StreamFixer
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore, UsageRecord, UsageStore, decode_item
 from chatkit_server.store.gate import RequestGate
-from chatkit_server.workflows.actions import (
-    ActionClock,
-    ActionContext,
-    ActionTimeout,
-    handler_events,
-)
+from chatkit_server.workflows.actions import ActionClock, ActionContext
 from chatkit_server.workflows.history import HistoryCache, HistoryEntry, fit_history
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from chatkit_server.workflows.state import render
@@ -469,15 +467,14 @@ class ChatKitApp(ChatKitServer[RequestContext]):
 
         The handler's events go to the browser as it yields them (the base
         class keeps the items they add, replace or remove). An action the
-        workflow has no handler for, or a handler that raises, is an error
-        event; the handler's exception stays in the server log.
+        workflow has no handler for, or a handler that raises or runs out of
+        time, is an error event (see :mod:`chatkit_server.protocol.actions`).
         """
         workflow = self.workflow_of(thread, context)
         handler = workflow.actions.get(action.type)
         if handler is None:
-            yield ErrorEvent(
-                code="custom", message=_no_handler(workflow, action.type), allow_retry=False
-            )
+            message = no_handler_message(workflow, action.type)
+            yield ErrorEvent(code="custom", message=message, allow_retry=False)
             return
         clock = ActionClock(self.settings.action_max_seconds)
         action_context = ActionContext(
@@ -488,22 +485,11 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             store=self.store,
             agent=lambda: clock.excluding(self.respond(thread, None, context)),
         )
-        try:
-            async with contextlib.aclosing(handler_events(handler, action_context)) as events:
-                while True:
-                    try:
-                        event = await clock.next(events)
-                    except StopAsyncIteration:
-                        break
-                    yield event
-        except ActionTimeout:
-            logger.warning("the handler of action %r ran out of time", action.type)
-            yield ErrorEvent(code="custom", message=_too_slow(action.type), allow_retry=True)
-        except Exception:
-            logger.exception("the handler of action %r failed", action.type)
-            yield ErrorEvent(
-                code="custom", message=f"The action {action.type!r} failed.", allow_retry=True
-            )
+        async with contextlib.aclosing(
+            run_streamed_action(handler, action_context, clock)
+        ) as events:
+            async for event in events:
+                yield event
 
     async def sync_action(
         self,
@@ -520,12 +506,14 @@ class ChatKitApp(ChatKitServer[RequestContext]):
 
         Raises:
             RequestError: The workflow has no handler for the action (400), or
-                the handler failed (502; its exception stays in the server log).
+                the handler failed (502) or ran out of time (504).
         """
         workflow = self.workflow_of(thread, context)
         handler = workflow.actions.get(action.type)
         if handler is None:
-            raise RequestError(400, _no_handler(workflow, action.type), code="unknown_action")
+            raise RequestError(
+                400, no_handler_message(workflow, action.type), code="unknown_action"
+            )
         action_context = ActionContext(
             action=action,
             sender=sender,
@@ -534,52 +522,10 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             store=self.store,
             sync=True,
         )
-        updated: ThreadItem | None = None
         before = thread.model_copy(deep=True)
         clock = ActionClock(self.settings.action_max_seconds)
-        try:
-            async with contextlib.aclosing(handler_events(handler, action_context)) as events:
-                while True:
-                    try:
-                        event = await clock.next(events)
-                    except StopAsyncIteration:
-                        break
-                    if isinstance(event, ThreadItemDoneEvent):
-                        await self.store.add_thread_item(thread.id, event.item, context)
-                    elif isinstance(event, ThreadItemReplacedEvent):
-                        await self.store.save_item(thread.id, event.item, context)
-                        if sender is not None and event.item.id == sender.id:
-                            updated = event.item
-                    elif isinstance(event, ThreadItemRemovedEvent):
-                        await self.store.delete_thread_item(thread.id, event.item_id, context)
-                    else:
-                        logger.debug("sync action %r: dropped a %s event", action.type, event.type)
-        except ChatKitServerError:
-            raise
-        except ActionTimeout:
-            logger.warning("the handler of action %r ran out of time", action.type)
-            # The items the handler stored so far stay: each was whole when kept.
-            raise RequestError(504, _too_slow(action.type), code="action_timeout") from None
-        except Exception:
-            logger.exception("the handler of action %r failed", action.type)
-            raise RequestError(
-                502, f"The action {action.type!r} failed.", code="action_failed"
-            ) from None
+        updated = await run_sync_action(handler, action_context, clock, self.store)
         if thread != before:
             # A streamed action's thread is saved by the base class; here, no one else does.
             await self.store.save_thread(thread, context)
         return SyncCustomActionResponse(updated_item=updated)
-
-
-def _no_handler(workflow: Workflow, action_type: str) -> str:
-    return (
-        f"Workflow {workflow.id!r} has no handler for the action {action_type!r} "
-        "(handlers are declared under actions in the workflows file)."
-    )
-
-
-def _too_slow(action_type: str) -> str:
-    return (
-        f"The action {action_type!r} did not finish in time "
-        "(CHATKIT_ACTION_MAX_SECONDS); the items it added so far are kept."
-    )

@@ -40,6 +40,7 @@ count against it, having bounds of its own.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
@@ -247,6 +248,22 @@ class ActionClock:
                 self._spend()
                 self._scope = None
         raise ActionTimeout  # only our own deadline is caught by this scope
+
+    async def run(self, events: AsyncGenerator[_T, None]) -> AsyncGenerator[_T, None]:
+        """``events``, each within the time left (see :meth:`next`); closed when this is.
+
+        Raises:
+            ActionTimeout: The time ran out before the next event.
+        """
+        async with contextlib.aclosing(events):
+            while True:
+                try:
+                    event = await self.next(events)
+                except StopAsyncIteration:
+                    return
+                # Yielded outside the deadline's scope: what the consumer does
+                # with an event is not the handler's time.
+                yield event
 
     async def excluding(self, answer: AsyncIterator[_T]) -> AsyncIterator[_T]:
         """``answer``'s events, with the clock stopped while it streams."""
