@@ -22,6 +22,12 @@ client does. The response never waits for room itself: a stream that is
 stopped while its client is slow is then always stopped inside the ChatKit
 server's own loop, which saves the answer so far.
 
+The pace also says when the model is being asked (:meth:`Pace.asking`, by
+the backend client just before it sends the request). The server waits for
+that before its own reads for the answer's stream: with one core for
+everything, a read running beside the run's task delays the request by as
+long as it takes.
+
 One pace is made per request (:class:`chatkit_server.context.RequestContext`
 carries it). It reaches the backend reader explicitly, as a keyword argument
 of the model call (:data:`PACE_ARGUMENT` in the run's
@@ -33,6 +39,7 @@ request is built.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Final
 
 __all__ = ["DEFAULT_LEAD", "PACE_ARGUMENT", "Pace"]
@@ -64,6 +71,7 @@ class Pace:
         self._held = False
         self._room = asyncio.Event()
         self._room.set()
+        self._asked = asyncio.Event()
 
     @property
     def ahead(self) -> int:
@@ -95,3 +103,14 @@ class Pace:
         """The output took its backlog: the reader may go on."""
         self._held = False
         self._room.set()
+
+    def asking(self) -> None:
+        """The model is being asked: the request is built and about to be sent."""
+        self._asked.set()
+
+    async def wait_asked(self, seconds: float) -> bool:
+        """Wait until the model is being asked, at most ``seconds``; whether it is."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._asked.wait()
+        return self._asked.is_set()

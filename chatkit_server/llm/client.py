@@ -252,6 +252,10 @@ class _Endpoint:
         # The answer's pace travels with the call, not to the backend.
         pace = kwargs.pop(PACE_ARGUMENT, None)
         kwargs = _untransformed(kwargs, self._field)
+        if pace is not None:
+            # Whoever waits for this runs once this task waits for the
+            # backend: after the request was written, or while connecting.
+            pace.asking()
         try:
             return await self._send(kwargs, pace)
         except openai.APIConnectionError as exc:

@@ -76,13 +76,16 @@ from chatkit_server.workflows.state import render
 from chatkit_server.workflows.titles import make_title
 from chatkit_server.workflows.tool_tasks import show_tool_tasks
 
-__all__ = ["CANCEL_CLEANUP_SECONDS", "ChatKitApp"]
+__all__ = ["ASK_WAIT_SECONDS", "CANCEL_CLEANUP_SECONDS", "ChatKitApp"]
 
 logger = logging.getLogger(__name__)
 
 # Upper bound for persisting a stopped answer: the client is gone, so this
 # only delays the end of the request task, but it must never hang shutdown.
 CANCEL_CLEANUP_SECONDS = 5.0
+# The most an answer's stream waits for its run to ask the model (see
+# _answer_events): a run that fails before asking ends no later than this.
+ASK_WAIT_SECONDS = 0.25
 
 
 @dataclass(eq=False)
@@ -266,6 +269,10 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             max_seconds=self.settings.answer_max_seconds,
         )
         try:
+            # ChatKit's stream begins with a read of the thread's last items;
+            # done beside the run's own task it delays the model's request (one
+            # core, one lock). After the request it overlaps the backend's time.
+            await context.pace.wait_asked(ASK_WAIT_SECONDS)
             events = stream_agent_response(agent_context, repair_run(result, pace=context.pace))
             capped = caps.apply(show_tool_tasks(agent_context, events), stop=result.cancel)
             async for event in fixer.fix(capped):

@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 import pytest
 from chatkit.types import AssistantMessageItem, ThreadItem
 
-from chatkit_server.pace import Pace
+from chatkit_server.llm.client import BackendClient
+from chatkit_server.pace import PACE_ARGUMENT, Pace
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import user_input
 from chatkit_server.testing.fake_backend import Reply
@@ -30,6 +31,33 @@ async def test_the_reader_waits_once_it_is_lead_chunks_ahead() -> None:
     pace.caught_up()
     await asyncio.wait_for(fourth, 1)
     assert pace.ahead == 1
+
+
+async def test_the_model_being_asked_is_signalled_once_the_request_is_built(
+    fake_llm: FakeLLM,
+) -> None:
+    fake_llm.backend.script(Reply.text("Fine."))
+    pace = Pace()
+    client = BackendClient(base_url=fake_llm.v1, api_key="k", max_retries=0)
+    assert not await pace.wait_asked(0.01)  # bounded: a run that never asks
+
+    async def ask() -> str:
+        stream = await client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "Hi"}],
+            stream=True,
+            **{PACE_ARGUMENT: pace},  # type: ignore[arg-type]
+        )
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    try:
+        answer = asyncio.create_task(ask())
+        assert await pace.wait_asked(5.0)
+        assert await answer == "Fine."
+    finally:
+        await client.close()
+    # The pace itself never reaches the backend.
+    assert PACE_ARGUMENT not in fake_llm.backend.requests[-1].body
 
 
 def test_a_lead_below_one_is_refused() -> None:
