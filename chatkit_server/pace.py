@@ -24,9 +24,11 @@ server's own loop, which saves the answer so far.
 
 The pace also says when the model is being asked (:meth:`Pace.asking`, by
 the backend client just before it sends the request). The server waits for
-that before its own reads for the answer's stream: with one core for
-everything, a read running beside the run's task delays the request by as
-long as it takes.
+that before its own reads and writes for the answer: with one core for
+everything, work beside the run's task delays the request by as long as it
+takes, while after it the work overlaps the backend's time to its first
+token. A run started before the ChatKit server hands the answer over is
+:meth:`Pace.reserve`-d: no chunk goes on until :meth:`Pace.claim`.
 
 One pace is made per request (:class:`chatkit_server.context.RequestContext`
 carries it). It reaches the backend reader explicitly, as a keyword argument
@@ -72,6 +74,8 @@ class Pace:
         self._room = asyncio.Event()
         self._room.set()
         self._asked = asyncio.Event()
+        self._claimed = asyncio.Event()
+        self._claimed.set()
 
     @property
     def ahead(self) -> int:
@@ -84,7 +88,9 @@ class Pace:
         return self._held
 
     async def before_chunk(self) -> None:
-        """Wait while the output is held or the reader is ``lead`` chunks ahead."""
+        """Wait while the answer is unclaimed, the output held, or ``lead`` chunks are ahead."""
+        if not self._claimed.is_set():
+            await self._claimed.wait()
         while self._held or self._ahead >= self.lead:
             self._room.clear()
             await self._room.wait()
@@ -103,6 +109,14 @@ class Pace:
         """The output took its backlog: the reader may go on."""
         self._held = False
         self._room.set()
+
+    def reserve(self) -> None:
+        """No chunk is handed on until :meth:`claim`: the answer was started early."""
+        self._claimed.clear()
+
+    def claim(self) -> None:
+        """Whoever streams the answer took it: chunks may be handed on."""
+        self._claimed.set()
 
     def asking(self) -> None:
         """The model is being asked: the request is built and about to be sent."""

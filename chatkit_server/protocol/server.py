@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -25,6 +26,7 @@ from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
 from chatkit.types import (
     AssistantMessageContentPartTextDelta,
     AudioInput,
+    ChatKitReq,
     ErrorEvent,
     FeedbackKind,
     InferenceOptions,
@@ -33,6 +35,8 @@ from chatkit.types import (
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
+    ThreadsAddUserMessageReq,
+    ThreadsCreateReq,
     ThreadStreamEvent,
     TranscriptionResult,
     UserMessageItem,
@@ -50,7 +54,7 @@ from chatkit_server.llm.transcription import (
     TranscriptionError,
     TranscriptionTimeout,
 )
-from chatkit_server.pace import PACE_ARGUMENT
+from chatkit_server.pace import PACE_ARGUMENT, Pace
 from chatkit_server.protocol.actions import (
     no_handler_message,
     run_streamed_action,
@@ -70,7 +74,12 @@ from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore, UsageRecord, UsageStore, decode_item
 from chatkit_server.store.gate import RequestGate
 from chatkit_server.workflows.actions import ActionClock, ActionContext
-from chatkit_server.workflows.history import HistoryCache, HistoryEntry, fit_history
+from chatkit_server.workflows.history import (
+    HistoryCache,
+    HistoryEntry,
+    estimate_item_tokens,
+    fit_history,
+)
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from chatkit_server.workflows.state import render
 from chatkit_server.workflows.titles import make_title
@@ -136,6 +145,8 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.checks = RequestChecks(store=store, workflows=workflows, settings=settings)
         self.converter = HistoryConverter(files=store.files)
         self.history_cache = HistoryCache(decode_item)
+        # Runs started before their message was stored, by request (_ask_early).
+        self._early: dict[Pace, _Answer] = {}
         self.transcriber = (
             Transcriber(
                 base_url=settings.transcribe_base_url,
@@ -170,16 +181,73 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         context, lease = await admit(self.gate, request, context)
         try:
             await self.checks.check(request, context)
+            await self._ask_early(request, context)
             # Not self.process(): it would parse the body a second time, with a
             # validator it builds anew on every call (milliseconds of CPU).
             result = await compat.process_parsed(self, request, context)
         except BaseException:
+            self._drop_early(context)
             if lease is not None:
                 await release(self.gate, lease)
             raise
-        if lease is not None and isinstance(result, StreamingResult):
-            return StreamingResult(releasing(result.json_events, self.gate, lease))
-        return result
+        if not isinstance(result, StreamingResult):
+            return result
+        events = self._dropping_early(result.json_events, context)
+        if lease is not None:
+            events = releasing(events, self.gate, lease)
+        return StreamingResult(events)
+
+    async def _ask_early(self, request: ChatKitReq, context: RequestContext) -> None:
+        """Ask the model for a new message's answer before the message is stored.
+
+        The ChatKit server stores the thread and the message, then asks for
+        the answer (:meth:`respond`); started here, the model's request goes
+        out first and those writes overlap the backend's time to its first
+        token. The run is kept by the request's pace until :meth:`respond`
+        takes it; it hands on nothing before (:meth:`Pace.reserve`), so
+        tools see the thread object the ChatKit server saves.
+        """
+        if not isinstance(request, (ThreadsCreateReq, ThreadsAddUserMessageReq)):
+            return
+        message = request.params.input
+        if message.attachments:
+            return  # their conversion reads files: nothing to gain first
+        if isinstance(request, ThreadsCreateReq):
+            assert context.new_thread_id is not None  # chosen by admission
+            thread = ThreadMetadata(id=context.new_thread_id, created_at=datetime.now(UTC))
+        else:
+            thread = await self.store.load_thread(request.params.thread_id, context)
+        newest = UserMessageItem(
+            id="pending",
+            thread_id=thread.id,
+            created_at=datetime.now(UTC),
+            content=message.content,
+            attachments=[],
+            quoted_text=message.quoted_text,
+            inference_options=message.inference_options,
+        )
+        context.pace.reserve()
+        answer = await self._start_answer(thread, message.inference_options, context, newest)
+        if answer is None:
+            context.pace.claim()
+            return
+        self._early[context.pace] = answer
+        await context.pace.wait_asked(ASK_WAIT_SECONDS)
+
+    def _drop_early(self, context: RequestContext) -> None:
+        """Stop a run started early that no answer took (the request failed first)."""
+        answer = self._early.pop(context.pace, None)
+        if answer is not None:
+            answer.result.cancel()
+
+    async def _dropping_early(
+        self, events: AsyncIterator[bytes], context: RequestContext
+    ) -> AsyncGenerator[bytes, None]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            self._drop_early(context)
 
     def workflow_of(self, thread: ThreadMetadata, context: RequestContext) -> Workflow:
         """The workflow that answers a thread: the one it remembers, else the request's."""
@@ -198,20 +266,33 @@ class ChatKitApp(ChatKitServer[RequestContext]):
     async def _respond(
         self, thread: ThreadMetadata, options: InferenceOptions, context: RequestContext
     ) -> AsyncIterator[ThreadStreamEvent]:
-        answer = await self._start_answer(thread, options, context)
+        answer = self._early.pop(context.pace, None)
+        if answer is None:
+            answer = await self._start_answer(thread, options, context)
+        else:
+            # The thread object the ChatKit server saves, for the run's tools.
+            answer.agent_context.thread = thread
+            context.pace.claim()
         async for event in self._answer_events(thread, answer):
             yield event
 
     async def _start_answer(
-        self, thread: ThreadMetadata, options: InferenceOptions, context: RequestContext
+        self,
+        thread: ThreadMetadata,
+        options: InferenceOptions,
+        context: RequestContext,
+        newest: UserMessageItem | None = None,
     ) -> _Answer | None:
-        """Start the workflow's run on the thread's history; ``None``: no backend."""
+        """Start the workflow's run on the thread's history; ``None``: no backend.
+
+        ``newest``: the message being answered, when it is not stored yet.
+        """
         workflow = self.workflow_of(thread, context)
         if not workflow.backend.configured:
             self._remember_workflow(thread, workflow)
             return None
         budget = workflow.history_budget(self.settings.history_tokens)
-        entries = await self._history(thread, budget, context)
+        entries = await self._history(thread, budget, context, newest)
         history = [entry.item for entry in entries]
         agent_input = fit_history(
             await self.converter.for_workflow(vision=workflow.vision, budget=budget).history_input(
@@ -373,27 +454,37 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             logger.exception("could not record token usage for thread %s", thread.id)
 
     async def _history(
-        self, thread: ThreadMetadata, budget: int, context: RequestContext
+        self,
+        thread: ThreadMetadata,
+        budget: int,
+        context: RequestContext,
+        newest: UserMessageItem | None = None,
     ) -> list[HistoryEntry]:
         """The newest items of the thread, oldest first.
 
         At most ``history_items``, and none past the first that exceeds the
         token ``budget``: older items would be dropped by :func:`fit_history`
         anyway, and each costs a validation and a conversion when not cached.
+        ``newest`` is a message not stored yet, that goes last (a new thread
+        has nothing stored: only it is read).
         """
-        entries: list[HistoryEntry] = []
-        tokens = 0
-        complete = True
         limit = self.settings.history_items
-        rows = self.sql_store.newest_rows(thread.id, limit, context)
-        async with contextlib.aclosing(rows):
-            async for kind, data in rows:
-                entry = self.history_cache.entry(kind, data)
-                entries.append(entry)
-                tokens += entry.tokens
-                if tokens > budget:
-                    complete = False
-                    break
+        entries: list[HistoryEntry] = []
+        if newest is not None:
+            entries.append(HistoryEntry(item=newest, tokens=estimate_item_tokens(newest)))
+        tokens = sum(entry.tokens for entry in entries)
+        complete = tokens <= budget
+        unsaved_thread = newest is not None and thread.id == context.new_thread_id
+        if complete and len(entries) < limit and not unsaved_thread:
+            rows = self.sql_store.newest_rows(thread.id, limit - len(entries), context)
+            async with contextlib.aclosing(rows):
+                async for kind, data in rows:
+                    entry = self.history_cache.entry(kind, data)
+                    entries.append(entry)
+                    tokens += entry.tokens
+                    if tokens > budget:
+                        complete = False
+                        break
         complete = complete and len(entries) < limit
         entries.reverse()
         # A cut history must not open with an answer or a tool result whose

@@ -393,7 +393,7 @@ async def test_token_usage_is_recorded_per_answer_and_thread(live: Live, fake_ll
 async def test_a_failed_message_write_is_an_error_event_and_keeps_the_thread(
     live: Live, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake_llm.backend.script(Reply.text("One."), Reply.text("Back."))
+    fake_llm.backend.script(Reply.text("One."), Reply.count(1000, delay=0.01), Reply.text("Back."))
     first = await live.client.create_thread("Hello")
     store = live.store
 
@@ -407,8 +407,12 @@ async def test_a_failed_message_write_is_an_error_event_and_keeps_the_thread(
 
     assert len(failed.errors) == 1
     assert not failed.assistant_text
-    # The message was never stored, so the model was never asked.
-    assert len(fake_llm.backend.requests) == 1
+    # The model was asked before the message was stored (that is what
+    # makes the first token early); the write failed, so that answer was
+    # stopped before any of it was used, and the backend let go.
+    early = await fake_llm.backend.wait_for_stream_end(1)
+    assert early.disconnected
+    assert not early.completed
     stored = await _stored_items(live, first.thread_id)
     assert [item.type for item in stored] == ["user_message", "assistant_message"]
 
