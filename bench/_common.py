@@ -35,6 +35,11 @@ class Plan:
     conc_delay: float = 0.050
     list_requests: int = 200
     rows_scale: float = 1.0
+    pdf_streams: int = 50
+    pdf_tokens: int = 200
+    pdf_delay: float = 0.050
+    pdf_pages: int = 200
+    pdf_rounds: int = 3
 
 
 QUICK = Plan(
@@ -48,6 +53,8 @@ QUICK = Plan(
     conc_tokens=40,
     list_requests=30,
     rows_scale=0.01,
+    pdf_tokens=100,
+    pdf_rounds=1,
 )
 
 

@@ -38,6 +38,8 @@ class Timing:
         first: Until the first content token (backend chunk or ChatKit text delta).
         tokens: Content tokens received.
         deltas: Content deltas (chunks or ChatKit text deltas) they came in.
+        gap: The longest wait between two content deltas.
+        last: Until the last content delta so far.
         error: Why the request failed (HTTP status, ``error`` event, exception).
         thread_id: The thread a ``threads.create`` made.
     """
@@ -46,6 +48,8 @@ class Timing:
     first: float = math.nan
     tokens: int = 0
     deltas: int = 0
+    gap: float = 0.0
+    last: float = math.nan
     error: str | None = None
     thread_id: str | None = None
 
@@ -82,8 +86,12 @@ def _count(timing: Timing, text: str | None, start: float) -> None:
     """
     if not text:
         return
+    now = time.perf_counter() - start
     if timing.tokens == 0:
-        timing.first = time.perf_counter() - start
+        timing.first = now
+    else:
+        timing.gap = max(timing.gap, now - timing.last)
+    timing.last = now
     timing.tokens += len(text.split())
     timing.deltas += 1
 

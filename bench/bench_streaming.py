@@ -40,6 +40,10 @@ Figures (``--only`` names):
   PostgreSQL: errors and p99 stream time against the ideal.
 - ``slow-readers``: 20 clients reading long, fast answers at 100 bytes/s for
   60 s: the server's RSS rise against its idle RSS, and after they left.
+- ``pdf``: 50 answers at 20 tokens/s, alone and while a 200-page PDF is
+  uploaded and its text extracted for a message: their p50/p99 time and
+  longest wait between deltas, with the PDF against without it; the
+  extraction's own time; that the model was given the PDF's text.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ FIGURES = (
     "sessions-ttft",
     "sessions-concurrent",
     "slow-readers",
+    "pdf",
 )
 
 
@@ -115,6 +120,12 @@ def fig_slow_readers(ctx: Ctx) -> None:
     fig_slow_readers(ctx)
 
 
+def fig_pdf(ctx: Ctx) -> None:
+    from _pdf import fig_pdf
+
+    fig_pdf(ctx)
+
+
 RUNNERS: dict[str, Callable[[Ctx], None]] = {
     "stream": fig_stream,
     "cpu": fig_cpu,
@@ -125,6 +136,7 @@ RUNNERS: dict[str, Callable[[Ctx], None]] = {
     "sessions-ttft": fig_sessions_ttft,
     "sessions-concurrent": fig_sessions_concurrent,
     "slow-readers": fig_slow_readers,
+    "pdf": fig_pdf,
 }
 
 

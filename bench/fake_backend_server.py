@@ -7,6 +7,9 @@ Usage::
 Every ``POST /v1/chat/completions`` (or ``/v1/responses``) answers
 ``Reply.count(tokens, delay=delay)``: ``tokens`` content chunks ``"tok0 "``,
 ``"tok1 "`` ..., each sent ``delay`` seconds after the previous one.
+``GET /bench/seen?text=...`` answers ``{"requests": n}``: how many of the
+recorded requests hold that text in their JSON body (what a benchmark asks
+to know the model was really given, say, an attachment's text).
 
 The backend runs in a separate process so that its CPU time is not charged to
 the chatkit server (or to the benchmark client) and the server reaches it over
@@ -18,10 +21,13 @@ too. Only 127.0.0.1 is ever bound.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import uvicorn
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 # Run as a script, so the repository root (for chatkit_server) may not be on
@@ -44,6 +50,11 @@ class BoundedRecords:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         backend = self.backend
+        if scope["type"] == "http" and scope["path"] == "/bench/seen":
+            text = Request(scope).query_params.get("text", "")
+            seen = sum(text in json.dumps(request.body) for request in backend.requests)
+            await JSONResponse({"requests": seen})(scope, receive, send)
+            return
         if len(backend.requests) > MAX_RECORDS:
             # Running responders hold their own StreamRecord: trimming the
             # lists never disturbs a stream in flight.

@@ -65,15 +65,21 @@ class Sniffer:
         """Take the next chunk of the upload."""
         if len(self._head) < _HEAD_BYTES:
             self._head += chunk[: _HEAD_BYTES - len(self._head)]
-        if self._text:
+        if not self._text:
+            return
+        if not chunk.isascii() or self._decoder.getstate()[0]:
+            # Only a non-ASCII chunk, or one that follows a character cut
+            # short, needs decoding: ASCII after whole characters is UTF-8
+            # as it is. (Decoding builds a string of the whole chunk: it
+            # was the slowest step of a text upload.)
             try:
                 self._decoder.decode(chunk)
             except UnicodeDecodeError:
                 self._text = False
-            else:
-                # NUL by memchr, at memory speed; UTF-16 text and most
-                # binary formats have it.
-                self._text = b"\x00" not in chunk
+                return
+        # NUL by memchr, at memory speed; UTF-16 text and most binary
+        # formats have it.
+        self._text = b"\x00" not in chunk
 
     @property
     def settled(self) -> str | None:
@@ -82,7 +88,7 @@ class Sniffer:
         An image or PDF header decides at once; so does a byte that no text
         has. Only "text" needs the last byte.
         """
-        head = bytes(self._head)
+        head = self._head  # asked after every chunk: not copied
         if len(head) >= 12 and any(head.startswith(magic) for magic, _ in _MAGIC):
             return self.mime_type
         if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":

@@ -77,3 +77,44 @@ def test_a_tiny_run_reports_every_figure_in_shape() -> None:
     for row, line in zip(summary, figures, strict=True):
         assert row.split()[0] == line[1 : line.index("]")]
         assert row.split()[-1] == line.rsplit(" ", 1)[1]
+
+
+RUN_TINY_PDF = textwrap.dedent(
+    """
+    import dataclasses, runpy, sys
+    sys.path.insert(0, sys.argv[1])
+    import _common
+    _common.QUICK = dataclasses.replace(
+        _common.QUICK, pdf_streams=5, pdf_tokens=40, pdf_pages=120, pdf_rounds=1
+    )
+    sys.argv = [sys.argv[1] + "/bench_streaming.py", "--quick", "--only", "pdf"]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    """
+)
+
+
+def test_the_pdf_figure_gives_the_model_the_pdfs_text() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_TINY_PDF, str(BENCH)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr
+    lines = output.splitlines()
+    figures = [line for line in lines if line.endswith((" -> PASS", " -> MISS", " -> info"))]
+    assert [line.split(":")[0] for line in figures] == [
+        "[pdf] stream time p50 with the PDF extracted beside, 5 streams x 40 tokens at 20 tok/s",
+        "[pdf] stream time p99 with the PDF extracted beside, 5 streams x 40 tokens at 20 tok/s",
+        "[pdf] longest wait between two deltas, p99 of streams, 5 streams x 40 tokens at 20 tok/s",
+        "[pdf] PDF turn",
+        "[pdf] model requests holding the PDF's first page / its last page",
+        "[pdf] PDF text extraction alone, 120 pages",
+    ], output
+    # The model was given the first page's text, and nothing past the page bound.
+    assert re.fullmatch(r".*: 1 / 0 \|.* -> PASS", figures[4]), figures[4]
+    assert "100 of 120 pages read" in figures[5]
+    notes = [line for line in lines if line.startswith("[") and line not in figures]
+    assert all(re.fullmatch(r"\[pdf\] took \d+\.\d s", n) for n in notes), output

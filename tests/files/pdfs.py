@@ -4,7 +4,11 @@ from __future__ import annotations
 
 
 def pdf_with_pages(*texts: str) -> bytes:
-    """A PDF with one page per text, in Helvetica, with a correct cross-reference table."""
+    """A PDF with one page per text, in Helvetica, with a correct cross-reference table.
+
+    A text's lines (``\\n``) are lines on its page, top down. No escaping:
+    leave parentheses and backslashes out.
+    """
     objects: list[bytes] = []
     count = len(texts)
     # 1: catalog, 2: pages, 3: font, then a page and its content stream per text.
@@ -13,7 +17,9 @@ def pdf_with_pages(*texts: str) -> bytes:
     objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {count} >>".encode())
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
     for index, text in enumerate(texts):
-        content = f"BT /F1 18 Tf 72 720 Td ({text}) Tj ET".encode()
+        # The first line at the top left, each next one 22 points lower.
+        lines = " 0 -22 Td ".join(f"({line}) Tj" for line in text.split("\n"))
+        content = f"BT /F1 18 Tf 72 720 Td {lines} ET".encode()
         objects.append(
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
             f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * index} 0 R >>".encode()

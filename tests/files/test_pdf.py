@@ -74,3 +74,8 @@ async def test_extraction_leaves_the_event_loop_free() -> None:
     assert extracted.pages_read == 200
     # A loop that never waited on extraction ticks about every millisecond.
     assert ticks > elapsed * 300
+
+
+async def test_the_lines_of_a_page() -> None:
+    extracted = await pdf_text(pdf_with_pages("top line\nmiddle line\nbottom line"))
+    assert extracted.text.splitlines() == ["top line", "middle line", "bottom line"]

@@ -51,6 +51,15 @@ def test_text_cut_inside_a_character_is_not_text() -> None:
     assert sniff(b"abc" + "\u2603".encode()[:2]) == "application/octet-stream"
 
 
+def test_a_character_cut_short_before_plain_ascii_is_not_text() -> None:
+    # ASCII chunks pass undecoded, but not one that follows a cut character:
+    # here the snowman's last byte would seem to complete it.
+    snowman = "\u2603".encode()
+    assert sniff(b"abc" + snowman[:2], b"d", snowman[2:]) == "application/octet-stream"
+    assert sniff(b"abc", b"\xff", b"def") == "application/octet-stream"
+    assert sniff(b"abc", b"def\x00") == "application/octet-stream"
+
+
 def test_binary_late_in_the_file_is_noticed() -> None:
     assert sniff(b"a" * 100_000, b"\x00\x01") == "application/octet-stream"
 

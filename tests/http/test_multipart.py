@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chatkit_server.errors import RequestError
-from chatkit_server.http.multipart import MultipartFile, boundary_of
+from chatkit_server.http.multipart import MultipartFile, boundary_of, find_delimiter
 
 
 def form(*parts: tuple[str, str | None, bytes], boundary: str = "xyz") -> bytes:
@@ -65,6 +67,99 @@ async def test_a_body_that_ends_inside_the_file_is_400() -> None:
 async def test_garbage_is_400() -> None:
     with pytest.raises(RequestError) as refused:
         await read(b"this is not multipart at all, no boundary anywhere" * 10)
+    assert refused.value.status_code == 400
+
+
+# Pieces that come close to the delimiter (\r\n--xyz) without being it: the
+# file bytes are drawn from these, so every near miss and split point occurs.
+_NEAR_MISSES = [
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"-",
+    b"\r\n-",
+    b"\r\n--",
+    b"\r\n--x",
+    b"\r\n--xy",
+    b"a",
+    b"z",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.lists(st.sampled_from(_NEAR_MISSES), max_size=60)
+    .map(b"".join)
+    .filter(lambda data: b"\r\n--xyz" not in data),
+    size=st.integers(1, 40),
+)
+async def test_near_misses_of_the_delimiter_are_data(data: bytes, size: int) -> None:
+    body = form(("note", None, data), ("file", "a.csv", data), ("more", None, data))
+    _, got = await read(body, size)
+    assert got == data
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.lists(st.sampled_from([*_NEAR_MISSES, b"\r\n--xyz"]), max_size=80).map(b"".join))
+def test_the_delimiter_is_found_where_a_substring_search_finds_it(data: bytes) -> None:
+    assert find_delimiter(data, b"\r\n--xyz") == data.find(b"\r\n--xyz")
+
+
+@pytest.mark.parametrize("size", [1000, 65536])
+async def test_a_file_full_of_line_breaks(size: int) -> None:
+    # Many carriage returns per chunk: past the few compared one by one, a
+    # substring search finds the delimiter.
+    data = b"a,b\r\n" * 50_000 + b"\r\n--xy\r\n-\r"
+    _, got = await read(form(("file", "a.csv", data)), size)
+    assert got == data
+
+
+async def test_chunks_without_a_delimiter_are_handed_on_as_they_came() -> None:
+    # Not copied: the body's own chunks, unless a delimiter may begin in them.
+    head = b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\n'
+    middle = [b"x" * 1000, b"y\r" * 500 + b"y", b"z" * 1000]
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head
+        for chunk in middle:
+            yield chunk
+        yield b"\r\n--xyz--\r\n"
+
+    parsed = MultipartFile(body(), b"xyz")
+    await parsed.open()
+    got = [chunk async for chunk in parsed.chunks()]
+    assert got == middle
+    assert all(mine is theirs for mine, theirs in zip(got, middle, strict=True))
+
+
+async def test_a_preamble_padding_and_a_part_without_headers() -> None:
+    body = (
+        b"a preamble, ignored\r\n--xyz  \t\r\n\r\nno headers\r\n--xyz\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="n.txt"\r\n\r\n'
+        b"the file\r\n--xyz--\r\nan epilogue"
+    )
+    parsed, data = await read(body)
+    assert data == b"the file"
+    assert parsed.filename == "n.txt"
+    assert parsed.content_type is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Something else on the boundary line.
+        b'--xyz junk\r\nContent-Disposition: form-data; name="file"\r\n\r\nx\r\n--xyz--',
+        # A header line without a colon.
+        b"--xyz\r\nContent-Disposition form-data\r\n\r\nx\r\n--xyz--",
+        # Headers that never end.
+        b"--xyz\r\nX-Long: " + b"a" * 100_000,
+        # A body that ends after a boundary.
+        b"--xyz",
+    ],
+)
+async def test_malformed_parts_are_400(body: bytes) -> None:
+    with pytest.raises(RequestError) as refused:
+        await read(body, 4096)
     assert refused.value.status_code == 400
 
 
