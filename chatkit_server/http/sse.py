@@ -1,7 +1,7 @@
 """An SSE response that writes every frame that is ready in one write.
 
 A ChatKit answer comes as bursts of frames: the user's message and
-``stream_options`` before the model is asked; the assistant item, its content
+``stream_options`` while the model is being asked; the assistant item, its content
 part and the first delta once the first token arrives; the finished item and
 the ``thread.updated`` of a new title at the end. Starlette's
 ``StreamingResponse`` sends each frame on its own: one socket write (a system
