@@ -35,6 +35,7 @@ class Plan:
     conc_delay: float = 0.050
     list_requests: int = 200
     rows_scale: float = 1.0
+    slow_rounds: int = 3
 
 
 QUICK = Plan(

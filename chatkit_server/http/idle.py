@@ -25,16 +25,18 @@ is running:
 So :class:`OpenStreams` counts the process's open answer streams and, once
 none has been open for :data:`DEFAULT_QUIET` seconds, collects the cycles,
 lets the event loop run the finalizers that collection scheduled, collects
-again, and on glibc calls ``malloc_trim(0)``. Measured (five rounds of twenty
-slow readers, 15 s each, 180 MiB idle): what was left five seconds after the
-clients went fell from 28-31 MiB per round to 11-14 MiB. What stays is the
-memory of a server that has served twenty answers at once: three more
-database threads, pooled backend connections, caches, and arenas that a
-few long-lived objects keep; further rounds reuse it instead of adding to it.
+again, and on glibc calls ``malloc_trim(0)``. Measured (``--quick --only
+slow-readers --slow-rounds 4``: 15 s rounds, about 180 MiB idle, rises of
+about 30 MiB), the MiB still above idle five seconds after each round's
+clients left went from 28.9 / 41.4 / 65.8 / 71.8 to 12.7 / 14.9 / 18.2 /
+20.2. What stays is the memory of a server that has served twenty answers
+at once (more database threads, pooled backend connections, the history
+cache filling up to its bound, arenas that a few long-lived objects keep);
+later rounds mostly reuse it.
 
 It runs only while the process serves no stream, at most once per
-:data:`DEFAULT_MIN_INTERVAL` seconds, and takes a few milliseconds (the
-start-up heap is frozen, so a collection walks only what was made since).
+:data:`DEFAULT_MIN_INTERVAL` seconds, and it is cheap: the start-up heap is
+frozen, so a collection walks only what was made since.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ import contextlib
 import ctypes
 import functools
 import gc
-import logging
 import math
 import sys
 import time
@@ -52,8 +53,6 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 __all__ = ["DEFAULT_MIN_INTERVAL", "DEFAULT_QUIET", "OpenStreams", "release_free_memory"]
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_QUIET: Final = 1.0
 """Seconds without an open stream before the memory is given back.
