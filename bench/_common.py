@@ -40,6 +40,7 @@ class Plan:
     pdf_delay: float = 0.050
     pdf_pages: int = 200
     pdf_rounds: int = 3
+    slow_rounds: int = 3
 
 
 QUICK = Plan(

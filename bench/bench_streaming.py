@@ -39,7 +39,8 @@ Figures (``--only`` names):
 - ``sessions-concurrent``: 500 simultaneous answers from 500 sessions on
   PostgreSQL: errors and p99 stream time against the ideal.
 - ``slow-readers``: 20 clients reading long, fast answers at 100 bytes/s for
-  60 s: the server's RSS rise against its idle RSS, and after they left.
+  60 s: the server's RSS rise against its idle RSS, and what is left 5 s
+  after they left, round after round (``--slow-rounds``, default 3).
 - ``pdf``: 50 answers at 20 tokens/s, alone and while a 200-page PDF is
   uploaded and its text extracted for a message: their p50/p99 time and
   longest wait between deltas, with the PDF against without it; the
@@ -164,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL server to create the benchmark database on",
     )
     parser.add_argument(
+        "--slow-rounds",
+        type=int,
+        default=None,
+        help="rounds of the slow-readers figure (default 3)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -177,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.rows_scale <= 0:
             parser.error("--rows-scale must be positive")
         plan = replace(plan, rows_scale=args.rows_scale)
+    if args.slow_rounds is not None:
+        if args.slow_rounds < 1:
+            parser.error("--slow-rounds must be at least 1")
+        plan = replace(plan, slow_rounds=args.slow_rounds)
     signal.signal(signal.SIGTERM, _on_sigterm)
     fds = raise_fd_limit()
     selected = [name for name in FIGURES if not args.only or name in args.only]

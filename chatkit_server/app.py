@@ -26,6 +26,7 @@ from chatkit_server.http.chatkit import chatkit_endpoint
 from chatkit_server.http.console import console_routes
 from chatkit_server.http.errors import http_exception_response, internal_error_response
 from chatkit_server.http.health import healthz
+from chatkit_server.http.idle import OpenStreams
 from chatkit_server.http.rest import rest_routes
 from chatkit_server.http.state import AppState
 from chatkit_server.http.uploads import upload_routes
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         loop = asyncio.get_running_loop()
         previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(_quiet_stopped_merges(previous_handler))
+        streams = OpenStreams()
         try:
             workflows = WorkflowRegistry.from_settings(settings, backends)
             files = _file_storage(settings, database)
@@ -145,6 +147,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
                 sessions=sessions,
                 files=files,
                 signer=signer,
+                streams=streams,
             )
             upkeep = asyncio.create_task(
                 run_upkeep(
@@ -175,6 +178,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
                 with contextlib.suppress(asyncio.CancelledError):
                     await upkeep
         finally:
+            streams.close()
             await backends.aclose()
             await database.dispose()
             loop.set_exception_handler(previous_handler)

@@ -66,6 +66,7 @@ async def chatkit_endpoint(request: Request) -> Response:
             _ending_with_error_event(result),
             pace=context.pace,
             stall_timeout=state.settings.stream_stall_timeout,
+            streams=state.streams,
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )

@@ -36,6 +36,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
+from chatkit_server.http.idle import OpenStreams
 from chatkit_server.pace import Pace
 
 __all__ = ["QUEUED_BYTES", "BatchedStreamingResponse"]
@@ -64,6 +65,8 @@ class BatchedStreamingResponse(StreamingResponse):
             (``None``: the frames are not paced).
         stall_timeout: Seconds one write may wait for the client before the
             client is treated as gone; ``None``: forever.
+        streams: The process's open streams, counting this one while it
+            runs (``None``: not counted).
         media_type: As for ``StreamingResponse``.
         headers: As for ``StreamingResponse``.
     """
@@ -76,17 +79,26 @@ class BatchedStreamingResponse(StreamingResponse):
         *,
         pace: Pace | None = None,
         stall_timeout: float | None = None,
+        streams: OpenStreams | None = None,
         media_type: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(content, media_type=media_type, headers=headers)
         self.pace = pace
         self.stall_timeout = stall_timeout
+        self.streams = streams
         self.stalled = False
         """Whether the client was given up on for taking nothing."""
 
     async def stream_response(self, send: Send) -> None:
         """Run the body in a producer task; send what it queued, batch by batch."""
+        if self.streams is None:
+            await self._stream(send)
+            return
+        with self.streams.open():
+            await self._stream(send)
+
+    async def _stream(self, send: Send) -> None:
         # None ends the body.
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         pace = self.pace

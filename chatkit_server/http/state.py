@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from chatkit_server.files import FileStorage, LinkSigner
 from chatkit_server.http.auth import Authenticator
+from chatkit_server.http.idle import OpenStreams
 from chatkit_server.llm.backends import BackendRegistry
 from chatkit_server.protocol.server import ChatKitApp
 from chatkit_server.settings import Settings
@@ -32,6 +33,7 @@ class AppState:
     sessions: SessionStore | None
     files: FileStorage
     signer: LinkSigner
+    streams: OpenStreams
 
 
 def get_state(request: Request) -> AppState:
