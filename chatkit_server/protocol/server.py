@@ -85,7 +85,7 @@ from chatkit_server.workflows.state import render
 from chatkit_server.workflows.titles import make_title
 from chatkit_server.workflows.tool_tasks import show_tool_tasks
 
-__all__ = ["ASK_WAIT_SECONDS", "CANCEL_CLEANUP_SECONDS", "ChatKitApp"]
+__all__ = ["ASK_WAIT_SECONDS", "CANCEL_CLEANUP_SECONDS", "EARLY_ASK_MAX_REQUESTS", "ChatKitApp"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,13 @@ CANCEL_CLEANUP_SECONDS = 5.0
 # The most an answer's stream waits for its run to ask the model (see
 # _answer_events): a run that fails before asking ends no later than this.
 ASK_WAIT_SECONDS = 0.25
+# Requests in progress past which a new message's answer is no longer asked
+# for before the message is stored. Measured with bench/bench_streaming.py
+# (2 cores): alone, asking first brings the first token 3 to 4 ms sooner
+# (--only ttft); in a burst of 500 new threads it made the median first
+# token 5 s later (--only concurrent, 13 s against 7.7 s), with the same
+# stream times.
+EARLY_ASK_MAX_REQUESTS = 8
 
 
 @dataclass(eq=False)
@@ -147,6 +154,8 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.history_cache = HistoryCache(decode_item)
         # Runs started before their message was stored, by request (_ask_early).
         self._early: dict[Pace, _Answer] = {}
+        # Requests being handled (a stream counts until it ends).
+        self._handling = 0
         self.transcriber = (
             Transcriber(
                 base_url=settings.transcribe_base_url,
@@ -178,7 +187,12 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         """
         request = parse_request(body)
         context = self.checks.choose_workflow(request, context)
-        context, lease = await admit(self.gate, request, context)
+        self._handling += 1
+        try:
+            context, lease = await admit(self.gate, request, context)
+        except BaseException:
+            self._handling -= 1
+            raise
         try:
             await self.checks.check(request, context)
             await self._ask_early(request, context)
@@ -186,13 +200,14 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             # validator it builds anew on every call (milliseconds of CPU).
             result = await compat.process_parsed(self, request, context)
         except BaseException:
-            self._drop_early(context)
+            self._finish(context)
             if lease is not None:
                 await release(self.gate, lease)
             raise
         if not isinstance(result, StreamingResult):
+            self._finish(context)
             return result
-        events = self._dropping_early(result.json_events, context)
+        events = self._finishing(result.json_events, context)
         if lease is not None:
             events = releasing(events, self.gate, lease)
         return StreamingResult(events)
@@ -208,6 +223,10 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         tools see the thread object the ChatKit server saves.
         """
         if not isinstance(request, (ThreadsCreateReq, ThreadsAddUserMessageReq)):
+            return
+        if self._handling > EARLY_ASK_MAX_REQUESTS:
+            # A busy server gains nothing from it: every request's work
+            # before its answer then waits behind the early answers' reads.
             return
         message = request.params.input
         if message.attachments:
@@ -234,20 +253,21 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self._early[context.pace] = answer
         await context.pace.wait_asked(ASK_WAIT_SECONDS)
 
-    def _drop_early(self, context: RequestContext) -> None:
-        """Stop a run started early that no answer took (the request failed first)."""
+    def _finish(self, context: RequestContext) -> None:
+        """A request ended: stop a run started early that no answer took."""
+        self._handling -= 1
         answer = self._early.pop(context.pace, None)
         if answer is not None:
             answer.result.cancel()
 
-    async def _dropping_early(
+    async def _finishing(
         self, events: AsyncIterator[bytes], context: RequestContext
     ) -> AsyncGenerator[bytes, None]:
         try:
             async for event in events:
                 yield event
         finally:
-            self._drop_early(context)
+            self._finish(context)
 
     def workflow_of(self, thread: ThreadMetadata, context: RequestContext) -> Workflow:
         """The workflow that answers a thread: the one it remembers, else the request's."""
