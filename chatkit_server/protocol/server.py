@@ -14,19 +14,16 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from agents import ModelSettings, RunConfig, Runner, RunResultStreaming
+from agents import RunResultStreaming
 from chatkit.actions import Action
-from chatkit.agents import AgentContext, stream_agent_response
+from chatkit.agents import stream_agent_response
 from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
 from chatkit.types import (
     AssistantMessageContentPartTextDelta,
     AudioInput,
-    ChatKitReq,
     ErrorEvent,
     FeedbackKind,
     InferenceOptions,
@@ -35,8 +32,6 @@ from chatkit.types import (
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
-    ThreadsAddUserMessageReq,
-    ThreadsCreateReq,
     ThreadStreamEvent,
     TranscriptionResult,
     UserMessageItem,
@@ -54,65 +49,35 @@ from chatkit_server.llm.transcription import (
     TranscriptionError,
     TranscriptionTimeout,
 )
-from chatkit_server.pace import PACE_ARGUMENT, Pace
 from chatkit_server.protocol.actions import (
     no_handler_message,
     run_streamed_action,
     run_sync_action,
 )
 from chatkit_server.protocol.admission import admit, release, releasing
+from chatkit_server.protocol.answers import ASK_WAIT_SECONDS, Answer, Answers, remember_workflow
 from chatkit_server.protocol.caps import AnswerCaps
 from chatkit_server.protocol.checks import (
-    THREAD_WORKFLOW_KEY,
     RequestChecks,
     parse_request,
     workflow_of,
 )
-from chatkit_server.protocol.converter import HistoryConverter
 from chatkit_server.protocol.events import StreamFixer
 from chatkit_server.settings import Settings
-from chatkit_server.store import SQLStore, UsageRecord, UsageStore, decode_item
+from chatkit_server.store import SQLStore, UsageRecord, UsageStore
 from chatkit_server.store.gate import RequestGate
 from chatkit_server.workflows.actions import ActionClock, ActionContext
-from chatkit_server.workflows.history import (
-    HistoryCache,
-    HistoryEntry,
-    estimate_item_tokens,
-    fit_history,
-)
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
-from chatkit_server.workflows.state import render
 from chatkit_server.workflows.titles import make_title
 from chatkit_server.workflows.tool_tasks import show_tool_tasks
 
-__all__ = ["ASK_WAIT_SECONDS", "CANCEL_CLEANUP_SECONDS", "EARLY_ASK_MAX_REQUESTS", "ChatKitApp"]
+__all__ = ["CANCEL_CLEANUP_SECONDS", "ChatKitApp"]
 
 logger = logging.getLogger(__name__)
 
 # Upper bound for persisting a stopped answer: the client is gone, so this
 # only delays the end of the request task, but it must never hang shutdown.
 CANCEL_CLEANUP_SECONDS = 5.0
-# The most an answer's stream waits for its run to ask the model (see
-# _answer_events): a run that fails before asking ends no later than this.
-ASK_WAIT_SECONDS = 0.25
-# Requests in progress past which a new message's answer is no longer asked
-# for before the message is stored. Measured with bench/bench_streaming.py
-# (2 cores): alone, asking first brings the first token 3 to 4 ms sooner
-# (--only ttft); in a burst of 500 new threads it made the median first
-# token 5 s later (--only concurrent, 13 s against 7.7 s), with the same
-# stream times.
-EARLY_ASK_MAX_REQUESTS = 8
-
-
-@dataclass(eq=False)
-class _Answer:
-    """A started run and what finishing its answer needs."""
-
-    workflow: Workflow
-    model: str
-    history: list[ThreadItem]
-    agent_context: AgentContext[RequestContext]
-    result: RunResultStreaming
 
 
 def _answer_flows(event: ThreadStreamEvent) -> bool:
@@ -150,12 +115,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.workflows = workflows
         self.settings = settings
         self.checks = RequestChecks(store=store, workflows=workflows, settings=settings)
-        self.converter = HistoryConverter(files=store.files)
-        self.history_cache = HistoryCache(decode_item)
-        # Runs started before their message was stored, by request (_ask_early).
-        self._early: dict[Pace, _Answer] = {}
-        # Requests being handled (a stream counts until it ends).
-        self._handling = 0
+        self.answers = Answers(store=store, workflows=workflows, settings=settings)
         self.transcriber = (
             Transcriber(
                 base_url=settings.transcribe_base_url,
@@ -187,78 +147,30 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         """
         request = parse_request(body)
         context = self.checks.choose_workflow(request, context)
-        self._handling += 1
+        self.answers.begin()
         try:
             context, lease = await admit(self.gate, request, context)
         except BaseException:
-            self._handling -= 1
+            self.answers.end(context)
             raise
         try:
             await self.checks.check(request, context)
-            await self._ask_early(request, context)
+            await self.answers.ask_early(request, context)
             # Not self.process(): it would parse the body a second time, with a
             # validator it builds anew on every call (milliseconds of CPU).
             result = await compat.process_parsed(self, request, context)
         except BaseException:
-            self._finish(context)
+            self.answers.end(context)
             if lease is not None:
                 await release(self.gate, lease)
             raise
         if not isinstance(result, StreamingResult):
-            self._finish(context)
+            self.answers.end(context)
             return result
         events = self._finishing(result.json_events, context)
         if lease is not None:
             events = releasing(events, self.gate, lease)
         return StreamingResult(events)
-
-    async def _ask_early(self, request: ChatKitReq, context: RequestContext) -> None:
-        """Ask the model for a new message's answer before the message is stored.
-
-        The ChatKit server stores the thread and the message, then asks for
-        the answer (:meth:`respond`); started here, the model's request goes
-        out first and those writes overlap the backend's time to its first
-        token. The run is kept by the request's pace until :meth:`respond`
-        takes it; it hands on nothing before (:meth:`Pace.reserve`), so
-        tools see the thread object the ChatKit server saves.
-        """
-        if not isinstance(request, (ThreadsCreateReq, ThreadsAddUserMessageReq)):
-            return
-        if self._handling > EARLY_ASK_MAX_REQUESTS:
-            # A busy server gains nothing from it: every request's work
-            # before its answer then waits behind the early answers' reads.
-            return
-        message = request.params.input
-        if message.attachments:
-            return  # their conversion reads files: nothing to gain first
-        if isinstance(request, ThreadsCreateReq):
-            assert context.new_thread_id is not None  # chosen by admission
-            thread = ThreadMetadata(id=context.new_thread_id, created_at=datetime.now(UTC))
-        else:
-            thread = await self.store.load_thread(request.params.thread_id, context)
-        newest = UserMessageItem(
-            id="pending",
-            thread_id=thread.id,
-            created_at=datetime.now(UTC),
-            content=message.content,
-            attachments=[],
-            quoted_text=message.quoted_text,
-            inference_options=message.inference_options,
-        )
-        context.pace.reserve()
-        answer = await self._start_answer(thread, message.inference_options, context, newest)
-        if answer is None:
-            context.pace.claim()
-            return
-        self._early[context.pace] = answer
-        await context.pace.wait_asked(ASK_WAIT_SECONDS)
-
-    def _finish(self, context: RequestContext) -> None:
-        """A request ended: stop a run started early that no answer took."""
-        self._handling -= 1
-        answer = self._early.pop(context.pace, None)
-        if answer is not None:
-            answer.result.cancel()
 
     async def _finishing(
         self, events: AsyncIterator[bytes], context: RequestContext
@@ -267,7 +179,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             async for event in events:
                 yield event
         finally:
-            self._finish(context)
+            self.answers.end(context)
 
     def workflow_of(self, thread: ThreadMetadata, context: RequestContext) -> Workflow:
         """The workflow that answers a thread: the one it remembers, else the request's."""
@@ -286,74 +198,14 @@ class ChatKitApp(ChatKitServer[RequestContext]):
     async def _respond(
         self, thread: ThreadMetadata, options: InferenceOptions, context: RequestContext
     ) -> AsyncIterator[ThreadStreamEvent]:
-        answer = self._early.pop(context.pace, None)
+        answer = self.answers.take(thread, context)
         if answer is None:
-            answer = await self._start_answer(thread, options, context)
-        else:
-            # The thread object the ChatKit server saves, for the run's tools.
-            answer.agent_context.thread = thread
-            context.pace.claim()
+            answer = await self.answers.start(thread, options, context)
         async for event in self._answer_events(thread, answer):
             yield event
 
-    async def _start_answer(
-        self,
-        thread: ThreadMetadata,
-        options: InferenceOptions,
-        context: RequestContext,
-        newest: UserMessageItem | None = None,
-    ) -> _Answer | None:
-        """Start the workflow's run on the thread's history; ``None``: no backend.
-
-        ``newest``: the message being answered, when it is not stored yet.
-        """
-        workflow = self.workflow_of(thread, context)
-        if not workflow.backend.configured:
-            self._remember_workflow(thread, workflow)
-            return None
-        budget = workflow.history_budget(self.settings.history_tokens)
-        entries = await self._history(thread, budget, context, newest)
-        history = [entry.item for entry in entries]
-        agent_input = fit_history(
-            await self.converter.for_workflow(vision=workflow.vision, budget=budget).history_input(
-                entries
-            ),
-            budget=budget,
-            instructions=render(workflow.instructions, context.state_variables),
-        )
-        agent_context = AgentContext[RequestContext](
-            thread=thread, store=self.store, request_context=context
-        )
-        # Every model call of the run (handoffs and tool rounds included) is
-        # read at the pace its client takes the answer.
-        run_settings = ModelSettings(
-            tool_choice=options.tool_choice.id if options.tool_choice is not None else None,
-            max_tokens=self.settings.answer_max_tokens,
-            extra_args={PACE_ARGUMENT: context.pace},
-        )
-        agent = self.workflows.agent(workflow.id, model=options.model)
-        run_config = RunConfig(
-            tracing_disabled=not (self.settings.tracing and context.tracing),
-            workflow_name=f"chatkit:{workflow.id}",
-        )
-        # Set after construction: given to the constructor, a ModelSettings is
-        # checked against RunConfig's type hints, resolved anew on every run
-        # (about a millisecond, before the model is asked). This one is built
-        # right here, so there is nothing to check.
-        run_config.model_settings = run_settings
-        result = Runner.run_streamed(
-            agent, agent_input, context=agent_context, run_config=run_config
-        )
-        return _Answer(
-            workflow=workflow,
-            model=options.model or workflow.model,
-            history=history,
-            agent_context=agent_context,
-            result=result,
-        )
-
     async def _answer_events(
-        self, thread: ThreadMetadata, answer: _Answer | None
+        self, thread: ThreadMetadata, answer: Answer | None
     ) -> AsyncIterator[ThreadStreamEvent]:
         """The events of a started answer, then its usage, title and workflow are kept."""
         if answer is None:
@@ -399,23 +251,11 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                 result.cancel()
                 if title_task is not None:
                     title_task.cancel()
-                self._remember_workflow(thread, workflow)
+                remember_workflow(thread, workflow)
         await self._record_usage(thread, workflow, answer.model, result, fixer, context)
         if title_task is not None:
             await self._apply_title(thread, title_task)
-        self._remember_workflow(thread, workflow)
-
-    @staticmethod
-    def _remember_workflow(thread: ThreadMetadata, workflow: Workflow) -> None:
-        """Remember the thread's workflow (from its first answer on).
-
-        The ChatKit server saves a changed thread after the next event or at
-        the end of the stream: set at the end, it is saved with the new
-        thread's title, one write after the answer instead of one more
-        before its first token. A stopped answer saves it on its own
-        (:meth:`handle_stream_cancelled`).
-        """
-        thread.metadata[THREAD_WORKFLOW_KEY] = workflow.id
+        remember_workflow(thread, workflow)
 
     def _start_title(
         self,
@@ -473,46 +313,6 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             # Accounting must not turn a delivered answer into an error.
             logger.exception("could not record token usage for thread %s", thread.id)
 
-    async def _history(
-        self,
-        thread: ThreadMetadata,
-        budget: int,
-        context: RequestContext,
-        newest: UserMessageItem | None = None,
-    ) -> list[HistoryEntry]:
-        """The newest items of the thread, oldest first.
-
-        At most ``history_items``, and none past the first that exceeds the
-        token ``budget``: older items would be dropped by :func:`fit_history`
-        anyway, and each costs a validation and a conversion when not cached.
-        ``newest`` is a message not stored yet, that goes last (a new thread
-        has nothing stored: only it is read).
-        """
-        limit = self.settings.history_items
-        entries: list[HistoryEntry] = []
-        if newest is not None:
-            entries.append(HistoryEntry(item=newest, tokens=estimate_item_tokens(newest)))
-        tokens = sum(entry.tokens for entry in entries)
-        complete = tokens <= budget
-        unsaved_thread = newest is not None and thread.id == context.new_thread_id
-        if complete and len(entries) < limit and not unsaved_thread:
-            rows = self.sql_store.newest_rows(thread.id, limit - len(entries), context)
-            async with contextlib.aclosing(rows):
-                async for kind, data in rows:
-                    entry = self.history_cache.entry(kind, data)
-                    entries.append(entry)
-                    tokens += entry.tokens
-                    if tokens > budget:
-                        complete = False
-                        break
-        complete = complete and len(entries) < limit
-        entries.reverse()
-        # A cut history must not open with an answer or a tool result whose
-        # question was cut away: some servers reject such a conversation.
-        while entries and not complete and not isinstance(entries[0].item, UserMessageItem):
-            entries.pop(0)
-        return entries
-
     async def handle_stream_cancelled(
         self,
         thread: ThreadMetadata,
@@ -533,7 +333,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             # The thread as it is: a stopped first answer's workflow is only
             # remembered in memory yet (see _respond), and the ChatKit server
             # saves a changed thread only at the end of a stream that ends.
-            self._remember_workflow(thread, self.workflow_of(thread, context))
+            remember_workflow(thread, self.workflow_of(thread, context))
             await self.store.save_thread(thread, context=context)
         if scope.cancelled_caught:
             logger.error("gave up persisting the stopped answer of thread %s", thread.id)

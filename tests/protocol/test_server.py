@@ -21,7 +21,7 @@ from chatkit.types import (
 )
 
 from chatkit_server.errors import StoreError
-from chatkit_server.protocol import server as server_module
+from chatkit_server.protocol import answers as answers_module
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore
 from chatkit_server.testing.client import ChatKitHTTPError, user_input
@@ -397,7 +397,7 @@ async def test_a_failed_message_write_is_an_error_event_and_keeps_the_thread(
 ) -> None:
     if busy:
         # As if more requests were in progress than early asking is for.
-        monkeypatch.setattr(server_module, "EARLY_ASK_MAX_REQUESTS", 0)
+        monkeypatch.setattr(answers_module, "EARLY_ASK_MAX_REQUESTS", 0)
     # An answer asked early is never used: a long one, to see it stopped.
     unused = [] if busy else [Reply.count(1000, delay=0.01)]
     fake_llm.backend.script(Reply.text("One."), *unused, Reply.text("Back."))

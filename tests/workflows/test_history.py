@@ -114,7 +114,7 @@ async def test_history_loading_stops_once_the_budget_is_covered(
             )
         await live.store.add_thread_item(thread.id, item, LOCAL)
     decoded = _count_decodes(live, monkeypatch)
-    entries = await live.state.server._history(thread, 1000, LOCAL)
+    entries = await live.state.server.answers.history(thread, 1000, LOCAL)
     items = [entry.item for entry in entries]
 
     # About 200 tokens per item: only the items within reach of the budget
@@ -124,14 +124,14 @@ async def test_history_loading_stops_once_the_budget_is_covered(
     assert isinstance(items[0], UserMessageItem)
     # Nothing the model would have been sent is missing.
     everything = (await live.store.load_thread_items(thread.id, None, 200, "asc", LOCAL)).data
-    converter = live.state.server.converter
+    converter = live.state.server.answers.converter
     assert fit_history(
         await converter.history_input(entries), budget=1000, instructions=None
     ) == fit_history(await converter.to_agent_input(everything), budget=1000, instructions=None)
 
 
 def _count_decodes(live: Live, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    cache = live.state.server.history_cache
+    cache = live.state.server.answers.history_cache
     decoded: list[str] = []
     original = cache._decode
 
@@ -162,12 +162,12 @@ async def test_later_turns_reuse_the_decoded_and_converted_history(
     for n in range(3):
         await live.store.add_thread_item(thread.id, user(n, quoted=f"quote {n}"), LOCAL)
     decoded = _count_decodes(live, monkeypatch)
-    converter = live.state.server.converter
-    first = await live.state.server._history(thread, 10_000, LOCAL)
+    converter = live.state.server.answers.converter
+    first = await live.state.server.answers.history(thread, 10_000, LOCAL)
     first_input = await converter.history_input(first)
     await live.store.add_thread_item(thread.id, user(3), LOCAL)
 
-    second = await live.state.server._history(thread, 10_000, LOCAL)
+    second = await live.state.server.answers.history(thread, 10_000, LOCAL)
     second_input = await converter.history_input(second)
 
     # Only the new item is decoded on the next turn; the rest are the same entries.

@@ -1,0 +1,265 @@
+"""Starting an answer: the thread's history fitted, the workflow's run begun.
+
+:class:`Answers` reads the history a turn needs (newest first, until the
+workflow's token budget is spent), converts it for the model and starts the
+Agents SDK run; the ChatKit server (:mod:`chatkit_server.protocol.server`)
+streams its events. A new message's answer may be started before the
+message is stored (:meth:`Answers.ask_early`): the model's request then goes
+out first and the ChatKit server's writes overlap the backend's time to its
+first token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from agents import ModelSettings, RunConfig, Runner, RunResultStreaming
+from chatkit.agents import AgentContext
+from chatkit.types import (
+    ChatKitReq,
+    InferenceOptions,
+    ThreadItem,
+    ThreadMetadata,
+    ThreadsAddUserMessageReq,
+    ThreadsCreateReq,
+    UserMessageItem,
+)
+
+from chatkit_server.context import RequestContext
+from chatkit_server.pace import PACE_ARGUMENT, Pace
+from chatkit_server.protocol.checks import THREAD_WORKFLOW_KEY, workflow_of
+from chatkit_server.protocol.converter import HistoryConverter
+from chatkit_server.settings import Settings
+from chatkit_server.store import SQLStore, decode_item
+from chatkit_server.workflows.history import (
+    HistoryCache,
+    HistoryEntry,
+    estimate_item_tokens,
+    fit_history,
+)
+from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
+from chatkit_server.workflows.state import render
+
+__all__ = ["ASK_WAIT_SECONDS", "EARLY_ASK_MAX_REQUESTS", "Answer", "Answers", "remember_workflow"]
+
+# The most an answer's stream waits for its run to ask the model (see
+# the server's _answer_events): a run that fails before asking ends no later than this.
+ASK_WAIT_SECONDS = 0.25
+# Requests in progress past which a new message's answer is no longer asked
+# for before the message is stored. Measured with bench/bench_streaming.py
+# (2 cores): alone, asking first brings the first token 3 to 4 ms sooner
+# (--only ttft); in a burst of 500 new threads it made the median first
+# token 5 s later (--only concurrent, 13 s against 7.7 s), with the same
+# stream times.
+EARLY_ASK_MAX_REQUESTS = 8
+
+
+@dataclass(eq=False)
+class Answer:
+    """A started run and what finishing its answer needs.
+
+    Attributes:
+        workflow: The workflow answering.
+        model: The model asked.
+        history: The thread's items the run was given, the message answered last.
+        agent_context: The run's context (its thread is the one the ChatKit server saves).
+        result: The run.
+    """
+
+    workflow: Workflow
+    model: str
+    history: list[ThreadItem]
+    agent_context: AgentContext[RequestContext]
+    result: RunResultStreaming
+
+
+def remember_workflow(thread: ThreadMetadata, workflow: Workflow) -> None:
+    """Remember the thread's workflow (from its first answer on).
+
+    The ChatKit server saves a changed thread after the next event or at
+    the end of the stream: set at the end, it is saved with the new
+    thread's title, one write after the answer instead of one more
+    before its first token. A stopped answer saves it on its own
+    (``handle_stream_cancelled``).
+    """
+    thread.metadata[THREAD_WORKFLOW_KEY] = workflow.id
+
+
+class Answers:
+    """Starts the workflows' runs for the ChatKit server's answers.
+
+    Args:
+        store: Where the threads are (the runs' tools get it too).
+        workflows: The workflows that answer.
+        settings: History size and budget, answer caps, tracing.
+    """
+
+    def __init__(self, *, store: SQLStore, workflows: WorkflowRegistry, settings: Settings) -> None:
+        self.store = store
+        self.workflows = workflows
+        self.settings = settings
+        self.converter = HistoryConverter(files=store.files)
+        self.history_cache = HistoryCache(decode_item)
+        # Runs started before their message was stored, by request (ask_early).
+        self._early: dict[Pace, Answer] = {}
+        # Requests being handled (a stream counts until it ends).
+        self._handling = 0
+
+    def begin(self) -> None:
+        """A request is being handled: counted until :meth:`end`."""
+        self._handling += 1
+
+    def end(self, context: RequestContext) -> None:
+        """A request ended: stop a run started early for it that no answer took."""
+        self._handling -= 1
+        answer = self._early.pop(context.pace, None)
+        if answer is not None:
+            answer.result.cancel()
+
+    def take(self, thread: ThreadMetadata, context: RequestContext) -> Answer | None:
+        """The answer started early for this request, now given ``thread`` (else ``None``)."""
+        answer = self._early.pop(context.pace, None)
+        if answer is not None:
+            # The thread object the ChatKit server saves, for the run's tools.
+            answer.agent_context.thread = thread
+            context.pace.claim()
+        return answer
+
+    async def ask_early(self, request: ChatKitReq, context: RequestContext) -> None:
+        """Ask the model for a new message's answer before the message is stored.
+
+        The ChatKit server stores the thread and the message, then asks for
+        the answer (``respond``); started here, the model's request goes
+        out first and those writes overlap the backend's time to its first
+        token. The run is kept by the request's pace until :meth:`take`
+        takes it; it hands on nothing before (:meth:`Pace.reserve`), so
+        tools see the thread object the ChatKit server saves.
+        """
+        if not isinstance(request, (ThreadsCreateReq, ThreadsAddUserMessageReq)):
+            return
+        if self._handling > EARLY_ASK_MAX_REQUESTS:
+            # A busy server gains nothing from it: every request's work
+            # before its answer then waits behind the early answers' reads.
+            return
+        message = request.params.input
+        if message.attachments:
+            return  # their conversion reads files: nothing to gain first
+        if isinstance(request, ThreadsCreateReq):
+            assert context.new_thread_id is not None  # chosen by admission
+            thread = ThreadMetadata(id=context.new_thread_id, created_at=datetime.now(UTC))
+        else:
+            thread = await self.store.load_thread(request.params.thread_id, context)
+        newest = UserMessageItem(
+            id="pending",
+            thread_id=thread.id,
+            created_at=datetime.now(UTC),
+            content=message.content,
+            attachments=[],
+            quoted_text=message.quoted_text,
+            inference_options=message.inference_options,
+        )
+        context.pace.reserve()
+        answer = await self.start(thread, message.inference_options, context, newest)
+        if answer is None:
+            context.pace.claim()
+            return
+        self._early[context.pace] = answer
+        await context.pace.wait_asked(ASK_WAIT_SECONDS)
+
+    async def start(
+        self,
+        thread: ThreadMetadata,
+        options: InferenceOptions,
+        context: RequestContext,
+        newest: UserMessageItem | None = None,
+    ) -> Answer | None:
+        """Start the workflow's run on the thread's history; ``None``: no backend.
+
+        ``newest``: the message being answered, when it is not stored yet.
+        """
+        workflow = workflow_of(self.workflows, thread, context)
+        if not workflow.backend.configured:
+            remember_workflow(thread, workflow)
+            return None
+        budget = workflow.history_budget(self.settings.history_tokens)
+        entries = await self.history(thread, budget, context, newest)
+        history = [entry.item for entry in entries]
+        agent_input = fit_history(
+            await self.converter.for_workflow(vision=workflow.vision, budget=budget).history_input(
+                entries
+            ),
+            budget=budget,
+            instructions=render(workflow.instructions, context.state_variables),
+        )
+        agent_context = AgentContext[RequestContext](
+            thread=thread, store=self.store, request_context=context
+        )
+        # Every model call of the run (handoffs and tool rounds included) is
+        # read at the pace its client takes the answer.
+        run_settings = ModelSettings(
+            tool_choice=options.tool_choice.id if options.tool_choice is not None else None,
+            max_tokens=self.settings.answer_max_tokens,
+            extra_args={PACE_ARGUMENT: context.pace},
+        )
+        agent = self.workflows.agent(workflow.id, model=options.model)
+        run_config = RunConfig(
+            tracing_disabled=not (self.settings.tracing and context.tracing),
+            workflow_name=f"chatkit:{workflow.id}",
+        )
+        # Set after construction: given to the constructor, a ModelSettings is
+        # checked against RunConfig's type hints, resolved anew on every run
+        # (about a millisecond, before the model is asked). This one is built
+        # right here, so there is nothing to check.
+        run_config.model_settings = run_settings
+        result = Runner.run_streamed(
+            agent, agent_input, context=agent_context, run_config=run_config
+        )
+        return Answer(
+            workflow=workflow,
+            model=options.model or workflow.model,
+            history=history,
+            agent_context=agent_context,
+            result=result,
+        )
+
+    async def history(
+        self,
+        thread: ThreadMetadata,
+        budget: int,
+        context: RequestContext,
+        newest: UserMessageItem | None = None,
+    ) -> list[HistoryEntry]:
+        """The newest items of the thread, oldest first.
+
+        At most ``history_items``, and none past the first that exceeds the
+        token ``budget``: older items would be dropped by :func:`fit_history`
+        anyway, and each costs a validation and a conversion when not cached.
+        ``newest`` is a message not stored yet, that goes last (a new thread
+        has nothing stored: only it is read).
+        """
+        limit = self.settings.history_items
+        entries: list[HistoryEntry] = []
+        if newest is not None:
+            entries.append(HistoryEntry(item=newest, tokens=estimate_item_tokens(newest)))
+        tokens = sum(entry.tokens for entry in entries)
+        complete = tokens <= budget
+        unsaved_thread = newest is not None and thread.id == context.new_thread_id
+        if complete and len(entries) < limit and not unsaved_thread:
+            rows = self.store.newest_rows(thread.id, limit - len(entries), context)
+            async with contextlib.aclosing(rows):
+                async for kind, data in rows:
+                    entry = self.history_cache.entry(kind, data)
+                    entries.append(entry)
+                    tokens += entry.tokens
+                    if tokens > budget:
+                        complete = False
+                        break
+        complete = complete and len(entries) < limit
+        entries.reverse()
+        # A cut history must not open with an answer or a tool result whose
+        # question was cut away: some servers reject such a conversation.
+        while entries and not complete and not isinstance(entries[0].item, UserMessageItem):
+            entries.pop(0)
+        return entries
