@@ -53,9 +53,10 @@ EXPECTED = [
 ]
 
 
-def test_a_tiny_run_reports_every_figure_in_shape() -> None:
+def _run(script: str) -> tuple[str, list[str], list[str]]:
+    """Run ``script`` on the bench folder: its output, its lines, and its figure lines."""
     result = subprocess.run(
-        [sys.executable, "-c", RUN_TINY, str(BENCH)],
+        [sys.executable, "-c", script, str(BENCH)],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -65,6 +66,11 @@ def test_a_tiny_run_reports_every_figure_in_shape() -> None:
     assert result.returncode == 0, output + result.stderr
     lines = output.splitlines()
     figures = [line for line in lines if line.endswith((" -> PASS", " -> MISS", " -> info"))]
+    return output, lines, figures
+
+
+def test_a_tiny_run_reports_every_figure_in_shape() -> None:
+    output, lines, figures = _run(RUN_TINY)
     assert len(figures) == len(EXPECTED), output
     for line, pattern in zip(figures, EXPECTED, strict=True):
         assert re.fullmatch(pattern, line), line
@@ -94,17 +100,7 @@ RUN_TINY_PDF = textwrap.dedent(
 
 
 def test_the_pdf_figure_gives_the_model_the_pdfs_text() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", RUN_TINY_PDF, str(BENCH)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    output = result.stdout
-    assert result.returncode == 0, output + result.stderr
-    lines = output.splitlines()
-    figures = [line for line in lines if line.endswith((" -> PASS", " -> MISS", " -> info"))]
+    output, lines, figures = _run(RUN_TINY_PDF)
     assert [line.split(":")[0] for line in figures] == [
         "[pdf] stream time p50 with the PDF extracted beside, 5 streams x 40 tokens at 20 tok/s",
         "[pdf] stream time p99 with the PDF extracted beside, 5 streams x 40 tokens at 20 tok/s",
