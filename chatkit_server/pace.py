@@ -23,11 +23,12 @@ stopped while its client is slow is then always stopped inside the ChatKit
 server's own loop, which saves the answer so far.
 
 The pace also says when the model is being asked (:meth:`Pace.asking`, by
-the backend client just before it sends the request). The server waits for
-that before its own reads and writes for the answer: with one core for
-everything, work beside the run's task delays the request by as long as it
-takes, while after it the work overlaps the backend's time to its first
-token. A run started before the ChatKit server hands the answer over is
+the backend client just before it sends the request). A run started before
+the ChatKit server stores the message it answers
+(:meth:`chatkit_server.protocol.answers.Answers.ask_early`) is waited for
+that far before the writes: with one core for everything, work beside the
+run's task delays the request by as long as it takes, while after it the
+work overlaps the backend's time to its first token. Such a run is
 :meth:`Pace.reserve`-d: no chunk goes on until :meth:`Pace.claim`.
 
 One pace is made per request (:class:`chatkit_server.context.RequestContext`

@@ -12,6 +12,7 @@ first token.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -44,15 +45,14 @@ from chatkit_server.workflows.state import render
 
 __all__ = ["ASK_WAIT_SECONDS", "EARLY_ASK_MAX_REQUESTS", "Answer", "Answers", "remember_workflow"]
 
-# The most an answer's stream waits for its run to ask the model (see
-# the server's _answer_events): a run that fails before asking ends no later than this.
+# The most a request asking early waits for its run to ask the model: a run
+# that fails before asking holds the request no longer.
 ASK_WAIT_SECONDS = 0.25
-# Requests in progress past which a new message's answer is no longer asked
-# for before the message is stored. Measured with bench/bench_streaming.py
-# (2 cores): alone, asking first brings the first token 3 to 4 ms sooner
-# (--only ttft); in a burst of 500 new threads it made the median first
-# token 5 s later (--only concurrent, 13 s against 7.7 s), with the same
-# stream times.
+# Requests in progress past which the model is no longer asked before a new
+# message is stored. Measured with bench/bench_streaming.py (2 cores): alone,
+# asking first brings the first token 3 to 4 ms sooner (--only ttft); in a
+# burst of 500 new threads it made the median first token 5 s later (--only
+# concurrent, 13 s against 7.7 s).
 EARLY_ASK_MAX_REQUESTS = 8
 
 
@@ -104,16 +104,25 @@ class Answers:
         self.history_cache = HistoryCache(decode_item)
         # Runs started before their message was stored, by request (ask_early).
         self._early: dict[Pace, Answer] = {}
-        # Requests being handled (a stream counts until it ends).
-        self._handling = 0
+        # The requests being handled, by pace (a stream counts until it ends);
+        # weakly, so that a response never started cannot stay counted.
+        self._handling: weakref.WeakSet[Pace] = weakref.WeakSet()
 
-    def begin(self) -> None:
+    @property
+    def quiet(self) -> bool:
+        """Whether few enough requests are in progress for asking the model first to pay.
+
+        See :data:`EARLY_ASK_MAX_REQUESTS`.
+        """
+        return len(self._handling) <= EARLY_ASK_MAX_REQUESTS
+
+    def begin(self, context: RequestContext) -> None:
         """A request is being handled: counted until :meth:`end`."""
-        self._handling += 1
+        self._handling.add(context.pace)
 
     def end(self, context: RequestContext) -> None:
         """A request ended: stop a run started early for it that no answer took."""
-        self._handling -= 1
+        self._handling.discard(context.pace)
         answer = self._early.pop(context.pace, None)
         if answer is not None:
             answer.result.cancel()
@@ -139,7 +148,7 @@ class Answers:
         """
         if not isinstance(request, (ThreadsCreateReq, ThreadsAddUserMessageReq)):
             return
-        if self._handling > EARLY_ASK_MAX_REQUESTS:
+        if not self.quiet:
             # A busy server gains nothing from it: every request's work
             # before its answer then waits behind the early answers' reads.
             return

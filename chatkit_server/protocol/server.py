@@ -55,7 +55,7 @@ from chatkit_server.protocol.actions import (
     run_sync_action,
 )
 from chatkit_server.protocol.admission import admit, release, releasing
-from chatkit_server.protocol.answers import ASK_WAIT_SECONDS, Answer, Answers, remember_workflow
+from chatkit_server.protocol.answers import Answer, Answers, remember_workflow
 from chatkit_server.protocol.caps import AnswerCaps
 from chatkit_server.protocol.checks import (
     RequestChecks,
@@ -147,7 +147,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         """
         request = parse_request(body)
         context = self.checks.choose_workflow(request, context)
-        self.answers.begin()
+        self.answers.begin(context)
         try:
             context, lease = await admit(self.gate, request, context)
         except BaseException:
@@ -222,10 +222,6 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             max_seconds=self.settings.answer_max_seconds,
         )
         try:
-            # ChatKit's stream begins with a read of the thread's last items;
-            # done beside the run's own task it delays the model's request (one
-            # core, one lock). After the request it overlaps the backend's time.
-            await context.pace.wait_asked(ASK_WAIT_SECONDS)
             events = stream_agent_response(agent_context, repair_run(result, pace=context.pace))
             capped = caps.apply(show_tool_tasks(agent_context, events), stop=result.cancel)
             async for event in fixer.fix(capped):
