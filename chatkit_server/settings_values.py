@@ -9,6 +9,7 @@ read only what they are given: the environment itself is read in
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -205,32 +206,27 @@ def database_url(url: str) -> str:
 
 def positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
     """A positive number of seconds, or ``default`` when ``name`` is unset."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(name, f"expected a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(name, f"expected a positive number of seconds, got {raw!r}")
-    return value
+    return _seconds(env, name, default, zero_is_off=False)
 
 
 def seconds_or_off(env: Mapping[str, str], name: str, default: float) -> float:
     """A positive number of seconds, or 0 for "no limit"; ``default`` when ``name`` is unset."""
+    return _seconds(env, name, default, zero_is_off=True)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, zero_is_off: bool) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
-    if not value >= 0:  # also NaN
-        raise SettingsError(
-            name, f"expected a positive number of seconds, or 0 for no limit, got {raw!r}"
-        )
-    return value
+        value = math.nan
+    # Written so that NaN (which compares false with everything) is refused.
+    if value > 0 or (zero_is_off and value == 0):
+        return value
+    wanted = "a positive number of seconds" + (", or 0 for no limit" if zero_is_off else "")
+    raise SettingsError(name, f"expected {wanted}, got {raw!r}")
 
 
 def whole_number(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:

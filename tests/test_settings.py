@@ -64,6 +64,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ("CHATKIT_LLM_BASE_URL", "127.0.0.1:8080", "http://"),
         ("CHATKIT_LLM_TIMEOUT", "soon", "number of seconds"),
         ("CHATKIT_LLM_TIMEOUT", "-1", "positive"),
+        ("CHATKIT_LLM_TIMEOUT", "nan", "positive"),
         ("CHATKIT_LLM_MAX_RETRIES", "2.5", "whole number"),
         ("CHATKIT_MAX_BODY_BYTES", "10", "at least"),
         ("CHATKIT_MAX_TITLE_CHARS", "0", "at least"),
