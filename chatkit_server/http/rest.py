@@ -32,7 +32,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
-from chatkit.types import ImageAttachment, ThreadItem, UserMessageItem
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -53,6 +52,7 @@ from chatkit_server.http.rest_shapes import (
 from chatkit_server.http.state import AppState, get_state
 from chatkit_server.http.uploads import public_base_url
 from chatkit_server.store.admin import AdminStore, Order
+from chatkit_server.store.attachments import has_image
 from chatkit_server.store.ids import has_control_character
 
 __all__ = [
@@ -240,19 +240,14 @@ async def list_items(request: Request, state: AppState) -> dict[str, Any]:
     thread_id = request.path_params["thread_id"]
     page = await admin.items(thread_id, types=REST_ITEM_TYPES, **_page_params(request))
     items = page.data
-    if any(_has_image(item) for item in items):
+    # The owner is looked up only when there is a link to renew.
+    if any(has_image(item) for item in items):
         owner = RequestContext(
             user_id=(await admin.thread(thread_id)).user_id,
             base_url=public_base_url(request, state.settings.public_url),
         )
         items = [state.store.links.fresh_item(item, owner) for item in items]
     return list_object(items, page.has_more, item_object)
-
-
-def _has_image(item: ThreadItem) -> bool:
-    return isinstance(item, UserMessageItem) and any(
-        isinstance(attachment, ImageAttachment) for attachment in item.attachments
-    )
 
 
 # -- extensions ----------------------------------------------------------------

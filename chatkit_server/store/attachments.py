@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import sqlalchemy as sa
 from chatkit.types import (
@@ -33,6 +33,7 @@ __all__ = [
     "ATTACHMENT",
     "AttachmentLinks",
     "attachment_owner",
+    "has_image",
     "existing_attachment_ids",
     "finish_upload",
     "sweep_unattached",
@@ -124,12 +125,17 @@ class AttachmentLinks:
 
     def fresh_item(self, item: ThreadItem, context: RequestContext) -> ThreadItem:
         """A user message's image attachments with preview links that work now."""
-        if not isinstance(item, UserMessageItem) or not any(
-            isinstance(attachment, ImageAttachment) for attachment in item.attachments
-        ):
+        if not has_image(item):
             return item
         fresh = [self.fresh(attachment, context) for attachment in item.attachments]
         return item.model_copy(update={"attachments": fresh})
+
+
+def has_image(item: ThreadItem) -> TypeGuard[UserMessageItem]:
+    """Whether ``item`` is a user message with an image attachment (whose preview link expires)."""
+    return isinstance(item, UserMessageItem) and any(
+        isinstance(attachment, ImageAttachment) for attachment in item.attachments
+    )
 
 
 async def finish_upload(
