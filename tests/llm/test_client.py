@@ -609,13 +609,16 @@ async def test_responses_stream_as_the_plain_client_reads_them(
     ]
 
 
+# Ids are made up per request and timestamps are taken per request: two
+# requests may straddle a second boundary.
+_PER_REQUEST_KEYS = frozenset(
+    ("id", "item_id", "call_id", "created_at", "completed_at", "sequence_number")
+)
+
+
 def _without_ids(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: _without_ids(v)
-            for k, v in value.items()
-            if k not in ("id", "item_id", "call_id", "created_at", "sequence_number")
-        }
+        return {k: _without_ids(v) for k, v in value.items() if k not in _PER_REQUEST_KEYS}
     if isinstance(value, list):
         return [_without_ids(v) for v in value]
     return value
