@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
 
@@ -178,7 +178,7 @@ class SQLiteThreads:
     async def write(self) -> AsyncIterator[ThreadConnection]:
         """A write transaction (``BEGIN IMMEDIATE``), committed when the block succeeds."""
         async with self._transaction_lock:
-            connection = await self._on(self._writer, self._begin)
+            connection = await self._begin_on_writer()
             try:
                 yield ThreadConnection(
                     lambda work: self._on(self._writer, functools.partial(work, connection))
@@ -186,9 +186,41 @@ class SQLiteThreads:
             except BaseException:
                 # Queued, not awaited: it runs before any later write even
                 # when this task is being cancelled.
-                self._writer.submit(_end, connection, commit=False)
+                self._end_soon(connection)
                 raise
-            await self._on(self._writer, functools.partial(_end, connection, commit=True))
+            # Shielded: a commit cancelled while still queued would never run,
+            # and its connection would keep the write lock.
+            commit = self._writer.submit(_end, connection, commit=True)
+            await asyncio.shield(asyncio.wrap_future(commit))
+
+    def _end_soon(self, connection: Connection) -> None:
+        try:
+            self._writer.submit(_end, connection, commit=False)
+        except RuntimeError:
+            # The writer is shut down (dispose ran while this transaction was
+            # open): roll back here rather than leave the lock held.
+            _end(connection, commit=False)
+
+    async def _begin_on_writer(self) -> Connection:
+        """Open a write transaction on the writer thread; never leave one behind.
+
+        A task cancelled while it waits here (a stopped answer, the app
+        shutting down its upkeep) no longer takes the connection, but the
+        thread may still open the transaction: it would hold the database's
+        write lock until the garbage collector closed the connection, and
+        every other writer, in this process or another, would fail with
+        "database is locked". It is rolled back as soon as it is open.
+        """
+        job = self._writer.submit(self._begin)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            # Cancelling the wrapper cancelled a job still queued. One already
+            # running is ended by the writer thread the moment it returns,
+            # before the thread's next job (a write queued behind it would
+            # otherwise wait on its lock); one already done, here and now.
+            job.add_done_callback(_end_unclaimed)
+            raise
 
     def _begin(self) -> Connection:
         connection = self._transactions.connect()
@@ -220,6 +252,12 @@ class SQLiteThreads:
 def _no_rows() -> sa.Result[Any]:
     """The result of a statement that returns no rows (what a frozen one would give)."""
     return IteratorResult(SimpleResultMetaData([]), iter(()))
+
+
+def _end_unclaimed(job: Future[Connection]) -> None:
+    """Roll back the transaction a cancelled :meth:`SQLiteThreads.write` opened."""
+    if not job.cancelled() and job.exception() is None:
+        _end(job.result(), commit=False)
 
 
 def _end(connection: Connection, *, commit: bool) -> None:

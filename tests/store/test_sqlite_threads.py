@@ -1,0 +1,111 @@
+"""SQLiteThreads: a SQLite file's statements on worker threads, through Database."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from chatkit_server.store import Database
+
+
+def _can_take_write_lock(path: Path) -> bool:
+    probe = sqlite3.connect(path, timeout=2.0, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
+
+
+@pytest.fixture
+async def sqlite_file(tmp_path: Path) -> Any:
+    path = tmp_path / "chatkit.db"
+    database = Database.connect(f"sqlite+aiosqlite:///{path}")
+    await database.create_all()
+    try:
+        yield database, path
+    finally:
+        await database.dispose()
+
+
+async def test_a_write_cancelled_while_it_begins_leaves_no_lock_behind(
+    sqlite_file: tuple[Database, Path],
+) -> None:
+    database, path = sqlite_file
+    beginning, proceed = threading.Event(), threading.Event()
+
+    # Holds the writer thread just before the first BEGIN IMMEDIATE.
+    @sa.event.listens_for(database.sync_engine, "begin", insert=True)
+    def _hold(_conn: Any) -> None:
+        if not beginning.is_set():
+            beginning.set()
+            proceed.wait(10)
+
+    async def write() -> None:
+        async with database.write() as statements:
+            await statements.execute(sa.text("SELECT 1"))
+
+    task = asyncio.create_task(write())
+    assert await asyncio.to_thread(beginning.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The writer thread opens the transaction now, for a task that no longer
+    # wants it. Left open, it would hold the write lock until the garbage
+    # collector happened to close its connection.
+    proceed.set()
+
+    assert await asyncio.to_thread(_can_take_write_lock, path)
+    async with database.write() as statements:
+        await statements.execute(sa.text("SELECT 1"))
+
+
+async def test_a_write_cancelled_while_its_commit_waits_commits_and_frees_the_lock(
+    sqlite_file: tuple[Database, Path],
+) -> None:
+    database, path = sqlite_file
+    await database.write_one(sa.text("CREATE TABLE notes (body TEXT)"))
+    held, release = threading.Event(), threading.Event()
+
+    # Holds the writer thread on the statement that says so.
+    @sa.event.listens_for(database.sync_engine, "before_cursor_execute")
+    def _hold(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "'hold'" in statement:
+            held.set()
+            release.wait(10)
+
+    body_done = asyncio.Event()
+    side: list[asyncio.Task[Any]] = []
+
+    async def write() -> None:
+        async with database.write() as statements:
+            await statements.execute(sa.text("INSERT INTO notes VALUES ('kept')"))
+            # Busy the writer thread, so that the commit queues behind it.
+            side.append(asyncio.create_task(statements.execute(sa.text("SELECT 'hold'"))))
+            await asyncio.to_thread(held.wait, 10)
+            body_done.set()
+
+    task = asyncio.create_task(write())
+    await body_done.wait()
+    # The commit is queued now (the block ended in the same step).
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    await side[0]
+
+    # A queued commit that was cancelled would never run: its connection
+    # would keep the write lock and the row would be lost.
+    assert await asyncio.to_thread(_can_take_write_lock, path)
+    async with database.read() as statements:
+        rows = (await statements.execute(sa.text("SELECT body FROM notes"))).all()
+    assert [row.body for row in rows] == ["kept"]
