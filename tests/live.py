@@ -7,6 +7,7 @@ the root conftest with ``pytest_plugins``.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from chatkit_server.context import RequestContext
 from chatkit_server.http.state import AppState
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore
+from chatkit_server.store.migrate import upgrade
 from chatkit_server.testing.client import ChatKitClient
 from chatkit_server.testing.fake_backend import FakeBackend
 from chatkit_server.testing.live import serve_app
@@ -65,10 +67,26 @@ async def fake_llm() -> AsyncIterator[FakeLLM]:
         yield FakeLLM(backend=backend, url=url)
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file with every migration applied, made once per test process.
+
+    A live server starts on a copy: migrating a new file takes about as long
+    as the rest of a server's start. The migrations themselves are tested
+    from an empty database (tests/store/test_migrations.py, tests/test_cli.py).
+    """
+    path = tmp_path_factory.mktemp("migrated") / "chatkit.db"
+    upgrade(f"sqlite+aiosqlite:///{path.as_posix()}")
+    return path
+
+
 @pytest.fixture
-def live_settings(tmp_path: Path, fake_llm: FakeLLM) -> Settings:
+def live_settings(tmp_path: Path, fake_llm: FakeLLM, migrated_sqlite: Path) -> Settings:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copyfile(migrated_sqlite, data_dir / "chatkit.db")
     return Settings(
-        data_dir=tmp_path / "data",
+        data_dir=data_dir,
         llm_base_url=fake_llm.v1,
         llm_model="fake-model",
         llm_read_timeout=2.0,
