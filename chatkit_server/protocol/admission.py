@@ -33,6 +33,7 @@ from chatkit_server.errors import RequestError, StoreError
 from chatkit_server.store.gate import LEASE_SECONDS, Lease, RequestGate
 from chatkit_server.store.ids import ID_PREFIXES, new_id
 from chatkit_server.store.statements import thread_not_found
+from chatkit_server.store.tables import ID_LENGTH
 
 __all__ = ["RELEASE_SECONDS", "admit", "release", "releasing"]
 
@@ -79,6 +80,10 @@ async def admit(
         context = replace(context, new_thread_id=thread_id)
     elif isinstance(request, _ANSWERS_ON_THREAD):
         thread_id = request.params.thread_id
+        if len(thread_id) > ID_LENGTH:
+            # No thread has such an id, and no lease row could name it
+            # (PostgreSQL refuses the value; SQLite would store it).
+            raise thread_not_found(thread_id)
     if subject is None and thread_id is None:
         return context, None
     admission = await gate.admit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -181,3 +182,38 @@ async def test_concurrent_messages_on_one_thread_answer_once(live: Live, fake_ll
     assert kinds.count("user_message") == 1 + statuses.count(200)
     for first, second in zip(kinds, kinds[1:], strict=False):
         assert not (first == "user_message" and second == "user_message")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"type": "threads.add_user_message", "input": user_input("hi")},
+        {
+            "type": "threads.custom_action",
+            "item_id": None,
+            "action": {"type": "noop", "payload": {}},
+        },
+    ],
+    ids=["add_user_message", "custom_action"],
+)
+async def test_an_overlong_thread_id_is_an_unknown_thread(
+    start_live: LiveFactory,
+    live_settings: Settings,
+    server_database_url: str,
+    params: dict[str, Any],
+) -> None:
+    settings = live_settings.with_changes(database_url=server_database_url)
+    async with start_live(settings) as live:
+        thread_id = (await live.client.create_thread("hi")).thread_id
+        overlong = "thr_" + "x" * 4000
+        fields = dict(params)
+        request_type = fields.pop("type")
+        body = {"type": request_type, "params": {"thread_id": overlong, **fields}}
+        response = await live.client.post_raw(json.dumps(body))
+        # The server is unharmed: the real thread still answers.
+        after = await live.client.add_message(thread_id, "still here")
+
+    # PostgreSQL refused the id in the lease row: that was a 503.
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert after.errors == []
