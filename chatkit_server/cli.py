@@ -400,7 +400,6 @@ def _usage(
 def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: int = 1) -> int:
     import uvicorn
 
-    from chatkit_server.app import create_app
     from chatkit_server.store import upgrade
 
     # Before the local model starts or anything is logged: an unreachable
@@ -421,10 +420,17 @@ def _serve(settings: Settings, *, host: str, port: int, migrate: bool, workers: 
                 if getattr(served, name) != getattr(settings, name)
             }
             settings = served
+            app: Any
+            if workers > 1:
+                app = functools.partial(_worker_app, local_model)
+            else:
+                # Imported only here: the supervisor of --workers never builds
+                # an app, and the Agents SDK alone takes over a second to load.
+                from chatkit_server.app import create_app
+
+                app = create_app(settings)
             config = uvicorn.Config(
-                functools.partial(_worker_app, local_model)
-                if workers > 1
-                else create_app(settings),
+                app,
                 factory=workers > 1,
                 workers=workers,
                 host=host,

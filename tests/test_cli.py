@@ -124,6 +124,28 @@ def _process_state_restored() -> Iterator[None]:
         asyncio.set_event_loop_policy(policy)
 
 
+def test_commands_that_run_no_workflow_do_not_load_the_agents_sdk(tmp_path: Path) -> None:
+    # It takes over a second to import: --help, migrate, a settings mistake
+    # and the supervisor of --workers would each wait for it for nothing.
+    script = (
+        "import sys\n"
+        "from chatkit_server.cli import build_parser\n"
+        "from chatkit_server.settings import Settings\n"
+        "build_parser()\n"
+        "Settings.from_env()\n"
+        "print(sorted(name for name in ('agents', 'openai') if name in sys.modules))\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert ran.stdout.strip() == "[]"
+
+
 def test_help_explains_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["serve", "--help"])

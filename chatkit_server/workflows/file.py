@@ -48,13 +48,15 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from agents import FunctionTool, function_tool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chatkit_server.errors import ChatKitServerError
 from chatkit_server.workflows.actions import ActionHandler, is_action_handler
+
+if TYPE_CHECKING:
+    from agents import FunctionTool
 
 __all__ = [
     "BackendSpec",
@@ -350,6 +352,12 @@ def _import_action(path: Path, key: str, target: str) -> ActionHandler:
 
 
 def _import_tool(path: Path, key: str, target: str) -> FunctionTool:
+    # Imported here: the Agents SDK takes over a second to import, and the
+    # commands that read settings without running workflows (--help,
+    # migrate, a mistake reported in one line, the supervisor of --workers)
+    # need none of it.
+    from agents import FunctionTool, function_tool
+
     obj: Any = _import_target(path, key, target)
     if isinstance(obj, FunctionTool):
         return obj
