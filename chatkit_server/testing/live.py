@@ -109,10 +109,10 @@ class _Server(uvicorn.Server):
             server.close()
         for sock in sockets or []:
             sock.close()
-        # Idle keep-alive connections close now; busy ones after their response.
-        for connection in list(self.server_state.connections):
-            connection.shutdown()
         state = self.server_state
+        # Idle keep-alive connections close now; busy ones after their response.
+        for connection in list(state.connections):
+            connection.shutdown()
         try:
             async with asyncio.timeout(self.config.timeout_graceful_shutdown):
                 # uvicorn's sets of connections and tasks give no signal when
