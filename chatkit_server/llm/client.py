@@ -48,6 +48,8 @@ from chatkit_server.llm.wire import (
     ServerSentEvent,
     SSEDecoder,
     build_model,
+    merge_chat_text,
+    merge_response_text,
     response_event_class,
 )
 from chatkit_server.pace import PACE_ARGUMENT, Pace
@@ -86,6 +88,9 @@ class ChunkStream:
     Args:
         response: The open streaming response (``with_streaming_response``).
         build: Makes one chunk from one decoded event.
+        merge: Makes the text of the events of one read fewer events
+            (:func:`chatkit_server.llm.wire.merge_chat_text`); by default
+            each event is a chunk.
         close: Ends the request (exits the response's context).
         pace: When given, each chunk waits for room before it is handed on
             (see :mod:`chatkit_server.pace`).
@@ -97,11 +102,13 @@ class ChunkStream:
         build: Callable[[dict[str, Any]], pydantic.BaseModel],
         close: Callable[[], Any],
         pace: Pace | None = None,
+        merge: Callable[[list[Any]], list[Any]] | None = None,
     ) -> None:
         self.response = response.http_response
         self._pace = pace
         self._api_response = response
         self._build = build
+        self._merge = merge
         self._close = close
         self._closed = False
         self._iterator = self._chunks()
@@ -125,15 +132,24 @@ class ChunkStream:
     async def _chunks(self) -> AsyncIterator[Any]:
         decoder = SSEDecoder()
         reads = self._reads()
-        pace = self._pace
+        pace, merge = self._pace, self._merge
         try:
-            async for chunk in reads:
+            while True:
+                if pace is not None:
+                    # While this waits, what the backend sends stays in the
+                    # socket (and past its buffers the backend is held back by
+                    # its connection's flow control); the next read takes it
+                    # all at once.
+                    await pace.before_read()
+                chunk = await anext(reads, None)
+                if chunk is None:
+                    break
                 values, done = _values(decoder.feed(chunk))
+                if merge is not None:
+                    values = merge(values)
+                if pace is not None:
+                    pace.handed_on(len(values))
                 for value in values:
-                    if pace is not None:
-                        # Waiting here stops the reads too: the backend is
-                        # held back by its own connection's flow control.
-                        await pace.before_chunk()
                     yield self._chunk(value)
                 if done:
                     # The rest of the body (normally nothing) is read, so the
@@ -212,7 +228,10 @@ def _values(events: list[ServerSentEvent]) -> tuple[list[Any], bool]:
 
 
 async def _open_stream(
-    opener: Any, build: Callable[[dict[str, Any]], pydantic.BaseModel], pace: Pace | None
+    opener: Any,
+    build: Callable[[dict[str, Any]], pydantic.BaseModel],
+    merge: Callable[[list[Any]], list[Any]],
+    pace: Pace | None,
 ) -> ChunkStream:
     """Send the request of ``opener`` (a ``with_streaming_response`` call) and stream it."""
     response = await opener.__aenter__()
@@ -220,7 +239,7 @@ async def _open_stream(
     async def close() -> None:
         await opener.__aexit__(None, None, None)
 
-    return ChunkStream(response, build, close, pace)
+    return ChunkStream(response, build, close, pace, merge)
 
 
 class _Endpoint:
@@ -233,6 +252,7 @@ class _Endpoint:
         resource: The client's own resource, which sends the requests.
         field: The body field the Agents SDK builds as plain JSON.
         chunk: Builds one streamed chunk.
+        merge: Merges the text of the chunks of one read (see :mod:`chatkit_server.llm.wire`).
         whole: The type of a whole (not streamed) answer.
     """
 
@@ -241,11 +261,13 @@ class _Endpoint:
         resource: AsyncCompletions | AsyncResponses,
         field: str,
         chunk: Callable[[dict[str, Any]], pydantic.BaseModel],
+        merge: Callable[[list[Any]], list[Any]],
         whole: type[pydantic.BaseModel],
     ) -> None:
         self._resource = resource
         self._field = field
         self._chunk = chunk
+        self._merge = merge
         self._whole = whole
 
     async def create(self, **kwargs: Any) -> Any:
@@ -267,7 +289,7 @@ class _Endpoint:
     async def _send(self, kwargs: dict[str, Any], pace: Pace | None) -> Any:
         if kwargs.get("stream"):
             opener = self._resource.with_streaming_response.create(**kwargs)
-            return await _open_stream(opener, self._chunk, pace)
+            return await _open_stream(opener, self._chunk, self._merge, pace)
         raw = await self._resource.with_raw_response.create(**kwargs)
         return build_model(self._whole, raw.http_response.json())
 
@@ -275,7 +297,7 @@ class _Endpoint:
 class _Chat:
     def __init__(self, client: AsyncOpenAI) -> None:
         self.completions = _Endpoint(
-            AsyncCompletions(client), "messages", _chat_chunk, ChatCompletion
+            AsyncCompletions(client), "messages", _chat_chunk, merge_chat_text, ChatCompletion
         )
 
 
@@ -291,5 +313,8 @@ class BackendClient(AsyncOpenAI):
     def responses(self) -> AsyncResponses:
         """The Responses API: ``input`` sent as built, streams parsed here."""
         return cast(
-            AsyncResponses, _Endpoint(AsyncResponses(self), "input", _response_event, Response)
+            AsyncResponses,
+            _Endpoint(
+                AsyncResponses(self), "input", _response_event, merge_response_text, Response
+            ),
         )

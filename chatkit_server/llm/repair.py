@@ -23,18 +23,13 @@ repaired first:
   validation, so these arrive as ``None``; the SDK's run loop never reads them,
   but ChatKit's converter does and raises. Required fields that are ``None``
   get a default here.
-* **Deltas merged under load** (the one place text deltas are merged for
-  speed; the thought throttle above holds reasoning back for bytes): the
-  SDK reads the backend in a task of its own and queues every event, so when
-  the server falls behind (hundreds of streams on one process) the backlog
-  forms in that queue. A task takes the events as they come; each time the
-  consumer is back it gets everything taken meanwhile, and neighbouring text
-  deltas of one part go on as one: ChatKit's conversion and the SSE write
-  then run once per batch instead of once per token. Nothing waits for an
-  event that has not arrived, so while the server keeps up nothing changes
-  (measured with ``bench/bench_streaming.py --only concurrent``: at 500
-  streams, about 3.5 tokens per delta instead of 1.1, and a p99 stream time
-  of 1.43x the ideal instead of 1.92x).
+* **Caught up**: the SDK reads the backend in a task of its own and queues
+  every event without bound. A task here takes the events as they come,
+  and tells the run's :class:`~chatkit_server.pace.Pace` each time the
+  consumer has taken all of them, which is when the backend may be read
+  again. (Text read together is merged before the SDK sees it, in
+  :mod:`chatkit_server.llm.wire`; the thought throttle above holds reasoning
+  back for bytes, not for speed.)
 
 This layer is the narrowest that works: the openai client parses llama-server's
 events without complaint and the SDK consumes them without reading the missing
@@ -59,7 +54,6 @@ from openai.types.responses import (
     ResponseReasoningSummaryTextDoneEvent,
     ResponseReasoningTextDeltaEvent,
     ResponseReasoningTextDoneEvent,
-    ResponseRefusalDeltaEvent,
     ResponseStreamEvent,
     ResponseTextDeltaEvent,
 )
@@ -133,7 +127,7 @@ class RepairedRun:
         """The run's events, with the raw Responses events repaired."""
         thoughts = self._thoughts
         try:
-            async for event in self._merged_deltas():
+            async for event in self._taken():
                 if not isinstance(event, RawResponsesStreamEvent):
                     for held in thoughts.flush():
                         yield RawResponsesStreamEvent(data=held)
@@ -156,12 +150,11 @@ class RepairedRun:
         for held in thoughts.flush():
             yield RawResponsesStreamEvent(data=held)
 
-    async def _merged_deltas(self) -> AsyncIterator[StreamEvent]:
-        """The run's events, each run of text deltas of one part that waited together made one.
+    async def _taken(self) -> AsyncIterator[StreamEvent]:
+        """The run's events, taken by a task as they come (see the module notes).
 
-        A task takes the run's events as they come; each time the consumer is
-        back, it gets everything taken meanwhile, neighbouring text deltas
-        merged. Nothing waits for an event that has not arrived.
+        The pace is told the consumer caught up whenever every event taken so
+        far has been passed on.
         """
         queue: asyncio.Queue[tuple[StreamEvent | None, BaseException | None]] = asyncio.Queue()
 
@@ -184,18 +177,14 @@ class RepairedRun:
             while True:
                 if pace is not None and queue.empty():
                     # Everything read so far has been taken: the backend
-                    # reader may run ahead again (see chatkit_server.pace).
+                    # reader may read again (see chatkit_server.pace).
                     pace.caught_up()
-                batch = [await queue.get()]
-                while not queue.empty():
-                    batch.append(queue.get_nowait())
-                events = [event for event, _failure in batch if event is not None]
-                for event in _merge_deltas(events):
-                    yield event
-                if batch[-1][0] is None:
-                    if batch[-1][1] is not None:
-                        raise batch[-1][1]
+                event, failure = await queue.get()
+                if event is None:
+                    if failure is not None:
+                        raise failure
                     return
+                yield event
         finally:
             # Cancelling the taker cancels its read of the run (the SDK then
             # stops the run); it is not awaited, so a consumer that is being
@@ -232,65 +221,10 @@ class RepairedRun:
         return data
 
 
-_TEXT_DELTAS = (
-    ResponseTextDeltaEvent,
-    ResponseRefusalDeltaEvent,
-    ResponseReasoningTextDeltaEvent,
-    ResponseReasoningSummaryTextDeltaEvent,
-)
-
-
 def _retrieve(task: asyncio.Future[None]) -> None:
     # A failure after the consumer left has no one to go to.
     if not task.cancelled():
         task.exception()
-
-
-def _delta_key(event: StreamEvent) -> tuple[Any, ...] | None:
-    """Where a raw text delta's text goes, or None for any other event."""
-    if not isinstance(event, RawResponsesStreamEvent):
-        return None
-    data = event.data
-    if not isinstance(data, _TEXT_DELTAS) or getattr(data, "logprobs", None):
-        return None
-    if isinstance(data, ResponseReasoningSummaryTextDeltaEvent):
-        part = data.summary_index
-    else:
-        part = data.content_index
-    return (type(data), data.item_id, data.output_index, part)
-
-
-def _merge_deltas(events: list[StreamEvent]) -> list[StreamEvent]:
-    """``events`` with each run of neighbouring text deltas of one part made one."""
-    if len(events) < 2:
-        return events
-    out: list[StreamEvent] = []
-    run: list[Any] = []
-    run_key: tuple[Any, ...] | None = None
-
-    def flush() -> None:
-        if len(run) == 1:
-            out.append(RawResponsesStreamEvent(data=run[0]))
-        elif run:
-            update: dict[str, Any] = {"delta": "".join(data.delta for data in run)}
-            if run[-1].sequence_number is not None:
-                update["sequence_number"] = run[-1].sequence_number
-            out.append(RawResponsesStreamEvent(data=run[0].model_copy(update=update)))
-        run.clear()
-
-    for event in events:
-        key = _delta_key(event)
-        if key is not None and key == run_key:
-            run.append(cast(RawResponsesStreamEvent, event).data)
-            continue
-        flush()
-        run_key = key
-        if key is None:
-            out.append(event)
-        else:
-            run.append(cast(RawResponsesStreamEvent, event).data)
-    flush()
-    return out
 
 
 class _ThoughtCoalescer:

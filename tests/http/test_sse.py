@@ -170,7 +170,8 @@ async def test_a_slow_client_holds_the_answers_pace_within_a_bound() -> None:
 
     async def frames() -> AsyncIterator[bytes]:
         for index in range(count):
-            await pace.before_chunk()
+            await pace.before_read()
+            pace.handed_on(1)
             produced.append(index)
             yield FRAME
 
@@ -206,7 +207,8 @@ async def test_a_stop_while_the_client_is_stuck_lands_inside_the_answer() -> Non
     async def frames() -> AsyncIterator[bytes]:
         try:
             while True:
-                await pace.before_chunk()
+                await pace.before_read()
+                pace.handed_on(1)
                 yield FRAME
         except asyncio.CancelledError:
             outcome.append("cancelled")

@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import ResponseCompletedEvent, ResponseTextDeltaEvent
 
 from chatkit_server.llm.client import DRAIN_LIMIT, BackendClient, ChunkStream
-from chatkit_server.llm.wire import build_model
+from chatkit_server.llm.wire import build_model, merge_chat_text
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply, ToolCall
 from tests.live import LOCAL, FakeLLM, LiveFactory
@@ -64,13 +64,15 @@ class _Body:
 def _stream(
     reads: list[bytes | BaseException],
     build: Callable[[dict[str, Any]], pydantic.BaseModel] | None = None,
+    merge: Callable[[list[Any]], list[Any]] | None = None,
 ) -> tuple[ChunkStream, _Body]:
     body = _Body(reads)
 
     def chunk(data: dict[str, Any]) -> pydantic.BaseModel:
         return build_model(ChatCompletionChunk, data)
 
-    return ChunkStream(body, build or chunk, body.close), body  # type: ignore[arg-type]
+    stream = ChunkStream(body, build or chunk, body.close, merge=merge)  # type: ignore[arg-type]
+    return stream, body
 
 
 async def _all(stream: ChunkStream) -> list[Any]:
@@ -121,7 +123,10 @@ async def test_a_stream_without_done_ends_with_the_body() -> None:
     assert body.closed == 1
 
 
-async def test_every_event_of_a_read_is_a_chunk_of_its_own() -> None:
+@pytest.mark.parametrize("merge", [None, merge_chat_text], ids=["as-read", "merged"])
+async def test_the_text_of_a_read_is_merged_and_everything_else_kept(
+    merge: Callable[[list[Any]], list[Any]] | None,
+) -> None:
     tool_call = _chunk(
         tool_calls=[{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": "{}"}}]
     )
@@ -135,20 +140,26 @@ async def test_every_event_of_a_read_is_a_chunk_of_its_own() -> None:
             _sse(_chunk(" there")),
             _sse(_chunk(reasoning_content="hm")) + _sse(_chunk(reasoning_content="m")),
             _sse(tool_call) + _sse(tool_call) + _sse(finish) + _sse(usage) + _sse("[DONE]"),
-        ]
+        ],
+        merge=merge,
     )
 
     chunks = await _all(stream)
 
-    # Merging text is the stream repairs' business (llm/repair.py), not the reader's.
-    assert _contents(chunks)[:4] == ["", "He", "llo", " there"]
+    # Text read together is one chunk (the role's chunk stays its own; text
+    # of another read is not waited for); anything else keeps its chunk.
+    texts = ["", "Hello", " there"] if merge else ["", "He", "llo", " there"]
+    thoughts = ["hmm"] if merge else ["hm", "m"]
+    assert _contents(chunks)[: len(texts)] == texts
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert [c.choices[0].delta.reasoning_content for c in chunks[4:6]] == ["hm", "m"]
-    calls = [c.choices[0].delta.tool_calls for c in chunks[6:8]]
+    rest = chunks[len(texts) :]
+    assert [c.choices[0].delta.reasoning_content for c in rest[: len(thoughts)]] == thoughts
+    rest = rest[len(thoughts) :]
+    calls = [c.choices[0].delta.tool_calls for c in rest[:2]]
     assert [call[0].function.name for call in calls] == ["f", "f"]
-    assert chunks[8].choices[0].finish_reason == "tool_calls"
-    assert chunks[9].usage.total_tokens == 7
-    assert len(chunks) == 10
+    assert rest[2].choices[0].finish_reason == "tool_calls"
+    assert rest[3].usage.total_tokens == 7
+    assert len(rest) == 4
 
 
 async def test_an_error_payload_raises_api_error_with_its_message() -> None:

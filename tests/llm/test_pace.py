@@ -8,11 +8,14 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from chatkit.types import AssistantMessageItem, ThreadItem
 
+from chatkit_server.llm import client as client_module
 from chatkit_server.llm.client import BackendClient
+from chatkit_server.llm.wire import merge_chat_text
 from chatkit_server.pace import PACE_ARGUMENT, Pace
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import user_input
@@ -22,22 +25,37 @@ from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
 async def test_the_reader_waits_once_it_is_lead_chunks_ahead() -> None:
     pace = Pace(lead=3)
-    for _ in range(3):
-        await pace.before_chunk()
-    fourth = asyncio.ensure_future(pace.before_chunk())
+    await pace.before_read()
+    pace.handed_on(2)
+    await pace.before_read()
+    pace.handed_on(1)
+    third = asyncio.ensure_future(pace.before_read())
     await asyncio.sleep(0.01)
-    assert not fourth.done()
+    assert not third.done()
 
     pace.caught_up()
-    await asyncio.wait_for(fourth, 1)
-    assert pace.ahead == 1
+    await asyncio.wait_for(third, 1)
+    assert pace.ahead == 0
+
+
+async def test_by_default_the_reader_reads_again_once_everything_was_taken() -> None:
+    pace = Pace()
+    await pace.before_read()
+    pace.handed_on(1)
+    second = asyncio.ensure_future(pace.before_read())
+    await asyncio.sleep(0.01)
+    assert not second.done()
+
+    pace.caught_up()
+    await asyncio.wait_for(second, 1)
 
 
 async def test_the_model_being_asked_is_signalled_once_the_request_is_built(
     fake_llm: FakeLLM,
 ) -> None:
     fake_llm.backend.script(Reply.text("Fine."))
-    pace = Pace()
+    # Nothing here tells the pace that the chunks were taken: it must not stop the reads.
+    pace = Pace(lead=10**6)
     client = BackendClient(base_url=fake_llm.v1, api_key="k", max_retries=0)
     assert not await pace.wait_asked(0.01)  # bounded: a run that never asks
 
@@ -101,16 +119,18 @@ async def _stalled_stream(live: Live) -> AsyncIterator[tuple[asyncio.StreamReade
 
 
 @pytest.fixture
-def chunks_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """A count of the chunks every server in this test has read from its backend."""
+def events_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A count of the events (tokens) every server in this test has read from its backend.
+
+    Counted before the text of each read is merged, which makes them fewer chunks.
+    """
     count = [0]
-    before_chunk = Pace.before_chunk
 
-    async def counted(self: Pace) -> None:
-        await before_chunk(self)
-        count[0] += 1
+    def counted(values: list[Any]) -> list[Any]:
+        count[0] += len(values)
+        return merge_chat_text(values)
 
-    monkeypatch.setattr(Pace, "before_chunk", counted)
+    monkeypatch.setattr(client_module, "merge_chat_text", counted)
     return count
 
 
@@ -124,7 +144,7 @@ async def _settled(count: list[int], *, every: float = 1.0, within: float = 60) 
             return last
         last = count[0]
         await asyncio.sleep(every)
-    raise AssertionError(f"the backend was still being read: {count[0]} chunks")
+    raise AssertionError(f"the backend was still being read: {count[0]} events")
 
 
 async def _wait_for_answer(live: Live) -> list[ThreadItem]:
@@ -139,7 +159,7 @@ async def _wait_for_answer(live: Live) -> list[ThreadItem]:
 
 
 async def test_a_client_that_reads_nothing_holds_the_backend_back(
-    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM, chunks_read: list[int]
+    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM, events_read: list[int]
 ) -> None:
     fake_llm.backend.script(Reply.count(LONG_ANSWER))
     # Neither cap may end the answer first; the backend's silence while it is
@@ -150,7 +170,7 @@ async def test_a_client_that_reads_nothing_holds_the_backend_back(
             assert status == 200
             # The reads stop while the stream is still open: only what the
             # client's socket and a bounded backlog hold was read.
-            read = await _settled(chunks_read)
+            read = await _settled(events_read)
             assert read < LONG_ANSWER / 5
             # (The backend may have sent it all: the kernel buffers between
             # it and the server hold megabytes. What the server read counts.)

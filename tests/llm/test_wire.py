@@ -25,6 +25,8 @@ from chatkit_server.llm.wire import (
     ServerSentEvent,
     SSEDecoder,
     build_model,
+    merge_chat_text,
+    merge_response_text,
     response_event_class,
 )
 from tests.llm.chunks import chat_chunk as _chunk
@@ -319,3 +321,117 @@ def test_response_event_class_knows_every_stream_event() -> None:
     for cls in get_args(union):
         for kind in get_args(cls.model_fields["type"].annotation):
             assert response_event_class(kind) is cls
+
+
+# --- Merging the text of one read ---------------------------------------------------------
+
+
+def _deltas(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [value["choices"][0]["delta"] if value["choices"] else value for value in values]
+
+
+def test_chat_text_read_together_is_one_chunk_per_run() -> None:
+    finish = _chunk()
+    finish["choices"][0]["finish_reason"] = "stop"
+    values = [
+        _chunk("", role="assistant"),
+        _chunk("He"),
+        _chunk("llo"),
+        _chunk(reasoning_content="hm"),
+        _chunk(reasoning_content="m"),
+        _chunk(" there", reasoning=None),  # a field sent as null is no text
+        _chunk("!"),
+        finish,
+    ]
+
+    merged = merge_chat_text(copy.deepcopy(values))
+
+    assert _deltas(merged) == [
+        {"role": "assistant", "content": ""},  # a role starts its own run
+        {"content": "Hello"},
+        {"reasoning_content": "hmm"},
+        {"content": " there!", "reasoning": None},
+        {},
+    ]
+    assert merged[-1]["choices"][0]["finish_reason"] == "stop"
+    # The text is all there, in order, whatever was merged.
+    assert "".join(map(_text, merged)) == "".join(map(_text, values))
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"logprobs": {"content": []}},
+        {"finish_reason": "length"},
+        {"delta": {"content": "x", "tool_calls": [{"index": 0, "id": "c"}]}},
+        {"delta": {"content": "x", "role": "assistant"}},
+        {"index": 1},
+        {"delta": {"content": 7}},
+    ],
+    ids=["logprobs", "finish", "tool-call", "role", "other-choice", "not-text"],
+)
+def test_a_chunk_with_more_than_text_is_never_merged(other: dict[str, Any]) -> None:
+    odd = _chunk("x")
+    odd["choices"][0].update(other)
+    values = [_chunk("a"), odd, _chunk("b")]
+
+    assert merge_chat_text(copy.deepcopy(values)) == values
+
+
+def test_chunks_of_other_answers_or_with_usage_are_not_merged() -> None:
+    other = {**_chunk("b"), "id": "chatcmpl-2"}
+    usage = {**_chunk("c"), "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+    unknown = {**_chunk("d"), "extension": True}  # a field we do not know to be harmless
+    two = _chunk("e")
+    two["choices"].append({"index": 1, "delta": {"content": "f"}})
+    values = [_chunk("a"), other, usage, unknown, two, _chunk("g")]
+
+    assert merge_chat_text(copy.deepcopy(values)) == values
+
+
+def test_a_merged_chunk_drops_its_padding_and_builds() -> None:
+    values = [{**_chunk("a"), "obfuscation": "xy"}, {**_chunk("b"), "obfuscation": "zw"}]
+
+    (merged,) = merge_chat_text(values)
+
+    assert "obfuscation" not in merged
+    built = build_model(ChatCompletionChunk, merged)
+    assert built.choices[0].delta.content == "ab"
+
+
+def test_responses_text_deltas_read_together_are_one_event_per_part() -> None:
+    summary = {
+        "type": "response.reasoning_summary_text.delta",
+        "item_id": "rs_1",
+        "output_index": 0,
+        "summary_index": 0,
+        "delta": "hm",
+        "sequence_number": 5,
+    }
+    values = [
+        _output_delta("a", 1),
+        _output_delta("b", 2),
+        _output_delta("c", 3, content_index=1),
+        _output_delta("d", 4, content_index=1),
+        summary,
+        {**summary, "delta": "m", "sequence_number": 6},
+        {**_output_delta("e", 7), "logprobs": [{"token": "e", "logprob": 0.0}]},
+        _output_delta("f", 8),
+        {"type": "response.output_text.done", "item_id": "msg_1", "sequence_number": 9},
+        _output_delta("g", 10),
+    ]
+
+    merged = merge_response_text(copy.deepcopy(values))
+
+    assert [(v.get("delta"), v.get("sequence_number")) for v in merged] == [
+        ("ab", 2),
+        ("cd", 4),
+        ("hmm", 6),
+        ("e", 7),  # logprobs belong to their own token
+        ("f", 8),
+        (None, 9),
+        ("g", 10),
+    ]
+    for value in merged:
+        built = build_model(response_event_class(value["type"]) or ResponseTextDeltaEvent, value)
+        assert built.type == value["type"]
