@@ -6,23 +6,29 @@ let the server read a long answer at the backend's full speed and hold all of
 it in memory. A :class:`Pace` links the two ends of one answer:
 
 * the backend reader (:class:`chatkit_server.llm.client.ChunkStream`) calls
-  :meth:`Pace.before_read` before each read of the backend's answer, and
-  waits there while the chunks of its last read (:meth:`Pace.handed_on`)
-  are not all taken yet;
+  :meth:`Pace.before_read` before each read of the backend's answer;
 * the answer's consumer (:mod:`chatkit_server.llm.repair`) calls
-  :meth:`Pace.caught_up` whenever it has taken every event there was and is
+  :meth:`Pace.queued` whenever an event of the run is queued for it, and
+  :meth:`Pace.caught_up` whenever it has taken every queued event and is
   about to wait for the next one;
 * the SSE response (:mod:`chatkit_server.http.sse`) calls :meth:`Pace.hold`
   when frames wait for the client's socket, and :meth:`Pace.release` when it
   took them all.
 
-So a stalled client stops the backend reader at once, and a slow consumer
-after one read: what one answer holds in memory is bounded by the frames of
-the response's backlog plus one read, whatever the client does. What the
-backend sends meanwhile waits in the socket; the reader's next read takes
-all of it, and its text is merged into one chunk
+The reader reads again only once the consumer has taken everything the last
+read gave (a read that gave no event holds nothing back), and never while
+the output is held. So a stalled client stops the backend reader at once,
+and a slow consumer after one read: what one answer holds in memory is
+bounded by the frames of the response's backlog plus one read, whatever the
+client does. What the backend sends meanwhile waits in the socket (past its
+buffers the backend is held back by its connection's flow control); the
+reader's next read takes all of it, and its text is merged into one chunk
 (:func:`chatkit_server.llm.wire.merge_chat_text`): the further the server
-falls behind, the fewer and larger the chunks it has to handle.
+falls behind, the fewer and larger the chunks it has to handle. Measured
+with ``bench/bench_streaming.py --only concurrent`` (500 streams at 20
+tokens/s, one process, 2 cores): a p99 stream time of 1.46-1.47x the ideal
+and 2.4 tokens per delta, against 1.65x and 2.1 tokens per delta when the
+reader could run 64 chunks ahead of the consumer.
 
 The response never waits for room itself: a stream that is
 stopped while its client is slow is then always stopped inside the ChatKit
@@ -51,37 +57,19 @@ import asyncio
 import contextlib
 from typing import Final
 
-__all__ = ["DEFAULT_LEAD", "PACE_ARGUMENT", "Pace"]
+__all__ = ["PACE_ARGUMENT", "Pace"]
 
 PACE_ARGUMENT: Final = "chatkit_pace"
 """The ``create`` keyword (via ``ModelSettings.extra_args``) that carries an answer's pace."""
 
-DEFAULT_LEAD: Final = 1
-"""Chunks the backend reader may hand on before the consumer takes them; then it waits.
-
-One: the reader reads again only once the consumer took everything, so
-what arrived meanwhile is read (and merged) together. Measured with
-``bench/bench_streaming.py --only concurrent`` (500 streams at 20 tokens/s,
-one process, 2 cores): one chunk ahead, with the text merged as it is read,
-gave a p99 stream time of 1.46-1.47x the ideal and 2.4 tokens per delta; 64
-ahead gave 1.65x and 2.1 tokens per delta with that merge alone, and 1.49x
-only with the SDK's events merged a second time after it.
-"""
-
 
 class Pace:
-    """How far one answer's backend reader may run ahead of its consumer.
+    """When one answer's backend reader may read again (see the module notes)."""
 
-    Args:
-        lead: Chunks the reader may hand on after the consumer last caught
-            up before it waits to read again.
-    """
-
-    def __init__(self, *, lead: int = DEFAULT_LEAD) -> None:
-        if lead < 1:
-            raise ValueError("lead must be at least 1")
-        self.lead = lead
-        self._ahead = 0
+    def __init__(self) -> None:
+        # Whether the consumer has taken every event queued for it. True
+        # before it starts: nothing was handed on yet.
+        self._idle = True
         self._held = False
         self._room = asyncio.Event()
         self._room.set()
@@ -90,30 +78,28 @@ class Pace:
         self._claimed.set()
 
     @property
-    def ahead(self) -> int:
-        """Chunks handed on since the consumer last caught up."""
-        return self._ahead
-
-    @property
     def held(self) -> bool:
         """Whether the output is backed up (between :meth:`hold` and :meth:`release`)."""
         return self._held
 
     async def before_read(self) -> None:
-        """Wait while the answer is unclaimed, the output held, or ``lead`` chunks are ahead."""
+        """Wait while the answer is unclaimed, the output held, or events wait for the consumer."""
         if not self._claimed.is_set():
             await self._claimed.wait()
-        while self._held or self._ahead >= self.lead:
+        # One turn of the loop first: the events of the last read reach the
+        # consumer's queue (and say so, :meth:`queued`) before this looks.
+        await asyncio.sleep(0)
+        while self._held or not self._idle:
             self._room.clear()
             await self._room.wait()
 
-    def handed_on(self, chunks: int) -> None:
-        """The reader handed on ``chunks`` more chunks (those of one read)."""
-        self._ahead += chunks
+    def queued(self) -> None:
+        """An event of the run was queued for the consumer: the reader waits until it is taken."""
+        self._idle = False
 
     def caught_up(self) -> None:
-        """The consumer has taken everything handed on so far: the reader may go on."""
-        self._ahead = 0
+        """The consumer has taken every event queued for it: the reader may read again."""
+        self._idle = True
         self._room.set()
 
     def hold(self) -> None:

@@ -147,8 +147,6 @@ class ChunkStream:
                 values, done = _values(decoder.feed(chunk))
                 if merge is not None:
                     values = merge(values)
-                if pace is not None:
-                    pace.handed_on(len(values))
                 for value in values:
                     yield self._chunk(value)
                 if done:

@@ -158,10 +158,14 @@ class RepairedRun:
         """
         queue: asyncio.Queue[tuple[StreamEvent | None, BaseException | None]] = asyncio.Queue()
 
+        pace = self._pace
+
         async def take() -> None:
             try:
                 async for event in self.result.stream_events():
                     queue.put_nowait((event, None))
+                    if pace is not None:
+                        pace.queued()
             except Exception as exc:
                 queue.put_nowait((None, exc))
                 return
@@ -172,7 +176,6 @@ class RepairedRun:
             queue.put_nowait((None, None))
 
         taker = asyncio.ensure_future(take())
-        pace = self._pace
         try:
             while True:
                 if pace is not None and queue.empty():

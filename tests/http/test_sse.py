@@ -159,7 +159,7 @@ async def test_a_slow_client_holds_the_answers_pace_within_a_bound() -> None:
     # that the pace is held, which stops the answer's backend reads.
     produced: list[int] = []
     release = asyncio.Event()
-    pace = Pace(lead=10**9)  # only the response holds it here
+    pace = Pace()  # no consumer queues anything: only the response holds it here
 
     class Slow(Recorder):
         async def send(self, message: Message) -> None:
@@ -171,7 +171,6 @@ async def test_a_slow_client_holds_the_answers_pace_within_a_bound() -> None:
     async def frames() -> AsyncIterator[bytes]:
         for index in range(count):
             await pace.before_read()
-            pace.handed_on(1)
             produced.append(index)
             yield FRAME
 
@@ -197,7 +196,7 @@ async def test_a_stop_while_the_client_is_stuck_lands_inside_the_answer() -> Non
     # GeneratorExit of a generator closed from outside.
     outcome: list[str] = []
     stuck = asyncio.Event()
-    pace = Pace(lead=10**9)
+    pace = Pace()
 
     class Stuck(Recorder):
         async def send(self, message: Message) -> None:
@@ -208,7 +207,6 @@ async def test_a_stop_while_the_client_is_stuck_lands_inside_the_answer() -> Non
         try:
             while True:
                 await pace.before_read()
-                pace.handed_on(1)
                 yield FRAME
         except asyncio.CancelledError:
             outcome.append("cancelled")

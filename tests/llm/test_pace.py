@@ -23,25 +23,10 @@ from chatkit_server.testing.fake_backend import Reply
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
 
-async def test_the_reader_waits_once_it_is_lead_chunks_ahead() -> None:
-    pace = Pace(lead=3)
-    await pace.before_read()
-    pace.handed_on(2)
-    await pace.before_read()
-    pace.handed_on(1)
-    third = asyncio.ensure_future(pace.before_read())
-    await asyncio.sleep(0.01)
-    assert not third.done()
-
-    pace.caught_up()
-    await asyncio.wait_for(third, 1)
-    assert pace.ahead == 0
-
-
-async def test_by_default_the_reader_reads_again_once_everything_was_taken() -> None:
+async def test_the_reader_waits_until_the_consumer_took_what_was_queued() -> None:
     pace = Pace()
-    await pace.before_read()
-    pace.handed_on(1)
+    await asyncio.wait_for(pace.before_read(), 1)  # no consumer yet: nothing waits
+    pace.queued()
     second = asyncio.ensure_future(pace.before_read())
     await asyncio.sleep(0.01)
     assert not second.done()
@@ -50,12 +35,31 @@ async def test_by_default_the_reader_reads_again_once_everything_was_taken() -> 
     await asyncio.wait_for(second, 1)
 
 
+async def test_a_read_that_queued_nothing_does_not_hold_the_reader() -> None:
+    pace = Pace()
+    pace.queued()
+    pace.caught_up()
+    # The consumer waits; reads that give it no event go on one after another.
+    for _ in range(3):
+        await asyncio.wait_for(pace.before_read(), 1)
+
+
+async def test_a_held_output_holds_the_reader_until_released() -> None:
+    pace = Pace()
+    pace.hold()
+    read = asyncio.ensure_future(pace.before_read())
+    await asyncio.sleep(0.01)
+    assert not read.done()
+
+    pace.release()
+    await asyncio.wait_for(read, 1)
+
+
 async def test_the_model_being_asked_is_signalled_once_the_request_is_built(
     fake_llm: FakeLLM,
 ) -> None:
     fake_llm.backend.script(Reply.text("Fine."))
-    # Nothing here tells the pace that the chunks were taken: it must not stop the reads.
-    pace = Pace(lead=10**6)
+    pace = Pace()
     client = BackendClient(base_url=fake_llm.v1, api_key="k", max_retries=0)
     assert not await pace.wait_asked(0.01)  # bounded: a run that never asks
 
@@ -76,11 +80,6 @@ async def test_the_model_being_asked_is_signalled_once_the_request_is_built(
         await client.close()
     # The pace itself never reaches the backend.
     assert PACE_ARGUMENT not in fake_llm.backend.requests[-1].body
-
-
-def test_a_lead_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="lead"):
-        Pace(lead=0)
 
 
 # An answer far longer than what the socket buffers between client and
