@@ -34,6 +34,7 @@ from chatkit_server.cli import build_parser, main
 from chatkit_server.testing.fake_backend import FakeBackend, Reply
 from chatkit_server.testing.live import ServerThread
 from tests.conftest import POSTGRES_URL, REQUIRE_POSTGRES
+from tests.ports import free_port
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -188,15 +189,8 @@ def _tables(database: Path) -> set[str]:
         return {row[0] for row in rows}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_serve_migrates_answers_health_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)],
         # The no-backend path, even where the bundled local model is installed.
@@ -268,7 +262,7 @@ def _message(text: str) -> dict[str, object]:
 
 
 def test_serve_with_workers_answers_and_stops_every_process(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     backend = FakeBackend(default=Reply.text("Hello from a worker"))
     with ServerThread(backend.app) as backend_url:
         process = subprocess.Popen(
@@ -526,7 +520,7 @@ def test_the_example_workflows_file_starts_as_its_header_says(tmp_path: Path) ->
     *assignments, program, command = shlex.split(commands[0])
     assert (program, command) == (".venv/bin/chatkit-server", "serve")
     header_env = dict(assignment.split("=", 1) for assignment in assignments)
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)],
         env=_env(tmp_path, **header_env),
@@ -684,7 +678,7 @@ def test_serve_starts_on_loopback_with_sign_in_or_when_allowed(
 
 
 def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)]
     env = _env(tmp_path, CHATKIT_LOCAL_MODEL="off")
     supervisor = subprocess.Popen(

@@ -25,6 +25,7 @@ from chatkit_server.testing.fake_backend import FakeBackend, Reply
 from chatkit_server.testing.live import ServerThread
 from chatkit_server.testing.recorder import Recorder
 from tests.live import Live
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -52,14 +53,6 @@ def _serve_line_env() -> dict[str, str]:
     return dict(assignment.split("=", 1) for assignment in assignments)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _record(fixtures: Path, data_dir: Path) -> None:
     """Record one "Hello!" through ``serve``, as the README's steps 1 and 2 do."""
     backend = FakeBackend()
@@ -71,7 +64,7 @@ def _record(fixtures: Path, data_dir: Path) -> None:
         ServerThread(Recorder(f"{model_server}/v1", fixtures), log_config=None) as proxy,
     ):
         env["CHATKIT_LLM_BASE_URL"] = f"{proxy}/v1"  # the README's port, here a free one
-        port = _free_port()
+        port = free_port()
         serve = subprocess.Popen(
             [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)],
             env=env,
@@ -169,7 +162,7 @@ def test_the_readme_rest_api_walkthrough_runs(tmp_path: Path) -> None:
     subprocess.run(["bash", "-c", make_key], cwd=project, env=env, check=True, timeout=30)
     assert len((project / ".chatkit-admin-key").read_text().strip()) >= 32
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     backend = FakeBackend()
     with ServerThread(backend.app, log_config=None) as model_server:

@@ -39,7 +39,8 @@ from chatkit_server.settings import DEFAULT_USER_RATE_LIMIT, Settings
 from chatkit_server.store.tables import metadata, threads
 from chatkit_server.testing.client import ChatKitClient, user_input
 from tests.live import FakeLLM, Live, LiveFactory
-from tests.test_cli import _env, _free_port, _wait_healthy
+from tests.ports import free_port
+from tests.test_cli import _env, _wait_healthy
 
 SECRET = "an-hs256-secret-of-more-than-32-bytes-for-tests"
 OTHER_SECRET = "another-hs256-secret-of-more-than-32-bytes"
@@ -678,7 +679,7 @@ class Served:
 @contextlib.contextmanager
 def _serve(tmp_path: Path, **env: str) -> Iterator[Served]:
     """``chatkit-server serve`` in a process of its own."""
-    served = Served(_free_port())
+    served = Served(free_port())
     process = subprocess.Popen(
         [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(served.port)],
         # No model is needed to sign in: not even the bundled one.

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from chatkit_server.settings import Settings, SettingsError
 from chatkit_server.testing.client import Turn, user_input
 from chatkit_server.testing.live import serve_app
 from tests.live import LiveFactory
+from tests.ports import free_port
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -440,9 +440,7 @@ def test_serve_runs_the_bundled_model_and_stops_it_on_sigterm(
     # The README's serve command on a machine with the extra: no variable set at all.
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATKIT_")}
     env["CHATKIT_DATA_DIR"] = str(tmp_path / "data")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port)],
         env=env,

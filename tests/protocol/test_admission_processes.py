@@ -24,7 +24,8 @@ from chatkit_server.testing.client import ChatKitClient, ChatKitHTTPError, user_
 from chatkit_server.testing.fake_backend import FakeBackend, Reply
 from chatkit_server.testing.live import ServerThread
 from tests.conftest import outside_minute_end
-from tests.test_cli import _free_port, _wait_healthy
+from tests.ports import free_port
+from tests.test_cli import _wait_healthy
 
 pytestmark = pytest.mark.postgres
 
@@ -38,7 +39,7 @@ def _token(user: str) -> str:
 
 @contextmanager
 def _server(env: dict[str, str], *args: str) -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port), *args],
         env=env,
