@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,16 +23,21 @@ from chatkit_server.testing.fake_backend import Reply
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
 
+async def _held_until(pace: Pace, release: Callable[[], None]) -> None:
+    """Check that a read waits until ``release()``, and then goes on."""
+    read = asyncio.ensure_future(pace.before_read())
+    await asyncio.sleep(0.01)
+    assert not read.done()
+
+    release()
+    await asyncio.wait_for(read, 1)
+
+
 async def test_the_reader_waits_until_the_consumer_took_what_was_queued() -> None:
     pace = Pace()
     await asyncio.wait_for(pace.before_read(), 1)  # no consumer yet: nothing waits
     pace.queued()
-    second = asyncio.ensure_future(pace.before_read())
-    await asyncio.sleep(0.01)
-    assert not second.done()
-
-    pace.caught_up()
-    await asyncio.wait_for(second, 1)
+    await _held_until(pace, pace.caught_up)
 
 
 async def test_a_read_that_queued_nothing_does_not_hold_the_reader() -> None:
@@ -47,12 +52,7 @@ async def test_a_read_that_queued_nothing_does_not_hold_the_reader() -> None:
 async def test_a_held_output_holds_the_reader_until_released() -> None:
     pace = Pace()
     pace.hold()
-    read = asyncio.ensure_future(pace.before_read())
-    await asyncio.sleep(0.01)
-    assert not read.done()
-
-    pace.release()
-    await asyncio.wait_for(read, 1)
+    await _held_until(pace, pace.release)
 
 
 async def test_the_model_being_asked_is_signalled_once_the_request_is_built(
