@@ -36,6 +36,7 @@ from chatkit_server.llm.local_model import no_backend_message
 from chatkit_server.protocol.server import ChatKitApp
 from chatkit_server.settings import Settings
 from chatkit_server.store import Database, SQLStore, UsageStore, upgrade_async
+from chatkit_server.store.database import is_cancelled_connect_leftover
 from chatkit_server.store.gate import RequestGate
 from chatkit_server.store.keys import server_key
 from chatkit_server.store.sessions import SessionStore, secret_key
@@ -56,16 +57,19 @@ CORS_ALLOW_METHODS = ["GET", "POST", "PUT", "DELETE", "OPTIONS"]
 _LoopHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
 
 
-def _quiet_stopped_merges(previous: _LoopHandler | None) -> _LoopHandler:
-    """A loop exception handler that does not report a stopped answer's leftover fetch.
+def _quiet_stop_leftovers(previous: _LoopHandler | None) -> _LoopHandler:
+    """A loop exception handler that does not report what a stopped answer leaves behind.
 
     ChatKit's ``stream_agent_response`` reads the run and the tool events in
     a task each; when the user stops an answer, the fetch of the run's next
     event is left behind and ends with ``StopAsyncIteration`` once the run is
     cancelled, and the wait for the next tool event stays pending until it
     is collected (:func:`chatkit_server.compat.is_stopped_merge_leftover`).
-    asyncio would log each as an error on every stop. Everything else goes to
-    the previous handler.
+    On PostgreSQL, a stop that lands while a write opens a connection leaves
+    asyncpg's TLS probe behind
+    (:func:`chatkit_server.store.database.is_cancelled_connect_leftover`).
+    asyncio would log each as an error. Everything else goes to the previous
+    handler.
     """
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -76,6 +80,9 @@ def _quiet_stopped_merges(previous: _LoopHandler | None) -> _LoopHandler:
             return
         if compat.is_stopped_merge_leftover(context):
             logger.debug("a stopped answer's wait for agent events was collected")
+            return
+        if is_cancelled_connect_leftover(context):
+            logger.debug("a cancelled PostgreSQL connect's TLS probe was collected")
             return
         if previous is not None:
             previous(loop, context)
@@ -116,7 +123,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         backends = BackendRegistry.from_settings(settings)
         loop = asyncio.get_running_loop()
         previous_handler = loop.get_exception_handler()
-        loop.set_exception_handler(_quiet_stopped_merges(previous_handler))
+        loop.set_exception_handler(_quiet_stop_leftovers(previous_handler))
         streams = OpenStreams()
         try:
             workflows = WorkflowRegistry.from_settings(settings, backends)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
+import pytest
 from agents.tracing import Span, Trace, TracingProcessor, add_trace_processor
 
+from chatkit_server.app import _quiet_stop_leftovers
 from tests.live import LOCAL, Live
+from tests.store.test_database import cancelled_connect_reports
 
 
 class _Recorder(TracingProcessor):
@@ -47,3 +52,18 @@ async def test_lifespan_owns_database_and_backends(live: Live) -> None:
     assert state.settings is live.settings
     assert state.backends.get("default").configured
     assert await state.store.load_threads(10, None, "desc", LOCAL) is not None
+
+
+async def test_a_cancelled_postgresql_connect_is_not_reported_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="chatkit_server.app")
+    passed_on: list[dict[str, Any]] = []
+    quiet = _quiet_stop_leftovers(lambda _loop, context: passed_on.append(context))
+    loop = asyncio.get_running_loop()
+
+    reports = await cancelled_connect_reports(lambda context: quiet(loop, context))
+
+    assert reports > 0
+    assert passed_on == []
+    assert "a cancelled PostgreSQL connect's TLS probe was collected" in caplog.text

@@ -70,7 +70,31 @@ __all__ = [
     "Statements",
     "create_engine",
     "for_writes",
+    "is_cancelled_connect_leftover",
 ]
+
+# What asyncpg's TLS probe sets on a future nobody waits for any more (below).
+_LOST_CONNECT: Final = "unexpected connection_lost() call"
+
+
+def is_cancelled_connect_leftover(report: Mapping[str, Any]) -> bool:
+    """Whether an asyncio error report is a PostgreSQL connect that was cancelled midway.
+
+    asyncpg first asks the server whether it speaks TLS (its default
+    ``ssl`` mode, "prefer"). A connect cancelled between opening the socket
+    and that answer (a stopped answer whose write needed a new connection)
+    closes the socket, and the probe's future is failed with
+    ``ConnectionError`` after its waiter is gone: asyncio reports "Future
+    exception was never retrieved" when it is collected. Nothing was lost;
+    the pool connects again for the next write.
+    """
+    exception = report.get("exception")
+    return (
+        isinstance(exception, ConnectionError)
+        and str(exception) == _LOST_CONNECT
+        and str(report.get("message", "")).startswith("Future exception was never retrieved")
+    )
+
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
 DEFAULT_POOL_SIZE: Final = 10

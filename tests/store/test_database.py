@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from chatkit_server.context import RequestContext
 from chatkit_server.errors import StoreError
 from chatkit_server.store import Database, SQLStore
 from chatkit_server.store import database as database_module
-from chatkit_server.store.database import DEFAULT_BUSY_TIMEOUT_MS
+from chatkit_server.store.database import DEFAULT_BUSY_TIMEOUT_MS, is_cancelled_connect_leftover
 from chatkit_server.store.tables import threads
 from tests.conftest import DatabaseTarget, record_sql
 
@@ -340,3 +341,73 @@ async def test_an_in_memory_database_reads_beside_an_open_transaction() -> None:
         assert sorted(ids) == ["thr_1", "thr_2"]
     finally:
         await database.dispose()
+
+
+# --- A PostgreSQL connect cancelled midway -----------------------------------------------
+
+_LOST = "unexpected connection_lost() call"
+
+
+async def cancelled_connect_reports(handler: Callable[[dict[str, Any]], object]) -> int:
+    """Cancel asyncpg connects at every early step; how many asyncio error reports followed.
+
+    The "server" takes the connection and never answers asyncpg's TLS probe.
+    Each report goes to ``handler`` (with the loop's handler restored after).
+    """
+    import asyncpg
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    reports = 0
+
+    def report(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        nonlocal reports
+        reports += 1
+        handler(context)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop.set_exception_handler(report)
+    try:
+        # The window is a few turns of the loop after the connect starts.
+        for turns in range(16):
+            task = asyncio.create_task(
+                asyncpg.connect(host="127.0.0.1", port=port, user="x", database="x", timeout=5)
+            )
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.01)
+            gc.collect()
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+        server.close()
+        await server.wait_closed()
+    return reports
+
+
+async def test_asyncpg_still_leaves_a_failed_tls_probe_when_a_connect_is_cancelled() -> None:
+    # When this fails, asyncpg cleans up after itself: the app's loop handler
+    # no longer needs is_cancelled_connect_leftover.
+    seen: list[dict[str, Any]] = []
+
+    await cancelled_connect_reports(seen.append)
+
+    assert seen, "no report: asyncpg no longer leaves the probe's future behind"
+    assert all(is_cancelled_connect_leftover(report) for report in seen), seen
+
+
+def test_other_reports_are_not_taken_for_a_cancelled_connect() -> None:
+    never = "Future exception was never retrieved"
+    assert not is_cancelled_connect_leftover({"message": never, "exception": ConnectionError()})
+    assert not is_cancelled_connect_leftover(
+        {"message": "Task was destroyed", "exception": ConnectionError(_LOST)}
+    )
+    assert not is_cancelled_connect_leftover({"message": never, "exception": OSError(_LOST)})
