@@ -8,6 +8,7 @@ completes; the backend then receives the call and its output and answers.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,30 @@ async def test_parallel_tool_calls_get_one_task_each(
         m for m in fake_llm.backend.requests[-1].body["messages"] if m["role"] == "tool"
     ]
     assert [m["content"] for m in tool_messages] == ["Order 1: shipped", "Order 2: shipped"]
+
+
+async def test_a_tool_call_streamed_slowly_in_many_chunks_is_run(
+    start_live: LiveFactory, settings_for: Any, fake_llm: FakeLLM, shape: str
+) -> None:
+    # Each chunk comes in a read of its own, and each read waits until the
+    # answer's consumer took what the last one gave (chatkit_server.pace):
+    # the call is still read to its end, run, and answered.
+    slow = Reply.tool_call(
+        "order_status",
+        {"order_id": "7"},
+        tokens=["Let ", "me ", "look."],
+        delay=0.03,
+        **SHAPES[shape][1],
+    )
+    fake_llm.backend.script(slow, Reply.text("It shipped."))
+    async with start_live(settings_for(shape)) as live:
+        turn = await asyncio.wait_for(live.client.create_thread("Order 7?"), 20)
+
+    assert turn.errors == []
+    assert "It shipped." in turn.assistant_text
+    [workflow] = [item for item in turn.done_items if isinstance(item, WorkflowItem)]
+    [task] = workflow.workflow.tasks
+    assert (task.status_indicator, task.content) == ("complete", "Order 7: shipped")  # type: ignore[union-attr]
 
 
 async def test_a_failing_tool_is_a_message_to_the_model_and_the_answer_goes_on(
