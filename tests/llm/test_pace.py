@@ -20,6 +20,7 @@ from chatkit_server.pace import PACE_ARGUMENT, Pace
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import user_input
 from chatkit_server.testing.fake_backend import Reply
+from chatkit_server.testing.live import serve_app
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
 
@@ -155,6 +156,51 @@ async def _wait_for_answer(live: Live) -> list[ThreadItem]:
                 return page.data
         await asyncio.sleep(0.05)
     raise AssertionError("the partial answer was not saved")
+
+
+def _chunk_event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "chatcmpl-quiet",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+async def _eventless_chunks_backend(scope: Any, receive: Any, send: Any) -> None:
+    """A Chat Completions stream with chunks the Agents SDK makes no event of, each sent alone."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-type", b"text/event-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    parts = [
+        _chunk_event({"role": "assistant", "content": "Hel"}),
+        _chunk_event({}),  # no text, no call: nothing for the SDK to report
+        _chunk_event({"content": None}),
+        _chunk_event({"content": "lo"}),
+        _chunk_event({}, finish="stop"),
+        b"data: [DONE]\n\n",
+    ]
+    for part in parts:
+        await send({"type": "http.response.body", "body": part, "more_body": True})
+        await asyncio.sleep(0.05)  # a read each
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def test_chunks_that_give_the_sdk_no_event_do_not_stop_the_reads(
+    start_live: LiveFactory, live_settings: Settings
+) -> None:
+    async with serve_app(_eventless_chunks_backend) as backend:
+        settings = live_settings.with_changes(llm_base_url=f"{backend}/v1")
+        async with start_live(settings) as live:
+            turn = await asyncio.wait_for(live.client.create_thread("Hi"), 10)
+
+    assert turn.errors == []
+    assert turn.assistant_text == "Hello"
 
 
 async def test_a_client_that_reads_nothing_holds_the_backend_back(
