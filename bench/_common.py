@@ -29,7 +29,7 @@ class Plan:
     ttft_tokens: int = 20
     ttft_delay: float = 0.010
     ttft_turns: int = 50
-    ttft_creates: int = 20
+    ttft_creates: int = 50
     conc_streams: int = 500
     conc_tokens: int = 200
     conc_delay: float = 0.050
