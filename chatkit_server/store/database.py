@@ -22,11 +22,13 @@ queue instead. The driver's own transaction handling is switched off
 transactions run on an ``execution_options`` copy of the engine that shares
 its pool and asks for ``IMMEDIATE``.
 
-Reads and single-statement writes on SQLite issue no ``BEGIN`` at all: one
-statement is atomic on its own, and a write statement takes the write lock
-before it reads (waiting out ``busy_timeout``), so it cannot fail the way a
-read-then-write transaction does; a ``BEGIN`` and a ``COMMIT`` would be two
-more statements around every single-row read.
+Reads and single-statement writes issue no ``BEGIN`` at all, on either
+database: one statement is atomic on its own (on SQLite a write statement
+takes the write lock before it reads, waiting out ``busy_timeout``, so it
+cannot fail the way a read-then-write transaction does), and a ``BEGIN``
+and a ``COMMIT`` would be two more statements around every single-row read
+(on PostgreSQL, two more round trips). So the statements of one read may
+see different data, on both databases alike.
 
 SQLite has one writer at a time. This process's writers queue in order
 before they reach the writer thread; left to SQLite's busy handler they
@@ -274,6 +276,11 @@ class Database:
             # statements and has no use for a session's identity map and
             # unit of work, which it would pay for on every request.
             self._write_engine = for_writes(self._engine)
+            # Single statements (every read, and write_one) outside a
+            # transaction: PostgreSQL runs each atomically on its own, and
+            # the BEGIN and COMMIT (or ROLLBACK) around it would be two more
+            # round trips, each a wake-up of the event loop.
+            self._single = self._engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
     def connect(
@@ -346,8 +353,7 @@ class Database:
                 async with self._sqlite.read() as statements:
                     yield statements
                 return
-            assert self._engine is not None
-            async with self._engine.connect() as connection:
+            async with self._single.connect() as connection:
                 yield connection
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             raise _translate(exc) from exc
@@ -371,8 +377,7 @@ class Database:
                     lambda connection: _rows(connection.execute(statement, params))
                 )
             else:
-                assert self._engine is not None
-                async with self._engine.begin() as connection:
+                async with self._single.connect() as connection:
                     rows = _rows(await connection.execute(statement, params))
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             raise self._write_failed(exc) from exc
