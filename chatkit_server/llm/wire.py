@@ -15,6 +15,7 @@ leaves out fields the types require) is built leniently with the types' own
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final, TypeVar, get_args
 
 import pydantic
@@ -198,9 +199,13 @@ def response_event_class(kind: object) -> type[pydantic.BaseModel] | None:
 # for speed (bench/bench_streaming.py --only cpu, 8 unpaced streams: the
 # server's CPU per streamed token fell from 46 to 15-17 us). The reader reads
 # again only once everything it handed on was taken (chatkit_server.pace), so
-# under load what waits is in the socket, and merged here. Nothing waits for an event that has not
-# arrived: while the server keeps up, every read holds one event and nothing
-# changes.
+# under load what waits is in the socket, and is merged here. Nothing waits for
+# an event that has not arrived: while the server keeps up, every read holds
+# one event and nothing changes.
+
+# Where a mergeable event's text goes: the run it belongs to, then the dict
+# and the key that hold its text.
+_Slot = tuple[tuple[Any, ...], dict[str, Any], str]
 
 _CHAT_TEXT_FIELDS: Final = ("content", "reasoning_content", "reasoning", "refusal")
 _CHAT_CHUNK_KEYS: Final = frozenset(
@@ -210,8 +215,8 @@ _CHAT_CHUNK_KEYS: Final = frozenset(
 _CHOICE_KEYS: Final = frozenset({"index", "delta", "finish_reason", "logprobs"})
 
 
-def _chat_text(value: Any) -> tuple[tuple[Any, ...], str] | None:
-    """Where a chunk made only of one choice's text goes, and the delta field it is in."""
+def _chat_text(value: Any) -> _Slot | None:
+    """Where a chunk made only of one choice's text goes, else ``None``."""
     if (
         not isinstance(value, dict)
         or not value.keys() <= _CHAT_CHUNK_KEYS
@@ -242,44 +247,8 @@ def _chat_text(value: Any) -> tuple[tuple[Any, ...], str] | None:
         field = name
     if field is None:
         return None
-    where = (value.get("id"), value.get("model"), choice.get("index"), delta.get("role"), field)
-    return where, field
-
-
-def merge_chat_text(values: list[Any]) -> list[Any]:
-    """Chat Completions chunks read together, each run of one choice's text made one chunk.
-
-    A run is consecutive chunks that carry nothing but text in the same delta
-    field (``content``, a reasoning field or ``refusal``) of the same choice;
-    the run's first chunk keeps the joined text. Anything else (a role
-    change, tool calls, a finish reason, logprobs, usage) is left as it is.
-    """
-    if len(values) < 2:
-        return values
-    out: list[Any] = []
-    texts: list[str] = []
-    where: tuple[Any, ...] | None = None
-    field = ""
-
-    def close_run() -> None:
-        if len(texts) > 1:
-            out[-1]["choices"][0]["delta"][field] = "".join(texts)
-            out[-1].pop("obfuscation", None)  # padding sized for one token's text
-        texts.clear()
-
-    for value in values:
-        text = _chat_text(value)
-        if text is not None and text[0] == where:
-            texts.append(value["choices"][0]["delta"][field])
-            continue
-        close_run()
-        out.append(value)
-        where = None
-        if text is not None:
-            where, field = text
-            texts.append(value["choices"][0]["delta"][field])
-    close_run()
-    return out
+    run = (value.get("id"), value.get("model"), choice.get("index"), delta.get("role"), field)
+    return run, delta, field
 
 
 _RESPONSE_TEXT_EVENTS: Final = {
@@ -290,8 +259,8 @@ _RESPONSE_TEXT_EVENTS: Final = {
 }
 
 
-def _response_text(value: Any) -> tuple[Any, ...] | None:
-    """Where a Responses text delta event goes, or ``None`` for any other event."""
+def _response_text(value: Any) -> _Slot | None:
+    """Where a Responses text delta event goes, else ``None``."""
     if (
         not isinstance(value, dict)
         or value.get("logprobs")
@@ -302,7 +271,56 @@ def _response_text(value: Any) -> tuple[Any, ...] | None:
     part = _RESPONSE_TEXT_EVENTS.get(kind) if isinstance(kind, str) else None
     if part is None:
         return None
-    return (kind, value.get("item_id"), value.get("output_index"), value.get(part))
+    return (kind, value.get("item_id"), value.get("output_index"), value.get(part)), value, "delta"
+
+
+def _merge_runs(values: list[Any], slot: Callable[[Any], _Slot | None]) -> list[Any]:
+    """``values`` with each run of neighbouring events of one ``slot`` made its first.
+
+    The first event of a run gets the run's joined text and its last
+    ``sequence_number`` (Responses events have one), and loses its
+    ``obfuscation`` padding, which was sized for one token's text.
+    """
+    if len(values) < 2:
+        return values
+    out: list[Any] = []
+    run: list[tuple[dict[str, Any], dict[str, Any], str]] = []
+    where: tuple[Any, ...] | None = None
+
+    def close_run() -> None:
+        if len(run) > 1:
+            first, holder, key = run[0]
+            holder[key] = "".join(text_holder[text_key] for _, text_holder, text_key in run)
+            first.pop("obfuscation", None)
+            last = run[-1][0]
+            if "sequence_number" in last:
+                first["sequence_number"] = last["sequence_number"]
+        run.clear()
+
+    for value in values:
+        found = slot(value)
+        if found is not None and found[0] == where:
+            run.append((value, found[1], found[2]))
+            continue
+        close_run()
+        out.append(value)
+        where = None
+        if found is not None:
+            where = found[0]
+            run.append((value, found[1], found[2]))
+    close_run()
+    return out
+
+
+def merge_chat_text(values: list[Any]) -> list[Any]:
+    """Chat Completions chunks read together, each run of one choice's text made one chunk.
+
+    A run is consecutive chunks that carry nothing but text in the same delta
+    field (``content``, a reasoning field or ``refusal``) of the same choice;
+    the run's first chunk keeps the joined text. Anything else (a role
+    change, tool calls, a finish reason, logprobs, usage) is left as it is.
+    """
+    return _merge_runs(values, _chat_text)
 
 
 def merge_response_text(values: list[Any]) -> list[Any]:
@@ -311,32 +329,4 @@ def merge_response_text(values: list[Any]) -> list[Any]:
     The merged event has the run's first event's fields, the joined text and
     the run's last ``sequence_number``.
     """
-    if len(values) < 2:
-        return values
-    out: list[Any] = []
-    texts: list[str] = []
-    where: tuple[Any, ...] | None = None
-    last: dict[str, Any] = {}
-
-    def close_run() -> None:
-        if len(texts) > 1:
-            out[-1]["delta"] = "".join(texts)
-            out[-1].pop("obfuscation", None)
-            if "sequence_number" in last:
-                out[-1]["sequence_number"] = last["sequence_number"]
-        texts.clear()
-
-    for value in values:
-        here = _response_text(value)
-        if here is not None and here == where:
-            texts.append(value["delta"])
-            last = value
-            continue
-        close_run()
-        out.append(value)
-        where = here
-        if here is not None:
-            texts.append(value["delta"])
-            last = value
-    close_run()
-    return out
+    return _merge_runs(values, _response_text)
