@@ -26,7 +26,7 @@ reader's next read takes all of it, and its text is merged into one chunk
 (:func:`chatkit_server.llm.wire.merge_chat_text`): the further the server
 falls behind, the fewer and larger the chunks it has to handle. Measured
 with ``bench/bench_streaming.py --only concurrent`` (500 streams at 20
-tokens/s, one process, 2 cores): a p99 stream time of 1.46-1.47x the ideal
+tokens/s, one process, 2 cores): a p99 stream time of 1.46-1.50x the ideal
 and 2.4 tokens per delta, against 1.65x and 2.1 tokens per delta when the
 reader could run 64 chunks ahead of the consumer.
 

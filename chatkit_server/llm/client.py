@@ -92,8 +92,8 @@ class ChunkStream:
             (:func:`chatkit_server.llm.wire.merge_chat_text`); by default
             each event is a chunk.
         close: Ends the request (exits the response's context).
-        pace: When given, each chunk waits for room before it is handed on
-            (see :mod:`chatkit_server.pace`).
+        pace: When given, each read of the backend waits until the consumer
+            took what the last one gave (see :mod:`chatkit_server.pace`).
     """
 
     def __init__(
