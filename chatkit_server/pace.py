@@ -24,11 +24,21 @@ client does. What the backend sends meanwhile waits in the socket (past its
 buffers the backend is held back by its connection's flow control); the
 reader's next read takes all of it, and its text is merged into one chunk
 (:func:`chatkit_server.llm.wire.merge_chat_text`): the further the server
-falls behind, the fewer and larger the chunks it has to handle. Measured
-with ``bench/bench_streaming.py --only concurrent`` (500 streams at 20
-tokens/s, one process, 2 cores): a p99 stream time of 1.46-1.50x the ideal
-and 2.4 tokens per delta, against 1.65x and 2.1 tokens per delta when the
-reader could run 64 chunks ahead of the consumer.
+falls behind, the fewer and larger the chunks it has to handle.
+
+Under load the reads of every answer are also spaced out: once the
+process streams more than :data:`UNSPACED_STREAMS` answers, an answer's
+reads after the one that brought its first text come at least
+:data:`READ_SPACING` seconds per open stream apart (at most
+:data:`MAX_READ_SPACING`). A read costs about the same CPU whatever it
+carries (the SDK's events, ChatKit's conversion, one SSE frame: some 300
+microseconds each on the 2-core machine the benchmarks run on), so the
+reads of all answers together stay near 2,000 a second however many there
+are, each with more text. Measured with ``bench/bench_streaming.py --only
+concurrent`` (500 streams, one process): about 21,000 text deltas instead
+of 30,000 to 40,000, and 12.4 to 12.7 s of server CPU instead of 14.2 to
+15.1 s. A user of a busy server sees the answer grow in a few larger steps
+a second; the first text is never held back.
 
 The response never waits for room itself: a stream that is
 stopped while its client is slow is then always stopped inside the ChatKit
@@ -55,18 +65,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+from collections.abc import Callable
 from typing import Final
 
-__all__ = ["PACE_ARGUMENT", "Pace"]
+__all__ = ["MAX_READ_SPACING", "PACE_ARGUMENT", "READ_SPACING", "UNSPACED_STREAMS", "Pace"]
 
 PACE_ARGUMENT: Final = "chatkit_pace"
 """The ``create`` keyword (via ``ModelSettings.extra_args``) that carries an answer's pace."""
 
+UNSPACED_STREAMS: Final = 8
+"""Open streams up to which an answer's reads are not spaced out (see the module notes)."""
+READ_SPACING: Final = 0.0005
+"""Seconds between two reads of one answer, per open stream past :data:`UNSPACED_STREAMS`."""
+MAX_READ_SPACING: Final = 0.25
+"""The longest spacing between two reads of one answer, however busy the process."""
+
 
 class Pace:
-    """When one answer's backend reader may read again (see the module notes)."""
+    """When one answer's backend reader may read again (see the module notes).
 
-    def __init__(self) -> None:
+    Args:
+        streams: How many answers the process streams now; ``None``: reads
+            are never spaced out.
+    """
+
+    def __init__(self, streams: Callable[[], int] | None = None) -> None:
+        self._streams = streams
+        # When the last read was let go (loop time).
+        self._last_read = -math.inf
+        self._flowing = False
         # Whether the consumer has taken every event queued for it. True
         # before it starts: nothing was handed on yet.
         self._idle = True
@@ -92,10 +120,28 @@ class Pace:
         while self._held or not self._idle:
             self._room.clear()
             await self._room.wait()
+        if self._streams is not None:
+            await self._spaced(self._streams)
 
-    def queued(self) -> None:
-        """An event of the run was queued for the consumer: the reader waits until it is taken."""
+    async def _spaced(self, streams: Callable[[], int]) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._flowing:
+            spacing = min(MAX_READ_SPACING, READ_SPACING * (streams() - UNSPACED_STREAMS))
+            if spacing > 0 and now < self._last_read + spacing:
+                await asyncio.sleep(self._last_read + spacing - now)
+                now = loop.time()
+        self._last_read = now
+
+    def queued(self, text: bool = False) -> None:
+        """An event of the run was queued for the consumer: the reader waits until it is taken.
+
+        ``text``: the event shows the user text (an answer's or a thought's);
+        from the first one on, reads are spaced out under load.
+        """
         self._idle = False
+        if text:
+            self._flowing = True
 
     def caught_up(self) -> None:
         """The consumer has taken every event queued for it: the reader may read again."""

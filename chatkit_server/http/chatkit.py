@@ -18,6 +18,7 @@ from chatkit_server.http.origin import refuse_foreign_origin
 from chatkit_server.http.sse import BatchedStreamingResponse
 from chatkit_server.http.state import get_state
 from chatkit_server.http.uploads import public_base_url
+from chatkit_server.pace import Pace
 
 __all__ = ["SSE_HEADERS", "chatkit_endpoint"]
 
@@ -47,8 +48,13 @@ async def chatkit_endpoint(request: Request) -> Response:
     try:
         # Who is asking comes first: nothing is read or stored for a stranger.
         context = await state.auth.authenticate(request)
-        # Upload and preview links point where this browser reached the server.
-        context = replace(context, base_url=public_base_url(request, state.settings.public_url))
+        # Upload and preview links point where this browser reached the server;
+        # the answer's reads are spaced out by how busy the process is.
+        context = replace(
+            context,
+            base_url=public_base_url(request, state.settings.public_url),
+            pace=Pace(streams=lambda: state.streams.count),
+        )
         body = await read_body(
             request, state.settings.max_body_bytes, within=state.settings.body_timeout
         )

@@ -11,6 +11,7 @@ answers are read by :mod:`chatkit_server.llm.client`.
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from chatkit_server.llm.client import BackendClient
 from chatkit_server.settings import LLMApi, Settings
 
 __all__ = [
+    "backend_connection_limit",
     "BACKEND_KEEPALIVE_SECONDS",
     "DEFAULT_BACKEND",
     "Backend",
@@ -67,6 +69,22 @@ class BackendConfig:
         )
 
 
+def backend_connection_limit() -> int:
+    """How many connections to one backend a process may open: its open-files limit.
+
+    Every streamed answer holds a connection, and a new thread's first
+    answer a second one beside it (its title): with 500 new threads at
+    once, a pool of 1,000 left answers waiting for a connection behind
+    titles. So the pool never bounds them; the file limit, which bounds the
+    client connections too (:func:`chatkit_server.http.connections.default_connection_limit`),
+    does.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(1000, soft)
+
+
 class Backend:
     """One configured backend and its HTTP client."""
 
@@ -75,9 +93,8 @@ class Backend:
         self.client: BackendClient | None = None
         self._models: dict[str, Model] = {}
         if config.base_url is not None:
-            # The client's own connection limits (1000, 100 kept alive) are far
-            # above what one process streams at once; the keep-alive expiry is
-            # ours (see BACKEND_KEEPALIVE_SECONDS).
+            # 100 connections are kept alive, for BACKEND_KEEPALIVE_SECONDS;
+            # how many may be open is backend_connection_limit().
             timeout = Timeout(
                 config.read_timeout,
                 connect=config.connect_timeout,
@@ -100,7 +117,7 @@ class Backend:
                 http_client=DefaultAioHttpClient(
                     timeout=timeout,
                     limits=httpx2.Limits(
-                        max_connections=1000,
+                        max_connections=backend_connection_limit(),
                         max_keepalive_connections=100,
                         keepalive_expiry=BACKEND_KEEPALIVE_SECONDS,
                     ),

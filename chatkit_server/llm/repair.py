@@ -73,6 +73,12 @@ Smaller means more frequent updates of a long thought and more bytes: at most
 _Source = Literal["summary", "text"]
 _SUMMARY_EVENTS = (ResponseReasoningSummaryTextDeltaEvent, ResponseReasoningSummaryTextDoneEvent)
 _TEXT_EVENTS = (ResponseReasoningTextDeltaEvent, ResponseReasoningTextDoneEvent)
+# Raw events whose text the user sees as it streams (an answer's or a thought's).
+_SHOWN_TEXT = (
+    ResponseTextDeltaEvent,
+    ResponseReasoningSummaryTextDeltaEvent,
+    ResponseReasoningTextDeltaEvent,
+)
 
 
 def repair_run(
@@ -165,7 +171,10 @@ class RepairedRun:
                 async for event in self.result.stream_events():
                     queue.put_nowait((event, None))
                     if pace is not None:
-                        pace.queued()
+                        pace.queued(
+                            text=isinstance(event, RawResponsesStreamEvent)
+                            and isinstance(event.data, _SHOWN_TEXT)
+                        )
             except Exception as exc:
                 queue.put_nowait((None, exc))
                 return

@@ -147,12 +147,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         """
         request = parse_request(body)
         context = self.checks.choose_workflow(request, context)
-        self.answers.begin(context)
-        try:
-            context, lease = await admit(self.gate, request, context)
-        except BaseException:
-            self.answers.end(context)
-            raise
+        context, lease = await admit(self.gate, request, context)
         try:
             await self.checks.check(request, context)
             await self.answers.ask_early(request, context)

@@ -8,11 +8,14 @@ import logging
 
 import httpx
 import pytest
+from chatkit.types import AssistantMessageContentPartTextDelta, ThreadItemUpdatedEvent
 
+from chatkit_server import pace as pace_module
 from chatkit_server.errors import StoreError
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import user_input
-from tests.live import Live, LiveFactory
+from chatkit_server.testing.fake_backend import Reply
+from tests.live import FakeLLM, Live, LiveFactory
 
 
 async def test_streaming_answer_has_sse_headers(live: Live) -> None:
@@ -362,3 +365,25 @@ async def test_json_with_a_charset_is_fine(live: Live) -> None:
         headers={"content-type": "application/json; charset=utf-8"},
     )
     assert response.status_code == 200
+
+
+async def test_a_busy_process_sends_each_answer_in_fewer_larger_deltas(
+    live: Live, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if the process streamed many answers: this one's reads come 0.2 s apart.
+    monkeypatch.setattr(pace_module, "UNSPACED_STREAMS", 0)
+    monkeypatch.setattr(pace_module, "READ_SPACING", 0.2)
+    fake_llm.backend.script(Reply.count(20, delay=0.02))
+
+    turn = await live.client.create_thread("hi")
+
+    deltas = [
+        event
+        for event in turn.events
+        if isinstance(event, ThreadItemUpdatedEvent)
+        and isinstance(event.update, AssistantMessageContentPartTextDelta)
+    ]
+    assert turn.assistant_text == "".join(f"tok{i} " for i in range(20))
+    # 20 chunks over 0.4 s, read at most every 0.2 s after the first text
+    # (an unspaced answer gets about one delta per chunk).
+    assert 1 <= len(deltas) <= 6

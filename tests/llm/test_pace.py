@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from chatkit.types import AssistantMessageItem, ThreadItem
 
+from chatkit_server import pace as pace_module
 from chatkit_server.llm import client as client_module
 from chatkit_server.llm.client import BackendClient
 from chatkit_server.llm.wire import merge_chat_text
-from chatkit_server.pace import PACE_ARGUMENT, Pace
+from chatkit_server.pace import PACE_ARGUMENT, READ_SPACING, UNSPACED_STREAMS, Pace
 from chatkit_server.settings import Settings
 from chatkit_server.testing.client import user_input
 from chatkit_server.testing.fake_backend import Reply
@@ -48,6 +49,52 @@ async def test_a_read_that_queued_nothing_does_not_hold_the_reader() -> None:
     # The consumer waits; reads that give it no event go on one after another.
     for _ in range(3):
         await asyncio.wait_for(pace.before_read(), 1)
+
+
+async def _read_times(pace: Pace, reads: int) -> list[float]:
+    """When each of ``reads`` reads was let go, each one's events taken at once."""
+    loop = asyncio.get_running_loop()
+    times = []
+    for _ in range(reads):
+        await asyncio.wait_for(pace.before_read(), 5)
+        times.append(loop.time())
+        pace.queued(text=True)
+        pace.caught_up()
+    return times
+
+
+async def test_under_load_the_reads_of_a_flowing_answer_are_spaced_out() -> None:
+    streams = UNSPACED_STREAMS + 100
+    pace = Pace(streams=lambda: streams)
+    times = await _read_times(pace, 3)
+    spacing = READ_SPACING * 100
+    # Lower bounds only: a loaded machine may take longer, never less.
+    assert times[1] - times[0] >= spacing * 0.99
+    assert times[2] - times[1] >= spacing * 0.99
+
+
+async def test_reads_are_not_spaced_before_text_flows_or_while_the_process_is_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # So long that a spaced read would time out.
+    monkeypatch.setattr(pace_module, "READ_SPACING", 60.0)
+    busy = Pace(streams=lambda: UNSPACED_STREAMS + 1)
+    for _ in range(3):
+        # The answer's first text is not held back, however busy the process.
+        await asyncio.wait_for(busy.before_read(), 5)
+        busy.queued()
+        busy.caught_up()
+    quiet = Pace(streams=lambda: UNSPACED_STREAMS)
+    await _read_times(quiet, 3)
+    unknown = Pace()
+    await _read_times(unknown, 3)
+
+
+async def test_the_spacing_has_a_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pace_module, "MAX_READ_SPACING", 0.05)
+    pace = Pace(streams=lambda: 10**9)  # past any sensible spacing
+    times = await _read_times(pace, 2)
+    assert times[1] - times[0] >= 0.05 * 0.99
 
 
 async def test_a_held_output_holds_the_reader_until_released() -> None:

@@ -21,7 +21,6 @@ from chatkit.types import (
 )
 
 from chatkit_server.errors import StoreError
-from chatkit_server.protocol import answers as answers_module
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore
 from chatkit_server.testing.client import ChatKitHTTPError, user_input
@@ -391,16 +390,12 @@ async def test_token_usage_is_recorded_per_answer_and_thread(live: Live, fake_ll
     assert (totals.answers, totals.input_tokens, totals.output_tokens) == (2, 31, 5)
 
 
-@pytest.mark.parametrize("busy", [False, True], ids=["asked-early", "busy-server"])
 async def test_a_failed_message_write_is_an_error_event_and_keeps_the_thread(
-    live: Live, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch, busy: bool
+    live: Live, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if busy:
-        # As if more requests were in progress than early asking is for.
-        monkeypatch.setattr(answers_module, "EARLY_ASK_MAX_REQUESTS", 0)
-    # An answer asked early is never used: a long one, to see it stopped.
-    unused = [] if busy else [Reply.count(1000, delay=0.01)]
-    fake_llm.backend.script(Reply.text("One."), *unused, Reply.text("Back."))
+    # The answer asked before the message is stored is never used: a long
+    # one, to see it stopped.
+    fake_llm.backend.script(Reply.text("One."), Reply.count(1000, delay=0.01), Reply.text("Back."))
     first = await live.client.create_thread("Hello")
     store = live.store
 
@@ -414,16 +409,12 @@ async def test_a_failed_message_write_is_an_error_event_and_keeps_the_thread(
 
     assert len(failed.errors) == 1
     assert not failed.assistant_text
-    if busy:
-        # Asked only once the message is stored: it never was.
-        assert len(fake_llm.backend.requests) == 1
-    else:
-        # Asked before the message was stored (what makes the first token
-        # early); the write failed, so that answer was stopped before any
-        # of it was used, and the backend let go.
-        early = await fake_llm.backend.wait_for_stream_end(1)
-        assert early.disconnected
-        assert not early.completed
+    # Asked before the message was stored (what makes the first token
+    # early); the write failed, so that answer was stopped before any of it
+    # was used, and the backend let go.
+    early = await fake_llm.backend.wait_for_stream_end(1)
+    assert early.disconnected
+    assert not early.completed
     stored = await _stored_items(live, first.thread_id)
     assert [item.type for item in stored] == ["user_message", "assistant_message"]
 
