@@ -411,3 +411,25 @@ def test_other_reports_are_not_taken_for_a_cancelled_connect() -> None:
         {"message": "Task was destroyed", "exception": ConnectionError(_LOST)}
     )
     assert not is_cancelled_connect_leftover({"message": never, "exception": OSError(_LOST)})
+
+
+@pytest.mark.postgres
+async def test_a_connection_the_server_ended_is_replaced_on_checkout(
+    postgres_database_url: str,
+) -> None:
+    database = Database.connect(postgres_database_url)
+    admin = Database.connect(postgres_database_url)
+    try:
+        async with database.read() as statements:
+            pid = await statements.scalar(sa.text("SELECT pg_backend_pid()"))
+        # The pooled connection's session is ended, as by a server restart.
+        async with admin.read() as statements:
+            assert await statements.scalar(sa.text(f"SELECT pg_terminate_backend({int(pid)})"))
+        await asyncio.sleep(0.5)  # the closed socket reaches the driver
+
+        async with database.read() as statements:
+            again = await statements.scalar(sa.text("SELECT pg_backend_pid()"))
+        assert again != pid
+    finally:
+        await database.dispose()
+        await admin.dispose()
