@@ -232,14 +232,21 @@ class SQLiteThreads:
         return connection
 
     async def run_write(self, work: Callable[[Connection], _T]) -> _T:
-        """Run ``work`` on the writer thread in a transaction of its own (e.g. DDL)."""
+        """Run ``work`` on the writer thread in a transaction of its own (e.g. DDL).
+
+        Queued like :meth:`write_one`: the whole transaction is one job of the
+        writer thread, so only an open :meth:`write` block (whose statements
+        are jobs of their own) must be waited for. Holding the lock until the
+        job was done made every write queue behind every transaction for a
+        turn of the event loop each: in a burst of 500 new threads (each
+        admitted by one), messages waited seconds to be stored.
+        """
 
         def transaction() -> _T:
             with self._transactions.begin() as connection:
                 return work(connection)
 
-        async with self._transaction_lock:
-            return await self._on(self._writer, transaction)
+        return await self._after_transaction(transaction)
 
     def dispose(self) -> None:
         """Wait for the threads to finish their jobs, then close every connection."""

@@ -109,3 +109,36 @@ async def test_a_write_cancelled_while_its_commit_waits_commits_and_frees_the_lo
     async with database.read() as statements:
         rows = (await statements.execute(sa.text("SELECT body FROM notes"))).all()
     assert [row.body for row in rows] == ["kept"]
+
+
+async def test_a_write_after_a_transaction_is_queued_on_the_writer_without_the_event_loop(
+    sqlite_file: tuple[Database, Path],
+) -> None:
+    database, _path = sqlite_file
+    await database.write_one(sa.text("CREATE TABLE notes (body TEXT)"))
+    held, release, written = threading.Event(), threading.Event(), threading.Event()
+
+    def transaction(connection: Any) -> None:
+        connection.execute(sa.text("INSERT INTO notes VALUES ('first')"))
+        held.set()
+        release.wait(10)
+
+    @sa.event.listens_for(database.sync_engine, "after_cursor_execute")
+    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "'second'" in statement:
+            written.set()
+
+    first = asyncio.create_task(database.run_write(transaction))
+    assert await asyncio.to_thread(held.wait, 10)
+    second = asyncio.create_task(database.write_one(sa.text("INSERT INTO notes VALUES ('second')")))
+    for _ in range(5):
+        await asyncio.sleep(0)  # the second write is handed to the writer thread
+    release.set()
+    # The event loop is busy (as under load): the second write must not need
+    # a turn of it to follow the transaction on the writer thread.
+    assert written.wait(5)
+    await first
+    await second
+    async with database.read() as statements:
+        rows = (await statements.execute(sa.text("SELECT body FROM notes"))).all()
+    assert [row.body for row in rows] == ["first", "second"]
