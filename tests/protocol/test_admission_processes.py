@@ -38,22 +38,29 @@ def _token(user: str) -> str:
 
 
 @contextmanager
-def _server(env: dict[str, str], *args: str) -> Iterator[int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def _servers(env: dict[str, str], *argvs: list[str]) -> Iterator[list[int]]:
+    """Servers started side by side (their start-ups overlap), stopped on exit."""
+    ports = [free_port() for _ in argvs]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "chatkit_server.cli", "serve", "--port", str(port), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for port, args in zip(ports, argvs, strict=True)
+    ]
     try:
-        _wait_healthy(port)
-        yield port
+        for port in ports:
+            _wait_healthy(port)
+        yield ports
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
-    assert process.returncode in (0, -signal.SIGTERM), output
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        outputs = [process.communicate(timeout=60)[0] for process in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode in (0, -signal.SIGTERM), output
 
 
 @pytest.fixture
@@ -70,11 +77,8 @@ def servers(tmp_path: Path, postgres_database_url: str) -> Iterator[tuple[int, i
             CHATKIT_RATE_LIMIT=str(LIMIT),
         )
         subprocess.run([sys.executable, "-m", "chatkit_server.cli", "migrate"], env=env, check=True)
-        with (
-            _server(env, "--no-migrate", "--workers", "2") as first,
-            _server(env, "--no-migrate") as second,
-        ):
-            yield first, second
+        with _servers(env, ["--no-migrate", "--workers", "2"], ["--no-migrate"]) as ports:
+            yield ports[0], ports[1]
 
 
 async def test_one_limit_and_one_answer_per_thread_across_processes(
