@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> St
         url = settings.resolved_database_url
         if migrate:
             await upgrade_async(url)
-        database = Database.connect(url)
+        database = Database.connect(url, pool_size=settings.database_pool_size)
         backends = BackendRegistry.from_settings(settings)
         loop = asyncio.get_running_loop()
         previous_handler = loop.get_exception_handler()

@@ -128,6 +128,7 @@ environment:
   CHATKIT_DATA_DIR            directory of the default SQLite database (default ./.chatkit)
   CHATKIT_DATABASE_URL        SQLAlchemy URL: sqlite+aiosqlite:///path.db or
                               postgresql+asyncpg://user@host/db (default: SQLite in the data dir)
+  CHATKIT_DATABASE_POOL_SIZE  PostgreSQL connections each process keeps open (default 30)
   CHATKIT_LLM_BASE_URL        OpenAI-compatible base URL of the model backend, e.g.
                               http://127.0.0.1:8080/v1 (llama-server) or http://127.0.0.1:11434/v1
   CHATKIT_LLM_API_KEY         API key sent to the backend (default: a placeholder for local servers)
@@ -231,6 +232,7 @@ class Settings:
 
     data_dir: Path = DEFAULT_DATA_DIR
     database_url: str | None = None
+    database_pool_size: int | None = None
     llm_base_url: str | None = None
     llm_api_key: str = DEFAULT_LLM_API_KEY
     llm_model: str = DEFAULT_LLM_MODEL
@@ -432,6 +434,9 @@ class Settings:
         return cls(
             data_dir=data_dir,
             database_url=database_url,
+            database_pool_size=values.optional_whole_number(
+                env, "CHATKIT_DATABASE_POOL_SIZE", minimum=1
+            ),
             llm_base_url=llm_base_url.rstrip("/") if llm_base_url else None,
             llm_api_key=get("CHATKIT_LLM_API_KEY") or DEFAULT_LLM_API_KEY,
             llm_model=get("CHATKIT_LLM_MODEL") or DEFAULT_LLM_MODEL,

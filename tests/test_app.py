@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from agents.tracing import Span, Trace, TracingProcessor, add_trace_processor
 
-from chatkit_server.app import _quiet_stop_leftovers
+from chatkit_server.app import _quiet_stop_leftovers, create_app
+from chatkit_server.settings import Settings
 from tests.live import LOCAL, Live
 from tests.store.test_database import cancelled_connect_reports
 
@@ -52,6 +54,17 @@ async def test_lifespan_owns_database_and_backends(live: Live) -> None:
     assert state.settings is live.settings
     assert state.backends.get("default").configured
     assert await state.store.load_threads(10, None, "desc", LOCAL) is not None
+
+
+@pytest.mark.postgres
+async def test_the_pool_size_setting_sizes_the_database_pool(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=postgres_database_url, database_pool_size=7)
+    app = create_app(settings, migrate=True)
+    async with app.router.lifespan_context(app):
+        pool: Any = app.state.chatkit.database.sync_engine.pool
+        assert pool.size() == 7
 
 
 async def test_a_cancelled_postgresql_connect_is_not_reported_as_an_error(

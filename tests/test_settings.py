@@ -34,6 +34,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         {
             "CHATKIT_DATA_DIR": str(tmp_path),
             "CHATKIT_DATABASE_URL": "postgresql://postgres@127.0.0.1/test",
+            "CHATKIT_DATABASE_POOL_SIZE": "12",
             "CHATKIT_LLM_BASE_URL": "http://127.0.0.1:8080/v1/",
             "CHATKIT_LLM_API": "responses",
             "CHATKIT_LLM_TIMEOUT": "2.5",
@@ -45,6 +46,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         }
     )
     assert settings.resolved_database_url == "postgresql+asyncpg://postgres@127.0.0.1/test"
+    assert settings.database_pool_size == 12
     assert settings.llm_base_url == "http://127.0.0.1:8080/v1"
     assert settings.llm_api == "responses"
     assert settings.llm_read_timeout == 2.5
@@ -72,6 +74,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ("CHATKIT_MAX_UPLOAD_BYTES", "lots", "whole number"),
         ("CHATKIT_DATABASE_URL", "mysql://root@localhost/db", "unsupported database"),
         ("CHATKIT_DATABASE_URL", "chat.db", "expected a URL"),
+        ("CHATKIT_DATABASE_POOL_SIZE", "0", "at least 1"),
         ("CHATKIT_WORKFLOWS", "/nonexistent/workflows.toml", "no such file"),
         ("CHATKIT_TRACING", "maybe", "true/false"),
         ("CHATKIT_LOG_LEVEL", "loud", "debug"),

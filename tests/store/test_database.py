@@ -433,3 +433,29 @@ async def test_a_connection_the_server_ended_is_replaced_on_checkout(
     finally:
         await database.dispose()
         await admin.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgres_keeps_its_connections_between_bursts(postgres_database_url: str) -> None:
+    database = Database.connect(postgres_database_url, pool_size=12)
+    connects: list[object] = []
+    sa.event.listen(database.sync_engine, "connect", lambda *_: connects.append(None))
+    backends: set[int] = set()
+
+    async def hold() -> None:
+        async with database.read() as statements:
+            # Long enough that every pooled connection is out at once.
+            await statements.execute(sa.text("SELECT pg_sleep(0.1)"))
+            backends.add(int(await statements.scalar(sa.text("SELECT pg_backend_pid()"))))
+
+    try:
+        for _ in range(2):
+            await asyncio.gather(*(hold() for _ in range(20)))
+            # Twelve connections in all: the other statements waited for
+            # one, and none was opened for a moment and closed on return
+            # (a burst beyond the pool's size used to open its overflow
+            # anew every time).
+            assert len(connects) == 12
+        assert len(backends) == 12
+    finally:
+        await database.dispose()
