@@ -10,6 +10,9 @@ Private to ``bench/bench_streaming.py``.
   the first text delta (target: at most 1 ms).
 - ``sessions-concurrent``: 500 simultaneous answers through the sessions
   server, each from its own session: errors and p99 against the ideal.
+
+Sessions are minted through the server's REST API, as an operator's
+backend mints them, just before their first request.
 """
 
 from __future__ import annotations
@@ -24,17 +27,14 @@ from _common import Ctx, failures, run
 from _harness import Service, ms, percentile, services, start_backend, start_server
 from _lists import postgres_database
 
-from chatkit_server.store import Database
-from chatkit_server.store.sessions import SessionStore, secret_key
-
 ADMIN_KEY = secrets.token_urlsafe(32)
 
 
 @contextmanager
 def _servers(
     ctx: Ctx, name: str, *, tokens: int, delay: float
-) -> Iterator[tuple[Service, Service, Service, str] | None]:
-    """A backend, a sign-in-off server, a sessions server, on one new database (its URL)."""
+) -> Iterator[tuple[Service, Service, Service] | None]:
+    """A backend, a sign-in-off server and a sessions server, on one new database."""
     workdir = ctx.workdir / name
     workdir.mkdir(parents=True, exist_ok=True)
     with postgres_database(ctx.postgres_url, run, ctx.report, name) as url:
@@ -61,31 +61,44 @@ def _servers(
                 )
                 try:
                     with services(plain):
-                        yield backend, plain, signed, url
+                        yield backend, plain, signed
                 finally:
                     for server in (signed, plain):
                         for problem in server.log_problems():
                             ctx.report.note(name, f"server log: {problem}")
 
 
-async def _mint(url: str, count: int) -> list[str]:
-    """Client secrets of ``count`` sessions, each for its own user."""
-    database = Database.connect(url)
-    try:
-        store = SessionStore(database, key=secret_key(ADMIN_KEY))
-        minted = []
-        for n in range(count):
-            _, secret = await store.create(
-                user_id=f"bench-user-{n}",
-                workflow={"id": "default", "tracing": {"enabled": False}},
-                expires_in=3600,
-                rate_limit=1000,
-                configuration={"automatic_thread_titling": {"enabled": False}},
-            )
-            minted.append(secret)
+async def _mint(server: Service, count: int) -> list[str]:
+    """Client secrets of ``count`` sessions, each for its own user.
+
+    Minted as an operator's backend mints them: ``POST /v1/chatkit/sessions``
+    on the server that then serves them (with ``--workers N``, on one of
+    its processes).
+    """
+    body = {
+        "workflow": {"id": "default", "tracing": {"enabled": False}},
+        "expires_after": {"anchor": "created_at", "seconds": 3600},
+        "rate_limits": {"max_requests_per_1_minute": 1000},
+        "chatkit_configuration": {"automatic_thread_titling": {"enabled": False}},
+    }
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with net.client() as http:
+
+        async def one(n: int) -> str:
+            async with http.post(
+                f"{server.url}/v1/chatkit/sessions",
+                json={**body, "user": f"bench-user-{n}"},
+                headers=headers,
+            ) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"minting a session: HTTP {resp.status}")
+                secret: str = (await resp.json())["client_secret"]
+                return secret
+
+        minted: list[str] = []
+        for start in range(0, count, 20):  # a few at a time, as backends mint them
+            minted += await asyncio.gather(*(one(n) for n in range(start, min(count, start + 20))))
         return minted
-    finally:
-        await database.dispose()
 
 
 def fig_sessions_ttft(ctx: Ctx) -> None:
@@ -93,15 +106,15 @@ def fig_sessions_ttft(ctx: Ctx) -> None:
     with _servers(ctx, "sessions-ttft", tokens=p.ttft_tokens, delay=p.ttft_delay) as started:
         if started is None:
             return
-        backend, plain, signed, url = started
-        run(_ttft(ctx, backend, plain, signed, url))
+        backend, plain, signed = started
+        run(_ttft(ctx, backend, plain, signed))
 
 
-async def _ttft(ctx: Ctx, backend: Service, plain: Service, signed: Service, url: str) -> None:
+async def _ttft(ctx: Ctx, backend: Service, plain: Service, signed: Service) -> None:
     # Twice the ttft figure's turns: the difference sought is a fraction of
     # a millisecond, smaller than the spread of either side.
     report, turns = ctx.report, 2 * ctx.plan.ttft_turns
-    (secret,) = await _mint(url, 1)
+    (secret,) = await _mint(signed, 1)
     async with net.client() as http:
         off = await net.create_thread(http, plain.url, "warm up")
         on = await net.create_thread(http, signed.url, "warm up", token=secret)
@@ -146,16 +159,14 @@ def fig_sessions_concurrent(ctx: Ctx) -> None:
     with _servers(ctx, "sessions-concurrent", tokens=p.conc_tokens, delay=p.conc_delay) as started:
         if started is None:
             return
-        backend, plain, signed, url = started
-        run(_concurrent(ctx, backend, plain, signed, url))
+        backend, plain, signed = started
+        run(_concurrent(ctx, backend, plain, signed))
 
 
-async def _concurrent(
-    ctx: Ctx, backend: Service, plain: Service, signed: Service, url: str
-) -> None:
+async def _concurrent(ctx: Ctx, backend: Service, plain: Service, signed: Service) -> None:
     p, report = ctx.plan, ctx.report
     n, ideal = p.conc_streams, p.conc_tokens * p.conc_delay
-    tokens = await _mint(url, n + 1)
+    tokens = await _mint(signed, n + 1)
     deadline = ideal * 6 + 120
     async with net.client(connections=max(600, n + 100), read_timeout=120.0) as http:
         await net.create_thread(http, plain.url, "warm up")

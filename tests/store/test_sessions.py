@@ -133,6 +133,24 @@ async def test_a_polled_memory_verifies_without_a_query(database: Database) -> N
     assert statements == []
 
 
+async def test_the_process_that_minted_a_session_verifies_it_without_a_query(
+    database: Database,
+) -> None:
+    store = SessionStore(database, key=KEY)
+    await store.poll_cancelled()
+    session_id, secret = await _mint(store)
+    statements = record_sql(database)
+
+    record = await store.verify(secret)
+
+    assert record is not None
+    assert record.id == session_id
+    assert statements == []
+    # Cancelled here, it is refused at once all the same.
+    await store.cancel(session_id)
+    assert await store.verify(secret) is None
+
+
 async def test_a_poll_forgets_sessions_cancelled_elsewhere(database: Database) -> None:
     here, elsewhere = SessionStore(database, key=KEY), SessionStore(database, key=KEY)
     session_id, secret = await _mint(here)
