@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import QUICK, Ctx, Plan, run  # noqa: E402
 from _concurrent import fig_concurrent  # noqa: E402
 from _figures import fig_cpu, fig_stream, fig_ttft  # noqa: E402
-from _harness import Report, raise_fd_limit  # noqa: E402
+from _harness import Report, machine_speed, raise_fd_limit  # noqa: E402
 
 FIGURES = (
     "stream",
@@ -196,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         f"chatkit-server benchmark: {', '.join(selected)}"
         f"{' (quick)' if args.quick else ''}; server workers {args.workers}; "
         f"{os.cpu_count()} cores, fd limit {fds}, "
-        # Other work on the machine skews every figure: say how busy it was.
-        f"load average {os.getloadavg()[0]:.2f}",
+        # Other work on the machine skews every figure: say how busy it was,
+        # and how fast it runs Python now (a shared machine's speed drifts).
+        f"load average {os.getloadavg()[0]:.2f}; machine speed {machine_speed():.1f} ms "
+        "(a fixed Python workload; compare figures only between runs with similar values)",
         flush=True,
     )
     crashed = False
@@ -219,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] took {time.perf_counter() - t0:.1f} s", flush=True)
     elapsed = time.perf_counter() - started
     print(
-        f"\nsummary ({elapsed:.0f} s, load average at the end {os.getloadavg()[0]:.2f})\n"
+        f"\nsummary ({elapsed:.0f} s, load average at the end {os.getloadavg()[0]:.2f}, "
+        f"machine speed at the end {machine_speed():.1f} ms)\n"
         f"{report.table()}",
         flush=True,
     )

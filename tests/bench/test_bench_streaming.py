@@ -77,8 +77,13 @@ def test_a_tiny_run_reports_every_figure_in_shape() -> None:
     # Anything else a figure prints is a problem: failed streams, server log lines, a crash.
     notes = [line for line in lines if line.startswith("[") and line not in figures]
     assert all(re.fullmatch(r"\[(stream|ttft)\] took \d+\.\d s", n) for n in notes), output
+    # How fast the machine ran Python, at the start and at the end: figures
+    # of runs on a machine of another speed do not compare.
+    assert re.search(rf"; machine speed {_NUMBER} ms \(a fixed Python workload", lines[0]), output
+    heading = next(x for x in lines if x.startswith("summary"))
+    assert re.search(rf", machine speed at the end {_NUMBER} ms\)$", heading), output
     # The summary table holds the same figures with the same verdicts.
-    summary = lines[lines.index(next(x for x in lines if x.startswith("summary"))) + 3 :]
+    summary = lines[lines.index(heading) + 3 :]
     assert len(summary) == len(figures), output
     for row, line in zip(summary, figures, strict=True):
         assert row.split()[0] == line[1 : line.index("]")]
