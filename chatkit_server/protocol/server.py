@@ -147,10 +147,13 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         """
         request = parse_request(body)
         context = self.checks.choose_workflow(request, context)
-        context, lease = await admit(self.gate, request, context)
+        admitted = await admit(
+            self.gate, request, context, read=self.answers.early_read(request, context)
+        )
+        context, lease = admitted.context, admitted.lease
         try:
             await self.checks.check(request, context)
-            await self.answers.ask_early(request, context)
+            await self.answers.ask_early(request, context, admitted.read)
             # Not self.process(): it would parse the body a second time, with a
             # validator it builds anew on every call (milliseconds of CPU).
             result = await compat.process_parsed(self, request, context)
