@@ -242,7 +242,7 @@ async def _direct(request: Request, state: AppState) -> Response:
     placeholder = AttachmentsCreateReq(
         params=AttachmentCreateParams(name="file", size=0, mime_type="application/octet-stream")
     )
-    context = (await admit(state.gate, placeholder, context)).context
+    context, _ = await admit(state.gate, placeholder, context)
     await state.server.checks.check(placeholder, context)
     form = MultipartFile(_counted(request.stream(), limit), boundary)
     await form.open()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Final
 
 import anyio
@@ -30,13 +30,12 @@ from chatkit.types import (
 
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import RequestError, StoreError
-from chatkit_server.store import ThreadRead, ThreadSnapshot
 from chatkit_server.store.gate import LEASE_SECONDS, Lease, RequestGate
 from chatkit_server.store.ids import ID_PREFIXES, new_id
 from chatkit_server.store.statements import thread_not_found
 from chatkit_server.store.tables import ID_LENGTH
 
-__all__ = ["RELEASE_SECONDS", "Admitted", "admit", "release", "releasing"]
+__all__ = ["RELEASE_SECONDS", "admit", "release", "releasing"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,34 +59,14 @@ RELEASE_SECONDS: Final = 5.0
 """Upper bound for releasing a lease after its answer ends (the client may be gone)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Admitted:
-    """A request let in.
-
-    Attributes:
-        context: The request's context, with the id of a thread
-            ``threads.create`` will make.
-        lease: The thread's lease, which the caller must release (``None``:
-            the request starts no answer).
-        read: What the admission's ``read`` returned (``None``: not run).
-    """
-
-    context: RequestContext
-    lease: Lease | None = None
-    read: ThreadSnapshot | None = None
-
-
 async def admit(
-    gate: RequestGate,
-    request: ChatKitReq,
-    context: RequestContext,
-    read: ThreadRead | None = None,
-) -> Admitted:
+    gate: RequestGate, request: ChatKitReq, context: RequestContext
+) -> tuple[RequestContext, Lease | None]:
     """Count ``request`` and lease its thread if it starts an answer.
 
-    ``read``: the thread and its newest items, read in the admission's
-    round trip once the lease is taken (see :meth:`RequestGate.admit`).
-    Not when the thread was busy at first: the caller reads it afterwards.
+    Returns:
+        The context (with the id of a thread ``threads.create`` will make)
+        and the lease, which the caller must release.
 
     Raises:
         RequestError: 429 over the rate limit, 409 the thread is answering.
@@ -106,14 +85,13 @@ async def admit(
             # (PostgreSQL refuses the value; SQLite would store it).
             raise thread_not_found(thread_id)
     if subject is None and thread_id is None:
-        return Admitted(context)
+        return context, None
     admission = await gate.admit(
         subject=subject,
         limit=context.rate_limit,
         thread_id=thread_id,
         user_id=context.user_id,
         new_thread=new_thread,
-        read=read,
     )
     if (
         subject is not None
@@ -128,14 +106,14 @@ async def admit(
             headers={"Retry-After": str(admission.retry_after)},
         )
     if thread_id is None or admission.lease is not None:
-        return Admitted(context, admission.lease, admission.read)
+        return context, admission.lease
     if not await gate.thread_exists(thread_id, context.user_id):
         raise thread_not_found(thread_id)
     for delay in _BUSY_RETRIES:
         await anyio.sleep(delay)
         lease = await gate.lease_again(thread_id, context.user_id)
         if lease is not None:
-            return Admitted(context, lease)
+            return context, lease
     raise RequestError(
         409,
         "This thread is still answering; wait for the answer to finish (or stop it) first.",

@@ -32,7 +32,7 @@ from chatkit_server.pace import PACE_ARGUMENT, Pace
 from chatkit_server.protocol.checks import THREAD_WORKFLOW_KEY, workflow_of
 from chatkit_server.protocol.converter import HistoryConverter
 from chatkit_server.settings import Settings
-from chatkit_server.store import NewestPage, SQLStore, ThreadRead, ThreadSnapshot, decode_item
+from chatkit_server.store import SQLStore, decode_item
 from chatkit_server.workflows.history import (
     HistoryCache,
     HistoryEntry,
@@ -113,32 +113,13 @@ class Answers:
             context.pace.claim()
         return answer
 
-    def early_read(self, request: ChatKitReq, context: RequestContext) -> ThreadRead | None:
-        """What :meth:`ask_early` reads for ``request``, to be read in its admission's round trip.
-
-        The thread and its newest items, for a new message on a thread:
-        read with the admission, no round trip of their own before the
-        model is asked. Against two reads of their own after the admission,
-        the first delta of a message on a 50-turn thread came 0.4 to 0.6 ms
-        sooner (p50, requests to both builds interleaved in one run).
-        """
-        if not isinstance(request, ThreadsAddUserMessageReq) or request.params.input.attachments:
-            return None
-        return self.store.thread_read(request.params.thread_id, self._stored_limit(1), context)
-
-    async def ask_early(
-        self,
-        request: ChatKitReq,
-        context: RequestContext,
-        snapshot: ThreadSnapshot | None = None,
-    ) -> None:
+    async def ask_early(self, request: ChatKitReq, context: RequestContext) -> None:
         """Ask the model for a new message's answer before the message is stored.
 
         The ChatKit server stores the thread and the message, then asks for
         the answer (``respond``); started here, the model's request goes
         out first and those writes overlap the backend's time to its first
-        token. ``snapshot``: the thread and its newest items, if read
-        already (:meth:`early_read`). The run is kept by the request's pace until :meth:`take`
+        token. The run is kept by the request's pace until :meth:`take`
         takes it; it hands on nothing before (:meth:`Pace.reserve`), so
         tools see the thread object the ChatKit server saves.
 
@@ -156,16 +137,11 @@ class Answers:
         message = request.params.input
         if message.attachments:
             return  # their conversion reads files: nothing to gain first
-        first_page = None
         if isinstance(request, ThreadsCreateReq):
             assert context.new_thread_id is not None  # chosen by admission
             thread = ThreadMetadata(id=context.new_thread_id, created_at=datetime.now(UTC))
         else:
-            if snapshot is None:
-                snapshot = await self.store.load_thread_with_newest(
-                    request.params.thread_id, self._stored_limit(1), context
-                )
-            thread, first_page = snapshot.thread, snapshot.newest
+            thread = await self.store.load_thread(request.params.thread_id, context)
         newest = UserMessageItem(
             id="pending",
             thread_id=thread.id,
@@ -176,7 +152,7 @@ class Answers:
             inference_options=message.inference_options,
         )
         context.pace.reserve()
-        answer = await self.start(thread, message.inference_options, context, newest, first_page)
+        answer = await self.start(thread, message.inference_options, context, newest)
         if answer is None:
             context.pace.claim()
             return
@@ -189,19 +165,17 @@ class Answers:
         options: InferenceOptions,
         context: RequestContext,
         newest: UserMessageItem | None = None,
-        first_page: NewestPage | None = None,
     ) -> Answer | None:
         """Start the workflow's run on the thread's history; ``None``: no backend.
 
         ``newest``: the message being answered, when it is not stored yet.
-        ``first_page``: the newest stored items, read already (see :meth:`history`).
         """
         workflow = workflow_of(self.workflows, thread, context)
         if not workflow.backend.configured:
             remember_workflow(thread, workflow)
             return None
         budget = workflow.history_budget(self.settings.history_tokens)
-        entries = await self.history(thread, budget, context, newest, first_page)
+        entries = await self.history(thread, budget, context, newest)
         history = [entry.item for entry in entries]
         agent_input = fit_history(
             await self.converter.for_workflow(vision=workflow.vision, budget=budget).history_input(
@@ -241,17 +215,12 @@ class Answers:
             result=result,
         )
 
-    def _stored_limit(self, unsaved: int) -> int:
-        """How many stored items a history with ``unsaved`` items not stored yet reads at most."""
-        return self.settings.history_items - unsaved
-
     async def history(
         self,
         thread: ThreadMetadata,
         budget: int,
         context: RequestContext,
         newest: UserMessageItem | None = None,
-        first_page: NewestPage | None = None,
     ) -> list[HistoryEntry]:
         """The newest items of the thread, oldest first.
 
@@ -259,9 +228,7 @@ class Answers:
         token ``budget``: older items would be dropped by :func:`fit_history`
         anyway, and each costs a validation and a conversion when not cached.
         ``newest`` is a message not stored yet, that goes last (a new thread
-        has nothing stored: only it is read). ``first_page``: the first page
-        of the stored items, read with the thread (for :meth:`_stored_limit`
-        of the items not stored).
+        has nothing stored: only it is read).
         """
         limit = self.settings.history_items
         entries: list[HistoryEntry] = []
@@ -271,9 +238,7 @@ class Answers:
         complete = tokens <= budget
         unsaved_thread = newest is not None and thread.id == context.new_thread_id
         if complete and len(entries) < limit and not unsaved_thread:
-            rows = self.store.newest_rows(
-                thread.id, self._stored_limit(len(entries)), context, first_page=first_page
-            )
+            rows = self.store.newest_rows(thread.id, limit - len(entries), context)
             async with contextlib.aclosing(rows):
                 async for kind, data in rows:
                     entry = self.history_cache.entry(kind, data)

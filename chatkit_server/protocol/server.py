@@ -147,13 +147,10 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         """
         request = parse_request(body)
         context = self.checks.choose_workflow(request, context)
-        admitted = await admit(
-            self.gate, request, context, read=self.answers.early_read(request, context)
-        )
-        context, lease = admitted.context, admitted.lease
+        context, lease = await admit(self.gate, request, context)
         try:
             await self.checks.check(request, context)
-            await self.answers.ask_early(request, context, admitted.read)
+            await self.answers.ask_early(request, context)
             # Not self.process(): it would parse the body a second time, with a
             # validator it builds anew on every call (milliseconds of CPU).
             result = await compat.process_parsed(self, request, context)

@@ -14,12 +14,8 @@ from chatkit_server.store.ids import new_id
 from chatkit_server.store.migrate import alembic_config, current, downgrade, upgrade, upgrade_async
 from chatkit_server.store.sql_store import (
     DEFAULT_UPLOAD_BASE_URL,
-    NEWEST_PAGE_SIZE,
     FeedbackRecord,
-    NewestPage,
     SQLStore,
-    ThreadRead,
-    ThreadSnapshot,
     decode_item,
 )
 from chatkit_server.store.statements import MAX_PAGE_SIZE
@@ -30,10 +26,6 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "Database",
     "FeedbackRecord",
-    "NEWEST_PAGE_SIZE",
-    "NewestPage",
-    "ThreadRead",
-    "ThreadSnapshot",
     "SQLStore",
     "UsageRecord",
     "UsageStore",

@@ -398,24 +398,6 @@ class Database:
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             raise _translate(exc) from exc
 
-    async def run_read(self, work: Callable[[Connection], _T]) -> _T:
-        """Run ``work`` (synchronous statements that only read) in one unit.
-
-        On SQLite that is one hand-off to a reader thread for all of
-        ``work``'s statements (each of which sees the data as it is when it
-        runs, as in :meth:`read`); on PostgreSQL they share one connection.
-
-        Raises:
-            StoreError: The database failed (driver errors are translated).
-        """
-        try:
-            if self._sqlite is not None:
-                return await self._sqlite.run_read(work)
-            async with self._single.connect() as connection:
-                return await connection.run_sync(work)
-        except (sa.exc.SQLAlchemyError, OSError) as exc:
-            raise _translate(exc) from exc
-
     async def write_one(
         self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
     ) -> Sequence[sa.Row[Any]]:

@@ -14,32 +14,24 @@ database enforce one limit and one answer per thread:
 Admission costs one round trip: on PostgreSQL a single statement (the count
 and the lease as data-modifying CTEs), on SQLite both statements in one
 transaction on the writer thread. A request over its limit takes no lease.
-What the answer reads first (the thread and its newest items) may ride
-along: on SQLite in the same transaction, on PostgreSQL in one more round
-trip.
 """
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from chatkit_server.errors import StoreError
 from chatkit_server.store.database import Database
 from chatkit_server.store.statements import OWNED_THREAD, REQUIRE_THREAD
 from chatkit_server.store.tables import rate_counts, thread_leases
 
 __all__ = ["LEASE_SECONDS", "Admission", "Lease", "RequestGate"]
-
-_T = TypeVar("_T")
 
 LEASE_SECONDS: Final = 20.0
 """How long a lease lasts without renewal: the longest a crash can lock a thread."""
@@ -54,20 +46,18 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Admission(Generic[_T]):
+class Admission:
     """What the gate decided about a request.
 
     Attributes:
         count: The subject's requests this minute, this one included (0: not counted).
         retry_after: Seconds until the minute ends (for ``Retry-After``).
         lease: The thread's lease, when one was asked for and taken.
-        read: What the admission's ``read`` returned (``None``: no lease, nothing read).
     """
 
     count: int = 0
     retry_after: int = 0
     lease: Lease | None = None
-    read: _T | None = None
 
 
 class RequestGate:
@@ -108,8 +98,7 @@ class RequestGate:
         thread_id: str | None = None,
         user_id: str = "",
         new_thread: bool = False,
-        read: Callable[[Connection], _T] | None = None,
-    ) -> Admission[_T]:
+    ) -> Admission:
         """Count the request against ``subject`` and lease ``thread_id``, in one round trip.
 
         Args:
@@ -118,9 +107,6 @@ class RequestGate:
             thread_id: The thread to lease (``None``: no lease).
             user_id: The thread's owner: another user's thread is never leased.
             new_thread: The thread is being created (it has no row yet).
-            read: Statements that only read, run once the lease is taken: on
-                SQLite in the admission's own transaction (no round trip of
-                their own), on PostgreSQL right after it.
 
         Returns:
             The count and, if taken, the lease. No lease for a thread that
@@ -137,40 +123,32 @@ class RequestGate:
         )
         retry_after = max(1, (minute + 1) * 60 - int(now))
         lease_statement = self._lease_existing if not new_thread else self._lease_new
-        found: _T | None = None
         if self._pg_admit is not None and subject is not None and thread_id is not None:
             row: Any = (await self._db.write_one(self._pg_admit[new_thread], parameters))[0]
             count, taken = int(row[0]), row[1]  # (Row.count is tuple.count)
-        elif self._db.dialect == "sqlite":
+        else:
 
-            def work(connection: Connection) -> tuple[int, Any, _T | None]:
+            def work(connection: Connection) -> tuple[int, Any]:
                 counted = 0
                 if subject is not None:
                     counted = int(connection.execute(self._count, parameters).scalar_one())
                     if counted > parameters["limit"]:
-                        return counted, None, None
+                        return counted, None
                 if thread_id is None:
-                    return counted, None, None
-                taken = connection.execute(lease_statement, parameters).scalar()
-                if taken is None or read is None:
-                    return counted, taken, None
-                return counted, taken, read(connection)
+                    return counted, None
+                return counted, connection.execute(lease_statement, parameters).scalar()
 
-            count, taken, found = await self._db.run_write(work)
-        else:
-            count, taken = await self._postgres_single(
-                subject, thread_id, lease_statement, parameters
-            )
+            if self._db.dialect == "sqlite":
+                count, taken = await self._db.run_write(work)
+            else:
+                count, taken = await self._postgres_single(
+                    subject, thread_id, lease_statement, parameters
+                )
         lease = None
         if taken is not None:
             lease = Lease(thread_id or "", token)
             self._held += 1
-            if read is not None and self._db.dialect != "sqlite":
-                # A failure leaves the reading to the caller, which then
-                # reports it while it holds the lease (and releases it).
-                with contextlib.suppress(StoreError):
-                    found = await self._db.run_read(read)
-        return Admission(count=count, retry_after=retry_after, lease=lease, read=found)
+        return Admission(count=count, retry_after=retry_after, lease=lease)
 
     async def _postgres_single(
         self,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -49,7 +48,6 @@ from chatkit.types import (
     ThreadMetadata,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
 
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import NotFoundError
@@ -74,7 +72,6 @@ from chatkit_server.store.statements import (
     owned_data_statement,
     owned_thread_upsert,
     page,
-    page_statement,
     recent_bound,
     require_thread,
     thread_not_found,
@@ -82,83 +79,9 @@ from chatkit_server.store.statements import (
 )
 from chatkit_server.store.tables import attachments, thread_items, threads
 
-__all__ = [
-    "DEFAULT_UPLOAD_BASE_URL",
-    "NEWEST_PAGE_SIZE",
-    "FeedbackRecord",
-    "NewestPage",
-    "SQLStore",
-    "ThreadRead",
-    "ThreadSnapshot",
-    "decode_item",
-]
+__all__ = ["DEFAULT_UPLOAD_BASE_URL", "FeedbackRecord", "SQLStore", "decode_item"]
 
 DEFAULT_UPLOAD_BASE_URL: Final = "http://127.0.0.1:8000"
-
-NEWEST_PAGE_SIZE: Final = 100
-"""Items per round trip when a thread's history is read newest first."""
-
-
-@dataclass(frozen=True, slots=True)
-class NewestPage:
-    """A page of a thread's items, newest first: ``(id, type, JSON)`` each."""
-
-    rows: list[tuple[str, str, str]]
-    has_more: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ThreadSnapshot:
-    """A thread's metadata and the first page of its newest items."""
-
-    thread: ThreadMetadata
-    newest: NewestPage
-
-
-class ThreadRead:
-    """Reads a thread (if the user owns it) and the first page of its newest items.
-
-    Called with a synchronous connection, in whatever unit of work runs it:
-    two statements, no round trip between them. ``None``: no such thread
-    for this user.
-
-    Args:
-        thread_id: The thread.
-        user_id: Its owner.
-        limit: As :meth:`SQLStore.newest_rows`'s ``limit`` (the page holds
-            at most :data:`NEWEST_PAGE_SIZE` of them).
-    """
-
-    def __init__(self, thread_id: str, user_id: str, limit: int) -> None:
-        self.thread_id = thread_id
-        self._user_id = user_id
-        self._size = _newest_page_size(NEWEST_PAGE_SIZE, limit) if limit > 0 else 0
-
-    def __call__(self, connection: Connection) -> ThreadSnapshot | None:
-        """Run the statements on ``connection``."""
-        data = connection.scalar(
-            owned_data_statement(threads), {"row_id": self.thread_id, "user_id": self._user_id}
-        )
-        if data is None:
-            return None
-        size = self._size
-        rows: list[sa.Row[Any]] = []
-        if size > 0:
-            statement = page_statement(thread_items, ("id", "type", "data"), True, False)
-            scope = {"thread_id": self.thread_id, "user_id": self._user_id}
-            rows = list(connection.execute(statement, {**scope, "limit": size + 1}).all())
-        return ThreadSnapshot(
-            thread=ThreadMetadata.model_validate_json(data),
-            newest=NewestPage(
-                rows=[(row.id, row.type, row.data) for row in rows[:size]],
-                has_more=len(rows) > size,
-            ),
-        )
-
-
-def _newest_page_size(page_size: int, remaining: int) -> int:
-    return max(1, min(page_size, remaining, MAX_PAGE_SIZE))
-
 
 # A full Thread (with its items) may be passed to save_thread; keep only these.
 _THREAD_FIELDS: Final = frozenset(ThreadMetadata.model_fields)
@@ -360,12 +283,7 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         )
 
     async def newest_items(
-        self,
-        thread_id: str,
-        limit: int,
-        context: RequestContext,
-        *,
-        page_size: int = NEWEST_PAGE_SIZE,
+        self, thread_id: str, limit: int, context: RequestContext, *, page_size: int = 100
     ) -> AsyncGenerator[ThreadItem, None]:
         """Up to ``limit`` of a thread's items, newest first, each decoded only when reached.
 
@@ -381,44 +299,13 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             async for kind, data in rows:
                 yield decode_item(kind, data)
 
-    def thread_read(self, thread_id: str, limit: int, context: RequestContext) -> ThreadRead:
-        """The statements reading a thread and its newest items (see :class:`ThreadRead`).
-
-        For a unit of work that runs them with others (the request's
-        admission); :meth:`load_thread_with_newest` runs them on their own.
-        """
-        return ThreadRead(thread_id, context.user_id, limit)
-
-    async def load_thread_with_newest(
-        self, thread_id: str, limit: int, context: RequestContext
-    ) -> ThreadSnapshot:
-        """A thread's metadata and the first page of :meth:`newest_rows`, in one round trip.
-
-        Pass the page on to :meth:`newest_rows` (``first_page``), with the
-        same ``limit``.
-
-        Raises:
-            NotFoundError: No such thread for this user.
-        """
-        snapshot = await self._db.run_read(self.thread_read(thread_id, limit, context))
-        if snapshot is None:
-            raise thread_not_found(thread_id)
-        return snapshot
-
     async def newest_rows(
-        self,
-        thread_id: str,
-        limit: int,
-        context: RequestContext,
-        *,
-        page_size: int = NEWEST_PAGE_SIZE,
-        first_page: NewestPage | None = None,
+        self, thread_id: str, limit: int, context: RequestContext, *, page_size: int = 100
     ) -> AsyncGenerator[tuple[str, str], None]:
         """As :meth:`newest_items`, undecoded: each item's type and stored JSON.
 
         For a consumer that keeps decoded items by their JSON (see
-        :func:`decode_item`). ``first_page``: the first page, read already
-        (:meth:`load_thread_with_newest`).
+        :func:`decode_item`).
 
         Raises:
             NotFoundError: No such thread for this user.
@@ -426,12 +313,8 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         after: str | None = None
         remaining = limit
         while remaining > 0:
-            if first_page is not None:
-                rows, has_more = first_page.rows, first_page.has_more
-                first_page = None
-            else:
-                size = _newest_page_size(page_size, remaining)
-                rows, has_more = await self._item_rows(thread_id, after, size, "desc", context)
+            size = max(1, min(page_size, remaining, MAX_PAGE_SIZE))
+            rows, has_more = await self._item_rows(thread_id, after, size, "desc", context)
             for _id, kind, data in rows:
                 yield kind, data
             remaining -= len(rows)

@@ -155,13 +155,6 @@ class SQLiteThreads:
             lambda work: self._on(readers, functools.partial(self._statement, work))
         )
 
-    async def run_read(self, work: Callable[[Connection], _T]) -> _T:
-        """Run ``work`` (statements that only read) as one job of a reader thread."""
-        job = functools.partial(self._statement, work)
-        if self._readers is None:
-            return await self._after_transaction(job)
-        return await self._on(self._readers, job)
-
     async def _after_transaction(self, job: Callable[[], _T]) -> _T:
         """Run ``job`` on the writer thread, after any open transaction."""
         if not self._transaction_lock.locked():

@@ -127,7 +127,7 @@ def owned_values(table: sa.Table, columns: Sequence[str]) -> sa.Select[Any]:
 
 
 @functools.cache
-def owned_data_statement(table: sa.Table) -> sa.Select[str]:
+def owned_data_statement(table: sa.Table) -> sa.Select[tuple[str]]:
     """``SELECT data`` of the row ``:row_id`` of ``table`` if ``:user_id`` owns it."""
     return sa.select(table.c.data).where(
         table.c.id == sa.bindparam("row_id"), table.c.user_id == sa.bindparam("user_id")

@@ -185,20 +185,6 @@ async def test_write_one_commits_and_translates_errors(database: Database) -> No
     assert ids == ["thr_kept"]
 
 
-async def test_run_read_runs_its_statements_together_and_translates_errors(
-    database: Database,
-) -> None:
-    await database.write_one(sa.insert(threads).values(_thread_row("thr_1")))
-
-    def both(connection: sa.Connection) -> tuple[int, list[str]]:
-        count = connection.scalar(sa.select(sa.func.count()).select_from(threads)) or 0
-        return count, list(connection.scalars(sa.select(threads.c.id)))
-
-    assert await database.run_read(both) == (1, ["thr_1"])
-    with pytest.raises(StoreError):
-        await database.run_read(lambda connection: connection.execute(sa.text("SELECT nope")))
-
-
 async def test_write_commits_and_rolls_back(database: Database) -> None:
     async with database.write() as session:
         await session.execute(sa.insert(threads).values(_thread_row("thr_kept")))

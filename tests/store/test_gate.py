@@ -46,40 +46,6 @@ async def test_concurrent_counts_are_exact(database: Database) -> None:
     assert sorted(result.count for result in results) == list(range(1, 41))
 
 
-async def test_a_read_rides_along_with_the_lease_it_needs(database: Database) -> None:
-    store = SQLStore(database)
-    thread_id = await _thread(store)
-    gate = RequestGate(database)
-    statements = record_sql(database)
-
-    taken = await gate.admit(
-        subject=None,
-        limit=None,
-        thread_id=thread_id,
-        user_id="alice",
-        read=store.thread_read(thread_id, 10, ALICE),
-    )
-    refused = await RequestGate(database).admit(
-        subject=None,
-        limit=None,
-        thread_id=thread_id,
-        user_id="alice",
-        read=store.thread_read(thread_id, 10, ALICE),
-    )
-
-    assert taken.lease is not None
-    assert taken.read is not None
-    assert taken.read.thread.id == thread_id
-    assert refused.lease is None
-    assert refused.read is None
-    words = [statement.split()[0].upper() for statement in statements]
-    if database.dialect == "sqlite":
-        # In the lease's own transaction (the next BEGIN is the refused
-        # admission's): no round trip of its own.
-        assert words[:5] == ["BEGIN", "INSERT", "SELECT", "SELECT", "BEGIN"]
-    assert words.count("SELECT") == 2
-
-
 async def test_a_thread_has_one_lease_at_a_time(database: Database) -> None:
     store = SQLStore(database)
     thread_id = await _thread(store)

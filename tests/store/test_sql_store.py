@@ -63,14 +63,7 @@ from hypothesis import strategies as st
 
 from chatkit_server.context import RequestContext, SessionLimits
 from chatkit_server.errors import InvalidCursorError, NotFoundError, StoreError
-from chatkit_server.store import (
-    MAX_PAGE_SIZE,
-    NEWEST_PAGE_SIZE,
-    Database,
-    SQLStore,
-    decode_item,
-    new_id,
-)
+from chatkit_server.store import MAX_PAGE_SIZE, Database, SQLStore, decode_item, new_id
 from chatkit_server.store.tables import attachments, feedback, thread_items, threads
 from tests.conftest import DatabaseTarget, record_sql
 
@@ -902,33 +895,6 @@ async def test_newest_items_walks_back_in_pages_and_stops_anywhere(
 
     with pytest.raises(NotFoundError):
         _ = [item async for item in store.newest_items(thread.id, 10, MALLORY)]
-
-
-async def test_a_thread_and_its_newest_items_are_read_in_one_unit(
-    store: SQLStore, database: Database
-) -> None:
-    thread = await new_thread(store)
-    for number in range(NEWEST_PAGE_SIZE + 5):
-        await store.add_thread_item(thread.id, message(thread.id, str(number)), ALICE)
-    walked = [row async for row in store.newest_rows(thread.id, NEWEST_PAGE_SIZE + 3, ALICE)]
-    selects = record_sql(database, only="SELECT")
-
-    snapshot = await store.load_thread_with_newest(thread.id, NEWEST_PAGE_SIZE + 3, ALICE)
-
-    assert len(selects) == 2  # the thread and one page
-    assert snapshot.thread == await store.load_thread(thread.id, ALICE)
-    assert len(snapshot.newest.rows) == NEWEST_PAGE_SIZE
-    assert snapshot.newest.has_more
-    # Handed on, the page is not read again; the walk goes on after it.
-    del selects[:]
-    rows = store.newest_rows(thread.id, NEWEST_PAGE_SIZE + 3, ALICE, first_page=snapshot.newest)
-    assert [row async for row in rows] == walked
-    assert len(selects) == 1
-
-    empty = await store.load_thread_with_newest(thread.id, 0, ALICE)
-    assert empty.newest.rows == []
-    with pytest.raises(NotFoundError):
-        await store.load_thread_with_newest(thread.id, 10, MALLORY)
 
 
 # -- a session's history and upload limits -------------------------------------
