@@ -1,0 +1,143 @@
+"""Time to first delta of this checkout against another revision, interleaved in one run.
+
+Usage::
+
+    .venv/bin/python bench/bench_compare.py HEAD~1            # 200 rounds, ~2 min on 2 cores
+    .venv/bin/python bench/bench_compare.py main --rounds 400
+
+A shared machine's speed drifts by tens of percent within an hour, which is
+more than most changes to the time to the first token are worth: two runs of
+``bench_streaming.py --only ttft`` an hour apart compare the hours, not the
+builds. Here both builds run at once, each a server (``chatkit-server serve``)
+on its own SQLite file, in front of one fake backend: the other revision is
+checked out into a temporary git worktree and its server imports its own
+``chatkit_server`` (the virtualenv's other packages are shared). Each round
+sends, to both servers in a random order, one ``threads.add_user_message`` on
+a thread that grows to 50 turns (then a new one) and one ``threads.create``,
+each right after a direct read of the backend. Every request's time to its
+first delta minus that read's time to its first chunk is paired with the
+other build's in the same round.
+
+Printed for each kind of request: both builds' p50 and the p50 of the paired
+differences (this checkout minus the other: negative is faster), with how
+often this checkout was the faster of a pair. The exit status is non-zero
+only when something failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import _streams as net
+from _common import run
+from _harness import Service, machine_speed, services, start_backend, start_server
+
+ROOT = Path(__file__).resolve().parents[1]
+TURNS_PER_THREAD = 50
+KINDS = ("add_user_message", "create")
+
+
+@contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """``revision`` checked out in a temporary git worktree, removed on exit."""
+    folder = Path(tempfile.mkdtemp(prefix="chatkit-compare-")) / "tree"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(folder), revision],
+        check=True,
+    )
+    try:
+        yield folder
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False
+        )
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+async def _rounds(
+    backend: Service, servers: dict[str, Service], rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Each build's extra time to first delta, per kind of request, round by round."""
+    extra: dict[str, dict[str, list[float]]] = {name: {k: [] for k in KINDS} for name in servers}
+    threads: dict[str, tuple[str, int]] = {}
+    async with net.client() as http:
+        for number in range(rounds):
+            names = list(servers)
+            random.shuffle(names)
+            for name in names:
+                url = servers[name].url
+                thread_id, turns = threads.get(name, ("", TURNS_PER_THREAD))
+                if turns >= TURNS_PER_THREAD:
+                    made = await net.create_thread(http, url, "a new thread")
+                    if made.thread_id is None:
+                        raise RuntimeError(f"{name}: threads.create made no thread: {made.error}")
+                    thread_id, turns = made.thread_id, 0
+                threads[name] = (thread_id, turns + 1)
+                for kind in KINDS:
+                    direct = await net.backend_stream(http, backend.url)
+                    if kind == "create":
+                        served = await net.create_thread(http, url, f"New {number}")
+                    else:
+                        served = await net.add_message(http, url, thread_id, f"Turn {number}")
+                    for timing in (direct, served):
+                        if timing.error:
+                            raise RuntimeError(f"{name} {kind}: {timing.error}")
+                    extra[name][kind].append(served.first - direct.first)
+    return extra
+
+
+def _report(extra: dict[str, dict[str, list[float]]], base: str) -> None:
+    for kind in KINDS:
+        ours, theirs = extra["this checkout"][kind], extra[base][kind]
+        differences = [a - b for a, b in zip(ours, theirs, strict=True)]
+        faster = sum(1 for d in differences if d < 0) / len(differences)
+        print(
+            f"{kind}: this checkout p50 {statistics.median(ours) * 1e3:.2f} ms,"
+            f" {base} p50 {statistics.median(theirs) * 1e3:.2f} ms;"
+            f" paired difference p50 {statistics.median(differences) * 1e3:+.2f} ms"
+            f" (this checkout faster in {faster:.0%} of {len(differences)} pairs)"
+        )
+
+
+def main() -> int:
+    """Compare this checkout with ``revision``; print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("revision", help="the git revision to compare with (HEAD~1, main ...)")
+    parser.add_argument("--rounds", type=int, default=200, help="rounds (default 200)")
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    print(f"machine speed {machine_speed():.1f} ms at the start (see bench_streaming.py)")
+    base = args.revision
+    with worktree(base) as tree, tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        backend = start_backend(tokens=20, delay=0.010, workdir=workdir)
+        with services(backend):
+            servers: dict[str, Service] = {}
+            for name, env in (("this checkout", {}), (base, {"PYTHONPATH": str(tree)})):
+                home = workdir / f"server-{len(servers)}"
+                home.mkdir()
+                servers[name] = start_server(
+                    backend_url=backend.url,
+                    database_url=f"sqlite+aiosqlite:///{(home / 'chatkit.db').as_posix()}",
+                    workdir=home,
+                    env=env,
+                )
+            with services(*servers.values()):
+                extra = run(_rounds(backend, servers, args.rounds))
+    _report(extra, base)
+    print(f"machine speed {machine_speed():.1f} ms at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
