@@ -22,13 +22,13 @@ queue instead. The driver's own transaction handling is switched off
 transactions run on an ``execution_options`` copy of the engine that shares
 its pool and asks for ``IMMEDIATE``.
 
-Reads and single-statement writes issue no ``BEGIN`` at all, on either
-database: one statement is atomic on its own (on SQLite a write statement
-takes the write lock before it reads, waiting out ``busy_timeout``, so it
-cannot fail the way a read-then-write transaction does), and a ``BEGIN``
-and a ``COMMIT`` would be two more statements around every single-row read
-(on PostgreSQL, two more round trips). So the statements of one read may
-see different data, on both databases alike.
+Reads issue no ``BEGIN`` at all, on either database, nor do single-statement
+writes on PostgreSQL: one statement is atomic on its own, and a ``BEGIN``
+and a ``COMMIT`` would be two more round trips around every single-row
+statement. So the statements of one read may see different data, on both
+databases alike. On SQLite, single writes queued together are committed
+together, in one ``BEGIN IMMEDIATE`` transaction of the writer thread
+(:mod:`chatkit_server.store.sqlite_threads`).
 
 SQLite has one writer at a time. This process's writers queue in order
 before they reach the writer thread; left to SQLite's busy handler they
@@ -403,9 +403,10 @@ class Database:
     ) -> Sequence[sa.Row[Any]]:
         """Run one write statement, committed on success; return its rows (``RETURNING``).
 
-        Cheaper than :meth:`write` on SQLite (no ``BEGIN IMMEDIATE`` and
-        ``COMMIT``, see the module notes); still queued behind this process's
-        other writers.
+        Cheaper than :meth:`write`: on SQLite it is committed with the other
+        single writes queued by then (see the module notes), on PostgreSQL
+        it needs no ``BEGIN`` and ``COMMIT``; still queued behind this
+        process's other writers.
 
         Raises:
             StoreError: The database failed (driver errors are translated).

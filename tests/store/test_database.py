@@ -141,9 +141,11 @@ def _first_words(statements: list[str]) -> list[str]:
     return [statement.split()[0].upper() for statement in statements]
 
 
-async def test_sqlite_reads_and_single_writes_skip_begin(sqlite_database: Database) -> None:
-    # Each BEGIN and COMMIT is a round trip to aiosqlite's thread; a single
-    # statement is atomic without them.
+async def test_sqlite_reads_skip_begin_and_single_writes_commit_in_groups(
+    sqlite_database: Database,
+) -> None:
+    # Each BEGIN and COMMIT is a statement the writer thread runs; a read is
+    # atomic without them, and writes queued together share one pair.
     log = record_sql(sqlite_database)
     rows = await sqlite_database.write_one(
         sa.insert(threads).values(_thread_row("thr_1")).returning(threads.c.id)
@@ -151,11 +153,47 @@ async def test_sqlite_reads_and_single_writes_skip_begin(sqlite_database: Databa
     async with sqlite_database.read() as session:
         assert await session.scalar(sa.select(threads.c.id)) == "thr_1"
     assert [tuple(row) for row in rows] == [("thr_1",)]
-    assert _first_words(log) == ["INSERT", "SELECT"]
-    # Multi-statement writes keep their IMMEDIATE transaction.
+    assert _first_words(log) == ["BEGIN", "INSERT", "SELECT"]
+
+    del log[:]
+    ids = [f"thr_{n}" for n in range(2, 22)]
+    returned = await asyncio.gather(
+        *(
+            sqlite_database.write_one(
+                sa.insert(threads).values(_thread_row(thread_id)).returning(threads.c.id)
+            )
+            for thread_id in ids
+        )
+    )
+    assert [rows[0][0] for rows in returned] == ids
+    assert _first_words(log).count("INSERT") == 20
+    assert 1 <= _first_words(log).count("BEGIN") < 20  # grouped: fewer transactions than writes
+    # Multi-statement writes keep their own IMMEDIATE transaction.
+    del log[:]
     async with sqlite_database.write() as session:
         await session.execute(sa.delete(threads))
-    assert _first_words(log)[2:] == ["BEGIN", "DELETE"]
+    assert _first_words(log) == ["BEGIN", "DELETE"]
+
+
+async def test_a_failing_write_in_a_group_fails_alone(sqlite_database: Database) -> None:
+    await sqlite_database.write_one(sa.insert(threads).values(_thread_row("thr_taken")))
+    ids = ["thr_a", "thr_taken", "thr_b", "thr_c"]
+    outcomes = await asyncio.gather(
+        *(
+            sqlite_database.write_one(sa.insert(threads).values(_thread_row(thread_id)))
+            for thread_id in ids
+        ),
+        return_exceptions=True,
+    )
+    assert [isinstance(outcome, StoreError) for outcome in outcomes] == [
+        False,
+        True,
+        False,
+        False,
+    ]
+    async with sqlite_database.read() as session:
+        stored = set((await session.scalars(sa.select(threads.c.id))).all())
+    assert stored == {"thr_taken", "thr_a", "thr_b", "thr_c"}
 
 
 async def test_single_writes_from_many_processes_all_succeed(
