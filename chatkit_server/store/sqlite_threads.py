@@ -28,9 +28,10 @@ threads at once queue some 1,500 writes before their first deltas), and
 much of a write's time went to its own ``BEGIN``, ``COMMIT``, pool checkout
 and hand-off back, each also a wait for the interpreter's lock beside a busy
 event loop. Measured with ``bench/bench_streaming.py --only concurrent``
-(500 new threads at once, one process, 2 cores), builds alternating: p99
-stream time 13.04 s / 12.34 s against 13.30 s / 12.73 s before, with less
-server CPU. A write that fails in a group is done again on its own, as are
+(500 new threads at once, one process, 2 cores), seven runs of each build
+alternating: median p99 stream time 13.04 s against 13.30 s before (1.30x
+against 1.33x the ideal; the paired median 0.26 s less), and 14.1 s at
+worst against 14.5 s. A write that fails in a group is done again on its own, as are
 the others, so only it fails.
 """
 
