@@ -11,10 +11,11 @@ more than most changes to the time to the first token are worth: two runs of
 builds. Here both builds run at once, each a server (``chatkit-server serve``)
 on its own SQLite file, in front of one fake backend: the other revision is
 checked out into a temporary git worktree and its server imports its own
-``chatkit_server`` (the virtualenv's other packages are shared). Each round
-sends, to both servers in a random order, one ``threads.add_user_message`` on
-a thread that grows to 50 turns (then a new one) and one ``threads.create``,
-each right after a direct read of the backend. Every request's time to its
+``chatkit_server`` (the virtualenv's other packages are shared). After a
+warm-up request of each kind, each round sends, to both servers in a random
+order, one ``threads.add_user_message`` on a thread that grows to 50 turns
+(then a new one) and one ``threads.create``, each right after a direct read
+of the backend. Every request's time to its
 first delta minus that read's time to its first chunk is paired with the
 other build's in the same round.
 
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -70,6 +72,10 @@ async def _rounds(
     extra: dict[str, dict[str, list[float]]] = {name: {k: [] for k in KINDS} for name in servers}
     threads: dict[str, tuple[str, int]] = {}
     async with net.client() as http:
+        for service in servers.values():  # first requests take paths no later one does
+            warm = await net.create_thread(http, service.url, "warm up")
+            if warm.thread_id is not None:
+                await net.add_message(http, service.url, warm.thread_id, "warm up")
         for number in range(rounds):
             names = list(servers)
             random.shuffle(names)
@@ -122,16 +128,22 @@ def main() -> int:
         workdir = Path(folder)
         backend = start_backend(tokens=20, delay=0.010, workdir=workdir)
         with services(backend):
-            servers: dict[str, Service] = {}
-            for name, env in (("this checkout", {}), (base, {"PYTHONPATH": str(tree)})):
-                home = workdir / f"server-{len(servers)}"
+            builds = {"this checkout": {}, base: {"PYTHONPATH": str(tree)}}
+
+            def start(number: int, env: dict[str, str]) -> Service:
+                home = workdir / f"server-{number}"
                 home.mkdir()
-                servers[name] = start_server(
+                return start_server(
                     backend_url=backend.url,
                     database_url=f"sqlite+aiosqlite:///{(home / 'chatkit.db').as_posix()}",
                     workdir=home,
                     env=env,
                 )
+
+            # Both at once: a server takes seconds to import everything.
+            with ThreadPoolExecutor(len(builds)) as starting:
+                started = list(starting.map(start, range(len(builds)), builds.values()))
+            servers = dict(zip(builds, started, strict=True))
             with services(*servers.values()):
                 extra = run(_rounds(backend, servers, args.rounds))
     _report(extra, base)
