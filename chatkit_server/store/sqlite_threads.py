@@ -31,8 +31,8 @@ event loop. Measured with ``bench/bench_streaming.py --only concurrent``
 (500 new threads at once, one process, 2 cores), seven runs of each build
 alternating: median p99 stream time 13.04 s against 13.30 s before (1.30x
 against 1.33x the ideal; the paired median 0.26 s less), and 14.1 s at
-worst against 14.5 s. A write that fails in a group is done again on its own, as are
-the others, so only it fails.
+worst against 14.5 s. A write that fails in a group is done again on its
+own, as are the others, so only it fails.
 """
 
 from __future__ import annotations
@@ -195,7 +195,13 @@ class SQLiteThreads:
             if self._group_scheduled:
                 return future
             self._group_scheduled = True
-        self._writer.submit(self._commit_group, loop)
+        try:
+            self._writer.submit(self._commit_group, loop)
+        except RuntimeError:  # the writer is shut down (the app is stopping)
+            with self._group_lock:
+                self._group.clear()
+                self._group_scheduled = False
+            raise
         return future
 
     def _commit_group(self, loop: asyncio.AbstractEventLoop) -> None:
