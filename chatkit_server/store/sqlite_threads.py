@@ -28,11 +28,11 @@ threads at once queue some 1,500 writes before their first deltas), and
 much of a write's time went to its own ``BEGIN``, ``COMMIT``, pool checkout
 and hand-off back, each also a wait for the interpreter's lock beside a busy
 event loop. Measured with ``bench/bench_streaming.py --only concurrent``
-(500 new threads at once, one process, 2 cores), seven runs of each build
-alternating: median p99 stream time 13.04 s against 13.30 s before (1.30x
-against 1.33x the ideal; the paired median 0.26 s less), and 14.1 s at
-worst against 14.5 s. A write that fails in a group is done again on its
-own, as are the others, so only it fails.
+(500 new threads at once, one process, 2 cores) in one quiet half hour:
+p99 stream time 12.47-12.65 s over six runs (1.25-1.27x the ideal) against
+13.39-14.10 s over four runs of the build before (1.34-1.41x); the first
+delta p50 2.3-2.6 s after the burst against 3.5-4.3 s. A write that fails
+in a group is done again on its own, as are the others, so only it fails.
 """
 
 from __future__ import annotations
