@@ -161,31 +161,31 @@ class SQLiteThreads:
         if readers is None:
             # The one connection may be inside a write transaction, which a
             # read would join (and end, when the pool resets it): wait for it.
-            yield ThreadConnection(
-                lambda work: self._after_transaction(functools.partial(self._statement, work))
-            )
+            yield ThreadConnection(self._read_on_writer)
             return
         yield ThreadConnection(
             lambda work: self._on(readers, functools.partial(self._statement, work))
         )
 
-    async def _after_transaction(self, job: Callable[[], _T]) -> _T:
-        """Run ``job`` on the writer thread, after any open transaction."""
+    async def _after_transaction(self, queue: Callable[[], asyncio.Future[_T]]) -> _T:
+        """Queue a job for the writer thread (``queue``), after any open transaction."""
         if not self._transaction_lock.locked():
-            return await self._on(self._writer, job)
+            return await queue()
         async with self._transaction_lock:
             # Queued on the thread before the lock goes to the next writer.
-            pending = asyncio.get_running_loop().run_in_executor(self._writer, job)
+            pending = queue()
         return await pending
+
+    async def _read_on_writer(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` (a read) as a job of the writer thread, after any open transaction."""
+        job = functools.partial(self._statement, work)
+        return await self._after_transaction(
+            lambda: asyncio.get_running_loop().run_in_executor(self._writer, job)
+        )
 
     async def _grouped(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` in the writer's next group commit, after any open transaction."""
-        if not self._transaction_lock.locked():
-            return await self._join_group(work)
-        async with self._transaction_lock:
-            # Queued on the thread before the lock goes to the next writer.
-            pending = self._join_group(work)
-        return await pending
+        return await self._after_transaction(lambda: self._join_group(work))
 
     def _join_group(self, work: Callable[[Connection], _T]) -> asyncio.Future[_T]:
         loop = asyncio.get_running_loop()
