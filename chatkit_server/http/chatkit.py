@@ -46,19 +46,21 @@ async def chatkit_endpoint(request: Request) -> Response:
             code="unsupported_media_type",
         )
     try:
-        # Who is asking comes first: nothing is read or stored for a stranger.
-        context = await state.auth.authenticate(request)
-        # Upload and preview links point where this browser reached the server;
-        # the answer's reads are spaced out by how busy the process is.
-        context = replace(
-            context,
-            base_url=public_base_url(request, state.settings.public_url),
-            pace=Pace(streams=lambda: state.streams.count),
-        )
-        body = await read_body(
-            request, state.settings.max_body_bytes, within=state.settings.body_timeout
-        )
-        result = await state.server.handle(body, context)
+        # Counted from here, sign-in included, until its model is asked.
+        with state.server.arrivals.arriving() as arrival:
+            # Who is asking comes first: nothing is read or stored for a stranger.
+            context = await state.auth.authenticate(request)
+            # Upload and preview links point where this browser reached the server;
+            # the answer's reads are spaced out by how busy the process is.
+            context = replace(
+                context,
+                base_url=public_base_url(request, state.settings.public_url),
+                pace=Pace(streams=lambda: state.streams.count),
+            )
+            body = await read_body(
+                request, state.settings.max_body_bytes, within=state.settings.body_timeout
+            )
+            result = await state.server.handle(body, context, arrival=arrival)
     except RequestError as exc:
         return request_error_response(exc)
     except NotFoundError:

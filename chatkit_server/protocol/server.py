@@ -32,6 +32,8 @@ from chatkit.types import (
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
+    ThreadsAddUserMessageReq,
+    ThreadsCreateReq,
     ThreadStreamEvent,
     TranscriptionResult,
     UserMessageItem,
@@ -56,6 +58,7 @@ from chatkit_server.protocol.actions import (
 )
 from chatkit_server.protocol.admission import admit, release, releasing
 from chatkit_server.protocol.answers import Answer, Answers, remember_workflow
+from chatkit_server.protocol.arrivals import Arrival, Arrivals
 from chatkit_server.protocol.caps import AnswerCaps
 from chatkit_server.protocol.checks import (
     RequestChecks,
@@ -78,6 +81,9 @@ logger = logging.getLogger(__name__)
 # Upper bound for persisting a stopped answer: the client is gone, so this
 # only delays the end of the request task, but it must never hang shutdown.
 CANCEL_CLEANUP_SECONDS = 5.0
+
+# The requests that ask a model for a new message's answer.
+ASKING_REQUESTS = (ThreadsCreateReq, ThreadsAddUserMessageReq)
 
 
 def _answer_flows(event: ThreadStreamEvent) -> bool:
@@ -116,6 +122,11 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.settings = settings
         self.checks = RequestChecks(store=store, workflows=workflows, settings=settings)
         self.answers = Answers(store=store, workflows=workflows, settings=settings)
+        self.arrivals = Arrivals()
+        """This process's requests on their way to asking their model."""
+        self.hold_writes = store.database.statements_on_loop
+        """Whether an answer's writes wait for a burst's models to be asked: where
+        statements cost the event loop and a pooled connection (PostgreSQL)."""
         self.transcriber = (
             Transcriber(
                 base_url=settings.transcribe_base_url,
@@ -136,9 +147,13 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         return no_backend_message(self.settings)
 
     async def handle(
-        self, body: bytes, context: RequestContext
+        self, body: bytes, context: RequestContext, *, arrival: Arrival | None = None
     ) -> StreamingResult | NonStreamingResult:
         """Check a request completely, then process it.
+
+        ``arrival``: the request as counted by :attr:`arrivals` since it
+        came in; it leaves once its model is asked (see
+        :mod:`chatkit_server.protocol.arrivals`).
 
         Raises:
             RequestError: The request is malformed or cannot be served (400),
@@ -151,6 +166,10 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         try:
             await self.checks.check(request, context)
             await self.answers.ask_early(request, context)
+            if arrival is not None:
+                arrival.leave()
+            if self.hold_writes and isinstance(request, ASKING_REQUESTS):
+                await self.arrivals.settled()
             # Not self.process(): it would parse the body a second time, with a
             # validator it builds anew on every call (milliseconds of CPU).
             result = await compat.process_parsed(self, request, context)

@@ -355,6 +355,14 @@ class Database:
         return full_at is not None and time.monotonic() - full_at < DISK_FULL_HOLD_SECONDS
 
     @property
+    def statements_on_loop(self) -> bool:
+        """Whether statements run on the event loop's thread, from a shared pool (PostgreSQL).
+
+        SQLite's run on threads of their own (see the module notes).
+        """
+        return self._sqlite is None
+
+    @property
     def sqlite_path(self) -> Path | None:
         """The SQLite database's file (``None``: PostgreSQL, or SQLite in memory)."""
         if self.dialect != "sqlite" or _is_sqlite_memory(self.url) or not self.url.database:

@@ -497,3 +497,9 @@ async def test_postgres_keeps_its_connections_between_bursts(postgres_database_u
         assert len(backends) == 12
     finally:
         await database.dispose()
+
+
+async def test_only_postgresql_runs_statements_on_the_event_loop(database: Database) -> None:
+    # The server holds an answer's writes for a burst's models only where
+    # statements compete with the burst's for the loop (protocol/arrivals.py).
+    assert database.statements_on_loop == (database.dialect == "postgresql")
