@@ -44,7 +44,10 @@ class Arrival:
         self._arrivals: Arrivals | None = arrivals
 
     def leave(self) -> None:
-        """The request asked its model, or will ask none: it no longer counts (idempotent)."""
+        """The request asked its model, or goes on without asking first: it no longer counts.
+
+        Idempotent.
+        """
         arrivals, self._arrivals = self._arrivals, None
         if arrivals is not None:
             arrivals._left()
