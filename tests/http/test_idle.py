@@ -183,3 +183,50 @@ async def test_the_server_hands_memory_back_after_an_answer(live: Live) -> None:
     streams = live.state.streams
     assert streams.count == 0
     await _until(lambda: streams.settled >= 1, seconds=10.0)
+
+
+async def test_a_burst_pauses_the_collector_until_fewer_streams_are_open() -> None:
+    streams = OpenStreams(busy=3, gc_pause=10.0, release=Releases())
+    assert gc.isenabled()
+    with streams.open(), streams.open():
+        assert gc.isenabled()
+        with streams.open():
+            assert not gc.isenabled()
+            assert streams.collector_paused
+        assert gc.isenabled()  # one stream fewer than busy: collecting again
+    assert not streams.collector_paused
+    streams.close()
+
+
+async def test_the_pause_ends_by_itself_and_comes_at_most_once_per_interval() -> None:
+    streams = OpenStreams(busy=1, gc_pause=0.05, gc_pause_interval=60.0, release=Releases())
+    try:
+        with streams.open():
+            assert not gc.isenabled()
+            await _until(gc.isenabled)  # still busy, but the pause is over
+        with streams.open():
+            assert gc.isenabled()  # a second burst within the interval: no pause
+    finally:
+        streams.close()
+        gc.enable()
+
+
+async def test_a_collector_switched_off_by_someone_else_stays_off() -> None:
+    streams = OpenStreams(busy=1, release=Releases())
+    gc.disable()
+    try:
+        with streams.open():
+            assert not streams.collector_paused
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        streams.close()
+
+
+async def test_shutdown_switches_a_paused_collector_back_on() -> None:
+    streams = OpenStreams(busy=1, gc_pause=60.0, release=Releases())
+    context = streams.open()
+    context.__enter__()
+    assert not gc.isenabled()
+    streams.close()
+    assert gc.isenabled()
