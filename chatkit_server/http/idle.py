@@ -49,9 +49,9 @@ those requests waited to ask its model. What cycles the pause leaves are
 collected by the next collection after it (the answers' garbage is
 collected when the process goes quiet anyway). Measured with
 ``bench/bench_streaming.py --only concurrent`` (500 streams, one process,
-SQLite): p99 1.197-1.246x the ideal against 1.213-1.304x, the first delta
-p50 1.7-2.0 s against 2.0-3.0 s, server CPU 65% of a core against about
-75%, peak RSS the same (289 MiB).
+SQLite, five runs alternating with four of the build before): p99
+1.19-1.25x the ideal against 1.19-1.30x, the first delta p50 1.6-2.0 s
+against 1.7-3.0 s, peak RSS the same (289 MiB).
 """
 
 from __future__ import annotations
