@@ -42,11 +42,14 @@ from chatkit_server.workflows.history import (
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from chatkit_server.workflows.state import render
 
-__all__ = ["ASK_WAIT_SECONDS", "Answer", "Answers", "remember_workflow"]
+__all__ = ["ASKING_REQUESTS", "ASK_WAIT_SECONDS", "Answer", "Answers", "remember_workflow"]
 
 # The most a request asking early waits for its run to ask the model: a run
 # that fails before asking holds the request no longer.
 ASK_WAIT_SECONDS = 0.25
+
+ASKING_REQUESTS = (ThreadsCreateReq, ThreadsAddUserMessageReq)
+"""The requests that ask a model for a new message's answer (the ones asked early)."""
 
 
 @dataclass(eq=False)
@@ -132,7 +135,7 @@ class Answers:
         stored after every model was asked). Alone, the first token comes 3
         to 4 ms sooner (``--only ttft``).
         """
-        if not isinstance(request, (ThreadsCreateReq, ThreadsAddUserMessageReq)):
+        if not isinstance(request, ASKING_REQUESTS):
             return
         message = request.params.input
         if message.attachments:

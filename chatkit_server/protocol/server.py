@@ -32,8 +32,6 @@ from chatkit.types import (
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
-    ThreadsAddUserMessageReq,
-    ThreadsCreateReq,
     ThreadStreamEvent,
     TranscriptionResult,
     UserMessageItem,
@@ -57,7 +55,7 @@ from chatkit_server.protocol.actions import (
     run_sync_action,
 )
 from chatkit_server.protocol.admission import admit, release, releasing
-from chatkit_server.protocol.answers import Answer, Answers, remember_workflow
+from chatkit_server.protocol.answers import ASKING_REQUESTS, Answer, Answers, remember_workflow
 from chatkit_server.protocol.arrivals import Arrival, Arrivals
 from chatkit_server.protocol.caps import AnswerCaps
 from chatkit_server.protocol.checks import (
@@ -81,9 +79,6 @@ logger = logging.getLogger(__name__)
 # Upper bound for persisting a stopped answer: the client is gone, so this
 # only delays the end of the request task, but it must never hang shutdown.
 CANCEL_CLEANUP_SECONDS = 5.0
-
-# The requests that ask a model for a new message's answer.
-ASKING_REQUESTS = (ThreadsCreateReq, ThreadsAddUserMessageReq)
 
 
 def _answer_flows(event: ThreadStreamEvent) -> bool:
