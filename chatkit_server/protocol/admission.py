@@ -35,7 +35,7 @@ from chatkit_server.store.ids import ID_PREFIXES, new_id
 from chatkit_server.store.statements import thread_not_found
 from chatkit_server.store.tables import ID_LENGTH
 
-__all__ = ["RELEASE_SECONDS", "admit", "release", "releasing"]
+__all__ = ["RELEASE_SECONDS", "admit", "lease_new_thread", "release", "releasing"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ async def admit(
 ) -> tuple[RequestContext, Lease | None]:
     """Count ``request`` and lease its thread if it starts an answer.
 
+    A new thread's lease is taken here only if the request is counted as
+    well (one statement does both); otherwise the caller takes it with
+    :func:`lease_new_thread` once the request is ready to answer.
+
     Returns:
         The context (with the id of a thread ``threads.create`` will make)
         and the lease, which the caller must release.
@@ -84,7 +88,7 @@ async def admit(
             # No thread has such an id, and no lease row could name it
             # (PostgreSQL refuses the value; SQLite would store it).
             raise thread_not_found(thread_id)
-    if subject is None and thread_id is None:
+    if subject is None and (thread_id is None or new_thread):
         return context, None
     admission = await gate.admit(
         subject=subject,
@@ -119,6 +123,28 @@ async def admit(
         "This thread is still answering; wait for the answer to finish (or stop it) first.",
         code="thread_busy",
     )
+
+
+async def lease_new_thread(gate: RequestGate, context: RequestContext) -> Lease | None:
+    """The lease of the thread ``threads.create`` is making, if :func:`admit` did not take it.
+
+    No other request can contend for it: the thread's id is the server's
+    own, and no one learns it before the request's first event. So it can
+    wait until the model is asked, out of the way of the time to the
+    first token (a write, and on SQLite a hand-off to the writer thread).
+    """
+    if context.new_thread_id is None:
+        return None
+    admission = await gate.admit(
+        subject=None,
+        limit=None,
+        thread_id=context.new_thread_id,
+        user_id=context.user_id,
+        new_thread=True,
+    )
+    if admission.lease is None:  # only an id taken twice could do this
+        raise RequestError(409, "The new thread's id is in use; send the message again.")
+    return admission.lease
 
 
 async def releasing(

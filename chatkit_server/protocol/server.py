@@ -32,6 +32,7 @@ from chatkit.types import (
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
+    ThreadsCreateReq,
     ThreadStreamEvent,
     TranscriptionResult,
     UserMessageItem,
@@ -54,7 +55,7 @@ from chatkit_server.protocol.actions import (
     run_streamed_action,
     run_sync_action,
 )
-from chatkit_server.protocol.admission import admit, release, releasing
+from chatkit_server.protocol.admission import admit, lease_new_thread, release, releasing
 from chatkit_server.protocol.answers import ASKING_REQUESTS, Answer, Answers, remember_workflow
 from chatkit_server.protocol.arrivals import Arrival, Arrivals
 from chatkit_server.protocol.caps import AnswerCaps
@@ -165,6 +166,8 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                 arrival.leave()
             if self.hold_writes and isinstance(request, ASKING_REQUESTS):
                 await self.arrivals.settled()
+            if lease is None and isinstance(request, ThreadsCreateReq):
+                lease = await lease_new_thread(self.gate, context)
             # Not self.process(): it would parse the body a second time, with a
             # validator it builds anew on every call (milliseconds of CPU).
             result = await compat.process_parsed(self, request, context)
