@@ -33,6 +33,7 @@ from chatkit_server.protocol.checks import THREAD_WORKFLOW_KEY, workflow_of
 from chatkit_server.protocol.converter import HistoryConverter
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore, decode_item
+from chatkit_server.store.gate import Lease
 from chatkit_server.workflows.history import (
     HistoryCache,
     HistoryEntry,
@@ -116,7 +117,9 @@ class Answers:
             context.pace.claim()
         return answer
 
-    async def ask_early(self, request: ChatKitReq, context: RequestContext) -> None:
+    async def ask_early(
+        self, request: ChatKitReq, context: RequestContext, lease: Lease | None = None
+    ) -> None:
         """Ask the model for a new message's answer before the message is stored.
 
         The ChatKit server stores the thread and the message, then asks for
@@ -125,6 +128,9 @@ class Answers:
         token. The run is kept by the request's pace until :meth:`take`
         takes it; it hands on nothing before (:meth:`Pace.reserve`), so
         tools see the thread object the ChatKit server saves.
+
+        ``lease`` is the request's lease on its thread; the thread as it was
+        read when the lease was taken is used rather than read again.
 
         It pays most under load: in a burst of new threads every model is
         asked before the burst's writes, and the backends stream while they
@@ -143,6 +149,8 @@ class Answers:
         if isinstance(request, ThreadsCreateReq):
             assert context.new_thread_id is not None  # chosen by admission
             thread = ThreadMetadata(id=context.new_thread_id, created_at=datetime.now(UTC))
+        elif lease is not None and lease.thread_data is not None:
+            thread = ThreadMetadata.model_validate_json(lease.thread_data)
         else:
             thread = await self.store.load_thread(request.params.thread_id, context)
         newest = UserMessageItem(

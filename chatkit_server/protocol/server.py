@@ -161,7 +161,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         context, lease = await admit(self.gate, request, context)
         try:
             await self.checks.check(request, context)
-            await self.answers.ask_early(request, context)
+            await self.answers.ask_early(request, context, lease)
             if arrival is not None:
                 arrival.leave()
             if self.hold_writes and isinstance(request, ASKING_REQUESTS):

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 from chatkit_server.store.database import Database
 from chatkit_server.store.statements import OWNED_THREAD, REQUIRE_THREAD
-from chatkit_server.store.tables import rate_counts, thread_leases
+from chatkit_server.store.tables import rate_counts, thread_leases, threads
 
 __all__ = ["LEASE_SECONDS", "Admission", "Lease", "RequestGate"]
 
@@ -39,10 +39,20 @@ LEASE_SECONDS: Final = 20.0
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """The right to answer on one thread, until released."""
+    """The right to answer on one thread, until released.
+
+    Attributes:
+        thread_id: The thread.
+        token: This lease's name (the thread's next lease has another).
+        thread_data: The thread's stored metadata (JSON) when the lease was
+            taken, read by the statement that took it: what an answer on the
+            thread starts from, without reading it again. ``None`` for a new
+            thread (it has no row yet).
+    """
 
     thread_id: str
     token: str
+    thread_data: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,7 +135,7 @@ class RequestGate:
         lease_statement = self._lease_existing if not new_thread else self._lease_new
         if self._pg_admit is not None and subject is not None and thread_id is not None:
             row: Any = (await self._db.write_one(self._pg_admit[new_thread], parameters))[0]
-            count, taken = int(row[0]), row[1]  # (Row.count is tuple.count)
+            count, taken = int(row[0]), (row[1], row[2]) if row[1] is not None else None
         else:
 
             def work(connection: Connection) -> tuple[int, Any]:
@@ -136,7 +146,7 @@ class RequestGate:
                         return counted, None
                 if thread_id is None:
                     return counted, None
-                return counted, connection.execute(lease_statement, parameters).scalar()
+                return counted, connection.execute(lease_statement, parameters).first()
 
             if self._db.dialect == "sqlite":
                 count, taken = await self._db.run_write(work)
@@ -146,7 +156,7 @@ class RequestGate:
                 )
         lease = None
         if taken is not None:
-            lease = Lease(thread_id or "", token)
+            lease = Lease(thread_id or "", token, taken[1])
             self._held += 1
         return Admission(count=count, retry_after=retry_after, lease=lease)
 
@@ -163,7 +173,7 @@ class RequestGate:
             return int(rows[0][0]), None
         if thread_id is not None:
             rows = await self._db.write_one(lease_statement, parameters)
-            return 0, rows[0][0] if rows else None
+            return 0, rows[0] if rows else None
         return 0, None
 
     async def thread_exists(self, thread_id: str, user_id: str) -> bool:
@@ -180,7 +190,8 @@ class RequestGate:
         if not rows:
             return None
         self._held += 1
-        return Lease(thread_id, token)
+        row: Any = rows[0]  # (token, thread data)
+        return Lease(thread_id, token, row[1])
 
     def _lease_parameters(
         self, thread_id: str, user_id: str, now: float
@@ -236,7 +247,7 @@ _LEASE_VALUES: Final = ("thread_id", "holder", "token", "expires_at")
 
 
 def _lease_statement(dialect: str, *, existing: bool) -> sa.Executable:
-    """Take a thread's lease unless a live one is held; ``RETURNING token``.
+    """Take a thread's lease unless a live one is held; ``RETURNING token, thread data``.
 
     For an existing thread the owner check rides along (``WHERE EXISTS``);
     a new thread has no row yet, and its id was just made by the server.
@@ -254,7 +265,13 @@ def _lease_statement(dialect: str, *, existing: bool) -> sa.Executable:
         set_={name: insert.excluded[name] for name in ("holder", "token", "expires_at")},
         where=thread_leases.c.expires_at < sa.bindparam("now"),
     )
-    return upsert.returning(thread_leases.c.token)
+    return upsert.returning(thread_leases.c.token, _THREAD_DATA)
+
+
+# The leased thread's metadata, read by the statement that takes the lease.
+_THREAD_DATA: Final = (
+    sa.select(threads.c.data).where(threads.c.id == sa.bindparam("thread_id")).scalar_subquery()
+)
 
 
 def _postgres_admit() -> dict[bool, sa.TextClause]:
@@ -289,9 +306,12 @@ def _postgres_admit() -> dict[bool, sa.TextClause]:
                 SET holder = excluded.holder, token = excluded.token,
                     expires_at = excluded.expires_at
                 WHERE thread_leases.expires_at < CAST(:now AS BIGINT)
-                RETURNING token
+                RETURNING token, (
+                    SELECT data FROM threads WHERE threads.id = CAST(:thread_id AS VARCHAR)
+                ) AS thread_data
             )
-            SELECT (SELECT count FROM counted) AS count, (SELECT token FROM leased) AS token
+            SELECT (SELECT count FROM counted) AS count, (SELECT token FROM leased) AS token,
+                   (SELECT thread_data FROM leased) AS thread_data
             """
         )
     return statements

@@ -25,6 +25,7 @@ from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore
 from chatkit_server.testing.client import ChatKitHTTPError, user_input
 from chatkit_server.testing.fake_backend import Reply
+from tests.conftest import record_sql
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
 
@@ -80,6 +81,23 @@ async def test_two_turns_get_distinct_ids_and_full_history(live: Live, fake_llm:
         ("user", "Tell me more"),
     ]
     assert sent[0]["role"] == "system"
+
+
+async def test_a_message_is_answered_from_the_thread_its_lease_read(
+    live: Live, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.text("First answer."), Reply.text("Second answer."))
+    first = await live.client.create_thread("Hello there")
+    reads = record_sql(live.store.database, only="SELECT")
+
+    second = await live.client.add_message(first.thread_id, "Tell me more")
+
+    assert second.assistant_text == "Second answer."
+    # The thread is read by the statement that leases it and once more by
+    # the ChatKit server, not a third time before the model is asked.
+    thread_reads = [s for s in reads if s.startswith("SELECT threads.data FROM threads")]
+    assert len(thread_reads) == 1
+    assert "Hello there" in str(_messages(fake_llm.backend.requests[-1].body))
 
 
 async def test_thread_and_item_requests(live: Live, fake_llm: FakeLLM) -> None:

@@ -104,6 +104,35 @@ async def test_over_the_limit_no_lease_is_taken(database: Database) -> None:
         assert await session.scalar(sa.select(sa.func.count()).select_from(thread_leases)) == 0
 
 
+@pytest.mark.parametrize("subject", [None, "user:alice"])
+async def test_a_lease_carries_the_thread_as_it_was_when_taken(
+    database: Database, subject: str | None
+) -> None:
+    store = SQLStore(database)
+    thread_id = await _thread(store)
+    gate = RequestGate(database)
+
+    first = await gate.admit(subject=subject, limit=10, thread_id=thread_id, user_id="alice")
+    assert first.lease is not None
+    assert first.lease.thread_data is not None
+    stored = await store.load_thread(thread_id, ALICE)
+    assert ThreadMetadata.model_validate_json(first.lease.thread_data) == stored
+    await gate.release(first.lease)
+
+    stored.title = "Renamed"
+    await store.save_thread(stored, ALICE)
+    again = await gate.lease_again(thread_id, "alice")
+    assert again is not None
+    assert again.thread_data is not None
+    assert ThreadMetadata.model_validate_json(again.thread_data).title == "Renamed"
+
+    new = await gate.admit(
+        subject=subject, limit=10, thread_id="thr_new", user_id="alice", new_thread=True
+    )
+    assert new.lease is not None
+    assert new.lease.thread_data is None
+
+
 async def test_admission_is_one_round_trip(database: Database) -> None:
     store = SQLStore(database)
     thread_id = await _thread(store)
