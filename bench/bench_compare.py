@@ -17,11 +17,14 @@ order, one ``threads.add_user_message`` on a thread that grows to 50 turns
 (then a new one) and one ``threads.create``, each right after a direct read
 of the backend. Every request's time to its
 first delta minus that read's time to its first chunk is paired with the
-other build's in the same round.
+other build's in the same round. The CPU time each server used during its
+requests is summed too: less noisy than the times on a machine whose speed
+drifts, since both builds run through the same minutes.
 
 Printed for each kind of request: both builds' p50 and the p50 of the paired
 differences (this checkout minus the other: negative is faster), with how
-often this checkout was the faster of a pair. The exit status is non-zero
+often this checkout was the faster of a pair, and each build's server CPU
+time per request. The exit status is non-zero
 only when something failed.
 """
 
@@ -41,7 +44,7 @@ from pathlib import Path
 
 import _streams as net
 from _common import run
-from _harness import Service, machine_speed, services, start_backend, start_server
+from _harness import Service, cpu_seconds, machine_speed, services, start_backend, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 TURNS_PER_THREAD = 50
@@ -67,9 +70,15 @@ def worktree(revision: str) -> Iterator[Path]:
 
 async def _rounds(
     backend: Service, servers: dict[str, Service], rounds: int
-) -> dict[str, dict[str, list[float]]]:
-    """Each build's extra time to first delta, per kind of request, round by round."""
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, float]]]:
+    """Each build's extra time to first delta, per kind of request, round by round.
+
+    And the CPU time each build's server used during its requests, per kind
+    (every thread of the process; read in clock ticks, which average out
+    over the rounds).
+    """
     extra: dict[str, dict[str, list[float]]] = {name: {k: [] for k in KINDS} for name in servers}
+    cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(KINDS, 0.0) for name in servers}
     threads: dict[str, tuple[str, int]] = {}
     async with net.client() as http:
         for service in servers.values():  # first requests take paths no later one does
@@ -90,27 +99,34 @@ async def _rounds(
                 threads[name] = (thread_id, turns + 1)
                 for kind in KINDS:
                     direct = await net.backend_stream(http, backend.url)
+                    before = cpu_seconds(servers[name].pid)
                     if kind == "create":
                         served = await net.create_thread(http, url, f"New {number}")
                     else:
                         served = await net.add_message(http, url, thread_id, f"Turn {number}")
+                    cpu[name][kind] += cpu_seconds(servers[name].pid) - before
                     for timing in (direct, served):
                         if timing.error:
                             raise RuntimeError(f"{name} {kind}: {timing.error}")
                     extra[name][kind].append(served.first - direct.first)
-    return extra
+    return extra, cpu
 
 
-def _report(extra: dict[str, dict[str, list[float]]], base: str) -> None:
+def _report(
+    extra: dict[str, dict[str, list[float]]], cpu: dict[str, dict[str, float]], base: str
+) -> None:
     for kind in KINDS:
         ours, theirs = extra["this checkout"][kind], extra[base][kind]
+        ours_cpu, theirs_cpu = (cpu[name][kind] / len(ours) for name in ("this checkout", base))
         differences = [a - b for a, b in zip(ours, theirs, strict=True)]
         faster = sum(1 for d in differences if d < 0) / len(differences)
         print(
             f"{kind}: this checkout p50 {statistics.median(ours) * 1e3:.2f} ms,"
             f" {base} p50 {statistics.median(theirs) * 1e3:.2f} ms;"
             f" paired difference p50 {statistics.median(differences) * 1e3:+.2f} ms"
-            f" (this checkout faster in {faster:.0%} of {len(differences)} pairs)"
+            f" (this checkout faster in {faster:.0%} of {len(differences)} pairs);"
+            f" server CPU per request {ours_cpu * 1e3:.2f} ms vs {theirs_cpu * 1e3:.2f} ms"
+            f" ({ours_cpu / theirs_cpu if theirs_cpu else float('nan'):.3f}x)"
         )
 
 
@@ -145,8 +161,8 @@ def main() -> int:
                 started = list(starting.map(start, range(len(builds)), builds.values()))
             servers = dict(zip(builds, started, strict=True))
             with services(*servers.values()):
-                extra = run(_rounds(backend, servers, args.rounds))
-    _report(extra, base)
+                extra, cpu = run(_rounds(backend, servers, args.rounds))
+    _report(extra, cpu, base)
     print(f"machine speed {machine_speed():.1f} ms at the end")
     return 0
 
