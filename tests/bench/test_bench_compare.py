@@ -38,7 +38,8 @@ def test_a_comparison_with_head_pairs_every_kind_and_cleans_up() -> None:
         pattern = (
             rf"{kind}: this checkout p50 {number} ms, HEAD p50 {number} ms;"
             rf" paired difference p50 [+-]{number} ms"
-            r" \(this checkout faster in \d+% of 1 pairs\)"
+            r" \(this checkout faster in \d+% of 1 pairs\);"
+            rf" server CPU per request {number} ms vs {number} ms \(({number}|nan)x\)"
         )
         assert any(re.fullmatch(pattern, line) for line in result.stdout.splitlines()), (
             result.stdout
