@@ -35,10 +35,12 @@ from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore, decode_item
 from chatkit_server.store.gate import Lease
 from chatkit_server.workflows.history import (
+    EarlierTurns,
     HistoryCache,
     HistoryEntry,
     estimate_item_tokens,
     fit_history,
+    split_current_turn,
 )
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from chatkit_server.workflows.state import render
@@ -215,9 +217,10 @@ class Answers:
         # (about a millisecond, before the model is asked). This one is built
         # right here, so there is nothing to check.
         run_config.model_settings = run_settings
-        result = Runner.run_streamed(
-            agent, agent_input, context=agent_context, run_config=run_config
-        )
+        earlier, current = split_current_turn(agent_input)
+        if earlier:
+            run_config.call_model_input_filter = EarlierTurns(earlier)
+        result = Runner.run_streamed(agent, current, context=agent_context, run_config=run_config)
         return Answer(
             workflow=workflow,
             model=options.model or workflow.model,

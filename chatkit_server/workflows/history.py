@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents import TResponseInputItem
+from agents.run_config import CallModelData, ModelInputData
 from chatkit.types import AssistantMessageItem, Attachment, ThreadItem, UserMessageItem
 
 __all__ = [
     "ATTACHMENT_TOKENS",
+    "EarlierTurns",
     "CHARS_PER_TOKEN",
     "HISTORY_CACHE_SIZE",
     "IMAGE_TOKENS",
@@ -32,6 +34,7 @@ __all__ = [
     "estimate_tokens",
     "fit_history",
     "is_user_message",
+    "split_current_turn",
 ]
 
 CHARS_PER_TOKEN = 3.0
@@ -108,6 +111,11 @@ def is_user_message(item: TResponseInputItem) -> bool:
     )
 
 
+def _last_user_message(items: Sequence[TResponseInputItem]) -> int:
+    """The index of the last user message in ``items`` (0 without one)."""
+    return max((i for i, item in enumerate(items) if is_user_message(item)), default=0)
+
+
 def fit_history(
     items: Sequence[TResponseInputItem], *, budget: int, instructions: str | None
 ) -> list[TResponseInputItem]:
@@ -120,7 +128,7 @@ def fit_history(
     """
     if not items:
         return []
-    last_user = max((i for i, item in enumerate(items) if is_user_message(item)), default=0)
+    last_user = _last_user_message(items)
     used = estimate_tokens(instructions or "") + MESSAGE_OVERHEAD_TOKENS
     used += sum(_item_tokens(item) for item in items[last_user:])
     start = last_user
@@ -132,6 +140,42 @@ def fit_history(
     while start < last_user and not is_user_message(items[start]):
         start += 1
     return list(items[start:])
+
+
+def split_current_turn(
+    items: Sequence[TResponseInputItem],
+) -> tuple[list[TResponseInputItem], list[TResponseInputItem]]:
+    """``items`` as the earlier turns and the current one (from its last user message on).
+
+    Without a user message, everything is the current turn.
+    """
+    last_user = _last_user_message(items)
+    return list(items[:last_user]), list(items[last_user:])
+
+
+@dataclass(frozen=True)
+class EarlierTurns:
+    """A run's ``call_model_input_filter``: the earlier turns before every model call's input.
+
+    A run is given only the current turn, and the earlier turns are put in
+    front of the input of each of its model calls (every tool round, and
+    every agent after a handoff). Given the whole history instead, the
+    Agents SDK copies and re-checks all of it several times before its
+    first model call: with 50 turns, a run took twice as long to ask its
+    model (measured by timing ``Runner.run_streamed`` up to the request,
+    both ways). The items are the history cache's shared entries (see
+    :class:`HistoryEntry`), which nothing on the way to the backend may
+    change; ``tests/workflows/test_handoffs.py`` holds the SDK to that.
+    """
+
+    items: Sequence[TResponseInputItem]
+
+    def __call__(self, data: CallModelData[Any]) -> ModelInputData:
+        """The model call's input with the earlier turns first."""
+        model_data = data.model_data
+        return ModelInputData(
+            input=[*self.items, *model_data.input], instructions=model_data.instructions
+        )
 
 
 @dataclass(eq=False)

@@ -24,6 +24,7 @@ from chatkit_server.workflows.history import (
     estimate_item_tokens,
     estimate_tokens,
     fit_history,
+    split_current_turn,
 )
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
@@ -180,6 +181,21 @@ async def test_later_turns_reuse_the_decoded_and_converted_history(
         assert model_input == await converter.to_agent_input([e.item for e in entries])
     assert "quote 2" in str(first_input[-1])
     assert "quote 2" not in str(second_input[2])
+
+
+def test_the_current_turn_starts_at_the_last_user_message() -> None:
+    tool_round = [
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "42"},
+    ]
+    items = [*CONVERSATION, *tool_round]
+
+    earlier, current = split_current_turn(items)
+
+    assert earlier == CONVERSATION[:-1]
+    assert current == [CONVERSATION[-1], *tool_round]
+    assert split_current_turn(tool_round) == ([], tool_round)
+    assert split_current_turn([]) == ([], [])
 
 
 def test_attachments_count_by_their_size_an_images_worth_at_most() -> None:
