@@ -63,7 +63,8 @@ class RequestContext:
         tracing: Whether the session lets its answers be traced (the server
             traces only when ``CHATKIT_TRACING`` is on as well).
         new_thread_id: The id ``threads.create`` gives its thread (chosen
-            before the request runs, to lease the thread from its start).
+            before the request runs: it names the thread's lease, and the
+            answer asked before the thread is stored).
         pace: Links the request's answer to its client's reading speed
             (see :mod:`chatkit_server.pace`); one per request.
         base_url: This server's address as the requesting browser sees it

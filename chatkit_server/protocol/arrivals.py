@@ -2,9 +2,10 @@
 
 When hundreds of messages arrive at once, every stream ends about ten
 seconds (its answer's length) after its model was asked, so the burst's
-slowest stream is the one whose model was asked last. Each request first
-takes its thread's lease, then asks its model, then stores the thread and
-the message (:meth:`chatkit_server.protocol.answers.Answers.ask_early`).
+slowest stream is the one whose model was asked last. Each request is
+first admitted (its rate count, and an existing thread's lease), then asks
+its model, then stores the thread and the message
+(:meth:`chatkit_server.protocol.answers.Answers.ask_early`).
 Where statements run on the event loop and share a pool of connections
 (PostgreSQL), the writes of requests that have asked compete with the
 leases of those that have not, for the loop and for the pool; the last
