@@ -24,13 +24,15 @@ drifts, since both builds run through the same minutes.
 Printed for each kind of request: both builds' p50 and the p50 of the paired
 differences (this checkout minus the other: negative is faster), with how
 often this checkout was the faster of a pair, and each build's server CPU
-time per request. The exit status is non-zero
-only when something failed.
+time per request; first, where each server imports ``chatkit_server`` from
+(a run stops if the other build would not run its own code). The exit
+status is non-zero only when something failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import statistics
@@ -112,6 +114,24 @@ async def _rounds(
     return extra, cpu
 
 
+def _check_imports(name: str, env: dict[str, str], root: Path) -> None:
+    """Fail unless a server started with ``env`` imports ``chatkit_server`` from ``root``.
+
+    Asked of the interpreter the servers run on, from the directory they run in.
+    """
+    found = subprocess.run(
+        [sys.executable, "-c", "import chatkit_server; print(chatkit_server.__file__)"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(found).resolve().is_relative_to(root.resolve()):
+        raise SystemExit(f"{name}: the server would import chatkit_server from {found}")
+    print(f"{name}: chatkit_server from {Path(found).parent}")
+
+
 def _report(
     extra: dict[str, dict[str, list[float]]], cpu: dict[str, dict[str, float]], base: str
 ) -> None:
@@ -144,7 +164,15 @@ def main() -> int:
         workdir = Path(folder)
         backend = start_backend(tokens=20, delay=0.010, workdir=workdir)
         with services(backend):
-            builds = {"this checkout": {}, base: {"PYTHONPATH": str(tree)}}
+            # PYTHONSAFEPATH: the servers run from this checkout's root, which
+            # Python would otherwise put first on sys.path, ahead of PYTHONPATH
+            # (the other build would run this checkout's code).
+            builds = {
+                "this checkout": {"PYTHONSAFEPATH": "1"},
+                base: {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(tree)},
+            }
+            for name, env in builds.items():
+                _check_imports(name, env, tree if name == base else ROOT)
 
             def start(number: int, env: dict[str, str]) -> Service:
                 home = workdir / f"server-{number}"

@@ -44,4 +44,8 @@ def test_a_comparison_with_head_pairs_every_kind_and_cleans_up() -> None:
         assert any(re.fullmatch(pattern, line) for line in result.stdout.splitlines()), (
             result.stdout
         )
+    # Each server runs its own build: the other one from its worktree.
+    assert re.search(r"^HEAD: chatkit_server from \S*chatkit-compare-\S*$", result.stdout, re.M), (
+        result.stdout
+    )
     assert "chatkit-compare-" not in _worktrees()
