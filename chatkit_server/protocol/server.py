@@ -32,7 +32,6 @@ from chatkit.types import (
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
-    ThreadsCreateReq,
     ThreadStreamEvent,
     TranscriptionResult,
     UserMessageItem,
@@ -166,7 +165,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                 arrival.leave()
             if self.hold_writes and isinstance(request, ASKING_REQUESTS):
                 await self.arrivals.settled()
-            if lease is None and isinstance(request, ThreadsCreateReq):
+            if lease is None:  # a new thread's, when admission did not take it
                 lease = await lease_new_thread(self.gate, context)
             # Not self.process(): it would parse the body a second time, with a
             # validator it builds anew on every call (milliseconds of CPU).
