@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python bench/bench_history_input.py            # 5, 25 and 50 turns, ~30 s
+    .venv/bin/python bench/bench_history_input.py            # 5, 25 and 50 turns, ~10 s
     .venv/bin/python bench/bench_history_input.py --runs 1000
 
 Every answer starts a run with the thread's history. Given all of it as the
