@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import sqlalchemy as sa
 from chatkit.store import AttachmentStore, Store, StoreItemType
@@ -339,7 +339,9 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
             if not rows:
                 await require_thread(session, thread_id, context)
                 await check_cursor(session, thread_items, scope, after)
-        return [(row.id, row.type, row.data) for row in rows], has_more
+        # Unpacked by position: looking up three fields by name on each of
+        # a hundred rows is a noticeable share of reading a long history.
+        return [cast("tuple[str, str, str]", tuple(row)) for row in rows], has_more
 
     async def add_thread_item(
         self, thread_id: str, item: ThreadItem, context: RequestContext
