@@ -60,13 +60,16 @@ RELEASE_SECONDS: Final = 5.0
 
 
 async def admit(
-    gate: RequestGate, request: ChatKitReq, context: RequestContext
+    gate: RequestGate, request: ChatKitReq, context: RequestContext, *, newest_items: int = 0
 ) -> tuple[RequestContext, Lease | None]:
     """Count ``request`` and lease its thread if it starts an answer.
 
     A new thread's lease is taken here only if the request is counted as
     well (one statement does both); otherwise the caller takes it with
     :func:`lease_new_thread` once the request is ready to answer.
+    ``newest_items``: how many of the thread's newest items the answer
+    will read, to be read with the lease where that saves a statement
+    (see :meth:`RequestGate.admit`).
 
     Returns:
         The context (with the id of a thread ``threads.create`` will make)
@@ -96,6 +99,7 @@ async def admit(
         thread_id=thread_id,
         user_id=context.user_id,
         new_thread=new_thread,
+        newest_items=newest_items,
     )
     if (
         subject is not None

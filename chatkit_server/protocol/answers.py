@@ -12,6 +12,7 @@ first token.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,6 +29,7 @@ from chatkit.types import (
 )
 
 from chatkit_server.context import RequestContext
+from chatkit_server.errors import InvalidCursorError
 from chatkit_server.pace import PACE_ARGUMENT, Pace
 from chatkit_server.protocol.checks import THREAD_WORKFLOW_KEY, workflow_of
 from chatkit_server.protocol.converter import HistoryConverter
@@ -50,6 +52,9 @@ __all__ = ["ASKING_REQUESTS", "ASK_WAIT_SECONDS", "Answer", "Answers", "remember
 # The most a request asking early waits for its run to ask the model: a run
 # that fails before asking holds the request no longer.
 ASK_WAIT_SECONDS = 0.25
+
+EARLY_HISTORY_ROWS = 100
+"""The most stored items a new message's answer reads with its thread's lease."""
 
 ASKING_REQUESTS = (ThreadsCreateReq, ThreadsAddUserMessageReq)
 """The requests that ask a model for a new message's answer (the ones asked early)."""
@@ -119,6 +124,18 @@ class Answers:
             context.pace.claim()
         return answer
 
+    def history_read_early(self, request: ChatKitReq) -> int:
+        """How many stored items :meth:`ask_early` reads for ``request`` (0: none).
+
+        Admission reads them with the thread's lease where that saves a
+        statement, and :meth:`ask_early` takes them from the lease.
+        """
+        if not isinstance(request, ThreadsAddUserMessageReq) or request.params.input.attachments:
+            return 0
+        # The new message is the last; and no more than a page, as the store
+        # would read first: a long history is most often cut by its budget.
+        return max(0, min(self.settings.history_items - 1, EARLY_HISTORY_ROWS))
+
     async def ask_early(
         self, request: ChatKitReq, context: RequestContext, lease: Lease | None = None
     ) -> None:
@@ -131,8 +148,9 @@ class Answers:
         takes it; it hands on nothing before (:meth:`Pace.reserve`), so
         tools see the thread object the ChatKit server saves.
 
-        ``lease`` is the request's lease on its thread; the thread as it was
-        read when the lease was taken is used rather than read again.
+        ``lease`` is the request's lease on its thread; the thread, and its
+        newest items if they were read with it, are used as they were read
+        when the lease was taken rather than read again.
 
         It pays most under load: in a burst of new threads every model is
         asked before the burst's writes, and the backends stream while they
@@ -148,11 +166,13 @@ class Answers:
         message = request.params.input
         if message.attachments:
             return  # their conversion reads files: nothing to gain first
+        stored: Sequence[tuple[str, str, str]] | None = None
         if isinstance(request, ThreadsCreateReq):
             assert context.new_thread_id is not None  # chosen by admission
             thread = ThreadMetadata(id=context.new_thread_id, created_at=datetime.now(UTC))
         elif lease is not None and lease.thread_data is not None:
             thread = ThreadMetadata.model_validate_json(lease.thread_data)
+            stored = lease.newest_items
         else:
             thread = await self.store.load_thread(request.params.thread_id, context)
         newest = UserMessageItem(
@@ -165,7 +185,7 @@ class Answers:
             inference_options=message.inference_options,
         )
         context.pace.reserve()
-        answer = await self.start(thread, message.inference_options, context, newest)
+        answer = await self.start(thread, message.inference_options, context, newest, stored)
         if answer is None:
             context.pace.claim()
             return
@@ -178,17 +198,20 @@ class Answers:
         options: InferenceOptions,
         context: RequestContext,
         newest: UserMessageItem | None = None,
+        stored: Sequence[tuple[str, str, str]] | None = None,
     ) -> Answer | None:
         """Start the workflow's run on the thread's history; ``None``: no backend.
 
         ``newest``: the message being answered, when it is not stored yet.
+        ``stored``: the thread's newest stored items, when already read (see
+        :meth:`history`).
         """
         workflow = workflow_of(self.workflows, thread, context)
         if not workflow.backend.configured:
             remember_workflow(thread, workflow)
             return None
         budget = workflow.history_budget(self.settings.history_tokens)
-        entries = await self.history(thread, budget, context, newest)
+        entries = await self.history(thread, budget, context, newest, stored)
         history = [entry.item for entry in entries]
         agent_input = fit_history(
             await self.converter.for_workflow(vision=workflow.vision, budget=budget).history_input(
@@ -235,6 +258,7 @@ class Answers:
         budget: int,
         context: RequestContext,
         newest: UserMessageItem | None = None,
+        stored: Sequence[tuple[str, str, str]] | None = None,
     ) -> list[HistoryEntry]:
         """The newest items of the thread, oldest first.
 
@@ -242,7 +266,9 @@ class Answers:
         token ``budget``: older items would be dropped by :func:`fit_history`
         anyway, and each costs a validation and a conversion when not cached.
         ``newest`` is a message not stored yet, that goes last (a new thread
-        has nothing stored: only it is read).
+        has nothing stored: only it is read). ``stored``: the thread's newest
+        items as ``(id, type, JSON)``, newest first, already read (see
+        :meth:`history_read_early`); what more is needed is read here.
         """
         limit = self.settings.history_items
         entries: list[HistoryEntry] = []
@@ -252,7 +278,7 @@ class Answers:
         complete = tokens <= budget
         unsaved_thread = newest is not None and thread.id == context.new_thread_id
         if complete and len(entries) < limit and not unsaved_thread:
-            rows = self.store.newest_rows(thread.id, limit - len(entries), context)
+            rows = self._newest_rows(thread.id, limit - len(entries), context, stored)
             async with contextlib.aclosing(rows):
                 async for kind, data in rows:
                     entry = self.history_cache.entry(kind, data)
@@ -268,3 +294,29 @@ class Answers:
         while entries and not complete and not isinstance(entries[0].item, UserMessageItem):
             entries.pop(0)
         return entries
+
+    async def _newest_rows(
+        self,
+        thread_id: str,
+        wanted: int,
+        context: RequestContext,
+        stored: Sequence[tuple[str, str, str]] | None,
+    ) -> AsyncGenerator[tuple[str, str], None]:
+        """The thread's ``wanted`` newest rows: ``stored`` first, then the store's."""
+        after = None
+        if stored is not None:
+            for item_id, kind, data in stored[:wanted]:
+                yield kind, data
+                after = item_id
+            if len(stored) >= wanted or len(stored) < EARLY_HISTORY_ROWS:
+                return  # enough, or all the thread has
+            wanted -= len(stored)
+        rows = self.store.newest_rows(thread_id, wanted, context, after=after)
+        async with contextlib.aclosing(rows):
+            try:
+                async for row in rows:
+                    yield row
+            except InvalidCursorError:
+                # The oldest item read with the lease was deleted since (only
+                # a request that takes no lease can): the history ends there.
+                return

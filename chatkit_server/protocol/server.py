@@ -157,7 +157,9 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         """
         request = parse_request(body)
         context = self.checks.choose_workflow(request, context)
-        context, lease = await admit(self.gate, request, context)
+        context, lease = await admit(
+            self.gate, request, context, newest_items=self.answers.history_read_early(request)
+        )
         try:
             await self.checks.check(request, context)
             await self.answers.ask_early(request, context, lease)

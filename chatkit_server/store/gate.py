@@ -18,18 +18,19 @@ transaction on the writer thread. A request over its limit takes no lease.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from chatkit_server.store.database import Database
-from chatkit_server.store.statements import OWNED_THREAD, REQUIRE_THREAD
-from chatkit_server.store.tables import rate_counts, thread_leases, threads
+from chatkit_server.store.statements import OWNED_THREAD, REQUIRE_THREAD, page_statement
+from chatkit_server.store.tables import rate_counts, thread_items, thread_leases, threads
 
 __all__ = ["LEASE_SECONDS", "Admission", "Lease", "RequestGate"]
 
@@ -48,11 +49,17 @@ class Lease:
             taken, read by the statement that took it: what an answer on the
             thread starts from, without reading it again. ``None`` for a new
             thread (it has no row yet).
+        newest_items: The thread's newest items as ``(id, type, JSON)``,
+            newest first, read in the same transaction as the lease when
+            :meth:`RequestGate.admit` was asked for them: the history an
+            answer starts from, as no other answer can change it now.
+            ``None``: not read with the lease.
     """
 
     thread_id: str
     token: str
     thread_data: str | None = None
+    newest_items: tuple[tuple[str, str, str], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +101,7 @@ class RequestGate:
         self._pg_admit = _postgres_admit() if dialect == "postgresql" else None
         self._lease_existing = _lease_statement(dialect, existing=True)
         self._lease_new = _lease_statement(dialect, existing=False)
+        self._newest_items = page_statement(thread_items, ("id", "type", "data"), True, False)
 
     @property
     def held(self) -> int:
@@ -108,6 +116,7 @@ class RequestGate:
         thread_id: str | None = None,
         user_id: str = "",
         new_thread: bool = False,
+        newest_items: int = 0,
     ) -> Admission:
         """Count the request against ``subject`` and lease ``thread_id``, in one round trip.
 
@@ -117,6 +126,11 @@ class RequestGate:
             thread_id: The thread to lease (``None``: no lease).
             user_id: The thread's owner: another user's thread is never leased.
             new_thread: The thread is being created (it has no row yet).
+            newest_items: How many of the thread's newest items to read with
+                its lease (:attr:`Lease.newest_items`): on PostgreSQL by the
+                statement that takes it, on SQLite in the same job of the
+                writer thread. It saves the answer a statement (a round trip,
+                or a hand-off to a reader thread).
 
         Returns:
             The count and, if taken, the lease. No lease for a thread that
@@ -130,33 +144,41 @@ class RequestGate:
             subject=subject or "",
             minute=minute,
             limit=limit if limit is not None and subject is not None else 2**31 - 1,
+            newest_items=0 if new_thread else max(0, newest_items),
         )
         retry_after = max(1, (minute + 1) * 60 - int(now))
         lease_statement = self._lease_existing if not new_thread else self._lease_new
+        items: tuple[tuple[str, str, str], ...] | None = None
         if self._pg_admit is not None and subject is not None and thread_id is not None:
             row: Any = (await self._db.write_one(self._pg_admit[new_thread], parameters))[0]
             count, taken = int(row[0]), (row[1], row[2]) if row[1] is not None else None
-        else:
+            items = _items(row[3])
+        elif self._db.dialect == "sqlite":
 
-            def work(connection: Connection) -> tuple[int, Any]:
+            def work(connection: Connection) -> tuple[int, Any, Any]:
                 counted = 0
                 if subject is not None:
                     counted = int(connection.execute(self._count, parameters).scalar_one())
                     if counted > parameters["limit"]:
-                        return counted, None
+                        return counted, None, None
                 if thread_id is None:
-                    return counted, None
-                return counted, connection.execute(lease_statement, parameters).first()
+                    return counted, None, None
+                row = connection.execute(lease_statement, parameters).first()
+                if row is None or newest_items <= 0 or new_thread:
+                    return counted, row, None
+                read = {**parameters, "limit": newest_items}
+                rows = connection.execute(self._newest_items, read)
+                return counted, row, tuple(cast("tuple[str, str, str]", tuple(r)) for r in rows)
 
-            if self._db.dialect == "sqlite":
-                count, taken = await self._db.run_write(work)
-            else:
-                count, taken = await self._postgres_single(
-                    subject, thread_id, lease_statement, parameters
-                )
+            count, taken, items = await self._db.run_write(work)
+        else:
+            count, taken = await self._postgres_single(
+                subject, thread_id, lease_statement, parameters
+            )
+            items = _items(taken[2]) if taken is not None else None
         lease = None
         if taken is not None:
-            lease = Lease(thread_id or "", token, taken[1])
+            lease = Lease(thread_id or "", token, taken[1], items)
             self._held += 1
         return Admission(count=count, retry_after=retry_after, lease=lease)
 
@@ -205,6 +227,7 @@ class RequestGate:
             "token": token,
             "now": _millis(now),
             "expires_at": _millis(now + LEASE_SECONDS),
+            "newest_items": 0,
         }
 
     async def release(self, lease: Lease) -> None:
@@ -265,6 +288,8 @@ def _lease_statement(dialect: str, *, existing: bool) -> sa.Executable:
         set_={name: insert.excluded[name] for name in ("holder", "token", "expires_at")},
         where=thread_leases.c.expires_at < sa.bindparam("now"),
     )
+    if dialect == "postgresql":
+        return upsert.returning(thread_leases.c.token, _THREAD_DATA, _NEWEST_ITEMS)
     return upsert.returning(thread_leases.c.token, _THREAD_DATA)
 
 
@@ -272,6 +297,43 @@ def _lease_statement(dialect: str, *, existing: bool) -> sa.Executable:
 _THREAD_DATA: Final = (
     sa.select(threads.c.data).where(threads.c.id == sa.bindparam("thread_id")).scalar_subquery()
 )
+
+
+# PostgreSQL: the leased thread's newest items, (id, type, JSON) newest first,
+# as one JSON array (NULL when none are asked for). Text for the statement
+# that counts too, Core for the one that only leases: the same query.
+_NEWEST_ITEMS_SQL: Final = """(
+    SELECT CAST(json_agg(json_build_array(newest.id, newest.type, newest.data)
+                         ORDER BY newest.seq DESC) AS TEXT)
+    FROM (SELECT id, type, data, seq FROM thread_items
+          WHERE thread_items.thread_id = CAST(:thread_id AS VARCHAR)
+          ORDER BY seq DESC LIMIT CAST(:newest_items AS INTEGER)) AS newest
+)"""
+_newest: Final = (
+    sa.select(thread_items.c.id, thread_items.c.type, thread_items.c.data, thread_items.c.seq)
+    .where(thread_items.c.thread_id == sa.bindparam("thread_id"))
+    .order_by(thread_items.c.seq.desc())
+    .limit(sa.bindparam("newest_items", type_=sa.Integer))
+    .subquery("newest")
+)
+_NEWEST_ITEMS: Final = sa.select(
+    sa.cast(
+        sa.func.json_agg(
+            postgresql.aggregate_order_by(
+                sa.func.json_build_array(_newest.c.id, _newest.c.type, _newest.c.data),
+                _newest.c.seq.desc(),
+            )
+        ),
+        sa.Text,
+    )
+).scalar_subquery()
+
+
+def _items(value: str | None) -> tuple[tuple[str, str, str], ...] | None:
+    """The newest items of :data:`_NEWEST_ITEMS_SQL` (``None``: not asked for)."""
+    if value is None:
+        return None
+    return tuple((str(row[0]), str(row[1]), str(row[2])) for row in json.loads(value))
 
 
 def _postgres_admit() -> dict[bool, sa.TextClause]:
@@ -308,10 +370,11 @@ def _postgres_admit() -> dict[bool, sa.TextClause]:
                 WHERE thread_leases.expires_at < CAST(:now AS BIGINT)
                 RETURNING token, (
                     SELECT data FROM threads WHERE threads.id = CAST(:thread_id AS VARCHAR)
-                ) AS thread_data
+                ) AS thread_data, {_NEWEST_ITEMS_SQL} AS newest_items
             )
             SELECT (SELECT count FROM counted) AS count, (SELECT token FROM leased) AS token,
-                   (SELECT thread_data FROM leased) AS thread_data
+                   (SELECT thread_data FROM leased) AS thread_data,
+                   (SELECT newest_items FROM leased) AS newest_items
             """
         )
     return statements

@@ -300,17 +300,24 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
                 yield decode_item(kind, data)
 
     async def newest_rows(
-        self, thread_id: str, limit: int, context: RequestContext, *, page_size: int = 100
+        self,
+        thread_id: str,
+        limit: int,
+        context: RequestContext,
+        *,
+        page_size: int = 100,
+        after: str | None = None,
     ) -> AsyncGenerator[tuple[str, str], None]:
         """As :meth:`newest_items`, undecoded: each item's type and stored JSON.
 
         For a consumer that keeps decoded items by their JSON (see
-        :func:`decode_item`).
+        :func:`decode_item`). ``after``: an item's id; only items older
+        than it.
 
         Raises:
             NotFoundError: No such thread for this user.
+            InvalidCursorError: ``after`` names no item of the thread.
         """
-        after: str | None = None
         remaining = limit
         while remaining > 0:
             size = max(1, min(page_size, remaining, MAX_PAGE_SIZE))

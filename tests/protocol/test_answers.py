@@ -14,11 +14,15 @@ from chatkit.types import (
     AssistantMessageContent,
     AssistantMessageItem,
     InferenceOptions,
+    ThreadAddUserMessageParams,
     ThreadMetadata,
+    ThreadsAddUserMessageReq,
+    UserMessageInput,
     UserMessageItem,
     UserMessageTextContent,
 )
 
+from chatkit_server.protocol.answers import EARLY_HISTORY_ROWS
 from tests.live import LOCAL, Live
 
 WHEN = datetime(2026, 1, 1)
@@ -78,3 +82,45 @@ async def test_a_newest_message_over_the_budget_is_all_there_is(live: Live) -> N
     entries = await answers.history(thread, 100, LOCAL, newest)
 
     assert [entry.item for entry in entries] == [newest]
+
+
+def _add_message(thread_id: str, attachments: list[str] | None = None) -> ThreadsAddUserMessageReq:
+    message = UserMessageInput(
+        content=[UserMessageTextContent(text="newest")],
+        attachments=attachments or [],
+        inference_options=InferenceOptions(),
+    )
+    return ThreadsAddUserMessageReq(
+        params=ThreadAddUserMessageParams(thread_id=thread_id, input=message)
+    )
+
+
+async def test_items_read_with_the_lease_give_the_history_the_store_would(live: Live) -> None:
+    answers, gate = live.state.server.answers, live.state.server.gate
+    thread = ThreadMetadata(id="thr_leased", created_at=WHEN)
+    await live.store.save_thread(thread, LOCAL)
+    stored = EARLY_HISTORY_ROWS + 30  # longer than what the lease reads
+    for n in range(stored):
+        await live.store.add_thread_item(thread.id, _user(thread.id, n), LOCAL)
+    newest = _user(thread.id, 999, "newest")
+    wanted = answers.history_read_early(_add_message(thread.id))
+    assert answers.history_read_early(_add_message(thread.id, ["atc_1"])) == 0
+
+    admission = await gate.admit(
+        subject=None, limit=None, thread_id=thread.id, user_id="local", newest_items=wanted
+    )
+    assert admission.lease is not None
+    leased = admission.lease.newest_items
+    assert leased is not None
+    assert len(leased) == EARLY_HISTORY_ROWS
+    from_lease = await answers.history(thread, 100_000, LOCAL, newest, leased)
+    await gate.release(admission.lease)
+    read = await answers.history(thread, 100_000, LOCAL, newest)
+
+    assert [entry.item.id for entry in from_lease] == [entry.item.id for entry in read]
+    assert len(read) == stored + 1
+    # A budget that cuts within what the lease read: the same cut.
+    cut = await answers.history(thread, 200, LOCAL, newest, leased)
+    assert [entry.item.id for entry in cut] == [
+        entry.item.id for entry in await answers.history(thread, 200, LOCAL, newest)
+    ]

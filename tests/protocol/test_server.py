@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import threading
 import time
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+import sqlalchemy as sa
 from chatkit.types import (
     AssistantMessageItem,
     ErrorEvent,
@@ -22,7 +24,7 @@ from chatkit.types import (
 
 from chatkit_server.errors import StoreError
 from chatkit_server.settings import Settings
-from chatkit_server.store import SQLStore
+from chatkit_server.store import Database, SQLStore
 from chatkit_server.testing.client import ChatKitHTTPError, user_input
 from chatkit_server.testing.fake_backend import Reply
 from tests.conftest import record_sql
@@ -89,6 +91,7 @@ async def test_a_message_is_answered_from_the_thread_its_lease_read(
     fake_llm.backend.script(Reply.text("First answer."), Reply.text("Second answer."))
     first = await live.client.create_thread("Hello there")
     reads = record_sql(live.store.database, only="SELECT")
+    item_reads = _item_reads(live.store.database)
 
     second = await live.client.add_message(first.thread_id, "Tell me more")
 
@@ -97,7 +100,26 @@ async def test_a_message_is_answered_from_the_thread_its_lease_read(
     # the ChatKit server, not a third time before the model is asked.
     thread_reads = [s for s in reads if s.startswith("SELECT threads.data FROM threads")]
     assert len(thread_reads) == 1
+    # Its history too: on PostgreSQL by the lease statement itself, on
+    # SQLite in the lease's job on the writer thread. The one read elsewhere
+    # is ChatKit's own (the last two items, for a workflow to continue).
+    elsewhere = [name for name in item_reads if not name.startswith("chatkit-sqlite-write")]
+    assert len(elsewhere) == 1
+    if live.store.database.dialect == "sqlite":
+        assert len(item_reads) == 2
     assert "Hello there" in str(_messages(fake_llm.backend.requests[-1].body))
+
+
+def _item_reads(database: Database) -> list[str]:
+    """The thread each item SELECT runs on, from now on."""
+    threads: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("SELECT thread_items.id, thread_items.type"):
+            threads.append(threading.current_thread().name)
+
+    sa.event.listen(database.sync_engine, "before_cursor_execute", record)
+    return threads
 
 
 async def test_thread_and_item_requests(live: Live, fake_llm: FakeLLM) -> None:

@@ -8,7 +8,12 @@ from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
-from chatkit.types import ThreadMetadata
+from chatkit.types import (
+    InferenceOptions,
+    ThreadMetadata,
+    UserMessageItem,
+    UserMessageTextContent,
+)
 
 from chatkit_server.context import RequestContext
 from chatkit_server.store import Database, SQLStore
@@ -131,6 +136,52 @@ async def test_a_lease_carries_the_thread_as_it_was_when_taken(
     )
     assert new.lease is not None
     assert new.lease.thread_data is None
+
+
+@pytest.mark.parametrize("subject", [None, "user:alice"])
+async def test_a_lease_carries_the_newest_items_when_asked(
+    database: Database, subject: str | None
+) -> None:
+    store = SQLStore(database)
+    thread_id = await _thread(store)
+    for n in range(5):
+        await store.add_thread_item(thread_id, _message(thread_id, n), ALICE)
+    gate = RequestGate(database)
+    newest = [row async for row in store.newest_rows(thread_id, 3, ALICE)]
+
+    asked = await gate.admit(
+        subject=subject, limit=10, thread_id=thread_id, user_id="alice", newest_items=3
+    )
+    assert asked.lease is not None
+    assert asked.lease.newest_items is not None
+    assert [item_id for item_id, _, _ in asked.lease.newest_items] == ["msg_4", "msg_3", "msg_2"]
+    assert [(kind, data) for _, kind, data in asked.lease.newest_items] == newest
+    await gate.release(asked.lease)
+
+    not_asked = await gate.admit(subject=subject, limit=10, thread_id=thread_id, user_id="alice")
+    assert not_asked.lease is not None
+    assert not_asked.lease.newest_items is None
+    await gate.release(not_asked.lease)
+    new = await gate.admit(
+        subject=subject,
+        limit=10,
+        thread_id="thr_new",
+        user_id="alice",
+        new_thread=True,
+        newest_items=3,
+    )
+    assert new.lease is not None
+    assert new.lease.newest_items is None
+
+
+def _message(thread_id: str, n: int) -> UserMessageItem:
+    return UserMessageItem(
+        id=f"msg_{n}",
+        thread_id=thread_id,
+        created_at=ALICE_TIME,
+        content=[UserMessageTextContent(text=f"message {n}")],
+        inference_options=InferenceOptions(),
+    )
 
 
 async def test_admission_is_one_round_trip(database: Database) -> None:
