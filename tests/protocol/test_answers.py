@@ -23,19 +23,14 @@ from chatkit.types import (
 )
 
 from chatkit_server.protocol.answers import EARLY_HISTORY_ROWS
+from tests.items import user_message
 from tests.live import LOCAL, Live
 
 WHEN = datetime(2026, 1, 1)
 
 
 def _user(thread_id: str, n: int, text: str = "question") -> UserMessageItem:
-    return UserMessageItem(
-        id=f"msg_u{n:03}",
-        thread_id=thread_id,
-        created_at=WHEN,
-        content=[UserMessageTextContent(text=f"{text} {n}")],
-        inference_options=InferenceOptions(),
-    )
+    return user_message(thread_id, f"msg_u{n:03}", f"{text} {n}", at=WHEN)
 
 
 async def test_a_message_not_stored_yet_comes_last_as_if_it_were(live: Live) -> None:

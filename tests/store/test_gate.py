@@ -8,18 +8,14 @@ from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
-from chatkit.types import (
-    InferenceOptions,
-    ThreadMetadata,
-    UserMessageItem,
-    UserMessageTextContent,
-)
+from chatkit.types import ThreadMetadata
 
 from chatkit_server.context import RequestContext
 from chatkit_server.store import Database, SQLStore
 from chatkit_server.store.gate import LEASE_SECONDS, RequestGate
 from chatkit_server.store.tables import rate_counts, thread_leases
 from tests.conftest import record_sql
+from tests.items import user_message
 
 ALICE = RequestContext(user_id="alice")
 
@@ -145,7 +141,7 @@ async def test_a_lease_carries_the_newest_items_when_asked(
     store = SQLStore(database)
     thread_id = await _thread(store)
     for n in range(5):
-        await store.add_thread_item(thread_id, _message(thread_id, n), ALICE)
+        await store.add_thread_item(thread_id, user_message(thread_id, f"msg_{n}", f"m {n}"), ALICE)
     gate = RequestGate(database)
     newest = [row async for row in store.newest_rows(thread_id, 3, ALICE)]
 
@@ -172,16 +168,6 @@ async def test_a_lease_carries_the_newest_items_when_asked(
     )
     assert new.lease is not None
     assert new.lease.newest_items is None
-
-
-def _message(thread_id: str, n: int) -> UserMessageItem:
-    return UserMessageItem(
-        id=f"msg_{n}",
-        thread_id=thread_id,
-        created_at=ALICE_TIME,
-        content=[UserMessageTextContent(text=f"message {n}")],
-        inference_options=InferenceOptions(),
-    )
 
 
 async def test_admission_is_one_round_trip(database: Database) -> None:
