@@ -163,6 +163,8 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         try:
             await self.checks.check(request, context)
             await self.answers.ask_early(request, context, lease)
+            if lease is not None:
+                lease = lease.bare()
             if arrival is not None:
                 arrival.leave()
             if self.hold_writes and isinstance(request, ASKING_REQUESTS):

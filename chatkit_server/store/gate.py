@@ -61,6 +61,14 @@ class Lease:
     thread_data: str | None = None
     newest_items: tuple[tuple[str, str, str], ...] | None = None
 
+    def bare(self) -> Lease:
+        """The lease without what was read with it: what to hold while the answer streams.
+
+        The items of a long thread are tens of kilobytes; held by every
+        answering request until it ends, they would add up under load.
+        """
+        return Lease(self.thread_id, self.token)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Admission:

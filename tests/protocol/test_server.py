@@ -7,6 +7,7 @@ import contextlib
 import gc
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -23,8 +24,10 @@ from chatkit.types import (
 )
 
 from chatkit_server.errors import StoreError
+from chatkit_server.protocol import server as server_module
 from chatkit_server.settings import Settings
 from chatkit_server.store import Database, SQLStore
+from chatkit_server.store.gate import Lease, RequestGate
 from chatkit_server.testing.client import ChatKitHTTPError, user_input
 from chatkit_server.testing.fake_backend import Reply
 from tests.conftest import record_sql
@@ -108,6 +111,25 @@ async def test_a_message_is_answered_from_the_thread_its_lease_read(
     if live.store.database.dialect == "sqlite":
         assert len(item_reads) == 2
     assert "Hello there" in str(_messages(fake_llm.backend.requests[-1].body))
+
+
+async def test_an_answer_streams_holding_its_lease_without_the_items_read_with_it(
+    live: Live, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_llm.backend.script(Reply.text("First answer."), Reply.text("Second answer."))
+    first = await live.client.create_thread("Hello there")
+    held: list[Lease] = []
+    streaming = server_module.releasing
+
+    def releasing(events: AsyncIterator[bytes], gate: RequestGate, lease: Lease) -> Any:
+        held.append(lease)
+        return streaming(events, gate, lease)
+
+    monkeypatch.setattr(server_module, "releasing", releasing)
+    second = await live.client.add_message(first.thread_id, "Tell me more")
+
+    assert second.assistant_text == "Second answer."
+    assert [(lease.thread_id, lease.newest_items) for lease in held] == [(first.thread_id, None)]
 
 
 def _item_reads(database: Database) -> list[str]:

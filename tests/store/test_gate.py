@@ -152,6 +152,9 @@ async def test_a_lease_carries_the_newest_items_when_asked(
     assert asked.lease.newest_items is not None
     assert [item_id for item_id, _, _ in asked.lease.newest_items] == ["msg_4", "msg_3", "msg_2"]
     assert [(kind, data) for _, kind, data in asked.lease.newest_items] == newest
+    bare = asked.lease.bare()  # what an answer holds while it streams
+    assert (bare.thread_id, bare.token) == (asked.lease.thread_id, asked.lease.token)
+    assert (bare.thread_data, bare.newest_items) == (None, None)
     await gate.release(asked.lease)
 
     not_asked = await gate.admit(subject=subject, limit=10, thread_id=thread_id, user_id="alice")
