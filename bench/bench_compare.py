@@ -22,7 +22,9 @@ requests is summed too: less noisy than the times on a machine whose speed
 drifts, since both builds run through the same minutes.
 
 Printed for each kind of request: both builds' p50 and the p50 of the paired
-differences (this checkout minus the other: negative is faster), with how
+differences (this checkout minus the other: negative is faster) with its 95%
+bootstrap interval (one that holds zero is noise: two runs of the same pair
+of builds have disagreed by a millisecond on a drifting machine), how
 often this checkout was the faster of a pair, and each build's server CPU
 time per request; first, where each server imports ``chatkit_server`` from
 (a run stops if the other build would not run its own code). The exit
@@ -132,6 +134,24 @@ def _check_imports(name: str, env: dict[str, str], root: Path) -> None:
     print(f"{name}: chatkit_server from {Path(found).parent}")
 
 
+def median_interval(
+    values: list[float], *, level: float = 0.95, resamples: int = 2000
+) -> tuple[float, float]:
+    """A bootstrap confidence interval of the median of ``values``.
+
+    Seeded, so one run's figures print the same interval every time. On a
+    machine whose speed drifts, two comparisons of the same builds can
+    disagree by more than a change is worth; an interval that holds zero
+    says the run could not tell the builds apart.
+    """
+    chooser = random.Random(0)
+    medians = sorted(
+        statistics.median(chooser.choices(values, k=len(values))) for _ in range(resamples)
+    )
+    cut = int(resamples * (1 - level) / 2)
+    return medians[cut], medians[resamples - 1 - cut]
+
+
 def _report(
     extra: dict[str, dict[str, list[float]]], cpu: dict[str, dict[str, float]], base: str
 ) -> None:
@@ -140,11 +160,14 @@ def _report(
         ours_cpu, theirs_cpu = (cpu[name][kind] / len(ours) for name in ("this checkout", base))
         differences = [a - b for a, b in zip(ours, theirs, strict=True)]
         faster = sum(1 for d in differences if d < 0) / len(differences)
+        low, high = median_interval(differences)
+        verdict = "within noise" if low <= 0 <= high else "faster" if high < 0 else "slower"
         print(
             f"{kind}: this checkout p50 {statistics.median(ours) * 1e3:.2f} ms,"
             f" {base} p50 {statistics.median(theirs) * 1e3:.2f} ms;"
             f" paired difference p50 {statistics.median(differences) * 1e3:+.2f} ms"
-            f" (this checkout faster in {faster:.0%} of {len(differences)} pairs);"
+            f" (95% interval {low * 1e3:+.2f} to {high * 1e3:+.2f} ms: {verdict};"
+            f" this checkout faster in {faster:.0%} of {len(differences)} pairs);"
             f" server CPU per request {ours_cpu * 1e3:.2f} ms vs {theirs_cpu * 1e3:.2f} ms"
             f" ({ours_cpu / theirs_cpu if theirs_cpu else float('nan'):.3f}x)"
         )

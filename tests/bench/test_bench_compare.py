@@ -38,7 +38,8 @@ def test_a_comparison_with_head_pairs_every_kind_and_cleans_up() -> None:
         pattern = (
             rf"{kind}: this checkout p50 {number} ms, HEAD p50 {number} ms;"
             rf" paired difference p50 [+-]{number} ms"
-            r" \(this checkout faster in \d+% of 1 pairs\);"
+            rf" \(95% interval [+-]{number} to [+-]{number} ms: (within noise|faster|slower);"
+            r" this checkout faster in \d+% of 1 pairs\);"
             rf" server CPU per request {number} ms vs {number} ms \(({number}|nan)x\)"
         )
         assert any(re.fullmatch(pattern, line) for line in result.stdout.splitlines()), (
@@ -49,3 +50,18 @@ def test_a_comparison_with_head_pairs_every_kind_and_cleans_up() -> None:
         result.stdout
     )
     assert "chatkit-compare-" not in _worktrees()
+
+
+def test_the_interval_of_a_clear_difference_excludes_zero_and_of_noise_holds_it() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_compare import median_interval
+    finally:
+        sys.path.remove(str(BENCH))
+    faster = [-0.001 + 0.0001 * (i % 7 - 3) for i in range(200)]
+    low, high = median_interval(faster)
+    assert low <= -0.001 <= high < 0
+    noise = [0.001 * ((i * 37) % 11 - 5) for i in range(200)]
+    low, high = median_interval(noise)
+    assert low <= 0 <= high
+    assert median_interval(noise) == (low, high)  # seeded: the same every time
