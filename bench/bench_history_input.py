@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, RunConfig, Runner  # noqa: E402
 
-from chatkit_server.workflows.history import EarlierTurns, split_current_turn  # noqa: E402
+from chatkit_server.workflows.history import EarlierTurns, fit_turns  # noqa: E402
 
 TURNS = (5, 25, 50)
 
@@ -92,7 +92,8 @@ async def _ask(client: _StubClient, agent: Agent[Any], items: list[Any], filtere
     config.model_settings = ModelSettings(max_tokens=256)
     run_input = items
     if filtered:
-        earlier, run_input = split_current_turn(items)
+        # A budget that keeps every turn: the two ways send the same messages.
+        earlier, run_input = fit_turns(items, budget=10**9, instructions=None)
         config.call_model_input_filter = EarlierTurns(earlier)
     started = time.perf_counter()
     result = Runner.run_streamed(agent, run_input, run_config=config)

@@ -41,8 +41,7 @@ from chatkit_server.workflows.history import (
     HistoryCache,
     HistoryEntry,
     estimate_item_tokens,
-    fit_history,
-    split_current_turn,
+    fit_turns,
 )
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from chatkit_server.workflows.state import render
@@ -213,7 +212,7 @@ class Answers:
         budget = workflow.history_budget(self.settings.history_tokens)
         entries = await self.history(thread, budget, context, newest, stored)
         history = [entry.item for entry in entries]
-        agent_input = fit_history(
+        earlier, current = fit_turns(
             await self.converter.for_workflow(vision=workflow.vision, budget=budget).history_input(
                 entries
             ),
@@ -240,7 +239,6 @@ class Answers:
         # (about a millisecond, before the model is asked). This one is built
         # right here, so there is nothing to check.
         run_config.model_settings = run_settings
-        earlier, current = split_current_turn(agent_input)
         if earlier:
             run_config.call_model_input_filter = EarlierTurns(earlier)
         result = Runner.run_streamed(agent, current, context=agent_context, run_config=run_config)

@@ -33,8 +33,8 @@ __all__ = [
     "estimate_item_tokens",
     "estimate_tokens",
     "fit_history",
+    "fit_turns",
     "is_user_message",
-    "split_current_turn",
 ]
 
 CHARS_PER_TOKEN = 3.0
@@ -126,8 +126,21 @@ def fit_history(
     starts with a user message, so no answer or tool result loses the
     question it belongs to.
     """
+    earlier, current = fit_turns(items, budget=budget, instructions=instructions)
+    return [*earlier, *current]
+
+
+def fit_turns(
+    items: Sequence[TResponseInputItem], *, budget: int, instructions: str | None
+) -> tuple[list[TResponseInputItem], list[TResponseInputItem]]:
+    """:func:`fit_history`, as the earlier turns and the current one.
+
+    The current turn runs from the last user message on (without one, it
+    is everything kept): a run is given it, and the earlier turns go in
+    front of each model call (:class:`EarlierTurns`).
+    """
     if not items:
-        return []
+        return [], []
     last_user = _last_user_message(items)
     used = estimate_tokens(instructions or "") + MESSAGE_OVERHEAD_TOKENS
     used += sum(_item_tokens(item) for item in items[last_user:])
@@ -139,18 +152,7 @@ def fit_history(
         start = index
     while start < last_user and not is_user_message(items[start]):
         start += 1
-    return list(items[start:])
-
-
-def split_current_turn(
-    items: Sequence[TResponseInputItem],
-) -> tuple[list[TResponseInputItem], list[TResponseInputItem]]:
-    """``items`` as the earlier turns and the current one (from its last user message on).
-
-    Without a user message, everything is the current turn.
-    """
-    last_user = _last_user_message(items)
-    return list(items[:last_user]), list(items[last_user:])
+    return list(items[start:last_user]), list(items[last_user:])
 
 
 @dataclass(frozen=True)

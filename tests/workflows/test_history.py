@@ -24,7 +24,7 @@ from chatkit_server.workflows.history import (
     estimate_item_tokens,
     estimate_tokens,
     fit_history,
-    split_current_turn,
+    fit_turns,
 )
 from tests.live import LOCAL, FakeLLM, Live, LiveFactory
 
@@ -190,12 +190,22 @@ def test_the_current_turn_starts_at_the_last_user_message() -> None:
     ]
     items = [*CONVERSATION, *tool_round]
 
-    earlier, current = split_current_turn(items)
+    earlier, current = fit_turns(items, budget=10_000, instructions=None)
 
     assert earlier == CONVERSATION[:-1]
     assert current == [CONVERSATION[-1], *tool_round]
-    assert split_current_turn(tool_round) == ([], tool_round)
-    assert split_current_turn([]) == ([], [])
+    assert fit_turns(tool_round, budget=10_000, instructions=None) == ([], tool_round)
+    assert fit_turns([], budget=10_000, instructions=None) == ([], [])
+
+
+def test_the_turns_are_what_fit_history_keeps() -> None:
+    per_long = estimate_tokens("x" * 300) + MESSAGE_OVERHEAD_TOKENS
+    for budget in (10, per_long + 40, 2 * per_long + 40, 10_000):
+        earlier, current = fit_turns(CONVERSATION, budget=budget, instructions="Be nice.")
+        assert [*earlier, *current] == fit_history(
+            CONVERSATION, budget=budget, instructions="Be nice."
+        )
+        assert current == CONVERSATION[-1:]
 
 
 def test_attachments_count_by_their_size_an_images_worth_at_most() -> None:
