@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python bench/bench_compare.py HEAD~1            # 200 rounds, ~2 min on 2 cores
+    .venv/bin/python bench/bench_compare.py HEAD~1            # 200 rounds, 6-7 min on 2 cores
     .venv/bin/python bench/bench_compare.py main --rounds 400
 
 A shared machine's speed drifts by tens of percent within an hour, which is
