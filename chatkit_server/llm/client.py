@@ -7,9 +7,11 @@ through the client's public API:
 * **The body is sent as built.** The client walks every request body
   through a type-directed transform before sending it, message by message:
   for a long conversation, tens of milliseconds before the first byte
-  leaves. The Agents SDK builds plain JSON already, so
-  ``messages`` (Chat Completions) and ``input`` (Responses) travel in
-  ``extra_body``, which the client sends untouched.
+  leaves, and even for a short one the largest part of building the
+  request. The Agents SDK builds plain JSON already, so every body field
+  (``messages`` or ``input`` among them) travels in ``extra_body``, which
+  the client sends untouched; only ``stream`` is given as itself, since it
+  tells the client how to read the answer.
 * **Streamed answers are parsed here** (``with_streaming_response``, then
   :mod:`chatkit_server.llm.wire`): each chunk is validated instead of built by
   the client's lenient, pure-Python constructor. The stream behaves as the client's own
@@ -63,14 +65,28 @@ DRAIN_LIMIT = 64 * 1024
 """Bytes after ``[DONE]`` read to keep the connection for the next request."""
 
 
+_REQUEST_OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout", "stream"})
+"""Arguments of ``create`` that are not body fields (``stream`` is both)."""
+
+
 def _untransformed(kwargs: dict[str, Any], field: str) -> dict[str, Any]:
-    """``kwargs`` with ``kwargs[field]`` moved into ``extra_body`` (sent as it is)."""
-    value = kwargs.get(field)
-    if not isinstance(value, list):
-        return kwargs
-    extra = dict(kwargs.get("extra_body") or {})
-    extra.setdefault(field, value)
-    return {**kwargs, field: [], "extra_body": extra}
+    """``kwargs`` with every body field moved into ``extra_body`` (sent as it is).
+
+    Fields left out (``omit``) stay out, as the transform would leave them.
+    ``field`` (``messages`` or ``input``) stays as an empty list and ``model``
+    as ``omit``: Chat Completions' ``create`` wants both named; the values
+    sent are those in ``extra_body``, which take precedence. A field the
+    caller also put in ``extra_body`` keeps the ``extra_body`` value, as the
+    client would send it.
+    """
+    options = {name: value for name, value in kwargs.items() if name in _REQUEST_OPTIONS}
+    body = {
+        name: value
+        for name, value in kwargs.items()
+        if name not in _REQUEST_OPTIONS and not isinstance(value, (openai.Omit, openai.NotGiven))
+    }
+    body.update(kwargs.get("extra_body") or {})
+    return {**options, field: [], "model": openai.omit, "extra_body": body}
 
 
 def _chat_chunk(data: dict[str, Any]) -> pydantic.BaseModel:

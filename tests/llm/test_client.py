@@ -322,7 +322,10 @@ async def test_history_reaches_the_backend_without_the_client_transform(
             model="m",
             messages=HISTORY,  # type: ignore[arg-type]
             stream=True,
-            extra_body={"top_k": 5},
+            temperature=0.5,
+            top_p=openai.omit,
+            stream_options={"include_usage": True},
+            extra_body={"top_k": 5, "temperature": 0.25},
         )
         text = "".join(
             [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
@@ -331,11 +334,19 @@ async def test_history_reaches_the_backend_without_the_client_transform(
         await client.close()
 
     assert text == "Fine."
-    assert transformed[0]["messages"] == []
+    # Only what tells the client how to read the answer went through the
+    # transform; every body field went as it was built.
+    given = {k: v for k, v in transformed[0].items() if not isinstance(v, openai.Omit)}
+    assert given == {"messages": [], "stream": True}
     received = fake_llm.backend.requests[-1].body
-    assert received["messages"] == HISTORY
-    assert received["top_k"] == 5
-    assert received["stream"] is True
+    assert received == {
+        "stream": True,
+        "messages": HISTORY,
+        "model": "m",
+        "temperature": 0.25,  # extra_body wins, as the client would have it
+        "stream_options": {"include_usage": True},
+        "top_k": 5,
+    }
 
 
 @pytest.fixture
