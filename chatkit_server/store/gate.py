@@ -12,8 +12,9 @@ database enforce one limit and one answer per thread:
   within :data:`LEASE_SECONDS`, so no thread stays locked.
 
 Admission costs one round trip: on PostgreSQL a single statement (the count
-and the lease as data-modifying CTEs), on SQLite both statements in one
-transaction on the writer thread. A request over its limit takes no lease.
+and the lease as data-modifying CTEs, the lease being the statement used
+when nothing is counted), on SQLite both statements in one transaction on
+the writer thread. A request over its limit takes no lease.
 """
 
 from __future__ import annotations
@@ -106,7 +107,11 @@ class RequestGate:
             index_elements=["subject", "minute"],
             set_={"count": rate_counts.c.count + 1},
         ).returning(rate_counts.c.count)
-        self._pg_admit = _postgres_admit() if dialect == "postgresql" else None
+        self._pg_admit = (
+            {new: _postgres_admit(self._count, new_thread=new) for new in (False, True)}
+            if dialect == "postgresql"
+            else None
+        )
         self._lease_existing = _lease_statement(dialect, existing=True)
         self._lease_new = _lease_statement(dialect, existing=False)
         self._newest_items = page_statement(thread_items, ("id", "type", "data"), True, False)
@@ -277,28 +282,53 @@ def _millis(seconds: float) -> int:
 _LEASE_VALUES: Final = ("thread_id", "holder", "token", "expires_at")
 
 
-def _lease_statement(dialect: str, *, existing: bool) -> sa.Executable:
+def _lease_statement(
+    dialect: str, *, existing: bool, allowed: sa.ColumnElement[bool] | None = None
+) -> sa.Insert:
     """Take a thread's lease unless a live one is held; ``RETURNING token, thread data``.
 
+    On PostgreSQL the thread's newest items come back too (``newest_items``).
     For an existing thread the owner check rides along (``WHERE EXISTS``);
     a new thread has no row yet, and its id was just made by the server.
+    ``allowed``: one more condition for taking it (the rate count's, say).
     """
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(thread_leases)
+    condition: sa.ColumnElement[bool] = OWNED_THREAD if existing else sa.true()
+    if allowed is not None:
+        condition = sa.and_(condition, allowed)
     # SQLite needs a WHERE on an INSERT ... SELECT ... ON CONFLICT (its parser
     # would read ON as a join otherwise).
     # Typed parameters: PostgreSQL refuses one parameter read as text in the
     # SELECT list and as varchar in the ownership check.
     source: Any = sa.select(
         *(sa.bindparam(name, type_=thread_leases.c[name].type) for name in _LEASE_VALUES)
-    ).where(OWNED_THREAD if existing else sa.true())
+    ).where(condition)
     upsert = insert.from_select(_LEASE_VALUES, source).on_conflict_do_update(
         index_elements=["thread_id"],
         set_={name: insert.excluded[name] for name in ("holder", "token", "expires_at")},
         where=thread_leases.c.expires_at < sa.bindparam("now"),
     )
     if dialect == "postgresql":
-        return upsert.returning(thread_leases.c.token, _THREAD_DATA, _NEWEST_ITEMS)
+        return upsert.returning(
+            thread_leases.c.token,
+            _THREAD_DATA.label("thread_data"),
+            _NEWEST_ITEMS.label("newest_items"),
+        )
     return upsert.returning(thread_leases.c.token, _THREAD_DATA)
+
+
+def _postgres_admit(count: sa.Insert, *, new_thread: bool) -> sa.Select[Any]:
+    """The count and the lease in one PostgreSQL statement (two data-modifying CTEs).
+
+    ``count`` is the rate count's upsert (``RETURNING count``). The lease is
+    taken only if the new count is within ``:limit``. One row: the count,
+    then the lease's token, thread data and newest items (NULL: not taken).
+    """
+    counted = count.cte("counted")
+    new_count = sa.select(counted.c.count).scalar_subquery()
+    within = new_count <= sa.bindparam("limit", type_=sa.Integer)
+    leased = _lease_statement("postgresql", existing=not new_thread, allowed=within).cte("leased")
+    return sa.select(new_count, *(sa.select(column).scalar_subquery() for column in leased.c))
 
 
 # The leased thread's metadata, read by the statement that takes the lease.
@@ -308,15 +338,7 @@ _THREAD_DATA: Final = (
 
 
 # PostgreSQL: the leased thread's newest items, (id, type, JSON) newest first,
-# as one JSON array (NULL when none are asked for). Text for the statement
-# that counts too, Core for the one that only leases: the same query.
-_NEWEST_ITEMS_SQL: Final = """(
-    SELECT CAST(json_agg(json_build_array(newest.id, newest.type, newest.data)
-                         ORDER BY newest.seq DESC) AS TEXT)
-    FROM (SELECT id, type, data, seq FROM thread_items
-          WHERE thread_items.thread_id = CAST(:thread_id AS VARCHAR)
-          ORDER BY seq DESC LIMIT CAST(:newest_items AS INTEGER)) AS newest
-)"""
+# as one JSON array (NULL when none are asked for).
 _newest: Final = (
     sa.select(thread_items.c.id, thread_items.c.type, thread_items.c.data, thread_items.c.seq)
     .where(thread_items.c.thread_id == sa.bindparam("thread_id"))
@@ -338,51 +360,7 @@ _NEWEST_ITEMS: Final = sa.select(
 
 
 def _items(value: str | None) -> tuple[tuple[str, str, str], ...] | None:
-    """The newest items of :data:`_NEWEST_ITEMS_SQL` (``None``: not asked for)."""
+    """The newest items of :data:`_NEWEST_ITEMS` (``None``: not asked for)."""
     if value is None:
         return None
     return tuple((str(row[0]), str(row[1]), str(row[2])) for row in json.loads(value))
-
-
-def _postgres_admit() -> dict[bool, sa.TextClause]:
-    """The count and the lease in one PostgreSQL statement (two data-modifying CTEs).
-
-    The lease is taken only if the new count is within the limit. Keyed by
-    ``new_thread``. ``:thread_id`` is cast where it is selected: PostgreSQL
-    would read it as text there and as varchar in the ownership check, and
-    refuse the statement.
-    """
-    # Typed: asyncpg refuses a parameter it sees with two inferred types.
-    owned = (
-        "EXISTS (SELECT 1 FROM threads WHERE threads.id = CAST(:thread_id AS VARCHAR)"
-        " AND threads.user_id = CAST(:user_id AS VARCHAR))"
-    )
-    statements = {}
-    for new_thread in (False, True):
-        condition = "TRUE" if new_thread else owned
-        statements[new_thread] = sa.text(
-            f"""
-            WITH counted AS (
-                INSERT INTO rate_counts (subject, minute, count)
-                VALUES (CAST(:subject AS VARCHAR), CAST(:minute AS BIGINT), 1)
-                ON CONFLICT (subject, minute) DO UPDATE SET count = rate_counts.count + 1
-                RETURNING count
-            ), leased AS (
-                INSERT INTO thread_leases (thread_id, holder, token, expires_at)
-                SELECT CAST(:thread_id AS VARCHAR), CAST(:holder AS VARCHAR),
-                       CAST(:token AS VARCHAR), CAST(:expires_at AS BIGINT)
-                WHERE {condition} AND (SELECT count FROM counted) <= CAST(:limit AS INTEGER)
-                ON CONFLICT (thread_id) DO UPDATE
-                SET holder = excluded.holder, token = excluded.token,
-                    expires_at = excluded.expires_at
-                WHERE thread_leases.expires_at < CAST(:now AS BIGINT)
-                RETURNING token, (
-                    SELECT data FROM threads WHERE threads.id = CAST(:thread_id AS VARCHAR)
-                ) AS thread_data, {_NEWEST_ITEMS_SQL} AS newest_items
-            )
-            SELECT (SELECT count FROM counted) AS count, (SELECT token FROM leased) AS token,
-                   (SELECT thread_data FROM leased) AS thread_data,
-                   (SELECT newest_items FROM leased) AS newest_items
-            """
-        )
-    return statements

@@ -62,13 +62,16 @@ async def test_a_thread_has_one_lease_at_a_time(database: Database) -> None:
     assert again.lease is not None
 
 
-async def test_another_users_or_a_missing_thread_is_never_leased(database: Database) -> None:
+@pytest.mark.parametrize("subject", [None, "user:mallory"])
+async def test_another_users_or_a_missing_thread_is_never_leased(
+    database: Database, subject: str | None
+) -> None:
     store = SQLStore(database)
     thread_id = await _thread(store)
     gate = RequestGate(database)
 
-    foreign = await gate.admit(subject=None, limit=None, thread_id=thread_id, user_id="mallory")
-    missing = await gate.admit(subject=None, limit=None, thread_id="thr_none", user_id="alice")
+    foreign = await gate.admit(subject=subject, limit=10, thread_id=thread_id, user_id="mallory")
+    missing = await gate.admit(subject=subject, limit=10, thread_id="thr_none", user_id="alice")
 
     assert foreign.lease is None
     assert missing.lease is None
