@@ -73,11 +73,11 @@ def _untransformed(kwargs: dict[str, Any], field: str) -> dict[str, Any]:
     """``kwargs`` with every body field moved into ``extra_body`` (sent as it is).
 
     Fields left out (``omit``) stay out, as the transform would leave them.
-    ``field`` (``messages`` or ``input``) stays as an empty list and ``model``
-    as ``omit``: Chat Completions' ``create`` wants both named; the values
-    sent are those in ``extra_body``, which take precedence. A field the
-    caller also put in ``extra_body`` keeps the ``extra_body`` value, as the
-    client would send it.
+    Where given, ``field`` (``messages`` or ``input``) stays as an empty list
+    and ``model`` as ``omit``: Chat Completions' ``create`` wants both named;
+    the values sent are those in ``extra_body``, which take precedence. A
+    field the caller also put in ``extra_body`` keeps the ``extra_body``
+    value, as the client would send it.
     """
     options = {name: value for name, value in kwargs.items() if name in _REQUEST_OPTIONS}
     body = {
@@ -86,7 +86,9 @@ def _untransformed(kwargs: dict[str, Any], field: str) -> dict[str, Any]:
         if name not in _REQUEST_OPTIONS and not isinstance(value, (openai.Omit, openai.NotGiven))
     }
     body.update(kwargs.get("extra_body") or {})
-    return {**options, field: [], "model": openai.omit, "extra_body": body}
+    placeholders: dict[str, Any] = {field: [], "model": openai.omit}
+    given = {name: value for name, value in placeholders.items() if name in kwargs}
+    return {**options, **given, "extra_body": body}
 
 
 def _chat_chunk(data: dict[str, Any]) -> pydantic.BaseModel:

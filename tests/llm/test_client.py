@@ -16,7 +16,7 @@ from openai import AsyncOpenAI, DefaultAioHttpClient, Timeout
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import ResponseCompletedEvent, ResponseTextDeltaEvent
 
-from chatkit_server.llm.client import DRAIN_LIMIT, BackendClient, ChunkStream
+from chatkit_server.llm.client import DRAIN_LIMIT, BackendClient, ChunkStream, _untransformed
 from chatkit_server.llm.wire import build_model, merge_chat_text
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply, ToolCall
@@ -347,6 +347,16 @@ async def test_history_reaches_the_backend_without_the_client_transform(
         "stream_options": {"include_usage": True},
         "top_k": 5,
     }
+
+
+def test_a_field_not_given_is_not_sent_empty() -> None:
+    # A Responses call that continues a stored response names no input: it
+    # must not gain an empty one on its way to extra_body.
+    kwargs = _untransformed({"model": "m", "previous_response_id": "r", "stream": True}, "input")
+
+    assert "input" not in kwargs
+    assert kwargs["stream"] is True
+    assert kwargs["extra_body"] == {"model": "m", "previous_response_id": "r"}
 
 
 @pytest.fixture
