@@ -60,11 +60,18 @@ class Live:
         return self.state.store
 
 
-@pytest.fixture
-async def fake_llm() -> AsyncIterator[FakeLLM]:
+@asynccontextmanager
+async def serve_fake_llm() -> AsyncIterator[FakeLLM]:
+    """A loopback fake backend on a real uvicorn, for as long as the block runs."""
     backend = FakeBackend()
     async with serve_app(backend.app) as url:
         yield FakeLLM(backend=backend, url=url)
+
+
+@pytest.fixture
+async def fake_llm() -> AsyncIterator[FakeLLM]:
+    async with serve_fake_llm() as served:
+        yield served
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +87,9 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def live_settings(tmp_path: Path, fake_llm: FakeLLM, migrated_sqlite: Path) -> Settings:
-    data_dir = tmp_path / "data"
+def settings_for_live(directory: Path, fake_llm: FakeLLM, migrated_sqlite: Path) -> Settings:
+    """The settings of a test server: a copy of the migrated SQLite file in ``directory``."""
+    data_dir = directory / "data"
     data_dir.mkdir()
     shutil.copyfile(migrated_sqlite, data_dir / "chatkit.db")
     return Settings(
@@ -98,22 +105,28 @@ def live_settings(tmp_path: Path, fake_llm: FakeLLM, migrated_sqlite: Path) -> S
     )
 
 
+@pytest.fixture
+def live_settings(tmp_path: Path, fake_llm: FakeLLM, migrated_sqlite: Path) -> Settings:
+    return settings_for_live(tmp_path, fake_llm, migrated_sqlite)
+
+
 LiveFactory = Callable[..., AbstractAsyncContextManager[Live]]
+
+
+@asynccontextmanager
+async def start_live_server(settings: Settings, **uvicorn_kwargs: Any) -> AsyncIterator[Live]:
+    """A server on ``settings``, on a real uvicorn, for as long as the block runs."""
+    app = create_app(settings, migrate=True)
+    # As `serve` runs it (e.g. the trusted-proxy sign-in needs the real peer).
+    options = {**uvicorn_options(settings), **uvicorn_kwargs}
+    async with serve_app(app, **options) as url, ChatKitClient(url) as client:
+        yield Live(url=url, app=app, settings=settings, client=client)
 
 
 @pytest.fixture
 def start_live() -> LiveFactory:
     """Start a server on given settings (for restarts and special settings)."""
-
-    @asynccontextmanager
-    async def start(settings: Settings, **uvicorn_kwargs: Any) -> AsyncIterator[Live]:
-        app = create_app(settings, migrate=True)
-        # As `serve` runs it (e.g. the trusted-proxy sign-in needs the real peer).
-        options = {**uvicorn_options(settings), **uvicorn_kwargs}
-        async with serve_app(app, **options) as url, ChatKitClient(url) as client:
-            yield Live(url=url, app=app, settings=settings, client=client)
-
-    return start
+    return start_live_server
 
 
 @pytest.fixture

@@ -8,20 +8,28 @@ carry nothing of alice's, and leave alice's rows as they were. Hypothesis then
 sends mallory's requests over the whole request schema with alice's real ids,
 random ids and ids with odd characters.
 
-Both sign-in modes that name a user per request run (a JWT's ``sub``, and a
-trusted proxy's header: the tests connect from 127.0.0.1), on SQLite and on
-PostgreSQL (a database of its own per test, dropped afterwards: a live server
-takes only a URL, so the store fixtures' schema-per-test trick does not apply).
+Every sign-in mode that names a user per request runs (a JWT's ``sub``, a
+trusted proxy's header: the tests connect from 127.0.0.1, and a session's
+client secret), on SQLite and on PostgreSQL (a database of its own per world,
+dropped afterwards: a live server takes only a URL, so the store fixtures'
+schema-per-test trick does not apply).
+
+Building alice's world takes a server and a dozen answers, so the tests that
+leave it as they found it (or put it right after them) share one world per
+sign-in mode and database, on the module's event loop; the test that has alice
+replay every request (deleting her thread on the way) gets a world of its own.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gc
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +39,7 @@ import anyio
 import httpx
 import jwt
 import pytest
+import pytest_asyncio
 import sqlalchemy as sa
 from agents import RunContextWrapper
 from chatkit.agents import AgentContext
@@ -68,7 +77,10 @@ from chatkit_server.testing.client import ChatKitClient, user_input
 from chatkit_server.testing.fake_backend import Reply
 from chatkit_server.workflows.file import load_workflow_file
 from tests.conftest import new_postgres_database
-from tests.live import FakeLLM, Live, LiveFactory
+from tests.live import FakeLLM, Live, serve_fake_llm, settings_for_live, start_live_server
+
+# The shared worlds live on the module's event loop, and so do the tests that use them.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ALICE = "alice"
 MALLORY = "mallory"
@@ -148,19 +160,17 @@ class SignIn:
         return {PROXY_HEADER: user}
 
 
-@pytest.fixture(params=["jwt", "proxy", "sessions"])
+@pytest.fixture(scope="module", params=["jwt", "proxy", "sessions"])
 def sign_in(request: pytest.FixtureRequest) -> SignIn:
     return SignIn(request.param)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    """``None`` (the live server's SQLite file), or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield None
-        return
-    async with new_postgres_database() as url:
-        yield url
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def database(request: pytest.FixtureRequest) -> str:
+    """Which database the worlds are on: the live server's SQLite file, or PostgreSQL."""
+    return str(request.param)
 
 
 # -- alice's world ---------------------------------------------------------------
@@ -205,9 +215,16 @@ class World:
     """
 
     def __init__(
-        self, live: Live, sign_in: SignIn, alice: ChatKitClient, mallory: ChatKitClient, made: Alice
+        self,
+        live: Live,
+        fake_llm: FakeLLM,
+        sign_in: SignIn,
+        alice: ChatKitClient,
+        mallory: ChatKitClient,
+        made: Alice,
     ) -> None:
         self.live = live
+        self.fake_llm = fake_llm
         self.sign_in = sign_in
         self.alice = alice
         self.mallory = mallory
@@ -293,29 +310,62 @@ async def _build_alice(live: Live, client: ChatKitClient, fake_llm: FakeLLM) -> 
     return made
 
 
-@pytest.fixture
-async def world(
-    start_live: LiveFactory,
-    live_settings: Settings,
-    fake_llm: FakeLLM,
-    tmp_path: Path,
-    sign_in: SignIn,
-    database_url: str | None,
+@asynccontextmanager
+async def _world(
+    sign_in: SignIn, database: str, directory: Path, migrated_sqlite: Path
 ) -> AsyncIterator[World]:
-    settings = _workflows_settings(sign_in.settings(live_settings), tmp_path, fake_llm)
-    # The rate limit would turn mallory's later requests into 429s, which
-    # look alike whatever they name.
-    settings = settings.with_changes(user_rate_limit=0, database_url=database_url)
-    async with start_live(settings) as live:
+    """A server with alice's world built, on a database of its own, until the block ends."""
+    async with contextlib.AsyncExitStack() as stack:
+        fake_llm = await stack.enter_async_context(serve_fake_llm())
+        base = settings_for_live(directory, fake_llm, migrated_sqlite)
+        settings = _workflows_settings(sign_in.settings(base), directory, fake_llm)
+        database_url = None  # the server's own SQLite file
+        if database == "postgres":
+            database_url = await stack.enter_async_context(new_postgres_database())
+        # The rate limit would turn mallory's later requests into 429s, which
+        # look alike whatever they name.
+        settings = settings.with_changes(user_rate_limit=0, database_url=database_url)
+        live = await stack.enter_async_context(start_live_server(settings))
         alice = ChatKitClient(live.url, headers=await sign_in.headers(live, ALICE))
         mallory = ChatKitClient(live.url, headers=await sign_in.headers(live, MALLORY))
         async with alice, mallory:
             made = await _build_alice(live, alice, fake_llm)
             fake_llm.backend.default = Reply.text("mallory's answer")
-            world = World(live, sign_in, alice, mallory, made)
+            world = World(live, fake_llm, sign_in, alice, mallory, made)
             await _give_mallory_a_thread(world)
             world.alice_rows = await _alice_rows(world)
             yield world
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(
+    sign_in: SignIn,
+    database: str,
+    migrated_sqlite: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[World]:
+    """Alice's world, shared by the tests that leave it as they found it."""
+    directory = tmp_path_factory.mktemp(f"world-{sign_in.name}-{database}")
+    async with _world(sign_in, database, directory, migrated_sqlite) as built:
+        yield built
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def own_world(
+    sign_in: SignIn, database: str, migrated_sqlite: Path, tmp_path: Path
+) -> AsyncIterator[World]:
+    """Alice's world for one test only: the test may change or delete what she has."""
+    async with _world(sign_in, database, tmp_path, migrated_sqlite) as built:
+        yield built
+
+
+async def _recount(world: World) -> None:
+    """Take what alice has now as her world, after a test changed it on purpose."""
+    world.made.item_ids = []
+    for thread_id in world.made.threads:
+        page = await world.alice.call("items.list", thread_id=thread_id, limit=200, order="asc")
+        world.made.item_ids += [item["id"] for item in page["data"]]
+    world.alice_rows = await _alice_rows(world)
 
 
 async def _give_mallory_a_thread(world: World) -> None:
@@ -503,7 +553,8 @@ def _masked(text: str, ids: Iterable[str]) -> str:
     return text
 
 
-async def test_alices_ids_answer_as_if_they_did_not_exist(world: World) -> None:
+async def test_alices_ids_answer_as_if_they_did_not_exist(own_world: World) -> None:
+    world = own_world
     made = world.made
     before = await _snapshot(world)
     probes = _probes(made, world.mallory_thread)
@@ -547,11 +598,19 @@ async def test_alices_ids_answer_as_if_they_did_not_exist(world: World) -> None:
 
 
 async def test_alices_thread_while_it_answers_is_missing_for_mallory_not_busy(
-    world: World, fake_llm: FakeLLM
+    world: World,
 ) -> None:
+    try:
+        await _busy_thread_is_missing_for_mallory(world)
+    finally:
+        # Alice's chat has two more turns: the other tests take them as hers.
+        await _recount(world)
+
+
+async def _busy_thread_is_missing_for_mallory(world: World) -> None:
     # A 409 here, where a random id gets a 404, would tell mallory the thread
     # exists (and that alice is using it now).
-    fake_llm.backend.script(Reply.count(1000, delay=0.02))
+    world.fake_llm.backend.script(Reply.count(1000, delay=0.02))
     chat = world.made.chat
     async with world.alice.open_stream(
         "threads.add_user_message", thread_id=chat, input=user_input("a long one")
@@ -605,8 +664,14 @@ async def test_each_user_lists_only_their_own_threads(world: World) -> None:
     alices = await world.alice.call("threads.list", limit=200)
     mallorys = await world.mallory.call("threads.list", limit=200)
 
+    # Mallory's own: the one she was given, and any that other tests' requests made.
+    async with world.live.state.database.read() as session:
+        owned = await session.scalars(sa.select(threads.c.id).where(threads.c.user_id == MALLORY))
+        hers = set(owned.all())
+
     assert {t["id"] for t in alices["data"]} == set(world.made.threads)
-    assert [t["id"] for t in mallorys["data"]] == [world.mallory_thread]
+    assert world.mallory_thread in hers
+    assert {t["id"] for t in mallorys["data"]} == hers
     assert _leaks(world, json.dumps(mallorys)) == []
 
 
@@ -861,13 +926,13 @@ def _server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 @settings(
     max_examples=100,
     deadline=None,
-    # One live server and one alice for all examples: each example is one
-    # more request of mallory's against the same data.
+    # One live server and one alice for all examples (caplog is the test's
+    # own): each example is one more request of mallory's against the same data.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=st.data())
 async def test_no_request_of_mallorys_reaches_alice(
-    world: World, database_url: str | None, caplog: pytest.LogCaptureFixture, data: st.DataObject
+    world: World, caplog: pytest.LogCaptureFixture, data: st.DataObject
 ) -> None:
     # NUL in ids included: PostgreSQL text cannot hold one, so such an id
     # must be answered as unknown before any query.
