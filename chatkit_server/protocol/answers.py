@@ -82,9 +82,10 @@ def remember_workflow(thread: ThreadMetadata, workflow: Workflow) -> None:
     """Remember the thread's workflow (from its first answer on).
 
     The ChatKit server saves a changed thread after the next event or at
-    the end of the stream: set at the end, it is saved with the new
-    thread's title, one write after the answer instead of one more
-    before its first token. A stopped answer saves it on its own
+    the end of the stream. It is set once the answer's text flows, with
+    the new thread's title when one is being written (one write, in the
+    middle of the answer: not one more before its first token, nor among
+    the writes that end it). A stopped answer saves it on its own
     (``handle_stream_cancelled``).
     """
     thread.metadata[THREAD_WORKFLOW_KEY] = workflow.id

@@ -81,6 +81,13 @@ logger = logging.getLogger(__name__)
 CANCEL_CLEANUP_SECONDS = 5.0
 
 
+def _take_title(thread: ThreadMetadata, workflow: Workflow, task: asyncio.Task[str]) -> None:
+    """Name the thread by its finished title task, and remember its workflow with it."""
+    if not task.cancelled() and task.exception() is None:
+        thread.title = task.result()
+    remember_workflow(thread, workflow)
+
+
 def _answer_flows(event: ThreadStreamEvent) -> bool:
     """Whether the answer's text (or a finished item) is reaching the user."""
     if isinstance(event, ThreadItemUpdatedEvent):
@@ -241,12 +248,24 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             capped = caps.apply(show_tool_tasks(agent_context, events), stop=result.cancel)
             async for event in fixer.fix(capped):
                 yield event
+                if title_task is not None and title_task.done():
+                    # Kept as soon as it is written: the ChatKit server saves
+                    # the changed thread after the next event and sends
+                    # thread.updated, so the user sees the title mid-answer and
+                    # the write is not one more at the answer's end, when (with
+                    # many answers ending at once) every write waits longest.
+                    _take_title(thread, workflow, title_task)
+                    title_task = None
                 if wants_title and _answer_flows(event):
                     # Once the answer is flowing, not before: the title's
                     # request would compete with the answer's for the first
                     # token (and, with many new threads at once, for the CPU).
                     wants_title = False
                     title_task = self._start_title(thread, workflow, answer.history, context)
+                    if title_task is None:
+                        # No title to wait for: a new thread's workflow is
+                        # saved now rather than among the end's writes.
+                        remember_workflow(thread, workflow)
             finished = True
             if caps.reached is not None:
                 logger.warning("thread %s: answer cut (%s cap)", thread.id, caps.reached)

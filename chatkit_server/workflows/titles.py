@@ -1,8 +1,9 @@
 """Thread titles: a few words naming the conversation, made by a model.
 
-The title is requested when the first answer starts, so it is ready about
-when the answer ends and never delays it; the ChatKit server then saves the
-thread and sends ``thread.updated``. A model that fails or answers with
+The title is requested once the first answer's text flows, so it never
+delays it; as soon as it is written (mid-answer, or at the latest when the
+answer ends) the ChatKit server saves the thread and sends
+``thread.updated``. A model that fails or answers with
 nothing usable falls back to the start of the user's first message, so a
 thread never stays "New chat" because of a small model's whims.
 """

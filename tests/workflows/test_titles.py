@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from agents.testing import ScriptedModel, assistant_message
-from chatkit.types import ThreadUpdatedEvent
+from collections.abc import Sequence
 
+from agents.testing import ScriptedModel, assistant_message
+from chatkit.types import (
+    AssistantMessageContentPartTextDelta,
+    ThreadItemDoneEvent,
+    ThreadItemUpdatedEvent,
+    ThreadStreamEvent,
+    ThreadUpdatedEvent,
+)
+
+from chatkit_server.protocol.checks import THREAD_WORKFLOW_KEY
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply
 from chatkit_server.workflows.titles import (
@@ -70,19 +79,63 @@ async def test_first_answer_names_the_thread_once(
 
     updates = [e for e in first.events if isinstance(e, ThreadUpdatedEvent)]
     assert updates[-1].thread.title == "Bread baking basics"
-    # The answer came before the title: it was not held back for it.
-    titled = next(
-        i
-        for i, e in enumerate(first.events)
-        if isinstance(e, ThreadUpdatedEvent) and e.thread.title
-    )
-    answered = max(i for i, e in enumerate(first.events) if e.type == "thread.item.done")
-    assert answered < titled
+    # The answer's text came before the title: it was not held back for it.
+    assert _first_delta(first.events) < _titled(first.events)
     assert stored.title == "Bread baking basics"
     assert not any(
         isinstance(e, ThreadUpdatedEvent) and e.thread.title != stored.title for e in second.events
     )
     assert _title_requests(fake_llm) == 1
+
+
+def _first_delta(events: Sequence[ThreadStreamEvent]) -> int:
+    return next(
+        i
+        for i, e in enumerate(events)
+        if isinstance(e, ThreadItemUpdatedEvent)
+        and isinstance(e.update, AssistantMessageContentPartTextDelta)
+    )
+
+
+def _titled(events: Sequence[ThreadStreamEvent]) -> int:
+    return next(
+        i for i, e in enumerate(events) if isinstance(e, ThreadUpdatedEvent) and e.thread.title
+    )
+
+
+def _answered(events: Sequence[ThreadStreamEvent]) -> int:
+    return max(i for i, e in enumerate(events) if isinstance(e, ThreadItemDoneEvent))
+
+
+async def test_a_title_written_mid_answer_is_shown_mid_answer(
+    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.count(40, delay=0.05))  # the answer: two seconds
+    fake_llm.backend.default = Reply.text("Bread baking basics")  # the title: at once
+    async with start_live(live_settings.with_changes(titles=True)) as live:
+        turn = await live.client.create_thread("How do I bake bread?")
+        stored = await live.store.load_thread(turn.thread_id, LOCAL)
+
+    assert turn.errors == []
+    assert _first_delta(turn.events) < _titled(turn.events) < _answered(turn.events)
+    assert stored.title == "Bread baking basics"
+    # Saved with the title: the workflow that answers the thread's next turns.
+    assert stored.metadata[THREAD_WORKFLOW_KEY] == "default"
+
+
+async def test_without_a_title_a_new_threads_workflow_is_saved_mid_answer(
+    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.count(20, delay=0.05))
+    async with start_live(live_settings) as live:
+        turn = await live.client.create_thread("hello")
+        stored = await live.store.load_thread(turn.thread_id, LOCAL)
+
+    saved = [i for i, e in enumerate(turn.events) if isinstance(e, ThreadUpdatedEvent)]
+    assert len(saved) == 1
+    assert _first_delta(turn.events) < saved[0] < _answered(turn.events)
+    assert stored.title is None
+    assert stored.metadata[THREAD_WORKFLOW_KEY] == "default"
 
 
 async def test_titles_can_be_turned_off(
