@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from chatkit_server.errors import StoreError
 from chatkit_server.store import Database
 
 
@@ -142,3 +143,42 @@ async def test_a_write_after_a_transaction_is_queued_on_the_writer_without_the_e
     async with database.read() as statements:
         rows = (await statements.execute(sa.text("SELECT body FROM notes"))).all()
     assert [row.body for row in rows] == ["first", "second"]
+
+
+async def test_single_writes_keep_one_connection_between_groups(
+    sqlite_file: tuple[Database, Path],
+) -> None:
+    database, _path = sqlite_file
+    await database.write_one(sa.text("CREATE TABLE notes (body TEXT UNIQUE)"))
+    checkouts: list[str] = []
+
+    @sa.event.listens_for(database.sync_engine, "checkout")
+    def _checkout(*_args: Any) -> None:
+        checkouts.append(threading.current_thread().name)
+
+    for body in ("a", "b", "c"):
+        await database.write_one(sa.text(f"INSERT INTO notes VALUES ('{body}')"))
+    with pytest.raises(StoreError):
+        await database.write_one(sa.text("INSERT INTO notes VALUES ('a')"))
+    await database.write_one(sa.text("INSERT INTO notes VALUES ('d')"))
+
+    # The writer thread's connection from the first write on, a failed
+    # group's rollback included: none of these took one from the pool.
+    assert checkouts == []
+    async with database.read() as statements:
+        rows = (await statements.execute(sa.text("SELECT body FROM notes ORDER BY body"))).all()
+    assert [row.body for row in rows] == ["a", "b", "c", "d"]
+
+
+async def test_dispose_gives_the_writers_connection_back(tmp_path: Path) -> None:
+    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}")
+    await database.create_all()
+    await database.write_one(sa.text("CREATE TABLE notes (body TEXT)"))
+    pool = database.sync_engine.pool
+    assert isinstance(pool, sa.pool.QueuePool)
+    assert pool.checkedout() == 1  # the writer's, kept between groups
+
+    await database.dispose()
+
+    assert pool.checkedout() == 0
+    assert _can_take_write_lock(tmp_path / "chatkit.db")
