@@ -82,11 +82,13 @@ def remember_workflow(thread: ThreadMetadata, workflow: Workflow) -> None:
     """Remember the thread's workflow (from its first answer on).
 
     The ChatKit server saves a changed thread after the next event or at
-    the end of the stream. It is set once the answer's text flows, with
-    the new thread's title when one is being written (one write, in the
-    middle of the answer: not one more before its first token, nor among
-    the writes that end it). A stopped answer saves it on its own
-    (``handle_stream_cancelled``).
+    the end of the stream. It is set with the new thread's title when one
+    is written (one write, mid-answer if the title is ready by then), else
+    at the end: not one more write before the first token, and a thread
+    saved in the middle of an answer would put its ``thread.updated``
+    between text deltas where the backend's timing says (a replayed
+    stream's golden file would then differ from run to run). A stopped
+    answer saves it on its own (``handle_stream_cancelled``).
     """
     thread.metadata[THREAD_WORKFLOW_KEY] = workflow.id
 

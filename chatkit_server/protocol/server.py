@@ -262,10 +262,6 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                     # token (and, with many new threads at once, for the CPU).
                     wants_title = False
                     title_task = self._start_title(thread, workflow, answer.history, context)
-                    if title_task is None:
-                        # No title to wait for: a new thread's workflow is
-                        # saved now rather than among the end's writes.
-                        remember_workflow(thread, workflow)
             finished = True
             if caps.reached is not None:
                 logger.warning("thread %s: answer cut (%s cap)", thread.id, caps.reached)
