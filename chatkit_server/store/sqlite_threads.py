@@ -4,8 +4,8 @@ SQLite's driver blocks while it reads and writes the file, so its calls must
 not run on the event loop. aiosqlite moves each call to a thread of its own,
 but SQLAlchemy's adapter makes several calls per statement (a cursor, the
 execution, the fetch, closing the cursor), each a hand-off to that thread and
-back through the loop. Here a whole statement (execute and fetch, with a
-connection taken from and returned to SQLAlchemy's pool) is one job for a
+back through the loop. Here a whole statement (execute and fetch, on a
+connection of SQLAlchemy's pool that the thread keeps) is one job for a
 ``concurrent.futures`` thread, on SQLAlchemy's ordinary synchronous engine:
 the same statements, the same pool and events, a fraction of the latency, and
 one wake-up of the loop per statement instead of several
@@ -34,7 +34,8 @@ p99 stream time 12.47-12.65 s over six runs (1.25-1.27x the ideal) against
 delta p50 2.3-2.6 s after the burst against 3.5-4.3 s. A write that fails
 in a group is done again on its own, as are the others, so only it fails.
 The groups run on one connection that the writer thread keeps between them
-(:meth:`SQLiteThreads._group_connection`).
+(:meth:`SQLiteThreads._group_connection`), as each thread keeps one for its
+single statements; :meth:`SQLiteThreads.dispose` gives them all back.
 """
 
 from __future__ import annotations
@@ -150,12 +151,25 @@ class SQLiteThreads:
         self._group_scheduled = False
         # The writer thread's connection for group commits (see _group_connection).
         self._group_held: Connection | None = None
+        # Each thread's connection for single statements, and all of them, to close.
+        self._thread_connections = threading.local()
+        self._held: list[Connection] = []
 
     async def _on(self, executor: ThreadPoolExecutor, function: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(executor, function)
 
     def _statement(self, work: Callable[[Connection], _T]) -> _T:
-        with self._statements.connect() as connection:
+        # The thread's own connection, kept between statements for the reason
+        # the writer keeps its own (see _group_connection).
+        connection = getattr(self._thread_connections, "connection", None)
+        if connection is None or connection.closed:
+            connection = self._statements.connect()
+            self._thread_connections.connection = connection
+            with self._group_lock:
+                self._held.append(connection)
+        # No BEGIN is sent (see Database): this only ends the statement for
+        # SQLAlchemy, which would otherwise keep it open until the next one.
+        with connection.begin():
             return work(connection)
 
     @asynccontextmanager
@@ -349,6 +363,11 @@ class SQLiteThreads:
         with contextlib.suppress(RuntimeError):  # shut down already
             self._writer.submit(self._close_group_connection)
         self._writer.shutdown(wait=True)
+        # Every thread is done: their statement connections go back too.
+        with self._group_lock:
+            held, self._held = self._held, []
+        for connection in held:
+            connection.close()
         self.engine.dispose()
 
 

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from chatkit_server.errors import StoreError
 from chatkit_server.store import Database
+from chatkit_server.store.sqlite_threads import READER_THREADS
 
 
 def _can_take_write_lock(path: Path) -> bool:
@@ -170,13 +171,37 @@ async def test_single_writes_keep_one_connection_between_groups(
     assert [row.body for row in rows] == ["a", "b", "c", "d"]
 
 
-async def test_dispose_gives_the_writers_connection_back(tmp_path: Path) -> None:
+async def test_reads_keep_one_connection_per_thread(sqlite_file: tuple[Database, Path]) -> None:
+    database, _path = sqlite_file
+    checkouts: list[str] = []
+
+    @sa.event.listens_for(database.sync_engine, "checkout")
+    def _checkout(*_args: Any) -> None:
+        checkouts.append(threading.current_thread().name)
+
+    async def read() -> int:
+        async with database.read() as statements:
+            return int(await statements.scalar(sa.text("SELECT 1")))
+
+    assert await asyncio.gather(*(read() for _ in range(40))) == [1] * 40
+    with pytest.raises(StoreError):
+        async with database.read() as statements:
+            await statements.execute(sa.text("SELECT * FROM no_such_table"))
+    assert await read() == 1
+
+    # At most one per reader thread, a failed statement's included.
+    assert len(checkouts) == len(set(checkouts)) <= READER_THREADS
+
+
+async def test_dispose_gives_every_kept_connection_back(tmp_path: Path) -> None:
     database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'chatkit.db'}")
     await database.create_all()
     await database.write_one(sa.text("CREATE TABLE notes (body TEXT)"))
+    async with database.read() as statements:
+        await statements.execute(sa.text("SELECT * FROM notes"))
     pool = database.sync_engine.pool
     assert isinstance(pool, sa.pool.QueuePool)
-    assert pool.checkedout() == 1  # the writer's, kept between groups
+    assert pool.checkedout() >= 2  # the writer's and a reader's, kept
 
     await database.dispose()
 
