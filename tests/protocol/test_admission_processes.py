@@ -20,6 +20,7 @@ from pathlib import Path
 import jwt
 import pytest
 
+from chatkit_server.store.migrate import upgrade
 from chatkit_server.testing.client import ChatKitClient, ChatKitHTTPError, user_input
 from chatkit_server.testing.fake_backend import FakeBackend, Reply
 from chatkit_server.testing.live import ServerThread
@@ -76,7 +77,8 @@ def servers(tmp_path: Path, postgres_database_url: str) -> Iterator[tuple[int, i
             CHATKIT_JWT_SECRET=SECRET,
             CHATKIT_RATE_LIMIT=str(LIMIT),
         )
-        subprocess.run([sys.executable, "-m", "chatkit_server.cli", "migrate"], env=env, check=True)
+        # Here, not by a third process: importing the whole server takes seconds of CPU.
+        upgrade(postgres_database_url)
         with _servers(env, ["--no-migrate", "--workers", "2"], ["--no-migrate"]) as ports:
             yield ports[0], ports[1]
 
