@@ -245,6 +245,15 @@ def _workflows_settings(base: Settings, tmp_path: Path, fake_llm: FakeLLM) -> Se
     return base.with_changes(workflows_path=path, workflows_file=load_workflow_file(path, {}))
 
 
+async def _item_ids(client: ChatKitClient, thread_ids: list[str]) -> list[str]:
+    """The ids of every item on the threads, oldest first, as their owner lists them."""
+    ids: list[str] = []
+    for thread_id in thread_ids:
+        page = await client.call("items.list", thread_id=thread_id, limit=200, order="asc")
+        ids += [item["id"] for item in page["data"]]
+    return ids
+
+
 async def _build_alice(live: Live, client: ChatKitClient, fake_llm: FakeLLM) -> Alice:
     made = Alice()
     backend = fake_llm.backend
@@ -300,9 +309,7 @@ async def _build_alice(live: Live, client: ChatKitClient, fake_llm: FakeLLM) -> 
     await live.store.add_thread_item(made.form, form, RequestContext(user_id=ALICE))
     made.structured_input = form.id
 
-    for thread_id in made.threads:
-        page = await client.call("items.list", thread_id=thread_id, limit=200, order="asc")
-        made.item_ids += [item["id"] for item in page["data"]]
+    made.item_ids = await _item_ids(client, made.threads)
     assert isinstance(
         await live.store.load_item(made.chat, made.answer, RequestContext(user_id=ALICE)),
         AssistantMessageItem,
@@ -361,10 +368,7 @@ async def own_world(
 
 async def _recount(world: World) -> None:
     """Take what alice has now as her world, after a test changed it on purpose."""
-    world.made.item_ids = []
-    for thread_id in world.made.threads:
-        page = await world.alice.call("items.list", thread_id=thread_id, limit=200, order="asc")
-        world.made.item_ids += [item["id"] for item in page["data"]]
+    world.made.item_ids = await _item_ids(world.alice, world.made.threads)
     world.alice_rows = await _alice_rows(world)
 
 
