@@ -33,9 +33,8 @@ p99 stream time 12.47-12.65 s over six runs (1.25-1.27x the ideal) against
 13.39-14.10 s over four runs of the build before (1.34-1.41x); the first
 delta p50 2.3-2.6 s after the burst against 3.5-4.3 s. A write that fails
 in a group is done again on its own, as are the others, so only it fails.
-The groups run on one connection that the writer thread keeps between them
-(:meth:`SQLiteThreads._group_connection`), as each thread keeps one for its
-single statements; :meth:`SQLiteThreads.dispose` gives them all back.
+Each thread keeps its connection from one job to the next
+(:meth:`SQLiteThreads._kept`); :meth:`SQLiteThreads.dispose` gives them all back.
 """
 
 from __future__ import annotations
@@ -149,24 +148,38 @@ class SQLiteThreads:
         self._group: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
         self._group_lock = threading.Lock()
         self._group_scheduled = False
-        # The writer thread's connection for group commits (see _group_connection).
-        self._group_held: Connection | None = None
-        # Each thread's connection for single statements, and all of them, to close.
+        # Each thread's connections, by engine (see _kept), and all of them, to close.
         self._thread_connections = threading.local()
-        self._held: list[Connection] = []
+        self._every_kept: list[Connection] = []
+        self._kept_lock = threading.Lock()
 
     async def _on(self, executor: ThreadPoolExecutor, function: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(executor, function)
 
+    def _kept(self, engine: Engine) -> Connection:
+        """The calling thread's connection on ``engine``, kept from one job to the next.
+
+        Taking a connection from the pool for every statement or group and
+        giving it back touches more code than a small job's statements; on
+        a server that was idle for a moment (one user's next message, say),
+        none of it is in the processor's caches any more, and it costs
+        several times what it does in a busy loop: a fifth of a lease's time
+        before its model is asked. The writer's connection for groups is
+        never in a transaction while one of :meth:`write` is open (they take
+        turns), and :meth:`dispose` gives every kept connection back.
+        """
+        kept: dict[Engine, Connection] | None = getattr(self._thread_connections, "kept", None)
+        if kept is None:
+            kept = self._thread_connections.kept = {}
+        connection = kept.get(engine)
+        if connection is None:
+            connection = kept[engine] = engine.connect()
+            with self._kept_lock:
+                self._every_kept.append(connection)
+        return connection
+
     def _statement(self, work: Callable[[Connection], _T]) -> _T:
-        # The thread's own connection, kept between statements for the reason
-        # the writer keeps its own (see _group_connection).
-        connection = getattr(self._thread_connections, "connection", None)
-        if connection is None or connection.closed:
-            connection = self._statements.connect()
-            self._thread_connections.connection = connection
-            with self._group_lock:
-                self._held.append(connection)
+        connection = self._kept(self._statements)
         # No BEGIN is sent (see Database): this only ends the statement for
         # SQLAlchemy, which would otherwise keep it open until the next one.
         with connection.begin():
@@ -234,7 +247,7 @@ class SQLiteThreads:
         outcomes: list[_Outcome] = []
         failed_in_work = False
         try:
-            connection = self._group_connection()
+            connection = self._kept(self._transactions)
             with connection.begin():
                 for work, future in group:
                     try:
@@ -255,27 +268,6 @@ class SQLiteThreads:
                 outcomes = [(future, None, exc) for _work, future in group]
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(_settle, outcomes)
-
-    def _group_connection(self) -> Connection:
-        """On the writer thread: its connection for group commits, kept between them.
-
-        Taking a connection from the pool for every group and giving it back
-        touches more code than a small group's statements; on a server that
-        was idle for a moment (one user's next message, say), none of it is
-        in the processor's caches any more, and it costs several times what
-        it does in a busy loop: a fifth of a lease's time before its model is
-        asked. No transaction of :meth:`write` is open while a group runs, so
-        the two never overlap.
-        """
-        connection = self._group_held
-        if connection is None or connection.closed:
-            connection = self._group_held = self._transactions.connect()
-        return connection
-
-    def _close_group_connection(self) -> None:
-        if self._group_held is not None:
-            self._group_held.close()
-            self._group_held = None
 
     async def write_one(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` (one statement) committed, in the writer's next group.
@@ -360,13 +352,11 @@ class SQLiteThreads:
         """Wait for the threads to finish their jobs, then close every connection."""
         if self._readers is not None:
             self._readers.shutdown(wait=True)
-        with contextlib.suppress(RuntimeError):  # shut down already
-            self._writer.submit(self._close_group_connection)
         self._writer.shutdown(wait=True)
-        # Every thread is done: their statement connections go back too.
-        with self._group_lock:
-            held, self._held = self._held, []
-        for connection in held:
+        # Every thread is done: the connections they kept go back.
+        with self._kept_lock:
+            kept, self._every_kept = self._every_kept, []
+        for connection in kept:
             connection.close()
         self.engine.dispose()
 
