@@ -88,13 +88,18 @@ async def test_first_answer_names_the_thread_once(
     assert _title_requests(fake_llm) == 1
 
 
-def _first_delta(events: Sequence[ThreadStreamEvent]) -> int:
-    return next(
+def _deltas(events: Sequence[ThreadStreamEvent]) -> list[int]:
+    """Where the answer's text deltas are among ``events``."""
+    return [
         i
         for i, e in enumerate(events)
         if isinstance(e, ThreadItemUpdatedEvent)
         and isinstance(e.update, AssistantMessageContentPartTextDelta)
-    )
+    ]
+
+
+def _first_delta(events: Sequence[ThreadStreamEvent]) -> int:
+    return _deltas(events)[0]
 
 
 def _titled(events: Sequence[ThreadStreamEvent]) -> int:
@@ -133,12 +138,7 @@ async def test_without_a_title_a_new_threads_workflow_is_saved_after_its_text(
         stored = await live.store.load_thread(turn.thread_id, LOCAL)
 
     saved = [i for i, e in enumerate(turn.events) if isinstance(e, ThreadUpdatedEvent)]
-    deltas = [
-        i
-        for i, e in enumerate(turn.events)
-        if isinstance(e, ThreadItemUpdatedEvent)
-        and isinstance(e.update, AssistantMessageContentPartTextDelta)
-    ]
+    deltas = _deltas(turn.events)
     assert len(saved) == 1
     assert deltas[-1] < saved[0]
     assert stored.title is None
