@@ -8,11 +8,14 @@ from types import MappingProxyType
 
 from chatkit_server.pace import Pace
 
-__all__ = ["LOCAL_USER", "RequestContext", "SessionLimits", "StateValue"]
+__all__ = ["LOCAL_USER", "THREAD_WORKFLOW_KEY", "RequestContext", "SessionLimits", "StateValue"]
 
 # With sign-in off the server has exactly one user: everyone who can reach
 # it shares the same threads.
 LOCAL_USER = "local"
+
+THREAD_WORKFLOW_KEY = "workflow"
+"""Key in a thread's (server-side, never sent) metadata naming the workflow that answers it."""
 
 StateValue = str | int | float | bool
 """A workflow state variable's value (primitives only, as in hosted ChatKit)."""
@@ -54,7 +57,8 @@ class RequestContext:
 
     Attributes:
         user_id: The signed-in user (``local`` with sign-in off).
-        workflow_id: The workflow a new thread gets.
+        workflow_id: The workflow a new thread gets (stored with it by its
+            first write, see ``SQLStore.save_thread``).
         session_id: The session whose client secret signed the request.
         state_variables: The session's workflow state, for instructions and tools.
         limits: The session's configuration, enforced by the server.

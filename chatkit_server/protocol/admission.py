@@ -10,9 +10,9 @@ stream starts, in every worker process and replica (the lease is a row).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Final
+from typing import Any, Final
 
 import anyio
 from chatkit.types import (
@@ -35,7 +35,7 @@ from chatkit_server.store.ids import ID_PREFIXES, new_id
 from chatkit_server.store.statements import thread_not_found
 from chatkit_server.store.tables import ID_LENGTH
 
-__all__ = ["RELEASE_SECONDS", "admit", "lease_new_thread", "release", "releasing"]
+__all__ = ["RELEASE_SECONDS", "admit", "lease_new_thread", "release"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,29 +151,21 @@ async def lease_new_thread(gate: RequestGate, context: RequestContext) -> Lease 
     return admission.lease
 
 
-async def releasing(
-    events: AsyncIterator[bytes], gate: RequestGate, lease: Lease
-) -> AsyncGenerator[bytes, None]:
-    """``events``, then the lease released: before the response ends, whatever ends it."""
-    try:
-        async for event in events:
-            yield event
-    finally:
-        await release(gate, lease)
-
-
-async def release(gate: RequestGate, lease: Lease) -> None:
+async def release(gate: RequestGate, lease: Lease, usage: Mapping[str, Any] | None = None) -> None:
     """Release ``lease``, even in a cancelled task, within :data:`RELEASE_SECONDS`.
 
-    A failure is logged, not raised: the lease then runs out by itself.
+    ``usage``: the answer's token usage, recorded with the release (see
+    :meth:`RequestGate.release`). A failure is logged, not raised: the
+    lease then runs out by itself.
     """
     with anyio.CancelScope(shield=True, deadline=anyio.current_time() + RELEASE_SECONDS):
         try:
-            await gate.release(lease)
+            await gate.release(lease, usage)
         except StoreError as exc:
             logger.warning(
-                "could not release the answer lease of thread %s (%s); it runs out in %d s",
+                "could not release the answer lease of thread %s (%s); it runs out in %d s%s",
                 lease.thread_id,
                 exc,
                 LEASE_SECONDS,
+                "" if usage is None else ", and the answer's token usage is not recorded",
             )

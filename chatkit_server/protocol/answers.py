@@ -31,7 +31,7 @@ from chatkit.types import (
 from chatkit_server.context import RequestContext
 from chatkit_server.errors import InvalidCursorError
 from chatkit_server.pace import PACE_ARGUMENT, Pace
-from chatkit_server.protocol.checks import THREAD_WORKFLOW_KEY, workflow_of
+from chatkit_server.protocol.checks import workflow_of
 from chatkit_server.protocol.converter import HistoryConverter
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore, decode_item
@@ -46,7 +46,7 @@ from chatkit_server.workflows.history import (
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from chatkit_server.workflows.state import render
 
-__all__ = ["ASKING_REQUESTS", "ASK_WAIT_SECONDS", "Answer", "Answers", "remember_workflow"]
+__all__ = ["ASKING_REQUESTS", "ASK_WAIT_SECONDS", "Answer", "Answers"]
 
 # The most a request asking early waits for its run to ask the model: a run
 # that fails before asking holds the request no longer.
@@ -76,21 +76,6 @@ class Answer:
     history: list[ThreadItem]
     agent_context: AgentContext[RequestContext]
     result: RunResultStreaming
-
-
-def remember_workflow(thread: ThreadMetadata, workflow: Workflow) -> None:
-    """Remember the thread's workflow (from its first answer on).
-
-    The ChatKit server saves a changed thread after the next event or at
-    the end of the stream. It is set with the new thread's title when one
-    is written (one write, mid-answer if the title is ready by then), else
-    at the end: not one more write before the first token, and a thread
-    saved in the middle of an answer would put its ``thread.updated``
-    between text deltas where the backend's timing says (a replayed
-    stream's golden file would then differ from run to run). A stopped
-    answer saves it on its own (``handle_stream_cancelled``).
-    """
-    thread.metadata[THREAD_WORKFLOW_KEY] = workflow.id
 
 
 class Answers:
@@ -210,7 +195,6 @@ class Answers:
         """
         workflow = workflow_of(self.workflows, thread, context)
         if not workflow.backend.configured:
-            remember_workflow(thread, workflow)
             return None
         budget = workflow.history_budget(self.settings.history_tokens)
         entries = await self.history(thread, budget, context, newest, stored)

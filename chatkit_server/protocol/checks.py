@@ -37,17 +37,14 @@ from chatkit.types import (
 )
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from chatkit_server.context import RequestContext
+from chatkit_server.context import THREAD_WORKFLOW_KEY, RequestContext
 from chatkit_server.errors import InvalidCursorError, NotFoundError, RequestError
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore
 from chatkit_server.store.ids import has_control_character
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 
-__all__ = ["THREAD_WORKFLOW_KEY", "RequestChecks", "parse_request", "workflow_of"]
-
-THREAD_WORKFLOW_KEY = "workflow"
-"""Key in a thread's (server-side, never sent) metadata naming its workflow."""
+__all__ = ["RequestChecks", "parse_request", "workflow_of"]
 
 _REQUEST_ADAPTER: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
 

@@ -49,13 +49,14 @@ from chatkit_server.llm.transcription import (
     TranscriptionError,
     TranscriptionTimeout,
 )
+from chatkit_server.pace import Pace
 from chatkit_server.protocol.actions import (
     no_handler_message,
     run_streamed_action,
     run_sync_action,
 )
-from chatkit_server.protocol.admission import admit, lease_new_thread, release, releasing
-from chatkit_server.protocol.answers import ASKING_REQUESTS, Answer, Answers, remember_workflow
+from chatkit_server.protocol.admission import admit, lease_new_thread, release
+from chatkit_server.protocol.answers import ASKING_REQUESTS, Answer, Answers
 from chatkit_server.protocol.arrivals import Arrival, Arrivals
 from chatkit_server.protocol.caps import AnswerCaps
 from chatkit_server.protocol.checks import (
@@ -66,7 +67,8 @@ from chatkit_server.protocol.checks import (
 from chatkit_server.protocol.events import StreamFixer
 from chatkit_server.settings import Settings
 from chatkit_server.store import SQLStore, UsageRecord, UsageStore
-from chatkit_server.store.gate import RequestGate
+from chatkit_server.store.gate import Lease, RequestGate
+from chatkit_server.store.usage import usage_values
 from chatkit_server.workflows.actions import ActionClock, ActionContext
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry
 from chatkit_server.workflows.titles import make_title
@@ -81,11 +83,10 @@ logger = logging.getLogger(__name__)
 CANCEL_CLEANUP_SECONDS = 5.0
 
 
-def _take_title(thread: ThreadMetadata, workflow: Workflow, task: asyncio.Task[str]) -> None:
-    """Name the thread by its finished title task, and remember its workflow with it."""
+def _take_title(thread: ThreadMetadata, task: asyncio.Task[str]) -> None:
+    """Name the thread by its finished title task (if it wrote one)."""
     if not task.cancelled() and task.exception() is None:
         thread.title = task.result()
-    remember_workflow(thread, workflow)
 
 
 def _answer_flows(event: ThreadStreamEvent) -> bool:
@@ -126,6 +127,8 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.answers = Answers(store=store, workflows=workflows, settings=settings)
         self.arrivals = Arrivals()
         """This process's requests on their way to asking their model."""
+        self._usage_due: dict[Pace, tuple[str, UsageRecord]] = {}
+        # Each request's answer usage (thread id, record), recorded when it ends.
         self.hold_writes = store.database.statements_on_loop
         """Whether an answer's writes wait for a burst's models to be asked: where
         statements cost the event loop and a pooled connection (PostgreSQL)."""
@@ -189,19 +192,27 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         if not isinstance(result, StreamingResult):
             self.answers.end(context)
             return result
-        events = self._finishing(result.json_events, context)
-        if lease is not None:
-            events = releasing(events, self.gate, lease)
-        return StreamingResult(events)
+        return StreamingResult(self._ending(result.json_events, context, lease))
 
-    async def _finishing(
-        self, events: AsyncIterator[bytes], context: RequestContext
+    async def _ending(
+        self, events: AsyncIterator[bytes], context: RequestContext, lease: Lease | None
     ) -> AsyncGenerator[bytes, None]:
+        """``events``, then the request ended before its response, whatever ends it.
+
+        A run started early that no answer took is stopped, and the lease
+        is released with the answer's token usage recorded (one write).
+        """
         try:
             async for event in events:
                 yield event
         finally:
             self.answers.end(context)
+            due = self._usage_due.pop(context.pace, None)
+            if lease is not None:
+                usage = None if due is None else usage_values(*due, context.user_id)
+                await release(self.gate, lease, usage)
+            elif due is not None:  # every answering request holds a lease; should one not
+                await self._record_usage(*due, context)
 
     def workflow_of(self, thread: ThreadMetadata, context: RequestContext) -> Workflow:
         """The workflow that answers a thread: the one it remembers, else the request's."""
@@ -254,7 +265,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                     # thread.updated, so the user sees the title mid-answer and
                     # the write is not one more at the answer's end, when (with
                     # many answers ending at once) every write waits longest.
-                    _take_title(thread, workflow, title_task)
+                    _take_title(thread, title_task)
                     title_task = None
                 if wants_title and _answer_flows(event):
                     # Once the answer is flowing, not before: the title's
@@ -277,11 +288,9 @@ class ChatKitApp(ChatKitServer[RequestContext]):
                 result.cancel()
                 if title_task is not None:
                     title_task.cancel()
-                remember_workflow(thread, workflow)
-        await self._record_usage(thread, workflow, answer.model, result, fixer, context)
+        await self._keep_usage(thread, workflow, answer.model, result, fixer, context)
         if title_task is not None:
             await self._apply_title(thread, title_task)
-        remember_workflow(thread, workflow)
 
     def _start_title(
         self,
@@ -313,7 +322,7 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             task.cancel()
             logger.warning("thread %s: the title model did not answer in time", thread.id)
 
-    async def _record_usage(
+    async def _keep_usage(
         self,
         thread: ThreadMetadata,
         workflow: Workflow,
@@ -322,6 +331,12 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         fixer: StreamFixer,
         context: RequestContext,
     ) -> None:
+        """Hold a finished answer's token usage until its request ends (see :meth:`_ending`).
+
+        Recorded with the release of the thread's lease, the answer ends
+        with one write where it took two: with hundreds of answers ending
+        at once, each write at their end waits behind all the others'.
+        """
         used = result.context_wrapper.usage
         if used.requests == 0 and used.total_tokens == 0:
             return
@@ -333,11 +348,20 @@ class ChatKitApp(ChatKitServer[RequestContext]):
             input_tokens=used.input_tokens,
             output_tokens=used.output_tokens,
         )
+        earlier = self._usage_due.pop(context.pace, None)
+        if earlier is not None:  # a request answering twice (a widget action's handler)
+            await self._record_usage(*earlier, context)
+        self._usage_due[context.pace] = (thread.id, record)
+
+    async def _record_usage(
+        self, thread_id: str, record: UsageRecord, context: RequestContext
+    ) -> None:
+        """Record an answer's usage on its own."""
         try:
-            await self.usage.record(thread.id, record, context)
+            await self.usage.record(thread_id, record, context)
         except StoreError:
             # Accounting must not turn a delivered answer into an error.
-            logger.exception("could not record token usage for thread %s", thread.id)
+            logger.exception("could not record token usage for thread %s", thread_id)
 
     async def handle_stream_cancelled(
         self,
@@ -356,10 +380,9 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         deadline = anyio.current_time() + CANCEL_CLEANUP_SECONDS
         with anyio.CancelScope(shield=True, deadline=deadline) as scope:
             await super().handle_stream_cancelled(thread, pending_items, context)
-            # The thread as it is: a stopped first answer's workflow is only
-            # remembered in memory yet (see _respond), and the ChatKit server
-            # saves a changed thread only at the end of a stream that ends.
-            remember_workflow(thread, self.workflow_of(thread, context))
+            # The thread as it is: the ChatKit server saves a changed thread
+            # (a title just taken) only after the next event, which a stopped
+            # stream never sends.
             await self.store.save_thread(thread, context=context)
         if scope.cancelled_caught:
             logger.error("gave up persisting the stopped answer of thread %s", thread.id)

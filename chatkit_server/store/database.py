@@ -432,6 +432,24 @@ class Database:
             raise self._write_failed(exc) from exc
         return rows
 
+    async def write_together(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work``'s statements (synchronous) committed together: all or none.
+
+        On SQLite as cheaply as :meth:`write_one`: one job of the writer's
+        next group commit. On PostgreSQL in a transaction of its own, each
+        statement a round trip (a single statement, with data-modifying
+        CTEs, is the way to spend one).
+
+        Raises:
+            StoreError: The database failed (driver errors are translated).
+        """
+        if self._sqlite is None:
+            return await self.run_write(work)
+        try:
+            return await self._sqlite.write_one(work)
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise self._write_failed(exc) from exc
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Statements]:
         """Statements for a unit of work that writes: committed on success.

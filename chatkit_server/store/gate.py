@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -32,6 +33,7 @@ from sqlalchemy.engine import Connection
 from chatkit_server.store.database import Database
 from chatkit_server.store.statements import OWNED_THREAD, REQUIRE_THREAD, page_statement
 from chatkit_server.store.tables import rate_counts, thread_items, thread_leases, threads
+from chatkit_server.store.usage import RECORD_USAGE
 
 __all__ = ["LEASE_SECONDS", "Admission", "Lease", "RequestGate"]
 
@@ -111,6 +113,14 @@ class RequestGate:
             {new: _postgres_admit(self._count, new_thread=new) for new in (False, True)}
             if dialect == "postgresql"
             else None
+        )
+        self._release = sa.delete(thread_leases).where(
+            thread_leases.c.thread_id == sa.bindparam("thread_id"),
+            thread_leases.c.token == sa.bindparam("token"),
+        )
+        # PostgreSQL: the usage row as a data-modifying CTE of the release.
+        self._release_recording = (
+            self._release.add_cte(RECORD_USAGE.cte("recorded")) if dialect == "postgresql" else None
         )
         self._lease_existing = _lease_statement(dialect, existing=True)
         self._lease_new = _lease_statement(dialect, existing=False)
@@ -243,15 +253,29 @@ class RequestGate:
             "newest_items": 0,
         }
 
-    async def release(self, lease: Lease) -> None:
-        """End an answer's lease (only this request's: a token names it)."""
+    async def release(self, lease: Lease, usage: Mapping[str, Any] | None = None) -> None:
+        """End an answer's lease (only this request's: a token names it).
+
+        ``usage``: the answer's token usage on the lease's thread
+        (:func:`~chatkit_server.store.usage.usage_values`), recorded by the
+        same write, so that the two writes every answer ends with cost one:
+        on PostgreSQL one statement (the usage row a data-modifying CTE), on
+        SQLite one job of the writer's group commit. When many answers end
+        at once, each write at their end waits behind all the others'.
+        """
         self._held = max(0, self._held - 1)
-        await self._db.write_one(
-            sa.delete(thread_leases).where(
-                thread_leases.c.thread_id == lease.thread_id,
-                thread_leases.c.token == lease.token,
-            )
-        )
+        parameters = {"thread_id": lease.thread_id, "token": lease.token}
+        if usage is None:
+            await self._db.write_one(self._release, parameters)
+        elif self._release_recording is not None:
+            await self._db.write_one(self._release_recording, {**usage, **parameters})
+        else:
+
+            def work(connection: Connection) -> None:
+                connection.execute(RECORD_USAGE, {**usage, **parameters})
+                connection.execute(self._release, parameters)
+
+            await self._db.write_together(work)
 
     async def renew(self) -> None:
         """Extend every lease this process holds by :data:`LEASE_SECONDS` from now."""

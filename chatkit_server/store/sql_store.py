@@ -49,7 +49,7 @@ from chatkit.types import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from chatkit_server.context import RequestContext
+from chatkit_server.context import THREAD_WORKFLOW_KEY, RequestContext
 from chatkit_server.errors import NotFoundError
 from chatkit_server.files.links import LinkSigner
 from chatkit_server.files.storage import FileStorage
@@ -160,10 +160,19 @@ class SQLStore(Store[RequestContext], AttachmentStore[RequestContext]):
         """Insert a thread owned by the caller, or update the caller's thread.
 
         Only metadata is stored: the ``items`` of a full ``Thread`` are dropped.
+        The thread a ``threads.create`` request makes (``context.new_thread_id``)
+        is stored naming the request's workflow (``metadata.workflow``), unless
+        it names one: the workflow that answers every turn of a thread is
+        fixed by its first write. The ChatKit server creates the thread
+        before anything else could name it, and once it is stored no write at
+        the end of its first answer is needed to remember it.
 
         Raises:
             NotFoundError: The id belongs to another user's thread (nothing changes).
         """
+        if thread.id == context.new_thread_id and THREAD_WORKFLOW_KEY not in thread.metadata:
+            metadata = {**thread.metadata, THREAD_WORKFLOW_KEY: context.workflow_id}
+            thread = thread.model_copy(update={"metadata": metadata})
         data = thread.model_dump_json(include=set(_THREAD_FIELDS))
         saved = await self._db.write_one(
             self._thread_upsert,

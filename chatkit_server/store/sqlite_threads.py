@@ -270,7 +270,7 @@ class SQLiteThreads:
             loop.call_soon_threadsafe(_settle, outcomes)
 
     async def write_one(self, work: Callable[[Connection], _T]) -> _T:
-        """Run ``work`` (one statement) committed, in the writer's next group.
+        """Run ``work`` (a statement, or a few: all or none) committed, in the writer's next group.
 
         It goes to the writer thread at once, unless a transaction is open:
         the thread runs what it is given in order, so consecutive writes do

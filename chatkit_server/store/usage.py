@@ -13,7 +13,7 @@ from chatkit_server.store.database import Database
 from chatkit_server.store.statements import owned_values, require_thread, thread_not_found
 from chatkit_server.store.tables import threads, usage
 
-__all__ = ["UsageRecord", "UsageStore", "UsageTotals"]
+__all__ = ["RECORD_USAGE", "UsageRecord", "UsageStore", "UsageTotals", "usage_values"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,18 +58,7 @@ class UsageStore:
             NotFoundError: No such thread for this user.
         """
         recorded = await self._db.write_one(
-            _RECORD,
-            {
-                "thread_id": thread_id,
-                "item_id": record.item_id,
-                "user_id": context.user_id,
-                "workflow": record.workflow,
-                "model": record.model,
-                "requests": record.requests,
-                "input_tokens": record.input_tokens,
-                "output_tokens": record.output_tokens,
-                "created_at": datetime.now(UTC).replace(tzinfo=None),
-            },
+            RECORD_USAGE, usage_values(thread_id, record, context.user_id)
         )
         if not recorded:
             raise thread_not_found(thread_id)
@@ -151,7 +140,7 @@ class UsageStore:
         ]
 
 
-def _guarded_record() -> sa.Executable:
+def _guarded_record() -> sa.Insert:
     """One usage row, only for a thread of ``:user_id``, in one statement (``RETURNING seq``)."""
     columns = (
         "thread_id",
@@ -169,7 +158,23 @@ def _guarded_record() -> sa.Executable:
     )
 
 
-_RECORD: Final = _guarded_record()
+RECORD_USAGE: Final = _guarded_record()
+"""Record one answer's usage (:func:`usage_values`), only in a thread of ``:user_id``."""
+
+
+def usage_values(thread_id: str, record: UsageRecord, user_id: str) -> dict[str, Any]:
+    """The parameters of :data:`RECORD_USAGE` for ``record``, recorded now."""
+    return {
+        "thread_id": thread_id,
+        "item_id": record.item_id,
+        "user_id": user_id,
+        "workflow": record.workflow,
+        "model": record.model,
+        "requests": record.requests,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "created_at": datetime.now(UTC).replace(tzinfo=None),
+    }
 
 
 def _totals(*group: sa.ColumnElement[str]) -> sa.Select[*tuple[Any, ...]]:

@@ -13,15 +13,10 @@ from chatkit.types import (
     ThreadMetadata,
 )
 
-from chatkit_server.context import RequestContext
+from chatkit_server.context import THREAD_WORKFLOW_KEY, RequestContext
 from chatkit_server.errors import NotFoundError, RequestError
 from chatkit_server.llm.backends import Backend, BackendConfig
-from chatkit_server.protocol.checks import (
-    THREAD_WORKFLOW_KEY,
-    RequestChecks,
-    parse_request,
-    workflow_of,
-)
+from chatkit_server.protocol.checks import RequestChecks, parse_request, workflow_of
 from chatkit_server.store import SQLStore
 from chatkit_server.testing.client import user_input
 from chatkit_server.workflows.registry import Workflow, WorkflowRegistry

@@ -7,7 +7,6 @@ import contextlib
 import gc
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -119,13 +118,13 @@ async def test_an_answer_streams_holding_its_lease_without_the_items_read_with_i
     fake_llm.backend.script(Reply.text("First answer."), Reply.text("Second answer."))
     first = await live.client.create_thread("Hello there")
     held: list[Lease] = []
-    streaming = server_module.releasing
+    releasing = server_module.release
 
-    def releasing(events: AsyncIterator[bytes], gate: RequestGate, lease: Lease) -> Any:
+    async def release(gate: RequestGate, lease: Lease, usage: Any = None) -> None:
         held.append(lease)
-        return streaming(events, gate, lease)
+        await releasing(gate, lease, usage)
 
-    monkeypatch.setattr(server_module, "releasing", releasing)
+    monkeypatch.setattr(server_module, "release", release)
     second = await live.client.add_message(first.thread_id, "Tell me more")
 
     assert second.assistant_text == "Second answer."

@@ -11,9 +11,10 @@ import sqlalchemy as sa
 from chatkit.types import ThreadMetadata
 
 from chatkit_server.context import RequestContext
-from chatkit_server.store import Database, SQLStore
+from chatkit_server.store import Database, SQLStore, UsageRecord, UsageStore
 from chatkit_server.store.gate import LEASE_SECONDS, RequestGate
 from chatkit_server.store.tables import rate_counts, thread_leases
+from chatkit_server.store.usage import usage_values
 from tests.conftest import record_sql
 from tests.items import user_message
 
@@ -294,3 +295,46 @@ async def test_an_existing_thread_is_leased_once_and_only_by_its_owner(
     assert await gate.lease_again("thr_1", "alice") is not None
     if subject is not None:
         assert (first.count, busy.count, foreign.count) == (1, 2, 3)
+
+
+async def test_a_release_records_the_answers_usage_in_the_same_write(
+    database: Database, store: SQLStore
+) -> None:
+    thread_id = await _thread(store)
+    gate = RequestGate(database)
+    usage_store = UsageStore(database)
+    record = UsageRecord(
+        item_id="msg_1", workflow="default", model="m", requests=1, input_tokens=7, output_tokens=3
+    )
+    taken = await gate.admit(subject=None, limit=None, thread_id=thread_id, user_id="alice")
+    assert taken.lease is not None
+    writes = record_sql(database)
+
+    await gate.release(taken.lease, usage_values(thread_id, record, "alice"))
+    released = [statement.split()[0] for statement in writes]
+
+    assert await usage_store.for_item(thread_id, "msg_1", ALICE) == record
+    assert await gate.lease_again(thread_id, "alice") is not None
+    # One statement on PostgreSQL; on SQLite the two in one transaction.
+    if database.dialect == "postgresql":
+        assert released == ["WITH"]
+    else:
+        assert released == ["BEGIN", "INSERT", "DELETE"]
+
+
+async def test_a_release_frees_the_lease_when_its_usage_cannot_be_recorded(
+    database: Database, store: SQLStore
+) -> None:
+    thread_id = await _thread(store)
+    gate = RequestGate(database)
+    record = UsageRecord(
+        item_id="msg_1", workflow="default", model="m", requests=1, input_tokens=7, output_tokens=3
+    )
+    taken = await gate.admit(subject=None, limit=None, thread_id=thread_id, user_id="alice")
+    assert taken.lease is not None
+
+    # Usage in another user's name (as if the thread changed hands): not recorded.
+    await gate.release(taken.lease, usage_values(thread_id, record, "mallory"))
+
+    assert await UsageStore(database).for_item(thread_id, "msg_1", ALICE) is None
+    assert await gate.lease_again(thread_id, "alice") is not None

@@ -291,6 +291,22 @@ async def test_thread_round_trip_and_update(store: SQLStore) -> None:
     assert await store.load_thread(thread.id, ALICE) == thread
 
 
+async def test_the_thread_a_request_makes_is_stored_naming_its_workflow(store: SQLStore) -> None:
+    made, other, named = thread_meta(), thread_meta(), thread_meta(metadata={"workflow": "alpha"})
+    creating = replace(ALICE, workflow_id="expert", new_thread_id=made.id)
+    for thread in (made, other, named):
+        await store.save_thread(thread, creating)
+
+    assert (await store.load_thread(made.id, ALICE)).metadata == {"workflow": "expert"}
+    assert made.metadata == {}  # the caller's object is left as it was
+    assert (await store.load_thread(other.id, ALICE)).metadata == {}
+    assert (await store.load_thread(named.id, ALICE)).metadata == {"workflow": "alpha"}
+    # Saved again as the ChatKit server holds it (without the key): still named.
+    made.title = "Later"
+    await store.save_thread(made, creating)
+    assert (await store.load_thread(made.id, ALICE)).metadata == {"workflow": "expert"}
+
+
 async def test_saving_a_full_thread_drops_its_items(store: SQLStore, database: Database) -> None:
     meta = thread_meta()
     full = Thread(**meta.model_dump(), items=Page(data=[message(meta.id)], has_more=True))

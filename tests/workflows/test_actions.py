@@ -52,6 +52,7 @@ tools = ["chatkit_server.tools:show_counter"]
 "counter.add" = "chatkit_server.tools:add_to_counter"
 "counter.reset" = "chatkit_server.tools:reset_counter"
 "test.ask" = "tests.workflows.test_actions:ask_the_agent"
+"test.ask_twice" = "tests.workflows.test_actions:ask_twice"
 "test.signal" = "tests.workflows.test_actions:signal"
 "test.append" = "tests.workflows.test_actions:append_card"
 "test.fail" = "tests.workflows.test_actions:fail"
@@ -65,6 +66,12 @@ async def ask_the_agent(action: ActionContext) -> AsyncIterator[ThreadStreamEven
     yield action.hidden_context(f"The user pressed {action.action.payload['button']}.")
     async for event in action.respond():
         yield event
+
+
+async def ask_twice(action: ActionContext) -> AsyncIterator[ThreadStreamEvent]:
+    for _ in range(2):
+        async for event in action.respond():
+            yield event
 
 
 async def signal(action: ActionContext) -> list[ThreadStreamEvent]:
@@ -237,6 +244,26 @@ async def test_an_action_can_run_the_agent_with_what_was_pressed(
     )
     page = await live.client.call("items.list", thread_id=thread_id, limit=50, order="asc")
     assert [item["type"] for item in page["data"]][-1] == "assistant_message"
+
+
+async def test_each_answer_of_an_action_has_its_usage_recorded(
+    live_factory_widgets: Live, fake_llm: FakeLLM
+) -> None:
+    live = live_factory_widgets
+    thread_id, _ = await _counter_thread(live, fake_llm)
+    fake_llm.backend.script(
+        Reply.text("First.", usage=(11, 2)), Reply.text("Second.", usage=(20, 3))
+    )
+
+    turn = await _action(live, thread_id, None, type="test.ask_twice")
+
+    assert not turn.errors
+    usage = live.state.server.usage
+    first, second = turn.assistant_messages
+    assert (await usage.for_item(thread_id, first.id, LOCAL)) is not None
+    recorded = await usage.for_item(thread_id, second.id, LOCAL)
+    assert recorded is not None
+    assert (recorded.input_tokens, recorded.output_tokens) == (20, 3)
 
 
 async def test_handlers_send_progress_effects_notices_and_new_items(

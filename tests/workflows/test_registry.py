@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -10,7 +11,12 @@ import httpx
 import pytest
 from agents import RunConfig, Runner
 from agents.testing import ScriptedModel, assistant_message, function_call
-from chatkit.types import ThreadCreatedEvent, ThreadItemUpdatedEvent, ThreadUpdatedEvent
+from chatkit.types import (
+    ThreadCreatedEvent,
+    ThreadItemUpdatedEvent,
+    ThreadMetadata,
+    ThreadUpdatedEvent,
+)
 
 from chatkit_server.llm.backends import BackendRegistry
 from chatkit_server.settings import Settings
@@ -139,7 +145,31 @@ async def test_thread_remembers_the_workflow_its_request_chose(
         assert _last_request(fake_llm)[:2] == ("alpha", "small")
 
 
-async def test_a_new_thread_is_saved_once_more_with_its_workflow_and_title(
+async def test_a_new_thread_names_its_workflow_from_its_first_write(
+    start_live: LiveFactory, workflow_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    fake_llm.backend.script(Reply.count(20, delay=0.05))  # a one-second answer
+    async with start_live(workflow_settings.with_changes(titles=False)) as live:
+        streaming = asyncio.create_task(
+            live.client.stream(
+                "threads.create", input=user_input("hi expert"), metadata={"workflow": "expert"}
+            )
+        )
+        listed: list[ThreadMetadata] = []
+        while not listed:  # the thread, as soon as it is stored
+            listed = (await live.state.store.load_threads(10, None, "desc", LOCAL)).data
+            await asyncio.sleep(0.01)
+        answering = not streaming.done()
+        chosen = await streaming
+
+    assert answering
+    assert listed[0].metadata["workflow"] == "expert"
+    # Nothing left to save at the end of the answer: no thread.updated.
+    assert not chosen.errors
+    assert not [e for e in chosen.events if isinstance(e, ThreadUpdatedEvent)]
+
+
+async def test_a_new_thread_is_saved_once_more_with_its_title(
     start_live: LiveFactory, workflow_settings: Settings, fake_llm: FakeLLM
 ) -> None:
     fake_llm.backend.default = Reply.text("Expert Title")
@@ -149,8 +179,7 @@ async def test_a_new_thread_is_saved_once_more_with_its_workflow_and_title(
         )
         stored = await live.state.store.load_thread(chosen.thread_id, LOCAL)
 
-    # The workflow is remembered at the end, with the title: one thread.updated
-    # (one write) after the answer, none before its first token.
+    # The title: one thread.updated (one write), none before the first token.
     updates = [e for e in chosen.events if isinstance(e, ThreadUpdatedEvent)]
     assert len(updates) == 1
     assert chosen.events.index(updates[0]) > max(

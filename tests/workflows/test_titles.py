@@ -13,7 +13,7 @@ from chatkit.types import (
     ThreadUpdatedEvent,
 )
 
-from chatkit_server.protocol.checks import THREAD_WORKFLOW_KEY
+from chatkit_server.context import THREAD_WORKFLOW_KEY
 from chatkit_server.settings import Settings
 from chatkit_server.testing.fake_backend import Reply
 from chatkit_server.workflows.titles import (
@@ -125,23 +125,6 @@ async def test_a_title_written_mid_answer_is_shown_mid_answer(
     assert _first_delta(turn.events) < _titled(turn.events) < _answered(turn.events)
     assert stored.title == "Bread baking basics"
     # Saved with the title: the workflow that answers the thread's next turns.
-    assert stored.metadata[THREAD_WORKFLOW_KEY] == "default"
-
-
-async def test_without_a_title_a_new_threads_workflow_is_saved_after_its_text(
-    start_live: LiveFactory, live_settings: Settings, fake_llm: FakeLLM
-) -> None:
-    # Where the backend's timing cannot move it: a replayed stream is the same every time.
-    fake_llm.backend.script(Reply.count(20, delay=0.05))
-    async with start_live(live_settings) as live:
-        turn = await live.client.create_thread("hello")
-        stored = await live.store.load_thread(turn.thread_id, LOCAL)
-
-    saved = [i for i, e in enumerate(turn.events) if isinstance(e, ThreadUpdatedEvent)]
-    deltas = _deltas(turn.events)
-    assert len(saved) == 1
-    assert deltas[-1] < saved[0]
-    assert stored.title is None
     assert stored.metadata[THREAD_WORKFLOW_KEY] == "default"
 
 
