@@ -348,8 +348,8 @@ async def test_the_workflows_listing_names_the_action_types(live_factory_widgets
         listed = (await http.get(live_factory_widgets.url + "/chatkit/workflows")).json()
     [workflow] = listed["data"]
     assert workflow["actions"] == [
-        "counter.add", "counter.reset", "test.append", "test.ask", "test.fail", "test.hang",
-        "test.rename", "test.signal", "test.slow_answer",
+        "counter.add", "counter.reset", "test.append", "test.ask", "test.ask_twice",
+        "test.fail", "test.hang", "test.rename", "test.signal", "test.slow_answer",
     ]  # fmt: skip
 
 
