@@ -420,17 +420,15 @@ class Database:
             StoreError: The database failed (driver errors are translated).
         """
         params = dict(parameters) if parameters else None
+        if self._sqlite is not None:
+            return await self.write_together(
+                lambda connection: _rows(connection.execute(statement, params))
+            )
         try:
-            if self._sqlite is not None:
-                rows = await self._sqlite.write_one(
-                    lambda connection: _rows(connection.execute(statement, params))
-                )
-            else:
-                async with self._single.connect() as connection:
-                    rows = _rows(await connection.execute(statement, params))
+            async with self._single.connect() as connection:
+                return _rows(await connection.execute(statement, params))
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             raise self._write_failed(exc) from exc
-        return rows
 
     async def write_together(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work``'s statements (synchronous) committed together: all or none.
