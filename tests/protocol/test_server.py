@@ -118,11 +118,11 @@ async def test_an_answer_streams_holding_its_lease_without_the_items_read_with_i
     fake_llm.backend.script(Reply.text("First answer."), Reply.text("Second answer."))
     first = await live.client.create_thread("Hello there")
     held: list[Lease] = []
-    releasing = server_module.release
+    release_as_is = server_module.release
 
     async def release(gate: RequestGate, lease: Lease, usage: Any = None) -> None:
         held.append(lease)
-        await releasing(gate, lease, usage)
+        await release_as_is(gate, lease, usage)
 
     monkeypatch.setattr(server_module, "release", release)
     second = await live.client.add_message(first.thread_id, "Tell me more")

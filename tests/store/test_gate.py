@@ -29,6 +29,9 @@ async def _thread(store: SQLStore, thread_id: str = "thr_a") -> str:
 
 
 ALICE_TIME = datetime(2026, 12, 6, 12, 0, 0)
+USAGE = UsageRecord(
+    item_id="msg_1", workflow="default", model="m", requests=1, input_tokens=7, output_tokens=3
+)
 
 
 async def test_counts_per_subject_and_refuses_no_one(database: Database) -> None:
@@ -303,17 +306,14 @@ async def test_a_release_records_the_answers_usage_in_the_same_write(
     thread_id = await _thread(store)
     gate = RequestGate(database)
     usage_store = UsageStore(database)
-    record = UsageRecord(
-        item_id="msg_1", workflow="default", model="m", requests=1, input_tokens=7, output_tokens=3
-    )
     taken = await gate.admit(subject=None, limit=None, thread_id=thread_id, user_id="alice")
     assert taken.lease is not None
     writes = record_sql(database)
 
-    await gate.release(taken.lease, usage_values(thread_id, record, "alice"))
+    await gate.release(taken.lease, usage_values(thread_id, USAGE, "alice"))
     released = [statement.split()[0] for statement in writes]
 
-    assert await usage_store.for_item(thread_id, "msg_1", ALICE) == record
+    assert await usage_store.for_item(thread_id, "msg_1", ALICE) == USAGE
     assert await gate.lease_again(thread_id, "alice") is not None
     # One statement on PostgreSQL; on SQLite the two in one transaction.
     if database.dialect == "postgresql":
@@ -327,14 +327,11 @@ async def test_a_release_frees_the_lease_when_its_usage_cannot_be_recorded(
 ) -> None:
     thread_id = await _thread(store)
     gate = RequestGate(database)
-    record = UsageRecord(
-        item_id="msg_1", workflow="default", model="m", requests=1, input_tokens=7, output_tokens=3
-    )
     taken = await gate.admit(subject=None, limit=None, thread_id=thread_id, user_id="alice")
     assert taken.lease is not None
 
     # Usage in another user's name (as if the thread changed hands): not recorded.
-    await gate.release(taken.lease, usage_values(thread_id, record, "mallory"))
+    await gate.release(taken.lease, usage_values(thread_id, USAGE, "mallory"))
 
     assert await UsageStore(database).for_item(thread_id, "msg_1", ALICE) is None
     assert await gate.lease_again(thread_id, "alice") is not None

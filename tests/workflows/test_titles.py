@@ -88,18 +88,14 @@ async def test_first_answer_names_the_thread_once(
     assert _title_requests(fake_llm) == 1
 
 
-def _deltas(events: Sequence[ThreadStreamEvent]) -> list[int]:
-    """Where the answer's text deltas are among ``events``."""
-    return [
+def _first_delta(events: Sequence[ThreadStreamEvent]) -> int:
+    """Where the answer's first text delta is among ``events``."""
+    return next(
         i
         for i, e in enumerate(events)
         if isinstance(e, ThreadItemUpdatedEvent)
         and isinstance(e.update, AssistantMessageContentPartTextDelta)
-    ]
-
-
-def _first_delta(events: Sequence[ThreadStreamEvent]) -> int:
-    return _deltas(events)[0]
+    )
 
 
 def _titled(events: Sequence[ThreadStreamEvent]) -> int:
@@ -124,7 +120,7 @@ async def test_a_title_written_mid_answer_is_shown_mid_answer(
     assert turn.errors == []
     assert _first_delta(turn.events) < _titled(turn.events) < _answered(turn.events)
     assert stored.title == "Bread baking basics"
-    # Saved with the title: the workflow that answers the thread's next turns.
+    # Saving the title keeps the workflow the thread was stored with.
     assert stored.metadata[THREAD_WORKFLOW_KEY] == "default"
 
 
