@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import _streams as net
+import aiohttp
 from _common import Ctx, failures, run, stack
-from _harness import Sampler, Service, ms, percentile, rss_mib
+from _harness import Report, Sampler, Service, ms, percentile, rss_mib
 
 # -- figure 4 ---------------------------------------------------------------------------
 
@@ -32,16 +34,22 @@ async def _concurrent(ctx: Ctx, backend: Service, server: Service) -> None:
     async with net.client(connections=max(600, n + 100), read_timeout=120.0) as http:
         await net.create_thread(http, server.url, "warm up")
         with Sampler(backend.pid, pids) as direct_usage:
+            direct_burst = time.monotonic()
             async with asyncio.timeout(deadline):
                 base = await asyncio.gather(
                     *(net.backend_stream(http, backend.url) for _ in range(n))
                 )
         idle = rss_mib(server.pid)
         with Sampler(server.pid, pids) as usage:
+            burst = time.monotonic()
             async with asyncio.timeout(deadline):
                 ours = await asyncio.gather(
                     *(net.create_thread(http, server.url, f"Q{i}") for i in range(n))
                 )
+        direct_answers = await backend_answers(
+            http, backend.url, since=direct_burst, until=burst, tokens=p.conc_tokens
+        )
+        answers = await backend_answers(http, backend.url, since=burst, tokens=p.conc_tokens)
     problems = failures(ours, p.conc_tokens)
     label = f"{n} streams x {p.conc_tokens} tokens at {1 / p.conc_delay:.0f} tok/s"
     report.figure(
@@ -79,6 +87,8 @@ async def _concurrent(ctx: Ctx, backend: Service, server: Service) -> None:
             "note: even direct backend reads miss 1.25x here, so this machine (client, backend "
             "and server sharing its cores) cannot show the target met at this load",
         )
+    report_timeline(report, "concurrent", "backend direct", direct_answers, direct)
+    report_timeline(report, "concurrent", "chatkit", answers, done)
     firsts = [t.first for t in ours if not t.error]
     report.figure(
         "concurrent",
@@ -113,4 +123,62 @@ async def _concurrent(ctx: Ctx, backend: Service, server: Service) -> None:
         f"CPU busy during the chatkit run: server {usage.cpu_percent('server'):.0f}%, "
         f"backend {usage.cpu_percent('backend'):.0f}%, client {usage.cpu_percent('client'):.0f}% "
         f"(of one core; {os.cpu_count()} cores); wall {usage.wall:.1f} s",
+    )
+
+
+async def backend_answers(
+    http: aiohttp.ClientSession,
+    backend_url: str,
+    *,
+    since: float,
+    tokens: int,
+    until: float = float("inf"),
+) -> list[tuple[float, float]]:
+    """When the backend began and ended each answer of a burst, in seconds from ``since``.
+
+    ``since`` is the burst's start (``time.monotonic()``, which the backend
+    process shares); answers begun at ``until`` or later belong to a later
+    burst. Only streams that sent the answer's ``tokens`` count: a title's
+    request is another, shorter one.
+    """
+    async with http.get(f"{backend_url}/bench/streams", params={"since": str(since)}) as resp:
+        resp.raise_for_status()
+        streams = (await resp.json())["streams"]
+    return [
+        (s["started_at"] - since, s["ended_at"] - since)
+        for s in streams
+        if s["tokens"] == tokens and s["ended_at"] is not None and s["started_at"] < until
+    ]
+
+
+def report_timeline(
+    report: Report,
+    figure: str,
+    label: str,
+    answers: list[tuple[float, float]],
+    totals: list[float],
+) -> None:
+    """Where a burst's p99 went: until its models were asked, the backends, the server's end.
+
+    Every stream ends some fixed answer length after its model was asked,
+    so the slowest is the one asked last, plus how far the backend fell
+    behind its pace, plus how long after the backend's last chunk the
+    server took to end the streams.
+    """
+    if not answers or not totals:
+        report.note(figure, f"{label} timeline: the backend reported no finished answer")
+        return
+    asked = [start for start, _ in answers]
+    lengths = [end - start for start, end in answers]
+    last_end = max(end for _, end in answers)
+    # Stream times count from each request's start: the burst's, within milliseconds.
+    p99 = percentile(totals, 99)
+    report.figure(
+        figure,
+        f"burst timeline, {label}, seconds from the burst's start",
+        value=(
+            f"models asked by {max(asked):.2f} s (p50 {percentile(asked, 50):.2f} s); "
+            f"backend answers took {percentile(lengths, 50):.2f}-{max(lengths):.2f} s; "
+            f"their last chunk at {last_end:.2f} s; streams ended by {p99:.2f} s (p99)"
+        ),
     )

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import _streams as net
 from _common import Ctx, failures, run
+from _concurrent import backend_answers, report_timeline
 from _harness import Service, ms, percentile, services, start_backend, start_server
 from _lists import postgres_database
 
@@ -175,6 +177,7 @@ async def _concurrent(ctx: Ctx, backend: Service, plain: Service, signed: Servic
         await net.create_thread(http, signed.url, "warm up", token=tokens[-1])
         async with asyncio.timeout(deadline):
             base = await asyncio.gather(*(net.backend_stream(http, backend.url) for _ in range(n)))
+        off_burst = time.monotonic()
         async with asyncio.timeout(deadline):
             off = await asyncio.gather(
                 *(net.create_thread(http, plain.url, f"Q{i}") for i in range(n))
@@ -183,10 +186,19 @@ async def _concurrent(ctx: Ctx, backend: Service, plain: Service, signed: Servic
         # been idle for a second (chatkit_server/http/idle.py): a few hundred
         # ms of CPU after 500 answers, which would land on the next burst.
         await asyncio.sleep(IDLE_SETTLE_SECONDS)
+        on_burst = time.monotonic()
         async with asyncio.timeout(deadline):
             on = await asyncio.gather(
                 *(net.create_thread(http, signed.url, f"Q{i}", token=tokens[i]) for i in range(n))
             )
+        answers = {
+            "sign-in off": await backend_answers(
+                http, backend.url, since=off_burst, until=on_burst, tokens=p.conc_tokens
+            ),
+            "a session each": await backend_answers(
+                http, backend.url, since=on_burst, tokens=p.conc_tokens
+            ),
+        }
     direct = [t.total for t in base if not t.error]
     label = f"{n} x {p.conc_tokens} tokens at {1 / p.conc_delay:.0f} tok/s, PostgreSQL"
     for name, timings in (("sign-in off", off), ("a session each", on)):
@@ -212,3 +224,4 @@ async def _concurrent(ctx: Ctx, backend: Service, plain: Service, signed: Servic
             target="<= 1.25x",
             passed=p99 / ideal <= 1.25,
         )
+        report_timeline(report, "sessions-concurrent", name, answers[name], done)

@@ -10,6 +10,10 @@ Every ``POST /v1/chat/completions`` (or ``/v1/responses``) answers
 ``GET /bench/seen?text=...`` answers ``{"requests": n}``: how many of the
 recorded requests hold that text in their JSON body (what a benchmark asks
 to know the model was really given, say, an attachment's text).
+``GET /bench/streams?since=t`` answers ``{"streams": [...]}``: each streamed
+answer begun at ``time.monotonic()`` ``t`` or later, with when it began and
+ended (``time.monotonic()``, the clock every process here shares) and how
+many tokens it sent: where a burst's time went, seen from the backend.
 
 The backend runs in a separate process so that its CPU time is not charged to
 the chatkit server (or to the benchmark client) and the server reaches it over
@@ -54,6 +58,15 @@ class BoundedRecords:
             text = Request(scope).query_params.get("text", "")
             seen = sum(text in json.dumps(request.body) for request in backend.requests)
             await JSONResponse({"requests": seen})(scope, receive, send)
+            return
+        if scope["type"] == "http" and scope["path"] == "/bench/streams":
+            since = float(Request(scope).query_params.get("since", "0"))
+            streams = [
+                {"started_at": r.started_at, "ended_at": r.ended_at, "tokens": r.tokens_sent}
+                for r in backend.streams
+                if r.stream and r.started_at >= since
+            ]
+            await JSONResponse({"streams": streams})(scope, receive, send)
             return
         if len(backend.requests) > MAX_RECORDS:
             # Running responders hold their own StreamRecord: trimming the
