@@ -6,21 +6,16 @@ change what the server does (see compat.py for the exceptions and their tests).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _script() -> ModuleType:
-    path = ROOT / "scripts" / "private_names.py"
-    spec = importlib.util.spec_from_file_location("private_names", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "private_names.py")
 
 
 def test_private_names_of_other_libraries_appear_only_in_compat() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 from types import ModuleType
@@ -11,17 +10,13 @@ import httpx
 
 from chatkit_server.testing.fake_backend import FakeBackend, Reply
 from chatkit_server.testing.live import ServerThread
+from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "fake_backend_server.py"
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fake_backend_server", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _ask(url: str, *, stream: bool) -> None:
