@@ -157,13 +157,15 @@ def report_timeline(
     label: str,
     answers: list[tuple[float, float]],
     totals: list[float],
+    firsts: list[float] | None = None,
 ) -> None:
     """Where a burst's p99 went: until its models were asked, the backends, the server's end.
 
     Every stream ends some fixed answer length after its model was asked,
     so the slowest is the one asked last, plus how far the backend fell
     behind its pace, plus how long after the backend's last chunk the
-    server took to end the streams.
+    server took to end the streams. ``firsts``: when each stream's first
+    text came, where the figure reports it nowhere else.
     """
     if not answers or not totals:
         report.note(figure, f"{label} timeline: the backend reported no finished answer")
@@ -180,5 +182,11 @@ def report_timeline(
             f"models asked by {max(asked):.2f} s (p50 {percentile(asked, 50):.2f} s); "
             f"backend answers took {percentile(lengths, 50):.2f}-{max(lengths):.2f} s; "
             f"their last chunk at {last_end:.2f} s; streams ended by {p99:.2f} s (p99)"
+            + (
+                f"; first text delta p50 {percentile(firsts, 50):.2f} s, "
+                f"p99 {percentile(firsts, 99):.2f} s"
+                if firsts
+                else ""
+            )
         ),
     )

@@ -224,4 +224,5 @@ async def _concurrent(ctx: Ctx, backend: Service, plain: Service, signed: Servic
             target="<= 1.25x",
             passed=p99 / ideal <= 1.25,
         )
-        report_timeline(report, "sessions-concurrent", name, answers[name], done)
+        firsts = [t.first for t in timings if not t.error]
+        report_timeline(report, "sessions-concurrent", name, answers[name], done, firsts)
