@@ -179,8 +179,9 @@ def report_timeline(
         figure,
         f"burst timeline, {label}, seconds from the burst's start",
         value=(
-            f"models asked by {max(asked):.2f} s (p50 {percentile(asked, 50):.2f} s); "
-            f"backend answers took {percentile(lengths, 50):.2f}-{max(lengths):.2f} s; "
+            f"requests reached the backend by {max(asked):.2f} s "
+            f"(p50 {percentile(asked, 50):.2f} s); "
+            f"its answers took {percentile(lengths, 50):.2f} s (p50) to {max(lengths):.2f} s; "
             f"their last chunk at {last_end:.2f} s; streams ended by {p99:.2f} s (p99)"
             + (
                 f"; first text delta p50 {percentile(firsts, 50):.2f} s, "
