@@ -233,7 +233,7 @@ class World:
         self.mallory_items: list[str] = []
         self.mallory_attachment = ""
         self.alice_rows: dict[str, list[tuple[Any, ...]]] = {}
-        # Generated requests' strategies, by mallory's ids (see _request_strategy).
+        # Generated requests' strategies, by the ids they use (see _request_strategy).
         self.requests: dict[tuple[Any, ...], st.SearchStrategy[Any]] = {}
 
     def __repr__(self) -> str:
@@ -775,13 +775,19 @@ def _any_ids(alice_ids: list[str]) -> st.SearchStrategy[str]:
 
 
 def _request_strategy(world: World) -> st.SearchStrategy[Any]:
-    """:func:`_requests` on the world's ids, made once for each set of mallory's ids.
+    """:func:`_requests` on the world's ids, made once for each set of them.
 
     Hypothesis checks a strategy all the way down the first time it draws
     from it: a new one for every example spent most of the example's time
-    on that, more than on the request itself.
+    on that, more than on the request itself. Keyed by alice's ids too: a
+    test that changes her world on purpose recounts them (:func:`_recount`).
     """
-    key = (world.mallory_thread, tuple(world.mallory_items), world.mallory_attachment)
+    key = (
+        tuple(world.made.ids),
+        world.mallory_thread,
+        tuple(world.mallory_items),
+        world.mallory_attachment,
+    )
     strategy = world.requests.get(key)
     if strategy is None:
         strategy = world.requests[key] = _requests(_ids(world), _texts())
