@@ -159,13 +159,13 @@ def report_timeline(
     totals: list[float],
     firsts: list[float] | None = None,
 ) -> None:
-    """Where a burst's p99 went: until its models were asked, the backends, the server's end.
+    """Where a burst's p99 went: until its requests reached the backend, its answers, the end.
 
-    Every stream ends some fixed answer length after its model was asked,
-    so the slowest is the one asked last, plus how far the backend fell
-    behind its pace, plus how long after the backend's last chunk the
-    server took to end the streams. ``firsts``: when each stream's first
-    text came, where the figure reports it nowhere else.
+    Every stream ends some fixed answer length after its request reached
+    the backend, so the slowest is the one that reached it last, plus how
+    far the backend fell behind its pace, plus how long after the backend's
+    last chunk the server took to end the streams. ``firsts``: when each
+    stream's first text came, where the figure reports it nowhere else.
     """
     if not answers or not totals:
         report.note(figure, f"{label} timeline: the backend reported no finished answer")

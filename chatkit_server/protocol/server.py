@@ -127,8 +127,8 @@ class ChatKitApp(ChatKitServer[RequestContext]):
         self.answers = Answers(store=store, workflows=workflows, settings=settings)
         self.arrivals = Arrivals()
         """This process's requests on their way to asking their model."""
-        self._usage_due: dict[Pace, tuple[str, UsageRecord]] = {}
         # Each request's answer usage (thread id, record), recorded when it ends.
+        self._usage_due: dict[Pace, tuple[str, UsageRecord]] = {}
         self.hold_writes = store.database.statements_on_loop
         """Whether an answer's writes wait for a burst's models to be asked: where
         statements cost the event loop and a pooled connection (PostgreSQL)."""

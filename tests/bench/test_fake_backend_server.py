@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 
@@ -15,10 +14,6 @@ from tests.scripts import load_script
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "fake_backend_server.py"
 
 
-def _script() -> ModuleType:
-    return load_script(SCRIPT)
-
-
 def _ask(url: str, *, stream: bool) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
     response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10)
@@ -26,7 +21,7 @@ def _ask(url: str, *, stream: bool) -> None:
 
 
 def test_bench_streams_lists_the_streamed_answers_begun_since_a_time() -> None:
-    app = _script().BoundedRecords(FakeBackend(default=Reply.count(3, delay=0.01)))
+    app = load_script(SCRIPT).BoundedRecords(FakeBackend(default=Reply.count(3, delay=0.01)))
     with ServerThread(app, log_config=None) as url:
         _ask(url, stream=True)  # before the burst: not listed
         since = time.monotonic()
