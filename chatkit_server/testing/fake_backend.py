@@ -79,7 +79,8 @@ class Reply:
 
     Attributes:
         tokens: Content deltas, one per chunk.
-        delay: Seconds before each streamed chunk (0 still yields to the event loop).
+        delay: Seconds between streamed chunks, kept as a steady pace: a chunk sent late
+            does not delay the next one's due time (0 still yields to the event loop).
         first_byte_delay: Seconds before the response headers are sent.
         status: Answer this HTTP status with an OpenAI-style JSON error instead.
         error_message: Message of that error (a default names the status).

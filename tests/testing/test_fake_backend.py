@@ -14,7 +14,13 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from chatkit_server.testing.fake_backend import DEFAULT_REPLY_TEXT, FakeBackend, Reply
+from chatkit_server.testing import _fake_wire
+from chatkit_server.testing.fake_backend import (
+    DEFAULT_REPLY_TEXT,
+    FakeBackend,
+    Reply,
+    StreamRecord,
+)
 from chatkit_server.testing.live import ServerThread, serve_app
 
 T = TypeVar("T")
@@ -237,6 +243,36 @@ async def test_delays_pace_the_stream(backend: FakeBackend, client: openai.Async
     # Lower bounds only: nothing can arrive before it is sent, but anything may arrive late.
     assert headers_after >= 0.2
     assert time.monotonic() - started >= 0.2 + 3 * 0.05
+
+
+async def test_a_late_chunk_does_not_delay_the_next_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a fake clock where every send runs 30 ms late (a busy machine), the
+    # chunks still leave at the reply's pace: each is due 50 ms after the
+    # previous one was due, so a late send shortens the next wait rather than
+    # pushing every later chunk back.
+    clock = [100.0]
+    sent_at: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        assert seconds >= 0
+        clock[0] += seconds
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body":
+            sent_at.append(clock[0])
+        clock[0] += 0.03
+
+    monkeypatch.setattr(_fake_wire.anyio, "current_time", lambda: clock[0])
+    monkeypatch.setattr(_fake_wire.anyio, "sleep", sleep)
+    reply = Reply.count(5, delay=0.05, stall_after=3, stall_seconds=0.5)
+    plan = _fake_wire.chat_plan(reply, "m", {"stream": True})
+    record = StreamRecord("/v1/chat/completions", reply, True, clock[0])
+    await _fake_wire.Responder(plan, reply, record)._send(send)
+
+    tokens = sent_at[1:6]  # after the role chunk
+    gaps = [later - earlier for earlier, later in zip(tokens, tokens[1:], strict=False)]
+    assert gaps == pytest.approx([0.05, 0.05, 0.5 + 0.05, 0.05])  # not 0.08 each
+    assert record.tokens_sent == 5 and record.completed
 
 
 async def test_empty_reply_has_no_content(backend: FakeBackend, client: openai.AsyncOpenAI) -> None:
