@@ -272,7 +272,8 @@ async def test_a_late_chunk_does_not_delay_the_next_ones(monkeypatch: pytest.Mon
     tokens = sent_at[1:6]  # after the role chunk
     gaps = [later - earlier for earlier, later in zip(tokens, tokens[1:], strict=False)]
     assert gaps == pytest.approx([0.05, 0.05, 0.5 + 0.05, 0.05])  # not 0.08 each
-    assert record.tokens_sent == 5 and record.completed
+    assert record.tokens_sent == 5
+    assert record.completed
 
 
 async def test_empty_reply_has_no_content(backend: FakeBackend, client: openai.AsyncOpenAI) -> None:
