@@ -6,7 +6,10 @@ Usage::
 
 Every ``POST /v1/chat/completions`` (or ``/v1/responses``) answers
 ``Reply.count(tokens, delay=delay)``: ``tokens`` content chunks ``"tok0 "``,
-``"tok1 "`` ..., each sent ``delay`` seconds after the previous one.
+``"tok1 "`` ..., at a steady ``delay`` seconds apart: each is due ``delay``
+after the previous one was due, so a busy machine delays a chunk without
+pushing the rest of the answer back (the ideal the concurrent figures compare
+with, tokens x delay, is then what the backend really takes).
 ``GET /bench/seen?text=...`` answers ``{"requests": n}``: how many of the
 recorded requests hold that text in their JSON body (what a benchmark asks
 to know the model was really given, say, an attachment's text).
