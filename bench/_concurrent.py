@@ -170,7 +170,7 @@ def report_timeline(
     if not answers or not totals:
         report.note(figure, f"{label} timeline: the backend reported no finished answer")
         return
-    asked = [start for start, _ in answers]
+    reached = [start for start, _ in answers]
     lengths = [end - start for start, end in answers]
     last_end = max(end for _, end in answers)
     # Stream times count from each request's start: the burst's, within milliseconds.
@@ -179,8 +179,8 @@ def report_timeline(
         figure,
         f"burst timeline, {label}, seconds from the burst's start",
         value=(
-            f"requests reached the backend by {max(asked):.2f} s "
-            f"(p50 {percentile(asked, 50):.2f} s); "
+            f"requests reached the backend by {max(reached):.2f} s "
+            f"(p50 {percentile(reached, 50):.2f} s); "
             f"its answers took {percentile(lengths, 50):.2f} s (p50) to {max(lengths):.2f} s; "
             f"their last chunk at {last_end:.2f} s; streams ended by {p99:.2f} s (p99)"
             + (
